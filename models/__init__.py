@@ -1,0 +1,1 @@
+"""Model export (LiteMedSAM -> OpenVINO IR) and the registry of models a worker can run."""

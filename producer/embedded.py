@@ -1,0 +1,42 @@
+"""The embedded default: run every study in this process with the same engine the fleet workers run."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterable, Iterator
+
+from producer.discovery import StudySource
+from producer.loading import load_study
+from producer.outcome import StudyOutcome
+from worker.protocol import StudyError
+
+log = logging.getLogger(__name__)
+SliceProgress = Callable[[str, int, int], None]
+
+
+class EmbeddedRunner:
+    def __init__(self, engine_settings=None):
+        from worker.engine.engine import Engine  # OpenVINO is needed only when studies run in-process
+
+        self.engine = Engine(engine_settings)
+
+    def run(self, sources: Iterable[StudySource], on_slices: SliceProgress | None = None) -> Iterator[StudyOutcome]:
+        for source in sources:
+            yield self.run_one(source, on_slices)
+
+    def run_one(self, source: StudySource, on_slices: SliceProgress | None = None) -> StudyOutcome:
+        started = time.perf_counter()
+        outcome = StudyOutcome(name=source.name)
+        try:
+            study = load_study(source)
+            outcome.modality = study.modality
+            report = (lambda done, total: on_slices(source.name, done, total)) if on_slices else None
+            result = self.engine.segment(study, progress=report)
+            outcome.labels, outcome.metrics = result.labels, result.metrics.to_dict()
+        except StudyError as error:
+            outcome.status, outcome.error = "error", str(error)
+        except Exception as error:  # one study's failure must not stop the batch
+            log.exception("study %s failed", source.name)
+            outcome.status, outcome.error = "error", f"internal error: {type(error).__name__}: {error}"
+        outcome.seconds = time.perf_counter() - started
+        return outcome

@@ -1,0 +1,1 @@
+"""Readers and writers for the study formats the producer understands."""

@@ -1,0 +1,32 @@
+"""Shared fixtures: a registry holding the box-echo IR pair (fast, no weights) and the real exported LiteMedSAM."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from models.paths import default_models_dir  # noqa: E402
+from models.registry import register_model  # noqa: E402
+from synthetic_ir import build_echo_pair  # noqa: E402
+
+SHARED_CASES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cases"
+
+
+@pytest.fixture(scope="session")
+def echo_models_dir(tmp_path_factory) -> Path:
+    """A models dir where 'litemedsam' is the 256-input box-echo pair (geometry and strategy tests)."""
+    root = tmp_path_factory.mktemp("echo-models")
+    encoder, decoder = build_echo_pair(root / "src-256", 256)
+    register_model(root / "registry", "litemedsam", encoder, decoder, input_size=256)
+    return root / "registry"
+
+
+@pytest.fixture(scope="session")
+def real_models_dir() -> Path:
+    models_dir = default_models_dir()
+    if not (models_dir / "litemedsam" / "manifest.json").is_file():
+        pytest.skip(f"LiteMedSAM IR not exported in {models_dir} (run: python -m models.export)")
+    return models_dir

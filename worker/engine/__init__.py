@@ -1,0 +1,1 @@
+"""The segmentation engine: pre/post-processing, OpenVINO runtime, embedding cache, strategies, routing."""

@@ -1,0 +1,112 @@
+"""The engine: route a study, run its strategy with a compiled model, and account for every stage.
+
+One Engine per process. It compiles each model once (on first use) and keeps one embedding cache.
+The same class runs in the producer's embedded mode and in each fleet worker process.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.paths import compile_cache_dir, default_models_dir
+from models.registry import ModelSpec, load_registry
+from worker import __version__
+from worker.engine.cache import EmbeddingCache
+from worker.engine.runtime import CompiledSam, RuntimeSettings
+from worker.engine.slices import ProgressFn, SliceSegmenter, SliceSettings, StageClock
+from worker.engine.strategies import STRATEGIES_3D, segment_2d
+from worker.protocol import Segmentation, Study, StudyMetrics
+from worker.routing import RoutingTable
+from worker.validation import DEFAULT_MAX_VOXELS, check_study
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    models_dir: Path = field(default_factory=default_models_dir)
+    precision: str = "f32"
+    threads: int = 0
+    cache_bytes: int = 2 << 30
+    decode_chunk: int = 16
+    routing_file: Path | None = None
+    max_voxels: int = DEFAULT_MAX_VOXELS
+
+
+def study_key(study: Study) -> str:
+    """Content digest of the image: cache entries of one study are shared across its boxes and re-runs."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(study.image.shape).encode())
+    digest.update(np.ascontiguousarray(study.image).data)
+    return digest.hexdigest()
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings | None = None):
+        self.settings = settings or EngineSettings()
+        self.registry: dict[str, ModelSpec] = load_registry(self.settings.models_dir)
+        self.routing = RoutingTable.load(self.settings.routing_file)
+        self.cache = EmbeddingCache(self.settings.cache_bytes)
+        self._compiled: dict[str, CompiledSam] = {}
+        self._runtime = RuntimeSettings(self.settings.precision, self.settings.threads,
+                                        compile_cache_dir(self.settings.models_dir))
+
+    def model(self, name: str) -> CompiledSam:
+        if name not in self._compiled:
+            self._compiled[name] = CompiledSam(self.registry[name], self._runtime)
+        return self._compiled[name]
+
+    def warm_up(self) -> None:
+        """Compile every registered model now (a worker process does this at start-up)."""
+        for name in self.registry:
+            self.model(name)
+
+    def segment(self, study: Study, progress: ProgressFn | None = None) -> Segmentation:
+        started = time.perf_counter()
+        check_study(study, self.settings.max_voxels)
+        route = self.routing.route(study.modality)
+        metrics = StudyMetrics()
+        clock = StageClock(metrics.times)
+        name = route.pick_model(self.registry)
+        with clock.stage("load"):
+            model = self.model(name)
+        seg = SliceSegmenter(model, self.cache, study_key(study), SliceSettings(route.interpolation,
+                             self.settings.decode_chunk), clock)
+        before = self._cache_snapshot()
+        strategy = route.strategy(study.is_3d)
+        labels = self._run(strategy, study, seg, route.margin, progress)
+        self._account(metrics, seg, before, study, strategy, route)
+        metrics.times.total = time.perf_counter() - started
+        return Segmentation(study.study_id, labels, metrics)
+
+    @staticmethod
+    def _run(strategy: str, study: Study, seg: SliceSegmenter, margin: float, progress) -> np.ndarray:
+        if strategy == "box2d":
+            return segment_2d(study.image, study.boxes, seg, progress)
+        return STRATEGIES_3D[strategy](study.image, study.boxes, seg, margin, progress)
+
+    def _cache_snapshot(self) -> tuple[int, int, int]:
+        stats = self.cache.stats
+        return stats.hits, stats.misses, stats.evictions
+
+    def _account(self, metrics: StudyMetrics, seg: SliceSegmenter, before, study: Study, strategy: str, route) -> None:
+        hits, misses, evictions = self._cache_snapshot()
+        counts = metrics.counts
+        counts.boxes = len(study.boxes)
+        counts.slices_encoded = seg.encoder_calls
+        counts.decoder_calls = seg.decoder_calls
+        counts.cache_hits, counts.cache_misses = hits - before[0], misses - before[1]
+        counts.cache_evictions = evictions - before[2]
+        spec = seg.model.spec
+        preferred = route.models[0]
+        metrics.provenance.model = spec.name
+        metrics.provenance.model_sha256 = spec.sha256
+        metrics.provenance.precision = self.settings.precision
+        metrics.provenance.strategy = strategy
+        metrics.provenance.package_version = __version__
+        if spec.name != preferred:
+            metrics.provenance.note = f"{preferred} is not registered; ran {spec.name} instead"
+        metrics.extra["margin"] = route.margin
+        metrics.extra["interpolation"] = route.interpolation

@@ -1,0 +1,172 @@
+"""The paper's strategies: 2D box prompts, slice-to-slice box propagation (CT/MR), tri-view voting (PET).
+
+Labels: box k -> k + 1, uint16. Where boxes overlap, the later box wins, as in the challenge baseline; that is
+the maximum label over the masks covering a voxel, which makes the result independent of processing order.
+All boxes of a volume advance in lockstep, slice by slice, so one cached embedding serves every box there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.engine.preprocess import Geometry, geometry_for, scale_boxes
+from worker.engine.slices import ProgressFn, SliceSegmenter
+
+# view name -> (axes permutation of the (z, y, x) volume, order of the 3D box's 6 numbers in that view)
+VIEWS = {
+    "axial": ((0, 1, 2), (0, 1, 2, 3, 4, 5)),
+    "coronal": ((1, 0, 2), (0, 2, 1, 3, 5, 4)),  # slices img[:, y, :], box [x, z, y]
+    "sagittal": ((2, 0, 1), (1, 2, 0, 4, 5, 3)),  # slices img[:, :, x], box [y, z, x]
+}
+
+
+def paint(labels: np.ndarray, masks: np.ndarray, box_ids: np.ndarray) -> None:
+    """Write label id + 1 of each mask where it is higher than what is there (later box wins)."""
+    for mask, box_id in zip(masks, box_ids):
+        label = np.uint16(box_id + 1)
+        labels[mask & (labels < label)] = label
+
+
+def segment_2d(image: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, progress: ProgressFn | None) -> np.ndarray:
+    """Encode once, decode every box."""
+    geo = geometry_for(image.shape[:2], seg.size)
+    embedding = seg.embedding("2d", 0, image)
+    masks = seg.masks(embedding, geo, scale_boxes(boxes[:, :4], geo))
+    labels = np.zeros(image.shape[:2], dtype=np.uint16)
+    with seg.clock.stage("postprocess"):
+        paint(labels, masks, np.arange(len(boxes)))
+    if progress:
+        progress(1, 1)
+    return labels
+
+
+@dataclass
+class Sweep:
+    """One direction of the propagation: which boxes are active at each slice, and their current prompts."""
+
+    slices: range
+    first: np.ndarray  # per box: the slice where it starts in this sweep
+    last: np.ndarray  # per box: the slice where it ends (inclusive)
+
+
+def prompt_from_mask(mask: np.ndarray, geo: Geometry, margin: float) -> np.ndarray | None:
+    """Tight box of a mask, in model-input pixels, grown by margin; None if the mask is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    new_h, new_w = geo.resized
+    box = np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64) * geo.scale
+    box += (-margin, -margin, margin, margin)
+    return np.clip(box, 0, (new_w, new_h, new_w, new_h)).astype(np.float32)
+
+
+def sweeps(z_lo: np.ndarray, z_hi: np.ndarray) -> tuple[Sweep, Sweep]:
+    """Up from each box's middle slice to z_max, then down from middle - 1 to z_min (both inclusive)."""
+    mid = (z_lo + z_hi) // 2
+    up = Sweep(range(int(mid.min()), int(z_hi.max()) + 1), mid, z_hi)
+    down = Sweep(range(int(mid.max()) - 1, int(z_lo.min()) - 1, -1), mid - 1, z_lo)
+    return up, down
+
+
+def sweep_steps(sweep: Sweep) -> int:
+    return sum(1 for z in sweep.slices if _active(sweep, z).size)
+
+
+def _active(sweep: Sweep, z: int) -> np.ndarray:
+    step = sweep.slices.step
+    started = (sweep.first - z) * step <= 0  # z is at or past the box's first slice in this direction
+    not_done = (z - sweep.last) * step <= 0
+    return np.flatnonzero(started & not_done)
+
+
+class Propagation:
+    """Box propagation through one view of a volume, all boxes in lockstep."""
+
+    def __init__(self, volume: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, view: str, margin: float):
+        self.volume = volume
+        self.seg = seg
+        self.view = view
+        self.margin = margin
+        self.geo = geometry_for(volume.shape[1:], seg.size)
+        self.original = scale_boxes(boxes[:, [0, 1, 3, 4]], self.geo)
+        depth = volume.shape[0]
+        self.z_lo = np.clip(boxes[:, 2].astype(np.int64), 0, depth - 1)
+        self.z_hi = np.clip(boxes[:, 5].astype(np.int64), 0, depth - 1)
+        self.up, self.down = sweeps(self.z_lo, self.z_hi)
+        self.labels = np.zeros(volume.shape, dtype=np.uint16)
+
+    @property
+    def total_steps(self) -> int:
+        return sweep_steps(self.up) + sweep_steps(self.down)
+
+    def run(self, tick) -> np.ndarray:
+        prompts = self.original.copy()
+        after_middle = self._run_sweep(self.up, prompts, tick, keep_middle=True)
+        self._run_sweep(self.down, after_middle, tick, keep_middle=False)
+        return self.labels
+
+    def _run_sweep(self, sweep: Sweep, prompts: np.ndarray, tick, keep_middle: bool) -> np.ndarray:
+        prompts = prompts.copy()
+        after_middle = prompts.copy()
+        for z in sweep.slices:
+            active = _active(sweep, z)
+            if active.size == 0:
+                continue
+            starting = active[sweep.first[active] == z]
+            if keep_middle:
+                prompts[starting] = self.original[starting]
+            embedding = self.seg.embedding(self.view, z, self.volume[z])
+            masks = self.seg.masks(embedding, self.geo, prompts[active])
+            with self.seg.clock.stage("postprocess"):
+                paint(self.labels[z], masks, active)
+                for box_id, mask in zip(active, masks):
+                    nxt = prompt_from_mask(mask, self.geo, self.margin)
+                    prompts[box_id] = self.original[box_id] if nxt is None else nxt
+                if keep_middle:
+                    after_middle[starting] = prompts[starting]
+            tick()
+        return after_middle
+
+
+class Progress:
+    """Counts slice steps across views and reports them."""
+
+    def __init__(self, total: int, report: ProgressFn | None):
+        self.total, self.done, self.report = total, 0, report
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.report:
+            self.report(self.done, self.total)
+
+
+def propagate_views(volume: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, views: tuple[str, ...],
+                    margin: float, progress: ProgressFn | None) -> list[np.ndarray]:
+    """Run the propagation in each view; return each view's labels in (z, y, x) order."""
+    runs = []
+    for view in views:
+        axes, box_order = VIEWS[view]
+        runs.append((axes, Propagation(volume.transpose(axes), boxes[:, box_order], seg, view, margin)))
+    tick = Progress(sum(run.total_steps for _, run in runs), progress)
+    return [run.run(tick).transpose(np.argsort(axes)) for axes, run in runs]
+
+
+def segment_propagate(volume, boxes, seg, margin, progress) -> np.ndarray:
+    return propagate_views(volume, boxes, seg, ("axial",), margin, progress)[0]
+
+
+def majority_vote(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Per voxel: the label at least two views agree on, else the smallest of the three."""
+    smallest = np.minimum(np.minimum(a, b), c)
+    return np.where((a == b) | (a == c), a, np.where(b == c, b, smallest))
+
+
+def segment_triview(volume, boxes, seg, margin, progress) -> np.ndarray:
+    axial, coronal, sagittal = propagate_views(volume, boxes, seg, ("axial", "coronal", "sagittal"), margin, progress)
+    with seg.clock.stage("vote"):
+        return majority_vote(axial, coronal, sagittal)
+
+
+STRATEGIES_3D = {"propagate": segment_propagate, "triview": segment_triview}

@@ -1,0 +1,64 @@
+"""Checks a study before any work is spent on it; each failure is a StudyError naming what is wrong."""
+from __future__ import annotations
+
+import numpy as np
+
+from worker.protocol import Study, StudyError
+
+MAX_BOXES = 65535  # labels are uint16 and 0 is background
+DEFAULT_MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels of uint8 input; configurable by callers
+
+
+def check_image(image: np.ndarray, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
+    if not isinstance(image, np.ndarray):
+        raise StudyError(f"image is {type(image).__name__}, expected a numpy array")
+    if image.dtype != np.uint8:
+        raise StudyError(f"image dtype is {image.dtype}, expected uint8 (the challenge's 8-bit input)")
+    if image.ndim not in (2, 3):
+        raise StudyError(f"image has {image.ndim} dimensions, expected (H, W, 3) for 2D or (D, H, W) for 3D")
+    if 0 in image.shape:
+        raise StudyError(f"image is empty: shape {image.shape}")
+    if image.size > max_voxels:
+        raise StudyError(f"image has {image.size} voxels, above the limit of {max_voxels}")
+
+
+def check_boxes(boxes: np.ndarray, image_shape: tuple[int, ...], is_3d: bool) -> None:
+    width = 6 if is_3d else 4
+    if not isinstance(boxes, np.ndarray) or boxes.dtype.kind not in "iuf":
+        raise StudyError("boxes must be a numeric array")
+    if boxes.ndim != 2 or boxes.shape[1] != width:
+        raise StudyError(f"boxes have shape {boxes.shape}, expected (N, {width}) for a {'3D' if is_3d else '2D'} image")
+    if len(boxes) == 0:
+        raise StudyError("no boxes: nothing to segment")
+    if len(boxes) > MAX_BOXES:
+        raise StudyError(f"{len(boxes)} boxes, more than the {MAX_BOXES} labels uint16 can hold")
+    if not np.all(np.isfinite(boxes)):
+        raise StudyError("boxes contain NaN or infinity")
+    if is_3d:
+        depth, height, width_px = image_shape
+        lo, hi, limits = boxes[:, :3], boxes[:, 3:], np.array([width_px, height, depth])
+    else:
+        height, width_px = image_shape[:2]
+        lo, hi, limits = boxes[:, :2], boxes[:, 2:], np.array([width_px, height])
+    for index in range(len(boxes)):
+        _check_one_box(index, lo[index], hi[index], limits, is_3d)
+
+
+def _check_one_box(index: int, lo: np.ndarray, hi: np.ndarray, limits: np.ndarray, is_3d: bool) -> None:
+    if np.any(lo < 0) or np.any(hi > limits):
+        raise StudyError(f"box {index} {np.r_[lo, hi].tolist()} lies outside the image (x, y{', z' if is_3d else ''} "
+                         f"limits {limits.tolist()})")
+    if np.any(hi[:2] <= lo[:2]):
+        raise StudyError(f"box {index} {np.r_[lo, hi].tolist()} is inverted or has zero area")
+    if is_3d and hi[2] < lo[2]:
+        raise StudyError(f"box {index} {np.r_[lo, hi].tolist()} has z_max < z_min")
+
+
+def check_study(study: Study, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
+    check_image(study.image, max_voxels)
+    is_3d = study.boxes.ndim == 2 and study.boxes.shape[1] == 6
+    if is_3d and study.image.ndim != 3:
+        raise StudyError(f"3D boxes given for an image of shape {study.image.shape}")
+    if not is_3d and study.image.ndim == 3 and study.image.shape[-1] != 3:
+        raise StudyError(f"2D boxes given for a volume of shape {study.image.shape} (2D images are (H, W, 3))")
+    check_boxes(study.boxes, study.image.shape, is_3d)
