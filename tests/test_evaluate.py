@@ -81,7 +81,17 @@ def test_2d_shift_uses_pixel_tolerance():
     gts = np.zeros((40, 40), np.uint8)
     gts[10:25, 10:25] = 1
     assert score_case(gts, shifted(gts, 2, axis=1), None)[1] == pytest.approx(1.0)
-    assert score_case(gts, shifted(gts, 5, axis=1), None)[1] < 0.8
+    assert score_case(gts, shifted(gts, 5, axis=1), None)[1] < 0.9
+
+
+def test_2d_nsd_is_scored_as_a_one_slice_volume_like_the_official_script():
+    gts = np.zeros((40, 40), np.uint8)
+    gts[10:25, 10:25] = 1
+    segs = shifted(gts, 5, axis=1)
+    as_volume = score_case(gts[..., None], segs[..., None], (1.0, 1.0, 1.0))
+    assert score_case(gts, segs, None) == pytest.approx(as_volume)
+    # a pure 2D contour comparison would be far lower: the slab's flat faces count as surface
+    assert as_volume[1] > 0.8
 
 
 @pytest.mark.parametrize("shift", [8, 9])
