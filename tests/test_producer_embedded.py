@@ -55,3 +55,19 @@ def test_demo_falls_back_to_phantoms_and_scores_them(echo_models_dir, tmp_path, 
     expected = {p.stem for p in write_phantoms(tmp_path / "expected")}
     assert {p.stem for p in out.glob("*.npz")} == expected
     assert "leaderboard" in result.output
+
+
+def test_huge_image_is_rejected_from_its_header_before_loading(tmp_path, monkeypatch):
+    from producer.formats import npz as npz_format
+    from worker.protocol import StudyError
+    import pytest
+
+    path = write_npz(tmp_path / "3DBox_CT_big.npz", imgs=np.zeros((10, 100, 100), np.uint8),
+                     boxes=np.array([[1, 1, 1, 5, 5, 5]]))
+    assert npz_format.stored_shape(path, "imgs") == (10, 100, 100)
+    monkeypatch.setenv(npz_format.MAX_VOXELS_ENV, "99999")
+    loaded = []
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: loaded.append(key))
+    with pytest.raises(StudyError, match="above the limit"):
+        npz_format.load_npz_study(path)
+    assert loaded == []  # refused before any array was read

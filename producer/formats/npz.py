@@ -1,12 +1,17 @@
 """The challenge's npz format (REFERENCE.md): `imgs` + `boxes` (+ `spacing`) in, `segs` out."""
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from worker.protocol import Study, StudyError
+from worker.validation import DEFAULT_MAX_VOXELS
+
+MAX_VOXELS_ENV = "LITEMEDSAM_MAX_VOXELS"
 
 PREFIXES = ("2DBox_", "3DBox_")
 
@@ -23,10 +28,32 @@ def is_challenge_npz(path: Path) -> bool:
     return path.suffix == ".npz" and path.name.startswith(PREFIXES)
 
 
+def max_voxels() -> int:
+    return int(os.environ.get(MAX_VOXELS_ENV, DEFAULT_MAX_VOXELS))
+
+
+def stored_shape(path: Path, key: str) -> tuple[int, ...]:
+    """The shape of array `key` from its .npy header, without reading (or allocating) the data."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
+        major, _ = npy_format.read_magic(member)
+        read_header = npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
+        shape, _, _ = read_header(member)
+    return tuple(int(n) for n in shape)
+
+
+def check_size_before_loading(path: Path, limit: int) -> None:
+    voxels = int(np.prod(stored_shape(path, "imgs"), dtype=np.int64))
+    if voxels > limit:
+        raise StudyError(f"{path.name}: image has {voxels} voxels, above the limit of {limit} "
+                         f"(set {MAX_VOXELS_ENV} to change it); not loaded")
+
+
 def load_npz_study(path: Path) -> Study:
     name = path.stem
     try:
         with np.load(path, allow_pickle=False) as data:
+            if "imgs" in data.files:
+                check_size_before_loading(path, max_voxels())
             missing = {"imgs", "boxes"} - set(data.files)
             if missing:
                 raise StudyError(f"{path.name} lacks key(s) {sorted(missing)} (has {sorted(data.files)})")
