@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from producer.console import BatchProgress, console, summary_table
-from producer.discovery import find_studies
+from producer.discovery import discover
 from producer.outcome import StudyOutcome
 from producer.outputs import OutputWriter
 
@@ -40,11 +40,18 @@ def engine_settings(models_dir, precision, threads, cache_mb, routing):
     )
 
 
+def print_skipped(skipped) -> None:
+    for note in skipped:
+        console.print(f"[yellow]skipped {note.path}: {note.reason}")
+
+
 def run_embedded(study_dir: Path, out_dir: Path, settings) -> list[StudyOutcome]:
     from producer.embedded import EmbeddedRunner
 
-    sources = find_studies(study_dir)
+    found = discover(study_dir)
+    sources = found.studies
     if not sources:
+        print_skipped(found.skipped)
         raise click.ClickException(f"no studies found in {study_dir}")
     runner = EmbeddedRunner(settings)
     writer = OutputWriter(out_dir)
@@ -56,8 +63,11 @@ def run_embedded(study_dir: Path, out_dir: Path, settings) -> list[StudyOutcome]
             bar.finished(outcome)
             outcomes.append(outcome)
     console.print(summary_table(outcomes))
+    print_skipped(found.skipped)
     failed = sum(not o.ok for o in outcomes)
-    console.print(f"{len(outcomes) - failed} ok, {failed} failed; masks and {writer.metrics_path.name} in {out_dir}")
+    skipped = f", {len(found.skipped)} file(s) skipped (listed above)" if found.skipped else ""
+    console.print(f"{len(outcomes) - failed} ok, {failed} failed{skipped}; masks and {writer.metrics_path.name} "
+                  f"in {out_dir}")
     return outcomes
 
 
@@ -67,16 +77,82 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def broker_option(command):
+    return click.option("--broker", envvar="LITEMEDSAM_BROKER", default=None,
+                        help="Redis broker of a worker fleet (env LITEMEDSAM_BROKER); none: run in-process.")(command)
+
+
+def broker_required(broker: str | None) -> str:
+    if not broker:
+        raise click.UsageError("this command talks to a fleet: give --broker redis://... or set LITEMEDSAM_BROKER")
+    return broker
+
+
 @cli.command()
 @click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               show_default=True)
+@broker_option
+@click.option("--no-wait", is_flag=True, help="Fleet: enqueue, print the batch id and return.")
+@click.option("--force", is_flag=True, help="Fleet: recompute even when the result is already stored.")
+@click.option("--queue", default=None, help="Fleet: send every study to this queue (default: by modality route).")
+@click.option("--timeout", type=float, default=None, help="Fleet: give up waiting after this many seconds.")
 @engine_options
-def submit(study_dir: Path, out_dir: Path, **engine) -> None:
-    """Segment every study in STUDY_DIR and write OUT/<study>.npz plus OUT/metrics.jsonl."""
-    outcomes = run_embedded(study_dir, out_dir, engine_settings(**engine))
+def submit(study_dir: Path, out_dir: Path, broker: str | None, no_wait: bool, force: bool, queue: str | None,
+           timeout: float | None, **engine) -> None:
+    """Segment every study in STUDY_DIR and write OUT/<study>.npz plus OUT/metrics.jsonl.
+
+    Without a broker the studies run in this process; with one they go to the fleet's workers.
+    """
+    if broker:
+        from producer.fleet_cli import submit_to_fleet
+
+        outcomes = submit_to_fleet(study_dir, out_dir, broker, wait=not no_wait, force=force, queue=queue,
+                                   timeout=timeout)
+    elif no_wait or force or queue:
+        raise click.UsageError("--no-wait, --force and --queue need a fleet: give --broker or set LITEMEDSAM_BROKER")
+    else:
+        outcomes = run_embedded(study_dir, out_dir, engine_settings(**engine))
     if outcomes and not any(o.ok for o in outcomes):
         raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("batch_id")
+@broker_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(batch_id: str, broker: str | None, as_json: bool) -> None:
+    """How a fleet batch is doing: counts, and each study's state and progress."""
+    from producer.fleet_cli import show_status
+
+    show_status(batch_id, broker_required(broker), as_json)
+
+
+@cli.command()
+@click.argument("batch_id")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+@broker_option
+@click.option("--no-wait", is_flag=True, help="Write what is finished now instead of waiting for the rest.")
+@click.option("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
+def results(batch_id: str, out_dir: Path, broker: str | None, no_wait: bool, timeout: float | None) -> None:
+    """Download a fleet batch's masks and metrics into OUT (the same files as an in-process run)."""
+    from producer.fleet_cli import fetch_results
+
+    outcomes = fetch_results(batch_id, out_dir, broker_required(broker), wait=not no_wait, timeout=timeout)
+    if outcomes and not any(o.ok for o in outcomes):
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("batch")
+@broker_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def report(batch: str, broker: str | None, as_json: bool) -> None:
+    """Timing summary of a fleet BATCH id, or of a metrics.jsonl file from any run."""
+    from producer.fleet_cli import show_report
+
+    show_report(batch, broker, as_json)
 
 
 @cli.command()

@@ -1,15 +1,53 @@
-"""Write each study's mask and a metrics line into the output folder."""
+"""Write each study's mask and a metrics line into the output folder; the format follows the source's kind.
+
+- npz: `<study>.npz` with `segs` (uint16), as the challenge expects.
+- dicom: `<study>.seg.dcm`, a DICOM SEG referencing the source series (producer.formats.seg).
+- nifti: `<study>.seg.nii.gz`, a uint16 label map with the source's affine (producer.formats.nifti).
+A study whose mask cannot be written is recorded as an error (the batch goes on).
+"""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
-from producer.discovery import StudySource
-from producer.formats.npz import write_segs
-from producer.outcome import StudyOutcome
+import numpy as np
 
+from producer.discovery import OUTPUT_MARK, StudySource
+from producer.formats.dicom import read_layout
+from producer.formats.nifti import write_label_nifti
+from producer.formats.npz import write_segs
+from producer.formats.seg import write_dicom_seg
+from producer.formats.sidecar import read_prompts
+from producer.outcome import StudyOutcome
+from worker.protocol import StudyError
+
+log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
+SUFFIXES = {"npz": ".npz", "dicom": f"{OUTPUT_MARK}.dcm", "nifti": f"{OUTPUT_MARK}.nii.gz"}
+
+
+def output_path(out_dir: Path, source: StudySource) -> Path:
+    return Path(out_dir) / f"{source.name}{SUFFIXES[source.kind]}"
+
+
+def _write_dicom(path: Path, source: StudySource, outcome: StudyOutcome) -> None:
+    labels = read_prompts(source.sidecar).labels
+    write_dicom_seg(path, read_layout(source.files), outcome.labels, labels,
+                    outcome.metrics.get("provenance", {}))
+
+
+def _write_mask(path: Path, source: StudySource, outcome: StudyOutcome) -> None:
+    labels: np.ndarray = outcome.labels
+    if source.kind == "npz":
+        write_segs(path, labels)
+    elif source.kind == "dicom":
+        _write_dicom(path, source, outcome)
+    elif source.kind == "nifti":
+        write_label_nifti(path, labels, source.path)
+    else:
+        raise StudyError(f"no writer for study kind {source.kind!r}")
 
 
 class OutputWriter:
@@ -21,7 +59,14 @@ class OutputWriter:
     def write(self, source: StudySource, outcome: StudyOutcome) -> None:
         if outcome.ok and outcome.labels is not None:
             started = time.perf_counter()
-            write_segs(self.out_dir / f"{source.name}.npz", outcome.labels)
-            outcome.metrics.setdefault("times", {})["write"] = time.perf_counter() - started
+            path = output_path(self.out_dir, source)
+            try:
+                _write_mask(path, source, outcome)
+                outcome.metrics.setdefault("times", {})["write"] = time.perf_counter() - started
+            except StudyError as error:
+                outcome.status, outcome.error = "error", f"writing {path.name} failed: {error}"
+            except Exception as error:  # one study's output failing must not stop the batch
+                log.exception("writing %s failed", path)
+                outcome.status, outcome.error = "error", f"writing {path.name} failed: {type(error).__name__}: {error}"
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(outcome.record()) + "\n")

@@ -1,0 +1,68 @@
+"""Group DICOM image headers into studies: one per series, or one per 2D image in a series of separate images.
+
+- Files are grouped by SeriesInstanceUID; a SOPInstanceUID seen twice (a copied file) is kept once, with a note.
+- Instances with patient geometry (ImagePositionPatient, or per-frame plane positions) form the series' volume.
+- Instances without it are projection images or photographs: a series holding one of them is one 2D study; a
+  series holding several (two radiograph views, a set of ultrasound captures) yields one 2D study per instance,
+  keyed in the prompts sidecar by SOPInstanceUID.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from producer.formats.dicom_files import DicomHeader
+
+
+@dataclass(frozen=True)
+class DicomGroup:
+    files: tuple[Path, ...]
+    uid: str  # SeriesInstanceUID, or SOPInstanceUID for a 2D image split out of its series
+    section: str  # "series" or "instances": where a keyed prompts.json lists this study
+    modality: str
+    series_number: int | None
+    instance_index: int | None = None  # 1-based position among the series' separate 2D images
+
+    @property
+    def folder(self) -> Path:
+        """The deepest folder holding all the group's files: where its prompts.json lives."""
+        return Path(os.path.commonpath([str(path.parent) for path in self.files]))
+
+
+def _dedupe(headers: Iterable[DicomHeader]) -> tuple[list[DicomHeader], list[tuple[Path, str]]]:
+    kept: dict[str, DicomHeader] = {}
+    duplicates = []
+    for header in headers:
+        first = kept.setdefault(header.sop_instance_uid, header)
+        if first is not header:
+            duplicates.append((header.path, f"duplicate of {first.path} (same SOPInstanceUID), ignored"))
+    return list(kept.values()), duplicates
+
+
+def _series_groups(uid: str, members: list[DicomHeader]) -> list[DicomGroup]:
+    first = members[0]
+    placed = [h for h in members if h.has_plane_geometry]
+    loose = [h for h in members if not h.has_plane_geometry]
+    groups = []
+    if placed:
+        groups.append(DicomGroup(tuple(sorted(h.path for h in placed)), uid, "series", first.modality,
+                                 first.series_number))
+    if len(loose) == 1 and not placed:
+        groups.append(DicomGroup((loose[0].path,), uid, "series", first.modality, first.series_number))
+    elif loose:
+        for index, header in enumerate(sorted(loose, key=lambda h: h.path), start=1):
+            groups.append(DicomGroup((header.path,), header.sop_instance_uid, "instances", header.modality,
+                                     header.series_number, index))
+    return groups
+
+
+def group_headers(headers: Iterable[DicomHeader]) -> tuple[list[DicomGroup], list[tuple[Path, str]]]:
+    """(studies, notes) where notes are (path, reason) for files left out."""
+    unique, notes = _dedupe(headers)
+    by_series: dict[str, list[DicomHeader]] = {}
+    for header in unique:
+        by_series.setdefault(header.series_uid, []).append(header)
+    groups = [group for uid, members in by_series.items() for group in _series_groups(uid, members)]
+    return sorted(groups, key=lambda g: (str(g.folder), g.series_number or 0, g.uid)), notes

@@ -1,0 +1,106 @@
+"""NIfTI (.nii, .nii.gz) in and out, with nibabel; the image's affine is kept exactly.
+
+Axis convention: nibabel indexes the data array (i, j, k). The study volume is `volume[k, j, i]`
+(np.transpose(data, (2, 1, 0))), so voxel (x, y, z) = (i, j, k), boxes [x0, y0, z0, x1, y1, z1] are in i, j, k,
+and world mm = affine @ (i, j, k, 1) in the NIfTI world (RAS+, nibabel's `img.affine`: sform when set, else
+qform). Spacing is the header zooms of i, j, k: (x, y, z), the challenge's order.
+Accepted shapes: 3D, 2D (one slice: a 2D study), and 4D with a single time point. Values are read with the
+header's scl_slope/scl_inter applied (nibabel's get_fdata).
+
+Output: a label map with the source's shape, affine, sform/qform codes and header, dtype uint16,
+intent "label", scl_slope 1 / scl_inter 0; label k+1 is box k.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from producer.formats.volume import Geometry, ImageVolume
+from worker.protocol import StudyError
+
+SUFFIXES = (".nii.gz", ".nii")
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(SUFFIXES)
+
+
+def nifti_stem(path: Path) -> str:
+    """`scan.nii.gz` -> `scan`."""
+    name = path.name
+    for suffix in SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def bids_modality(path: Path) -> str | None:
+    """The "Modality" of a BIDS sidecar (`scan.json` beside `scan.nii.gz`), e.g. "MR" or "PT", when there is one."""
+    sidecar = path.with_name(nifti_stem(path) + ".json")
+    try:
+        value = json.loads(sidecar.read_text(encoding="utf-8")).get("Modality")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _load(path: Path) -> nib.spatialimages.SpatialImage:
+    try:
+        return nib.load(str(path))
+    except Exception as error:  # nibabel raises ImageFileError, EOFError, zlib errors, OSError...
+        raise StudyError(f"{path.name}: unreadable NIfTI ({type(error).__name__}: {error})") from error
+
+
+def _spatial_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    if len(shape) == 2:
+        return shape[0], shape[1], 1
+    if len(shape) == 3 or (len(shape) == 4 and shape[3] == 1):
+        return shape[0], shape[1], shape[2]
+    raise StudyError(f"{name}: NIfTI of shape {shape} is not a single 2D or 3D image (time series and vector "
+                     "images are not supported; extract one volume first)")
+
+
+def _is_native_8bit(img) -> bool:
+    slope, inter = img.dataobj.slope, img.dataobj.inter
+    return img.get_data_dtype() == np.uint8 and slope in (1, None) and inter in (0, None)
+
+
+def load_nifti_volume(path: Path) -> ImageVolume:
+    img = _load(path)
+    if img.get_data_dtype().fields is not None:
+        raise StudyError(f"{path.name}: RGB NIfTI is not supported")
+    shape = _spatial_shape(img.shape, path.name)
+    try:
+        data = img.get_fdata(dtype=np.float32).reshape(shape)
+    except Exception as error:
+        raise StudyError(f"{path.name}: cannot read the image data ({type(error).__name__}: {error})") from error
+    spacing = tuple(float(v) for v in (list(img.header.get_zooms()) + [1.0, 1.0])[:3])
+    geometry = Geometry(np.asarray(img.affine, float), "RAS")
+    volume = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
+    return ImageVolume(volume, geometry, spacing, None, _is_native_8bit(img))
+
+
+def write_label_nifti(path: Path, labels: np.ndarray, source_path: Path) -> None:
+    """labels (D, H, W) or, for a one-slice image, (H, W) -> a uint16 NIfTI on the source's grid (atomic write)."""
+    src = _load(source_path)
+    shape = _spatial_shape(src.shape, source_path.name)
+    volume = labels[None] if labels.ndim == 2 else labels
+    if volume.shape != shape[::-1]:
+        raise StudyError(f"labels of shape {labels.shape} do not fit {source_path.name} (spatial shape {shape})")
+    data = np.ascontiguousarray(np.transpose(volume, (2, 1, 0))).astype(np.uint16)
+    if len(src.shape) == 2:
+        data = data[:, :, 0]
+    header = src.header.copy()
+    header.set_data_dtype(np.uint16)
+    out = type(src)(data, src.affine, header)
+    out.header.set_slope_inter(1.0, 0.0)
+    out.header.set_intent("label")
+    out.header["cal_min"], out.header["cal_max"] = 0, int(data.max(initial=0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(".partial-" + path.name)  # keeps the suffix nibabel picks compression by
+    nib.save(out, str(partial))
+    os.replace(partial, path)
