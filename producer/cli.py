@@ -96,10 +96,12 @@ def broker_required(broker: str | None) -> str:
 @click.option("--no-wait", is_flag=True, help="Fleet: enqueue, print the batch id and return.")
 @click.option("--force", is_flag=True, help="Fleet: recompute even when the result is already stored.")
 @click.option("--queue", default=None, help="Fleet: send every study to this queue (default: by modality route).")
+@click.option("--route", "routes", multiple=True, metavar="MODALITY=QUEUE",
+              help="Fleet: send a modality's studies to a queue, e.g. --route PET=pet (repeatable).")
 @click.option("--timeout", type=float, default=None, help="Fleet: give up waiting after this many seconds.")
 @engine_options
 def submit(study_dir: Path, out_dir: Path, broker: str | None, no_wait: bool, force: bool, queue: str | None,
-           timeout: float | None, **engine) -> None:
+           routes: tuple[str, ...], timeout: float | None, **engine) -> None:
     """Segment every study in STUDY_DIR and write OUT/<study>.npz plus OUT/metrics.jsonl.
 
     Without a broker the studies run in this process; with one they go to the fleet's workers.
@@ -108,9 +110,10 @@ def submit(study_dir: Path, out_dir: Path, broker: str | None, no_wait: bool, fo
         from producer.fleet_cli import submit_to_fleet
 
         outcomes = submit_to_fleet(study_dir, out_dir, broker, wait=not no_wait, force=force, queue=queue,
-                                   timeout=timeout)
-    elif no_wait or force or queue:
-        raise click.UsageError("--no-wait, --force and --queue need a fleet: give --broker or set LITEMEDSAM_BROKER")
+                                   routes=routes, timeout=timeout)
+    elif no_wait or force or queue or routes:
+        raise click.UsageError("--no-wait, --force, --queue and --route need a fleet: give --broker or set "
+                               "LITEMEDSAM_BROKER")
     else:
         outcomes = run_embedded(study_dir, out_dir, engine_settings(**engine))
     if outcomes and not any(o.ok for o in outcomes):

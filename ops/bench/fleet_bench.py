@@ -1,0 +1,352 @@
+"""Fleet benchmark (not a test): throughput of a batch of small 2D studies and of one big 3D study, run
+in-process (embedded, 2 threads), by 1 worker x 2 threads, and by 2 workers x 1 thread; and what the fleet adds.
+
+    .venv/bin/python ops/bench/fleet_bench.py [--reps-2d 3] [--reps-3d 2] [--small 8] [--no-write]
+
+Targets (issue 3): the fleet adds under 5 % to a 3D study's time and under 150 ms per small 2D study, both
+against the embedded run with the same thread count (1 worker x 2 threads vs embedded 2 threads).
+
+Every repetition segments new content (one voxel changed), so neither the workers' embedding cache nor the
+content-addressed store can serve it; fleet runs use --force as well. Wall times are the producer's, from
+submitting the folder to the last mask written (discovery, load, upload, queue, compute, download, write);
+embedded times cover the same steps in-process, with the engine compiled beforehand (workers compile at start).
+Workers are started with ops/fleet/fleet.sh on a private Redis database. Prints a table, writes
+ops/bench/results/fleet.{png,json} and appends a dated block under "## Fleet" in ops/bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from producer import api  # noqa: E402  (all project imports up front: a long run never mixes code versions)
+from producer.discovery import find_studies  # noqa: E402
+from producer.embedded import EmbeddedRunner  # noqa: E402
+from producer.outputs import OutputWriter  # noqa: E402
+from worker.engine.engine import EngineSettings  # noqa: E402
+from worker.settings import FleetSettings  # noqa: E402
+
+SHARED_IMGS = REPO.parent / "shared" / "data" / "cases" / "imgs"
+RESULTS_MD = REPO / "ops" / "bench" / "RESULTS.md"
+RESULTS_DIR = REPO / "ops" / "bench" / "results"
+FLEET_SH = REPO / "ops" / "fleet" / "fleet.sh"
+CONFIGS = (("embedded x 2 threads", 0, 2), ("1 worker x 2 threads", 1, 2), ("2 workers x 1 thread", 2, 1))
+
+
+@dataclass
+class Run:
+    config: str
+    workload: str  # "2d" or "3d"
+    wall: float
+    studies: int
+    engine_total: float  # sum of the engine's own time over the studies
+    fleet_parts: dict[str, float] = field(default_factory=dict)  # mean seconds per study of the fleet's stages
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+def _sources(big: Path | None) -> tuple[list[Path], Path]:
+    """(2D sources, the big 3D source): shared dev cases when present, else phantoms."""
+    small = [SHARED_IMGS / f"2DBox_CT_{n}.npz" for n in ("amos000475", "amos000690")]
+    big = big or SHARED_IMGS / "3DBox_CT_tsup.npz"
+    if all(p.is_file() for p in (*small, big)):
+        return small, big
+    from producer.phantoms import write_phantoms
+
+    written = {p.stem: p for p in write_phantoms(Path(tempfile.mkdtemp(prefix="fleet-bench-ph-")), with_gts=False)}
+    return [written["2DBox_CT_phantom"]], written["3DBox_CT_phantom"]
+
+
+def _variant(source: Path, target: Path, salt: int, mirror: int) -> None:
+    """New content with the same work: a mirrored copy (2D) and one voxel changed by `salt`."""
+    with np.load(source, allow_pickle=False) as data:
+        arrays = {k: data[k].copy() for k in data.files}
+    image, boxes = arrays["imgs"], arrays["boxes"]
+    if image.ndim == 3 and image.shape[-1] == 3 and mirror & 1:
+        width = image.shape[1]
+        image, boxes[:, [0, 2]] = image[:, ::-1].copy(), (width - 1) - boxes[:, [2, 0]]
+    if image.shape[-1] == 3 and mirror & 2:
+        height = image.shape[0]
+        image, boxes[:, [1, 3]] = image[::-1].copy(), (height - 1) - boxes[:, [3, 1]]
+    image.flat[0] = (int(image.flat[0]) + 1 + salt) % 256
+    arrays.update(imgs=image, boxes=boxes)
+    np.savez_compressed(target, **arrays)
+
+
+def make_inputs(root: Path, small: int, reps_2d: int, reps_3d: int, n_configs: int,
+                big: Path | None = None) -> dict[str, list[Path]]:
+    """Folders of fresh content: for each config and repetition, a 2D batch and a 3D study."""
+    sources_2d, source_3d = _sources(big)
+    folders: dict[str, list[Path]] = {"2d": [], "3d": []}
+    salt = 0
+    for _ in range(n_configs * reps_2d):
+        folder = root / f"2d-{salt}"
+        folder.mkdir(parents=True)
+        for index in range(small):
+            source = sources_2d[index % len(sources_2d)]
+            _variant(source, folder / f"2DBox_CT_bench{index:02d}.npz", salt, index // len(sources_2d))
+        folders["2d"].append(folder)
+        salt += 1
+    for _ in range(n_configs * reps_3d):
+        folder = root / f"3d-{salt}"
+        folder.mkdir(parents=True)
+        _variant(source_3d, folder / f"{source_3d.stem}.npz", salt, 0)
+        folders["3d"].append(folder)
+        salt += 1
+    return folders
+
+
+# ------------------------------------------------------------------------------------------------- runs
+
+def _fleet_parts(metrics: list[dict]) -> dict[str, float]:
+    parts: dict[str, list[float]] = {}
+    for m in metrics:
+        extra = m.get("extra", {})
+        for name, value in {"queue_wait": extra.get("queue_wait"), **extra.get("transfer", {})}.items():
+            if isinstance(value, (int, float)):
+                parts.setdefault(name, []).append(float(value))
+    return {name: statistics.mean(values) for name, values in parts.items()}
+
+
+def run_embedded(runner, folder: Path, out: Path, config: str, workload: str) -> Run:
+    started = time.perf_counter()
+    writer, outcomes = OutputWriter(out), []
+    for source in find_studies(folder):
+        outcome = runner.run_one(source)
+        writer.write(source, outcome)
+        outcomes.append(outcome)
+    wall = time.perf_counter() - started
+    _check(outcomes, folder)
+    return Run(config, workload, wall, len(outcomes), sum(o.metrics["times"]["total"] for o in outcomes))
+
+
+def run_fleet(settings, folder: Path, out: Path, config: str, workload: str) -> Run:
+    started = time.perf_counter()
+    batch = api.submit(folder, out_dir=out, force=True, settings=settings, timeout=3600)
+    wall = time.perf_counter() - started
+    _check(batch.outcomes, folder)
+    metrics = [o.metrics for o in batch.outcomes]
+    return Run(config, workload, wall, len(metrics), sum(m["times"]["total"] for m in metrics), _fleet_parts(metrics))
+
+
+def _check(outcomes, folder: Path) -> None:
+    failed = [(o.name, o.error) for o in outcomes if not o.ok]
+    if failed or not outcomes:
+        raise RuntimeError(f"{folder}: failed studies {failed}")
+
+
+@contextmanager
+def local_fleet(broker: str, namespace: str, workers: int, threads: int):
+    env = {**os.environ, "LITEMEDSAM_BROKER": broker, "LITEMEDSAM_NAMESPACE": namespace,
+           "FLEET_DIR": tempfile.mkdtemp(prefix="fleet-bench-"), "WORKER_THREADS": str(threads)}
+    try:
+        subprocess.run([str(FLEET_SH), "start", str(workers), "--loglevel", "WARNING"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        yield
+    finally:
+        subprocess.run([str(FLEET_SH), "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+        shutil.rmtree(env["FLEET_DIR"], ignore_errors=True)
+
+
+def claim_db() -> tuple[str, object]:
+    import redis
+
+    for db in range(15, 0, -1):
+        client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+        if client.dbsize() == 0 and client.set("litemedsam-bench-claim", os.getpid(), nx=True, ex=6 * 3600):
+            return f"redis://127.0.0.1:6379/{db}", client
+    raise RuntimeError("no empty Redis database to run the benchmark on")
+
+
+def measure(folders: dict[str, list[Path]], reps: dict[str, int], out_root: Path) -> list[Run]:
+    runs: list[Run] = []
+    broker, client = claim_db()
+    namespace = f"bench{uuid.uuid4().hex[:6]}"
+    settings = FleetSettings(broker_url=broker, namespace=namespace)
+    pending = {w: list(paths) for w, paths in folders.items()}
+    try:
+        for config, workers, threads in CONFIGS:
+            runs += _measure_config(config, workers, threads, pending, reps, out_root, broker, namespace, settings)
+    finally:
+        client.flushdb()
+    return runs
+
+
+def _measure_config(config, workers, threads, pending, reps, out_root, broker, namespace, settings) -> list[Run]:
+    runs = []
+    if workers == 0:
+        runner = EmbeddedRunner(EngineSettings(threads=threads))
+        runner.engine.warm_up()
+        execute = lambda folder, out, workload: run_embedded(runner, folder, out, config, workload)  # noqa: E731
+        context = nullcontext()
+    else:
+        execute = lambda folder, out, workload: run_fleet(settings, folder, out, config, workload)  # noqa: E731
+        context = local_fleet(broker, namespace, workers, threads)
+    with context:
+        for workload in ("2d", "3d"):
+            for _ in range(reps[workload]):
+                folder = pending[workload].pop(0)
+                run = execute(folder, out_root / f"{folder.name}-out", workload)
+                print(f"  {config:22s} {workload}: {run.wall:7.2f} s for {run.studies} studies", flush=True)
+                runs.append(run)
+    return runs
+
+
+# -------------------------------------------------------------------------------------------- reporting
+
+def medians(runs: list[Run]) -> dict[tuple[str, str], dict[str, float]]:
+    table = {}
+    for config, _, _ in CONFIGS:
+        for workload in ("2d", "3d"):
+            picked = [r for r in runs if r.config == config and r.workload == workload]
+            if not picked:
+                continue
+            wall = statistics.median(r.wall for r in picked)
+            parts: dict[str, float] = {}
+            for name in {n for r in picked for n in r.fleet_parts}:
+                parts[name] = statistics.median(r.fleet_parts.get(name, 0.0) for r in picked)
+            table[(config, workload)] = {"wall": wall, "studies": picked[0].studies, "n": len(picked),
+                                         "per_study": wall / picked[0].studies,
+                                         "throughput_per_min": 60 * picked[0].studies / wall,
+                                         "engine": statistics.median(r.engine_total for r in picked), **parts}
+    return table
+
+
+def overheads(table) -> dict[str, float]:
+    """What 1 worker x 2 threads adds over the embedded run with 2 threads: raw wall-clock difference, and the
+    difference of the time outside the engine (wall - engine), which background load on the machine skews less."""
+    embedded, fleet = CONFIGS[0][0], CONFIGS[1][0]
+    result = {}
+    for workload in ("2d", "3d"):
+        if (embedded, workload) not in table or (fleet, workload) not in table:
+            continue
+        base, ours = table[(embedded, workload)], table[(fleet, workload)]
+        raw = ours["wall"] - base["wall"]
+        outside = (ours["wall"] - ours["engine"]) - (base["wall"] - base["engine"])
+        if workload == "3d":
+            result["3d_percent_wall"] = 100 * raw / base["wall"]
+            result["3d_percent_outside_engine"] = 100 * outside / base["wall"]
+        else:
+            result["2d_ms_per_study_wall"] = 1000 * raw / ours["studies"]
+            result["2d_ms_per_study_outside_engine"] = 1000 * outside / ours["studies"]
+    return result
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = "unknown"
+    return f"{model}, {os.cpu_count()} CPUs"
+
+
+def render(table, over, load: tuple[str, str], small: int) -> str:
+    lines = [
+        "| configuration | workload | runs | median wall s | s per study | studies/min | engine s | "
+        "queue wait s | upload s | input download s | result upload s | result download s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (config, workload), row in table.items():
+        cells = [f"{row.get(k, 0.0):.3f}" if k in row else "-" for k in
+                 ("queue_wait", "upload", "input_download", "result_upload", "result_download")]
+        label = f"{row['studies']} x 2D" if workload == "2d" else "1 x 3D"
+        lines.append(f"| {config} | {label} | {row['n']} | {row['wall']:.2f} | {row['per_study']:.3f} | "
+                     f"{row['throughput_per_min']:.2f} | {row['engine']:.2f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if "3d_percent_wall" in over:
+        verdict = "meets" if over["3d_percent_outside_engine"] < 5 else "misses"
+        lines.append(f"- Fleet overhead, 3D study (1 worker x 2 threads vs embedded 2 threads): "
+                     f"{over['3d_percent_outside_engine']:+.2f} % of the study's time outside the engine "
+                     f"({verdict} the < 5 % target); raw wall-clock difference {over['3d_percent_wall']:+.1f} %.")
+    if "2d_ms_per_study_wall" in over:
+        verdict = "meets" if over["2d_ms_per_study_outside_engine"] < 150 else "misses"
+        lines.append(f"- Fleet overhead, small 2D studies (batch of {small}): "
+                     f"{over['2d_ms_per_study_outside_engine']:+.0f} ms per study outside the engine ({verdict} the "
+                     f"< 150 ms target); raw wall-clock difference {over['2d_ms_per_study_wall']:+.0f} ms per study.")
+    lines.append(f"- Load average before / after: {load[0]} / {load[1]} (other work on the machine skews times).")
+    return "\n".join(lines)
+
+
+def plot(table, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = [c for c, _, _ in CONFIGS]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, workload, title, key, unit in ((axes[0], "2d", "small 2D batch", "throughput_per_min", "studies/min"),
+                                           (axes[1], "3d", "one big 3D study", "wall", "seconds")):
+        values = [table.get((c, workload), {}).get(key, 0.0) for c in configs]
+        bars = ax.bar(range(len(configs)), values, color=["#888888", "#1f77b4", "#ff7f0e"])
+        ax.bar_label(bars, fmt="%.1f")
+        ax.set_xticks(range(len(configs)), [c.replace(" x ", "\nx ") for c in configs], fontsize=8)
+        ax.set_title(title)
+        ax.set_ylabel(unit)
+    fig.suptitle("LiteMedSAM fleet on " + machine())
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def append_results(block: str) -> None:
+    """Add a dated block at the end of the "## Fleet" section (created at the end of the file if missing)."""
+    text = RESULTS_MD.read_text() if RESULTS_MD.is_file() else "# Benchmark results\n"
+    if "\n## Fleet\n" not in f"\n{text}":
+        RESULTS_MD.write_text(text.rstrip("\n") + "\n\n## Fleet\n\n" + block + "\n")
+        return
+    start = f"\n{text}".index("\n## Fleet\n") + len("## Fleet\n")
+    following = text.find("\n## ", start)
+    end = following + 1 if following != -1 else len(text)
+    section = text[:end].rstrip("\n") + "\n\n" + block + "\n"
+    RESULTS_MD.write_text(section + ("\n" + text[end:] if following != -1 else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps-2d", type=int, default=3)
+    parser.add_argument("--reps-3d", type=int, default=2)
+    parser.add_argument("--small", type=int, default=8, help="2D studies per batch")
+    parser.add_argument("--big", type=Path, default=None, help="the 3D study (default: 3DBox_CT_tsup)")
+    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md or results/")
+    args = parser.parse_args()
+    load_before = "%.2f %.2f %.2f" % os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+        root = Path(tmp)
+        folders = make_inputs(root / "in", args.small, args.reps_2d, args.reps_3d, len(CONFIGS), args.big)
+        runs = measure(folders, {"2d": args.reps_2d, "3d": args.reps_3d}, root / "out")
+    load_after = "%.2f %.2f %.2f" % os.getloadavg()
+    table = medians(runs)
+    over = overheads(table)
+    report = render(table, over, (load_before, load_after), args.small)
+    print(report)
+    if args.no_write:
+        return
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    plot(table, RESULTS_DIR / "fleet.png")
+    (RESULTS_DIR / "fleet.json").write_text(json.dumps(
+        {"runs": [asdict(r) for r in runs], "overheads": over, "machine": machine()}, indent=2))
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    append_results(f"### {stamp} — {machine()}\n\n`ops/bench/fleet_bench.py --reps-2d {args.reps_2d} "
+                   f"--reps-3d {args.reps_3d} --small {args.small}`; plot: results/fleet.png\n\n{report}")
+
+
+if __name__ == "__main__":
+    main()

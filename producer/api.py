@@ -1,0 +1,248 @@
+"""The Python API for hospital back-ends: submit a folder to the fleet, ask how a batch is doing, get results.
+
+    from producer import api
+
+    batch = api.submit("studies/", broker="redis://:secret@broker:6379/0", out_dir="masks/")   # waits
+    batch = api.submit("studies/", broker=..., wait=False)                                       # returns at once
+    api.status(batch.batch_id, broker=...)          # -> BatchStatus (counts, per-study state and progress)
+    api.results(batch.batch_id, "masks/", broker=...)   # waits, downloads, writes masks + metrics.jsonl
+
+Outputs are those of the embedded run (producer.outputs.OutputWriter). Without `out_dir`, `submit`/`results`
+keep each mask in memory (`StudyOutcome.labels`); with it, masks are written and not kept.
+The broker defaults to $LITEMEDSAM_BROKER; every other fleet setting comes from the environment too
+(worker.settings), or pass `settings=FleetSettings(...)`.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from producer.discovery import Skipped, StudySource, discover
+from producer.fleet import Enqueued, FleetClient, SubmitOptions
+from producer.outcome import StudyOutcome
+from producer.outputs import OutputWriter
+from producer.source_codec import source_from_json
+from worker.ledger import Progress
+from worker.messages import Outcome
+from worker.settings import FleetSettings
+from worker.store import StoreError
+
+
+class UnknownBatch(LookupError):
+    pass
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    names: list[str]
+    outcomes: list[StudyOutcome] = field(default_factory=list)  # filled when waited for
+    queued: int = 0
+    cached: int = 0
+    failed_to_submit: int = 0
+    out_dir: Path | None = None
+    skipped: list[Skipped] = field(default_factory=list)  # files discovery left out, with reasons
+    unserved_queues: set[str] = field(default_factory=set)  # queues no worker has announced itself on
+
+    @property
+    def ok(self) -> int:
+        return sum(o.ok for o in self.outcomes)
+
+    @property
+    def failed(self) -> int:
+        return sum(not o.ok for o in self.outcomes)
+
+
+@dataclass
+class StudyStatus:
+    name: str
+    state: str  # queued | running | ok | error
+    modality: str = ""
+    error: str = ""
+    done: int = 0  # slices, while running
+    total: int = 0
+    node: str = ""
+    cached: bool = False
+
+
+@dataclass
+class BatchStatus:
+    batch_id: str
+    created_at: float
+    sealed: bool  # False while the submitter is still enqueuing (or if it died doing so)
+    total: int
+    studies: list[StudyStatus]
+
+    def count(self, state: str) -> int:
+        return sum(s.state == state for s in self.studies)
+
+    @property
+    def finished(self) -> bool:
+        return self.sealed and self.count("ok") + self.count("error") == self.total
+
+
+def client_for(broker: str | None = None, settings: FleetSettings | None = None) -> FleetClient:
+    return FleetClient((settings or FleetSettings.from_env()).with_broker(broker))
+
+
+def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | Path | None = None,
+           wait: bool = True, force: bool = False, queue: str | None = None, routes: dict[str, str] | None = None,
+           timeout: float | None = None, progress: bool = False, settings: FleetSettings | None = None) -> Batch:
+    """Enqueue every study in `study_dir`; with `wait`, collect the results (and write them to `out_dir`).
+
+    `queue` sends every study there; `routes` ({"PET": "pet"}) sends a modality's studies to its queue; else
+    $LITEMEDSAM_QUEUE_ROUTES, else the default queue."""
+    found = discover(Path(study_dir))
+    sources = found.studies
+    if not sources:
+        raise FileNotFoundError(f"no studies found in {study_dir} ({len(found.skipped)} file(s) skipped)")
+    client = client_for(broker, settings)
+    options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}))
+    enqueued = client.submit(sources, options, Path(study_dir))
+    batch = _batch(enqueued, out_dir)
+    batch.skipped = found.skipped
+    if wait:
+        _collect(client, batch, set(batch.names), len(batch.names), timeout, progress)
+    return batch
+
+
+def status(batch_id: str, broker: str | None = None, *, settings: FleetSettings | None = None) -> BatchStatus:
+    client = client_for(broker, settings)
+    meta = _meta(client, batch_id)
+    studies, outcomes = client.ledger.studies(batch_id), client.ledger.outcomes(batch_id)
+    running = client.ledger.progress(batch_id)
+    rows = [_study_status(name, entry, outcomes.get(name), running.get(name)) for name, entry in studies.items()]
+    return BatchStatus(batch_id, meta["created_at"], bool(meta.get("sealed")), int(meta["total"]),
+                       sorted(rows, key=lambda r: r.name))
+
+
+def results(batch_id: str, out_dir: str | Path | None = None, broker: str | None = None, *, wait: bool = True,
+            timeout: float | None = None, progress: bool = False, settings: FleetSettings | None = None) -> Batch:
+    """Download a batch's results (writing them to `out_dir` if given); with `wait`, until every study is done."""
+    client = client_for(broker, settings)
+    meta = _meta(client, batch_id)
+    manifest = _Manifest(client, batch_id)
+    batch = Batch(batch_id, sorted(manifest.entries), out_dir=Path(out_dir) if out_dir else None)
+    if wait:  # a batch still being submitted: follow() reads the full list once the submitter has sealed it
+        names = set(manifest.entries) if meta.get("sealed") else None
+        _collect(client, batch, names, int(meta["total"]), timeout, progress, manifest)
+        batch.names = sorted(manifest.entries)
+    else:
+        for outcome in client.ledger.outcomes(batch_id).values():
+            batch.outcomes.append(_deliver(client, batch, manifest, outcome))
+    return batch
+
+
+class _Manifest:
+    """A batch's study entries, re-read when a study not listed yet finishes (its submitter was still going)."""
+
+    def __init__(self, client: FleetClient, batch_id: str):
+        self.client, self.batch_id = client, batch_id
+        self.entries = client.ledger.studies(batch_id)
+
+    def entry(self, name: str) -> dict:
+        if name not in self.entries:
+            self.entries = self.client.ledger.studies(self.batch_id)
+        return self.entries.get(name, {})
+
+    def source(self, name: str) -> StudySource:
+        return source_from_json(self.entry(name)["source"])
+
+
+def _meta(client: FleetClient, batch_id: str) -> dict:
+    meta = client.ledger.meta(batch_id)
+    if meta is None:
+        raise UnknownBatch(f"no batch {batch_id!r} on this broker (wrong id or namespace, or expired)")
+    return meta
+
+
+def _batch(enqueued: Enqueued, out_dir) -> Batch:
+    return Batch(enqueued.batch_id, enqueued.names, queued=enqueued.queued, cached=enqueued.cached,
+                 failed_to_submit=enqueued.failed, out_dir=Path(out_dir) if out_dir else None,
+                 unserved_queues=enqueued.unserved_queues)
+
+
+def _collect(client: FleetClient, batch: Batch, names: set[str] | None, total: int, timeout: float | None,
+             progress: bool, manifest: _Manifest | None = None) -> None:
+    from producer.console import BatchProgress
+
+    manifest = manifest or _Manifest(client, batch.batch_id)
+    with (BatchProgress(total) if progress else nullcontext()) as bar:
+        for kind, item in client.follow(batch.batch_id, names, timeout):
+            if kind == "progress" and bar is not None and item[1].total:
+                bar.slices(item[0], item[1].done, item[1].total)
+            elif kind == "done":
+                outcome = _deliver(client, batch, manifest, item)
+                batch.outcomes.append(outcome)
+                if bar is not None:
+                    bar.finished(outcome)
+
+
+def _deliver(client: FleetClient, batch: Batch, manifest: _Manifest, outcome: Outcome) -> StudyOutcome:
+    """Download one finished study's mask and write it (if the batch has an output folder)."""
+    enqueued_at = manifest.entry(outcome.name).get("enqueued_at", outcome.finished_at)
+    study = StudyOutcome(name=outcome.name, modality=outcome.modality, status=outcome.status, error=outcome.error,
+                         metrics=outcome.metrics, seconds=max(0.0, outcome.finished_at - enqueued_at))
+    if outcome.ok:
+        _download(client, outcome, study)
+    if batch.out_dir is not None:
+        OutputWriter(batch.out_dir).write(manifest.source(outcome.name), study)
+        study.labels = None
+    return study
+
+
+def _download(client: FleetClient, outcome: Outcome, study: StudyOutcome) -> None:
+    started = time.perf_counter()
+    try:
+        record = client.fetch(outcome.result_key)
+    except StoreError as error:
+        study.status, study.error = "error", f"result {outcome.result_key[:12]} is unreadable: {error}"
+        return
+    if record is None:
+        study.status, study.error = "error", f"result {outcome.result_key[:12]} is no longer in the store (expired)"
+        return
+    metrics = record.metrics
+    if outcome.metrics.get("extra", {}).get("cached"):  # the stored metrics, plus this batch's cache note
+        metrics.setdefault("extra", {}).update(outcome.metrics["extra"])
+    else:
+        metrics = outcome.metrics
+    metrics.setdefault("extra", {}).setdefault("transfer", {})["result_download"] = time.perf_counter() - started
+    study.labels, study.metrics = record.labels, metrics
+
+
+def state_of(outcome: Outcome | None, progress: Progress | None) -> str:
+    if outcome is not None:
+        return outcome.status
+    return "running" if progress is not None else "queued"
+
+
+def _study_status(name: str, entry: dict, outcome: Outcome | None, progress: Progress | None) -> StudyStatus:
+    row = StudyStatus(name, state_of(outcome, progress), modality=entry.get("modality", ""))
+    if outcome is not None:
+        extra = outcome.metrics.get("extra", {})
+        row.error, row.cached, row.node = outcome.error, bool(extra.get("cached")), extra.get("node", "")
+        row.modality = outcome.modality or row.modality
+    elif progress is not None:
+        row.done, row.total, row.node = progress.done, progress.total, progress.node
+    return row
+
+
+def report(batch_id: str, broker: str | None = None, *, settings: FleetSettings | None = None):
+    """Timing summary of a batch (producer.report.BatchReport) from its outcomes in Redis."""
+    from producer.report import summarise
+
+    client = client_for(broker, settings)
+    meta = _meta(client, batch_id)
+    entries, outcomes = client.ledger.studies(batch_id), client.ledger.outcomes(batch_id)
+    records = [_record(outcome, entries.get(name, {})) for name, outcome in outcomes.items()]
+    finished = [outcome.finished_at for outcome in outcomes.values()]
+    return summarise(records, max(finished) - meta["created_at"] if finished else 0.0)
+
+
+def _record(outcome: Outcome, entry: dict) -> dict:
+    enqueued_at = entry.get("enqueued_at", outcome.finished_at)
+    return {"study": outcome.name, "modality": outcome.modality or entry.get("modality", ""),
+            "status": outcome.status, "error": outcome.error,
+            "seconds": max(0.0, outcome.finished_at - enqueued_at), "metrics": outcome.metrics}

@@ -1,0 +1,238 @@
+"""The producer's broker client: upload studies, find stored results, enqueue tasks, follow a batch.
+
+The producer has no models. It reads the engine identity the workers of a queue published, computes each
+study's content-addressed result key, and skips studies whose result is already stored (unless forced).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from producer.discovery import StudySource
+from producer.loading import load_study
+from producer.source_codec import source_to_json
+from worker.directory import IdentityDirectory
+from worker.identity import EngineIdentity, image_digest
+from worker.keys import Keys
+from worker.ledger import BatchLedger, Progress
+from worker.messages import Outcome, ResultRecord, TaskMessage, pack_image
+from worker.protocol import Study, StudyError
+from worker.settings import TASK_NAME, FleetSettings, redis_client
+from worker.store import StoreError, open_store
+
+log = logging.getLogger(__name__)
+RESYNC_SECONDS = 5.0  # a full re-read of a batch's outcomes, in case a pub/sub message was missed
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    force: bool = False
+    queue: str | None = None  # every study to this queue; else by modality route, else the default queue
+    routes: dict[str, str] = field(default_factory=dict)  # modality -> queue, over LITEMEDSAM_QUEUE_ROUTES
+
+    def explicit_queue(self, modality: str) -> str | None:
+        return self.queue or {m.lower(): q for m, q in self.routes.items()}.get(modality.lower())
+
+
+@dataclass
+class Enqueued:
+    """What submitting a batch did."""
+
+    batch_id: str
+    names: list[str] = field(default_factory=list)
+    queued: int = 0
+    cached: int = 0
+    failed: int = 0
+    unserved_queues: set[str] = field(default_factory=set)  # no worker ever announced itself on these
+
+
+def new_batch_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def study_work(study: Study, identity: EngineIdentity | None) -> tuple[int, int, int]:
+    """(slices, boxes, views) of a study for its time budget; tri-view (or unknown routing of a 3D) counts 3."""
+    boxes = study.boxes
+    if not (study.image.ndim == 3 and boxes.ndim == 2 and boxes.shape[1] == 6):  # 2D (or malformed: the worker says)
+        return 1, len(boxes), 1
+    views = 3
+    if identity is not None:
+        try:
+            views = 3 if identity.route_identity(study.modality)["strategy_3d"] == "triview" else 1
+        except (LookupError, ValueError):
+            pass
+    return int(study.image.shape[0]), len(boxes), views
+
+
+class FleetClient:
+    def __init__(self, settings: FleetSettings):
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.redis = redis_client(settings.broker_url)
+        self.store = open_store(settings.store, settings.namespace,
+                                self.redis if settings.store == settings.broker_url else None)
+        self.ledger = BatchLedger(self.redis, self.keys, settings.batch_ttl)
+        self.directory = IdentityDirectory(self.redis, self.keys)
+        self._app = None
+        self._identities: dict[str, EngineIdentity | None] = {}
+
+    @property
+    def app(self):
+        if self._app is None:
+            from worker.app import make_app
+
+            self._app = make_app(self.settings)
+        return self._app
+
+    def identity(self, queue: str) -> EngineIdentity | None:
+        if queue not in self._identities:
+            self._identities[queue] = self.directory.latest(queue)
+        return self._identities[queue]
+
+    # submitting -------------------------------------------------------------------------------------------
+    def submit(self, sources: list[StudySource], options: SubmitOptions, study_dir: Path | None = None) -> Enqueued:
+        batch = Enqueued(new_batch_id())
+        meta = {"batch_id": batch.batch_id, "created_at": time.time(), "study_dir": str(study_dir or ""),
+                "total": len(sources), "sealed": False, "force": options.force, "queue": options.queue or "",
+                "producer": socket.gethostname()}
+        self.ledger.write_meta(batch.batch_id, meta)
+        for source in sources:
+            batch.names.append(source.name)
+            state = self._submit_one(batch.batch_id, source, options)
+            setattr(batch, state, getattr(batch, state) + 1)
+        self.ledger.write_meta(batch.batch_id, {**meta, "sealed": True, "submitted_at": time.time()})
+        batch.unserved_queues = {queue for queue, identity in self._identities.items() if identity is None}
+        return batch
+
+    def _submit_one(self, batch_id: str, source: StudySource, options: SubmitOptions) -> str:
+        entry: dict[str, Any] = {"source": source_to_json(source), "enqueued_at": time.time()}
+        try:
+            study = load_study(source)
+            message, limits = self.stage(batch_id, source.name, study, options)
+            cached = self._is_stored(message, options)
+            if not cached:
+                message = replace(message, upload_seconds=self.upload(message.image_digest, study))
+        except (StudyError, StoreError) as error:
+            return self._fail(batch_id, source.name, entry, str(error))
+        except Exception as error:  # one unreadable study must not stop the batch
+            log.exception("cannot submit %s", source.name)
+            return self._fail(batch_id, source.name, entry, f"cannot load: {type(error).__name__}: {error}")
+        entry.update(modality=message.modality, image_digest=message.image_digest, queue=message.queue,
+                     result_key=message.expected_key, enqueued_at=message.enqueued_at)
+        if cached:
+            self.ledger.add_study(batch_id, source.name, entry)
+            self.ledger.record(batch_id, cached_outcome(message))
+            return "cached"
+        entry["task_id"] = str(uuid.uuid4())
+        self.ledger.add_study(batch_id, source.name, entry)
+        soft, hard = limits
+        self.app.send_task(TASK_NAME, args=[message.to_dict()], queue=message.queue, task_id=entry["task_id"],
+                           soft_time_limit=soft, time_limit=hard)
+        return "queued"
+
+    def _is_stored(self, message: TaskMessage, options: SubmitOptions) -> bool:
+        if not message.expected_key or options.force:
+            return False
+        return self.store.touch(Keys.result_blob(message.expected_key), self.settings.result_ttl)
+
+    def _fail(self, batch_id: str, name: str, entry: dict[str, Any], reason: str) -> str:
+        self.ledger.add_study(batch_id, name, entry)
+        self.ledger.record(batch_id, Outcome(name, "error", error=reason))
+        return "failed"
+
+    def stage(self, batch_id: str, name: str, study: Study,
+              options: SubmitOptions) -> tuple[TaskMessage, tuple[int, int]]:
+        """The task message of a study (its content digest and expected result key) and its time limits."""
+        queue = self.settings.queue_for(study.modality, options.explicit_queue(study.modality))
+        identity = self.identity(queue)
+        digest = image_digest(study.image)
+        key = ""
+        if identity is not None:
+            try:
+                key = identity.result_key(digest, study.boxes, study.modality)
+            except (LookupError, ValueError) as error:
+                log.info("%s: no result key (%s); the worker will say what is wrong", name, error)
+        message = TaskMessage(
+            batch_id=batch_id, name=name, study_id=study.study_id, modality=study.modality, image_digest=digest,
+            image_shape=tuple(study.image.shape), boxes=study.boxes.tolist(), boxes_dtype=study.boxes.dtype.str,
+            boxes_shape=tuple(study.boxes.shape), spacing=study.spacing, expected_key=key, force=options.force,
+            queue=queue, enqueued_at=time.time(),
+        )
+        return message, self.settings.budget.limits(*study_work(study, identity))
+
+    def upload(self, digest: str, study: Study) -> float:
+        """Put the image in the store unless it is there already; seconds spent."""
+        started = time.perf_counter()
+        blob_key = Keys.input_blob(digest)
+        if not self.store.touch(blob_key, self.settings.input_ttl):
+            self.store.put(blob_key, pack_image(study.image), self.settings.input_ttl)
+        return time.perf_counter() - started
+
+    # following a batch ------------------------------------------------------------------------------------
+    def follow(self, batch_id: str, names: set[str] | None = None, timeout: float | None = None,
+               ) -> Iterator[tuple[str, Outcome | Progress]]:
+        """Yield ("done", Outcome) once per finished study and ("progress", Progress-with-name) as studies run,
+        until every study of the batch has an outcome (or `timeout` seconds pass: TimeoutError)."""
+        deadline = time.monotonic() + timeout if timeout else None
+        pubsub = self.ledger.listen(batch_id)  # subscribe before the first read: no event falls in between
+        try:
+            yield from self._follow(batch_id, names, pubsub, deadline)
+        finally:
+            pubsub.close()
+
+    def _follow(self, batch_id, names, pubsub, deadline) -> Iterator[tuple[str, Any]]:
+        seen: set[str] = set()
+        expected, resync_at = names, 0.0
+        while True:
+            if time.monotonic() >= resync_at:
+                yield from self._resync(batch_id, seen)
+                if expected is None and (self.ledger.meta(batch_id) or {}).get("sealed"):
+                    expected = set(self.ledger.studies(batch_id))  # the submitter has enqueued every study
+                resync_at = time.monotonic() + RESYNC_SECONDS
+            if expected is not None and expected <= seen:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                waiting = len(expected - seen) if expected is not None else "some"
+                raise TimeoutError(f"batch {batch_id}: {waiting} studies not finished")
+            yield from self._events(batch_id, pubsub, seen)
+
+    def _resync(self, batch_id: str, seen: set[str]) -> Iterator[tuple[str, Any]]:
+        for name, outcome in self.ledger.outcomes(batch_id).items():
+            if name not in seen:
+                seen.add(name)
+                yield "done", outcome
+        for name, progress in self.ledger.progress(batch_id).items():
+            if name not in seen:
+                yield "progress", (name, progress)
+
+    def _events(self, batch_id: str, pubsub, seen: set[str]) -> Iterator[tuple[str, Any]]:
+        message = pubsub.get_message(timeout=0.5)
+        while message is not None:
+            kind, _, name = message["data"].decode().partition(" ")
+            if name not in seen:
+                if kind == "done":
+                    outcome = self.ledger.outcome(batch_id, name)
+                    if outcome is not None:
+                        seen.add(name)
+                        yield "done", outcome
+                elif kind == "progress":
+                    progress = self.ledger.progress(batch_id).get(name)
+                    if progress is not None:
+                        yield "progress", (name, progress)
+            message = pubsub.get_message(timeout=0.0)
+
+    def fetch(self, result_key: str) -> ResultRecord | None:
+        blob = self.store.get(Keys.result_blob(result_key))
+        return ResultRecord.from_bytes(blob) if blob is not None else None
+
+
+def cached_outcome(message: TaskMessage) -> Outcome:
+    """The producer found the result stored: no task; the full metrics come with the result blob."""
+    extra = {"cached": True, "cache_hit_by": "producer", "result_key": message.expected_key, "queue_wait": 0.0,
+             "transfer": {"upload": message.upload_seconds}}
+    return Outcome(message.name, "ok", message.modality, result_key=message.expected_key, metrics={"extra": extra})

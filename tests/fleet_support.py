@@ -1,0 +1,121 @@
+"""Helpers for the fleet tests: a private Redis database, worker processes we start and stop, study variants."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+CLAIM_KEY = "litemedsam-test-claim"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class RedisSlot:
+    """An empty Redis database claimed for one test session, and a namespace unique to it."""
+
+    url: str
+    client: object
+    namespace: str
+
+    def release(self) -> None:
+        self.client.flushdb()
+        self.client.close()
+
+
+def claim_redis() -> RedisSlot | None:
+    import redis
+
+    try:
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=2).ping()
+    except redis.exceptions.ConnectionError:
+        return None
+    for db in range(15, 0, -1):
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        if client.dbsize() == 0 and client.set(CLAIM_KEY, os.getpid(), nx=True, ex=6 * 3600):
+            return RedisSlot(f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}", client, f"t{uuid.uuid4().hex[:8]}")
+        client.close()
+    return None
+
+
+def fleet_env(slot: RedisSlot, models_dir: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "LITEMEDSAM_BROKER": slot.url, "LITEMEDSAM_NAMESPACE": slot.namespace,
+           "LITEMEDSAM_MODELS_DIR": str(models_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("LITEMEDSAM_STORE", None)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """`worker start` in its own session (so it and its pool children can be stopped together)."""
+
+    def __init__(self, node: str, env: dict[str, str], log_path: Path, *args: str):
+        self.node = node
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        command = [sys.executable, "-m", "worker.cli", "start", "--concurrency", "1", "--threads", "1",
+                   "--hostname", node, "--loglevel", "INFO", *args]
+        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = 20.0) -> None:
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGTERM)  # warm shutdown of this worker and its children
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever of this session is left
+        except ProcessLookupError:
+            pass
+        self.process.wait(5)
+        self._log.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_for_nodes(app, nodes: list[str], workers: list[WorkerProcess], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker in workers:
+            if not worker.alive():
+                raise RuntimeError(f"worker {worker.node} exited:\n{worker.log_tail()}")
+        replies = app.control.ping(timeout=1.0)
+        answered = {node for reply in replies for node in reply}
+        if set(nodes) <= answered and all("ready." in w.log_path.read_text(errors="replace") for w in workers):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("workers did not come up:\n" + "\n".join(w.log_tail() for w in workers))
+
+
+def mirrored_copy(source: Path, target: Path, axis: str = "x") -> Path:
+    """A 2D challenge npz mirrored left-right (axis x) or top-bottom (axis y), boxes mirrored with it."""
+    with np.load(source, allow_pickle=False) as data:
+        image, boxes = data["imgs"], data["boxes"].copy()
+    height, width = image.shape[:2]
+    if axis == "x":
+        image = image[:, ::-1]
+        boxes[:, [0, 2]] = (width - 1) - boxes[:, [2, 0]]
+    else:
+        image = image[::-1]
+        boxes[:, [1, 3]] = (height - 1) - boxes[:, [3, 1]]
+    np.savez_compressed(target, imgs=np.ascontiguousarray(image), boxes=boxes)
+    return target
+
+
+def read_segs(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        return data["segs"]

@@ -1,0 +1,68 @@
+"""The deployment files hold together: compose.yaml parses and points at files and stages that exist.
+
+Docker is not runnable here, so this is what can be checked without it.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO / "compose.yaml").read_text())
+
+
+def _stages(dockerfile: Path) -> set[str]:
+    return set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile.read_text(), re.MULTILINE | re.IGNORECASE))
+
+
+def test_compose_services_reference_existing_files_and_stages(compose):
+    assert {"redis", "worker", "flower"} <= set(compose["services"])
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build:
+            dockerfile = REPO / build.get("context", ".") / build["dockerfile"]
+            assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+            assert build["target"] in _stages(dockerfile), f"{name}: no stage {build['target']}"
+
+
+def test_redis_persists_and_always_needs_its_password(compose):
+    redis = compose["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command and "--requirepass" in command
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")  # compose refuses to start without
+    assert all(port.startswith("${REDIS_BIND:-127.0.0.1}:") for port in redis["ports"])
+    assert "redis-data:/data" in redis["volumes"] and "redis-data" in compose["volumes"]
+
+
+def test_workers_scale_and_use_the_broker_with_its_password(compose):
+    worker = compose["services"]["worker"]
+    assert "container_name" not in worker and "ports" not in worker  # `--scale worker=N` needs both absent
+    assert worker["environment"]["LITEMEDSAM_BROKER"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert worker["command"][:2] == ["worker", "start"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["worker"] == "worker.cli:main"
+    flower = compose["services"]["flower"]["environment"]
+    assert flower["CELERY_BROKER_URL"] == worker["environment"]["LITEMEDSAM_BROKER"]
+
+
+def test_dockerfile_copies_what_exists_and_never_installs_torch_in_the_worker():
+    dockerfile = (REPO / "ops" / "worker.Dockerfile").read_text()
+    for source in re.findall(r"^COPY\s+(?!--from)(?:--\S+\s+)*(\S+(?:\s+\S+)*?)\s+\S+$", dockerfile, re.MULTILINE):
+        for part in source.split():
+            assert (REPO / part).exists(), f"COPY {part}: not in the repository"
+    worker_stage = dockerfile.split("AS worker\n")[-1]
+    assert "torch" not in worker_stage and 'pip install ".[worker]"' in dockerfile
+
+
+def test_local_fleet_script_is_valid_bash():
+    script = REPO / "ops" / "fleet" / "fleet.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

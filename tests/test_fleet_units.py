@@ -1,0 +1,380 @@
+"""The fleet's parts without worker processes: store, content keys, messages, budgets, the job, the report.
+
+Tests touching Redis use a private database (claimed empty, flushed after); the job runs the box-echo engine.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from fleet_support import claim_redis
+from producer.fleet import FleetClient, SubmitOptions
+from producer.report import read_metrics_file, summarise
+from worker.identity import EngineIdentity, image_digest
+from worker.job import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext, run_study
+from worker.keys import Keys
+from worker.ledger import BatchLedger
+from worker.messages import ResultRecord, TaskMessage, pack_image
+from worker.protocol import Study
+from worker.settings import FleetSettings, TimeBudget, parse_routes
+from worker.store import FileStore, StoreError, open_store, unpack_arrays
+
+RNG = np.random.default_rng(11)
+
+
+@pytest.fixture(scope="module")
+def slot():
+    claimed = claim_redis()
+    if claimed is None:
+        pytest.skip("no Redis at 127.0.0.1:6379 (or no empty database to claim)")
+    yield claimed
+    claimed.release()
+
+
+# ----------------------------------------------------------------------------------------------- store
+
+def test_blobs_refuse_pickled_arrays():
+    buffer = io.BytesIO()
+    np.savez(buffer, evil=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(StoreError, match="unreadable"):
+        unpack_arrays(buffer.getvalue())
+
+
+def test_redis_store_is_write_once_with_ttl(slot):
+    store = open_store(slot.url, slot.namespace)
+    assert store.put_once("result/k", b"first", 60)
+    assert not store.put_once("result/k", b"second", 60)
+    assert store.get("result/k") == b"first"
+    assert 0 < store.client.ttl(f"{slot.namespace}:blob:result/k") <= 60
+    assert store.touch("result/k", 600) and store.client.ttl(f"{slot.namespace}:blob:result/k") > 60
+    assert store.get("result/missing") is None and not store.touch("result/missing", 10)
+
+
+def test_file_store_is_write_once_and_expires(tmp_path):
+    store = open_store(f"file://{tmp_path}", "ns")
+    assert isinstance(store, FileStore)
+    assert store.put_once("result/a", b"first", 60)
+    assert not store.put_once("result/a", b"second", 60)
+    assert store.get("result/a") == b"first"
+    store.put("input/b", b"gone", -1)  # already expired
+    assert store.get("input/b") is None and not store.exists("input/b")
+    assert store.put_once("input/b", b"again", 60)  # an expired blob does not block a new one
+    store.put("input/c", b"old", -1)
+    assert store.sweep() == 1 and store.get("result/a") == b"first"
+    assert not list((tmp_path / "ns").rglob(".staging-*"))
+    with pytest.raises(ValueError):
+        store.get("../escape")
+
+
+# ------------------------------------------------------------------------------------- content addressing
+
+def _identity(**changes) -> EngineIdentity:
+    base = EngineIdentity(precision="f32", package_version="0.1.0", models={"litemedsam": "a" * 64},
+                          routing={"default": {"models": ["litemedsam"], "margin": 3.0},
+                                   "modality": {"PET": {"strategy_3d": "triview"}, "MR": {}}})
+    return replace(base, **changes)
+
+
+def test_result_key_changes_with_everything_that_changes_masks():
+    image = RNG.integers(0, 255, (20, 32, 32), dtype=np.uint8)
+    boxes = np.array([[2, 2, 1, 20, 20, 10]])
+    digest = image_digest(image)
+    key = _identity().result_key(digest, boxes, "CT")
+    assert key == _identity().result_key(image_digest(image.copy()), boxes.copy(), "CT")
+    other_image = image.copy()
+    other_image[0, 0, 0] ^= 1
+    routing = _identity().routing
+    no_margin = {**routing, "default": {**routing["default"], "margin": 0.0}}
+    variants = [
+        _identity().result_key(image_digest(other_image), boxes, "CT"),
+        _identity().result_key(digest, boxes + np.array([[0, 0, 0, 1, 0, 0]]), "CT"),
+        _identity().result_key(digest, boxes, "PET"),
+        _identity(precision="bf16").result_key(digest, boxes, "CT"),
+        _identity(models={"litemedsam": "b" * 64}).result_key(digest, boxes, "CT"),
+        _identity(package_version="0.2.0").result_key(digest, boxes, "CT"),
+        _identity(routing=no_margin).result_key(digest, boxes, "CT"),
+    ]
+    assert len({key, *variants}) == len(variants) + 1
+    # a setting of another modality's route does not touch CT's results
+    pet_margin = {**routing, "modality": {"PET": {"strategy_3d": "triview", "margin": 9.0}, "MR": {}}}
+    assert _identity(routing=pet_margin).result_key(digest, boxes, "CT") == key
+
+
+def test_engine_identity_survives_json_and_names_the_weights_that_run(echo_engine):
+    from models.registry import load_registry
+    from worker.process import engine_identity
+
+    identity = engine_identity(echo_engine)
+    assert EngineIdentity.from_json(identity.to_json()) == identity
+    spec = load_registry(echo_engine.settings.models_dir)["litemedsam"]
+    assert identity.models == {"litemedsam": spec.sha256} and identity.precision == "f32"
+    assert identity.route_identity("Microscope")["model"] == "litemedsam"  # efficientvit-sam not registered
+    assert identity.route_identity("PET")["strategy_3d"] == "triview"
+
+
+def test_task_message_keeps_boxes_bit_exact_through_json():
+    boxes = np.array([[10.1, 20.7, 30.3, 40.9]], dtype=np.float32)
+    message = TaskMessage(batch_id="b", name="n", study_id="n", modality="CT", image_digest="d",
+                          image_shape=(8, 8, 3), boxes=boxes.tolist(), boxes_dtype=boxes.dtype.str,
+                          boxes_shape=boxes.shape, spacing=(1.0, 1.0, 2.5))
+    back = TaskMessage.from_dict(json.loads(json.dumps(message.to_dict())))
+    assert back == message
+    assert back.boxes_array().dtype == np.float32 and back.boxes_array().tobytes() == boxes.tobytes()
+    with pytest.raises(ValueError, match="version"):
+        TaskMessage.from_dict({**message.to_dict(), "version": 99})
+
+
+def test_time_budget_scales_with_the_study_and_stays_below_visibility():
+    budget = TimeBudget(base=100, per_slice=10, per_box_slice=1, ceiling=21600)
+    small, big = budget.limits(1, 3), budget.limits(90, 6)
+    assert small[0] < small[1] < big[0] < big[1]
+    assert budget.limits(90, 6, views=3)[0] > big[0]
+    huge = budget.limits(5000, 50)
+    assert huge[0] < huge[1] <= 0.95 * 21600
+
+
+def test_queue_routes():
+    assert parse_routes("PET=pet, mr = big") == {"pet": "pet", "mr": "big"}
+    settings = FleetSettings(queue_routes=parse_routes("PET=pet"))
+    assert settings.queue_for("PET") == "pet" and settings.queue_for("CT") == settings.default_queue
+    assert settings.queue_for("PET", explicit="other") == "other"
+    with pytest.raises(ValueError):
+        parse_routes("PET")
+    options = SubmitOptions(routes={"PET": "pet"})
+    assert options.explicit_queue("pet") == "pet" and options.explicit_queue("CT") is None
+    assert SubmitOptions(queue="all", routes={"PET": "pet"}).explicit_queue("PET") == "all"
+
+
+def test_studies_go_to_their_modality_queue(job):
+    client, _ = job
+    study = _study()
+    routed, _ = client.stage("b", "s", study, SubmitOptions(routes={"us": "ultrasound"}))
+    default, _ = client.stage("b", "s", study, SubmitOptions())
+    assert (routed.queue, default.queue) == ("ultrasound", client.settings.default_queue)
+    assert routed.expected_key == ""  # no worker has announced itself on that queue: no cache lookup
+
+
+def test_source_round_trips_through_the_manifest(tmp_path):
+    from producer.discovery import StudySource
+    from producer.formats.sidecar import SidecarRef
+    from producer.source_codec import source_from_json, source_to_json
+
+    source = StudySource("s", tmp_path, "dicom", (tmp_path / "1.dcm", tmp_path / "2.dcm"),
+                         SidecarRef(tmp_path / "prompts.json", "series", "1.2.3", True))
+    assert source_from_json(json.loads(json.dumps(source_to_json(source)))) == source
+
+
+# ------------------------------------------------------------------------------------------- report
+
+def test_report_statistics_leave_cached_studies_out(tmp_path):
+    def record(name, modality, encode, cached=False, status="ok"):
+        extra = {"cached": cached, "queue_wait": 0.5, "transfer": {"upload": 0.01}}
+        return {"study": name, "modality": modality, "status": status, "seconds": encode + 1,
+                "metrics": {"times": {"encode": encode, "total": encode + 0.5}, "counts": {"slices_encoded": 2},
+                            "extra": extra}}
+
+    records = [record(f"ct{i}", "CT", float(i)) for i in range(1, 11)]
+    records += [record("mr", "MR", 100.0, cached=True), record("bad", "MR", 0.0, status="error")]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    report = summarise(read_metrics_file(tmp_path / "metrics.jsonl"), span_seconds=20.0)
+    assert (report.studies, report.ok, report.failed, report.cached, report.computed) == (12, 11, 1, 1, 10)
+    encode = next(s for s in report.stages if s.modality == "all" and s.stage == "encode")
+    assert encode.n == 10 and encode.mean == pytest.approx(5.5) and encode.p50 == pytest.approx(5.5)
+    assert encode.p95 == pytest.approx(np.percentile(np.arange(1, 11), 95))
+    assert report.throughput == pytest.approx(0.5) and report.slices_per_second == pytest.approx(1.0)
+    assert {m.modality: m.studies for m in report.modalities} == {"CT": 10, "MR": 2}
+    assert not any(s.modality == "MR" for s in report.stages)
+
+
+# ------------------------------------------------------------------------------------------- telemetry
+
+def test_child_metrics_reach_the_parent_even_if_prometheus_was_imported_first(tmp_path, monkeypatch):
+    from prometheus_client import values
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from worker.messages import Outcome
+    from worker.telemetry import ChildTelemetry, HitRatioCollector
+
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # in-memory mode now; restored after the test
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setenv("LITEMEDSAM_METRICS_PORT", "9808")
+    child = ChildTelemetry()
+    metrics = {"times": {"encode": 0.5, "total": 1.0}, "counts": {"cache_hits": 3, "cache_misses": 1},
+               "extra": {"queue_wait": 0.2, "transfer": {"input_download": 0.01}}}
+    child.observe(Outcome("a", "ok", "CT", metrics=metrics))
+    child.observe(Outcome("b", "error", "CT", error="bad"))
+    merged = MultiProcessCollector(None, path=str(tmp_path))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in merged.collect() for s in f.samples}
+    assert samples[("litemedsam_studies_total", (("modality", "CT"), ("status", "ok")))] == 1
+    assert samples[("litemedsam_studies_total", (("modality", "CT"), ("status", "error")))] == 1
+    assert samples[("litemedsam_stage_seconds_count", (("stage", "encode"),))] == 1
+    assert samples[("litemedsam_stage_seconds_sum", (("stage", "queue_wait"),))] == pytest.approx(0.2)
+    (ratio,) = HitRatioCollector(merged).collect()
+    assert ratio.samples[0].value == pytest.approx(0.75)
+
+
+# ---------------------------------------------------------------------------------------------- the job
+
+class FakeEngine:
+    def __init__(self, raises: BaseException):
+        self.raises = raises
+
+    def segment(self, study, progress=None):
+        raise self.raises
+
+
+@pytest.fixture(scope="module")
+def echo_engine(echo_models_dir):
+    from worker.engine.engine import Engine, EngineSettings
+
+    return Engine(EngineSettings(models_dir=echo_models_dir, threads=1))
+
+
+@pytest.fixture()
+def job(slot, echo_engine, echo_models_dir):
+    """A worker context and a producer client on the same private Redis (a fresh namespace per test)."""
+    from worker.process import engine_identity
+
+    settings = FleetSettings(broker_url=slot.url, namespace=f"{slot.namespace}-{time.monotonic_ns()}")
+    client = FleetClient(settings)
+    ctx = WorkerContext(engine=echo_engine, identity=engine_identity(echo_engine), store=client.store,
+                        ledger=client.ledger, result_ttl=600, node="unit@test", keys=client.keys)
+    client.directory.publish([settings.default_queue], ctx.identity, ctx.node)
+    return client, ctx
+
+
+def _study(boxes=((10, 10, 60, 50), (30, 20, 90, 70))) -> Study:
+    image = RNG.integers(0, 255, (80, 100, 3), dtype=np.uint8)
+    return Study("2DBox_US_unit", "US", image, np.array(boxes))
+
+
+def _message(client: FleetClient, study: Study, batch="b1", force=False, upload=True) -> TaskMessage:
+    message, _ = client.stage(batch, study.study_id, study, SubmitOptions(force=force))
+    if upload:
+        client.upload(message.image_digest, study)
+    return message
+
+
+def test_job_computes_stores_once_and_ignores_a_duplicate_delivery(job):
+    client, ctx = job
+    study = _study()
+    message = _message(client, study)
+    outcome = run_study(ctx, message, Delivery("t1"))
+    assert outcome.ok and outcome.result_key == message.expected_key  # producer and worker agree on the key
+    record = client.fetch(outcome.result_key)
+    assert record.labels.dtype == np.uint16 and record.labels.max() == 2
+    assert np.array_equal(record.labels, ctx.engine.segment(study).labels)
+    extra = outcome.metrics["extra"]
+    assert extra["cached"] is False and extra["node"] == "unit@test" and extra["queue_wait"] >= 0
+    assert set(extra["transfer"]) == {"upload", "input_download", "result_upload"}
+    assert client.ledger.outcome("b1", study.study_id).to_json() == outcome.to_json()
+    assert run_study(ctx, message, Delivery("t1")).to_json() == outcome.to_json()  # duplicate: no second run
+    assert client.ledger.executions() == {"unit@test": 1}
+    assert client.ledger.runs("b1") == {study.study_id: 1}
+    assert client.ledger.progress("b1") == {}
+    again = run_study(ctx, replace(message, batch_id="b2"), Delivery("t2"))  # same content, new batch
+    assert again.metrics["extra"]["cached"] is True and client.ledger.executions() == {"unit@test": 1}
+
+
+def test_job_keeps_the_first_stored_result_when_a_second_delivery_finishes_later(job):
+    client, ctx = job
+    study = _study()
+    message = _message(client, study)
+    sentinel = ResultRecord(np.full(study.image.shape[:2], 7, np.uint16), {"extra": {"sentinel": True}})
+
+    class RacingStore:  # another delivery stores its result while this one computes
+        def __getattr__(self, name):
+            return getattr(client.store, name)
+
+        def put_once(self, key, blob, ttl):
+            client.store.put_once(key, sentinel.to_bytes(), ttl)
+            return client.store.put_once(key, blob, ttl)
+
+    outcome = run_study(replace(ctx, store=RacingStore()), message, Delivery("t1"))
+    assert outcome.ok and outcome.metrics["extra"]["sentinel"] is True
+    assert outcome.metrics["extra"]["duplicate_of_stored"] is True
+    assert (client.fetch(outcome.result_key).labels == 7).all()
+
+
+def test_forced_job_replaces_the_result_once_per_task(job):
+    client, ctx = job
+    study = _study()
+    message = _message(client, study, force=True)
+    stale = ResultRecord(np.zeros(study.image.shape[:2], np.uint16), {"extra": {}})
+    client.store.put(Keys.result_blob(message.expected_key), stale.to_bytes(), 600)
+    outcome = run_study(ctx, message, Delivery("forced-1"))
+    assert outcome.metrics["extra"]["cached"] is False and client.fetch(outcome.result_key).labels.max() == 2
+    client.store.put(Keys.result_blob(message.expected_key), stale.to_bytes(), 600)
+    run_study(ctx, replace(message, batch_id="redelivered"), Delivery("forced-1"))  # same task delivered again
+    assert client.fetch(outcome.result_key).labels.max() == 0
+
+
+def test_job_replaces_an_unreadable_stored_result(job):
+    client, ctx = job
+    study = _study()
+    message = _message(client, study)
+    client.store.put(Keys.result_blob(message.expected_key), b"not an npz", 600)
+    outcome = run_study(ctx, message, Delivery("t1"))
+    assert outcome.ok and outcome.metrics["extra"]["cached"] is False
+    assert client.fetch(outcome.result_key).labels.max() == 2
+
+
+@pytest.mark.parametrize("problem, reason", [
+    ("inverted", "inverted"), ("missing", "no longer in the store"), ("corrupt", "digest mismatch"),
+    ("poison", "abandoned"), ("engine", "engine error: RuntimeError: boom"), ("timeout", "time limit"),
+])
+def test_job_ends_a_bad_study_with_its_reason(job, problem, reason):
+    client, ctx = job
+    boxes = ((60, 10, 10, 50),) if problem == "inverted" else ((10, 10, 60, 50),)
+    study = _study(boxes)
+    message = _message(client, study, upload=problem != "missing")
+    if problem == "corrupt":
+        client.store.put(Keys.input_blob(message.image_digest), pack_image(study.image[::-1]), 60)
+    if problem == "poison":
+        for _ in range(MAX_DELIVERIES):
+            client.ledger.count_run(message.batch_id, message.name)
+    if problem in ("engine", "timeout"):
+        ctx = replace(ctx, engine=FakeEngine(RuntimeError("boom") if problem == "engine" else SoftTimeLimitExceeded()))
+    outcome = run_study(ctx, message, Delivery("t", soft_limit=7))
+    assert outcome.status == "error" and reason in outcome.error
+    assert outcome.metrics["extra"]["node"] == "unit@test"  # which worker judged it
+    assert client.ledger.outcome(message.batch_id, message.name).error == outcome.error
+    assert client.fetch(message.expected_key) is None
+
+
+def test_hard_time_limit_is_recorded_as_the_study_error(job, monkeypatch):
+    from worker import tasks
+
+    client, _ = job
+    study = _study()
+    message = _message(client, study)
+    monkeypatch.setenv("LITEMEDSAM_BROKER", client.settings.broker_url)
+    monkeypatch.setenv("LITEMEDSAM_NAMESPACE", client.settings.namespace)
+    tasks._ledger.cache_clear()
+    try:
+        tasks.on_task_failure(sender=tasks.segment, task_id="t", exception=TimeLimitExceeded(61),
+                              args=[message.to_dict()])
+    finally:
+        tasks._ledger.cache_clear()
+    outcome = client.ledger.outcome(message.batch_id, message.name)
+    assert outcome.status == "error" and "hard limit (61" in outcome.error
+
+
+def test_progress_is_throttled_but_the_last_step_always_published(slot):
+    import redis
+
+    ledger = BatchLedger(redis.Redis.from_url(slot.url), Keys(f"{slot.namespace}-progress"), 60)
+    publish = ProgressPublisher(ledger, "b", "s", "node")
+    for done in range(1, 51):
+        publish(done, 50)
+        if done == 1:
+            assert ledger.progress("b")["s"].done == 1
+        if 1 < done < 50:
+            assert ledger.progress("b")["s"].done == 1  # within the throttle interval
+    assert ledger.progress("b")["s"].done == 50

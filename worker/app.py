@@ -1,0 +1,51 @@
+"""The Celery application of the fleet: `celery -A worker.app worker|inspect|flower` uses `app` below.
+
+The broker and every fleet setting come from the environment (worker.settings); `make_app(settings)` builds
+an app with the same configuration for a producer that talks to another broker.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from worker import lifecycle  # noqa: F401  (connects the worker's signal handlers)
+from worker.settings import FleetSettings
+
+
+def celery_config(settings: FleetSettings) -> dict[str, Any]:
+    return {
+        # JSON only: a message is metadata, never a pickle
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # results live in the content-addressed store and the batch ledger, not in a Celery result backend
+        "task_ignore_result": True,
+        # a study is acknowledged when it is done; a dead child's study goes back to the queue
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Redis redelivers an unacknowledged study after this; it must exceed the longest study
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # a connection blip must not cancel an hour-long study: a duplicate delivery is harmless (write-once)
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": settings.default_queue,
+        "task_create_missing_queues": True,
+        "worker_pool": "prefork",
+        # events for Flower / `celery events`
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+    }
+
+
+def make_app(settings: FleetSettings | None = None) -> Celery:
+    settings = settings or FleetSettings.from_env()
+    app = Celery("litemedsam", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+app = make_app()

@@ -1,0 +1,128 @@
+"""`worker start` (a thin wrapper over `celery worker` with the fleet's app) and `worker ping`.
+
+Every option becomes the environment variable the app reads (worker.settings), so `worker start ...` and
+`LITEMEDSAM_...=... celery -A worker.app worker ...` start the same worker.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from worker.settings import DEFAULT_BROKER, DEFAULT_QUEUE, available_cores, default_threads
+
+
+def _export(name: str, value) -> None:
+    if value is not None and value != "":
+        os.environ[name] = str(value)
+
+
+def check_models(models_dir: Path, routing: Path | None) -> list[str]:
+    """Names of the registered models; exits with a clear message if none can run."""
+    from models.registry import load_registry
+    from worker.routing import RoutingTable
+
+    registry = load_registry(models_dir)
+    if not registry:
+        raise click.ClickException(f"no exported models in {models_dir}: run `python -m models.export` "
+                                   "(or mount the models volume) before starting a worker")
+    RoutingTable.load(routing)  # a broken routing table fails here, not in every child
+    return sorted(registry)
+
+
+@click.group()
+def cli() -> None:
+    """LiteMedSAM fleet worker."""
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--broker", envvar="LITEMEDSAM_BROKER", default=DEFAULT_BROKER, show_default=True)
+@click.option("--store", envvar="LITEMEDSAM_STORE", default="", help="Blob store URL (default: the broker's Redis).")
+@click.option("--concurrency", "-c", type=click.IntRange(1), default=1, show_default=True,
+              help="Prefork child processes (each compiles its own models).")
+@click.option("--threads", type=click.IntRange(0), default=0,
+              help="OpenVINO threads per process (0: cores // concurrency).")
+@click.option("--queues", "-Q", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to consume.")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--precision", default="f32", show_default=True,
+              help="f32 (reproducible), bf16, or an int8 profile made by `python -m models.quantize`.")
+@click.option("--cache-mb", type=click.IntRange(0), default=2048, show_default=True,
+              help="Embedding cache bound per process.")
+@click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+@click.option("--hostname", "-n", default=None, help="Node name (default: litemedsam-<pid>@<host>).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.pass_context
+def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads: int, queues: str,
+          models_dir: Path | None, precision: str, cache_mb: int, routing: Path | None, metrics_port: int | None,
+          hostname: str | None, loglevel: str) -> None:
+    """Start a worker: `celery worker` with the prefork pool; extra arguments go to celery as they are."""
+    from models.paths import default_models_dir
+
+    models_dir = models_dir or default_models_dir()
+    if precision not in ("f32", "bf16") and not precision.startswith("int8"):
+        raise click.BadParameter(f"{precision!r}: use f32, bf16 or an int8 profile", param_hint="--precision")
+    models = check_models(models_dir, routing)
+    threads = threads or default_threads(concurrency)
+    if threads * concurrency > available_cores():
+        click.echo(f"warning: {threads} threads x {concurrency} processes > {available_cores()} cores", err=True)
+    for name, value in (("LITEMEDSAM_BROKER", broker), ("LITEMEDSAM_STORE", store),
+                        ("LITEMEDSAM_MODELS_DIR", models_dir), ("LITEMEDSAM_PRECISION", precision),
+                        ("LITEMEDSAM_THREADS", threads), ("LITEMEDSAM_CACHE_MB", cache_mb),
+                        ("LITEMEDSAM_ROUTING", routing), ("LITEMEDSAM_METRICS_PORT", metrics_port)):
+        _export(name, value)
+    click.echo(f"models {', '.join(models)} | {concurrency} x {threads} thread(s) | queues {queues}", err=True)
+    from worker.app import app
+
+    argv = ["worker", "--pool=prefork", f"--concurrency={concurrency}", f"--queues={queues}",
+            f"--hostname={hostname or f'litemedsam-{os.getpid()}@%h'}", f"--loglevel={loglevel}", *ctx.args]
+    app.worker_main(argv=argv)
+
+
+@cli.command()
+@click.option("--broker", envvar="LITEMEDSAM_BROKER", default=DEFAULT_BROKER, show_default=True)
+@click.option("--timeout", type=float, default=2.0, show_default=True)
+@click.option("--node", default=None, help="Ping only this node (e.g. worker@$(hostname) in a health check).")
+def ping(broker: str, timeout: float, node: str | None) -> None:
+    """Ping the workers on the broker; list the engines published per queue. Exit 1 if none answers."""
+    from worker.app import make_app
+    from worker.directory import IdentityDirectory
+    from worker.keys import Keys
+    from worker.settings import redis_client
+    from worker.settings import FleetSettings
+
+    settings = FleetSettings.from_env(broker)
+    app = make_app(settings)
+    if node:
+        replies = app.control.ping(destination=[node], timeout=timeout, limit=1)
+    else:
+        replies = app.control.ping(timeout=timeout)
+    for reply in replies:
+        for name, answer in reply.items():
+            click.echo(f"{name}: {answer.get('ok', answer)}")
+    if not node:
+        directory = IdentityDirectory(redis_client(settings.broker_url), Keys(settings.namespace))
+        for queue in sorted(_active_queues(settings, timeout)):
+            for entry in directory.published(queue)[:3]:
+                click.echo(f"queue {queue}: engine {entry.identity.fingerprint()} ({entry.identity.precision}, "
+                           f"models {', '.join(sorted(entry.identity.models))}) from {entry.node}")
+    if not replies:
+        click.echo("no worker answered", err=True)
+        sys.exit(1)
+
+
+def _active_queues(settings, timeout: float) -> set[str]:
+    from worker.app import make_app
+
+    answers = make_app(settings).control.inspect(timeout=timeout).active_queues() or {}
+    return {queue["name"] for queues in answers.values() for queue in queues} or {settings.default_queue}
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Which engine identities serve which queue: workers publish theirs at start-up, the producer reads them.
+
+One Redis hash per queue: identity fingerprint -> {identity, node, published_at}. The producer uses the most
+recently published identity of a queue to compute result keys; the worker that runs a study always uses its
+own identity, so a stale or mixed entry can only cost a cache miss, never a wrong result.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from worker.identity import EngineIdentity
+from worker.keys import Keys
+
+
+@dataclass(frozen=True)
+class Published:
+    identity: EngineIdentity
+    node: str
+    published_at: float
+
+
+class IdentityDirectory:
+    def __init__(self, client, keys: Keys):
+        self.client = client
+        self.keys = keys
+
+    def publish(self, queues: list[str], identity: EngineIdentity, node: str) -> None:
+        entry = json.dumps({"identity": identity.to_json(), "node": node, "published_at": time.time()})
+        with self.client.pipeline() as pipe:
+            for queue in queues:
+                pipe.hset(self.keys.identities(queue), identity.fingerprint(), entry)
+            pipe.execute()
+
+    def published(self, queue: str) -> list[Published]:
+        """Newest first."""
+        entries = []
+        for raw in self.client.hvals(self.keys.identities(queue)):
+            data = json.loads(raw)
+            entries.append(Published(EngineIdentity.from_json(data["identity"]), data["node"], data["published_at"]))
+        return sorted(entries, key=lambda p: p.published_at, reverse=True)
+
+    def latest(self, queue: str) -> EngineIdentity | None:
+        found = self.published(queue)
+        return found[0].identity if found else None

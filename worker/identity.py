@@ -1,0 +1,86 @@
+"""Content addressing: what a result depends on, hashed into its key.
+
+A study's result key is the hash of its image content, its boxes, its modality, and the identity of the
+engine route that segments it (sha256 of the weights that run, precision, strategy and its settings, package
+version). Each worker process computes it from the engine it built and publishes that identity to Redis
+(worker.directory), so the producer, which has no models, computes the same key and finds a stored result
+before enqueuing.
+
+Only numpy and the standard library: the producer imports this.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.routing import DEFAULT_ROUTING, ENV_VAR as ROUTING_ENV, RoutingTable
+
+KEY_VERSION = 1
+
+
+def image_digest(image: np.ndarray) -> str:
+    """sha256 of dtype, shape and bytes of an image (the input blob's name)."""
+    digest = hashlib.sha256()
+    digest.update(f"{image.dtype.str}|{image.shape}|".encode())
+    digest.update(memoryview(np.ascontiguousarray(image)).cast("B"))
+    return digest.hexdigest()
+
+
+def boxes_digest(boxes: np.ndarray) -> str:
+    boxes = np.ascontiguousarray(boxes)
+    return hashlib.sha256(f"{boxes.dtype.str}|{boxes.shape}|".encode() + boxes.tobytes()).hexdigest()
+
+
+def _canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class EngineIdentity:
+    """Everything about a worker's engine that changes its masks."""
+
+    precision: str
+    package_version: str
+    models: dict[str, str]  # registered model name -> sha256
+    routing: dict[str, Any] = field(default_factory=dict)  # {"default": {...}, "modality": {...}} as in routing.toml
+
+    def route_identity(self, modality: str) -> dict[str, Any]:
+        """What segments a study of this modality; raises LookupError if its routed models are all missing."""
+        route = RoutingTable(self.routing.get("default", {}), self.routing.get("modality", {})).route(modality)
+        model = route.pick_model(self.models)
+        return {
+            "model": model, "model_sha256": self.models[model], "precision": self.precision,
+            "strategy_3d": route.strategy_3d, "margin": route.margin, "interpolation": route.interpolation,
+            "package_version": self.package_version,
+        }
+
+    def result_key(self, image_sha: str, boxes: np.ndarray, modality: str) -> str:
+        payload = {"v": KEY_VERSION, "image": image_sha, "boxes": boxes_digest(boxes), "modality": modality,
+                   "engine": self.route_identity(modality)}
+        return hashlib.sha256(_canonical(payload)).hexdigest()
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(_canonical(asdict(self))).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "EngineIdentity":
+        data = json.loads(text)
+        return cls(precision=data["precision"], package_version=data["package_version"],
+                   models=dict(data["models"]), routing=dict(data.get("routing", {})))
+
+
+def routing_data(routing_file: Path | None) -> dict[str, Any]:
+    """The routing table as data, resolved the way RoutingTable.load resolves its file."""
+    path = Path(routing_file or os.environ.get(ROUTING_ENV) or DEFAULT_ROUTING)
+    data = tomllib.loads(path.read_text())
+    return {"default": data.get("default", {}), "modality": data.get("modality", {})}

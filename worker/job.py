@@ -1,0 +1,211 @@
+"""One study, as a fleet worker runs it: fetch the image, segment, store the result once, record the outcome.
+
+No Celery here except the soft time-limit exception: worker.tasks wraps this in the task and its retry
+policy. Transient Redis faults propagate (the task retries them); everything about the study itself ends
+as a final error outcome, so a bad study never loops.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
+
+from worker.identity import EngineIdentity, image_digest
+from worker.keys import Keys
+from worker.ledger import BatchLedger, Progress
+from worker.messages import Outcome, ResultRecord, TaskMessage, unpack_image
+from worker.protocol import Study, StudyError
+from worker.store import BlobStore, StoreError
+
+log = logging.getLogger(__name__)
+MAX_DELIVERIES = 3  # a study whose worker process died this many times is not started again
+PROGRESS_INTERVAL = 0.25  # seconds between progress writes
+
+
+class Segmenter(Protocol):
+    def segment(self, study: Study, progress=None): ...
+
+
+class Telemetry(Protocol):
+    def observe(self, outcome: Outcome) -> None: ...
+
+
+class NoTelemetry:
+    def observe(self, outcome: Outcome) -> None:
+        return None
+
+
+@dataclass
+class WorkerContext:
+    """What one worker process holds for its whole life."""
+
+    engine: Segmenter
+    identity: EngineIdentity
+    store: BlobStore
+    ledger: BatchLedger
+    result_ttl: int
+    node: str
+    telemetry: Telemetry = field(default_factory=NoTelemetry)
+    keys: Keys = field(default_factory=Keys)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The Celery side of one execution."""
+
+    task_id: str
+    retries: int = 0
+    soft_limit: float | None = None
+
+
+class ProgressPublisher:
+    """The engine's progress callback: slices done/total to Redis, at most every PROGRESS_INTERVAL seconds."""
+
+    def __init__(self, ledger: BatchLedger, batch_id: str, name: str, node: str):
+        self.ledger, self.batch_id, self.name, self.node = ledger, batch_id, name, node
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.time()
+        if done < total and now - self._last < PROGRESS_INTERVAL:
+            return
+        self._last = now
+        try:
+            self.ledger.set_progress(self.batch_id, self.name, Progress(done, total, self.node, now))
+        except Exception as error:  # progress is best effort: never fail a study over it
+            log.warning("progress for %s not published: %s", self.name, error)
+
+
+def run_study(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery) -> Outcome:
+    started = time.time()
+    finished = ctx.ledger.outcome(msg.batch_id, msg.name)
+    if finished is not None:
+        log.info("%s/%s already has an outcome: duplicate delivery ignored", msg.batch_id, msg.name)
+        return finished
+    runs = ctx.ledger.count_run(msg.batch_id, msg.name)
+    outcome = _execute(ctx, msg, delivery, started, runs)
+    if not outcome.ok:  # say which worker judged the study, for whoever reads the error
+        outcome.metrics = {"extra": {"node": ctx.node, "host": socket.gethostname(), "pid": os.getpid(),
+                                     "task_id": delivery.task_id, "delivery": runs}}
+    ctx.telemetry.observe(outcome)  # before the outcome is visible: whoever sees it sees it counted
+    ctx.ledger.record(msg.batch_id, outcome)
+    return outcome
+
+
+def _execute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, started: float, runs: int) -> Outcome:
+    if runs - delivery.retries > MAX_DELIVERIES:
+        return _error(msg, f"abandoned: delivered {runs} times and the worker process died each time "
+                           "(out of memory or a crash in the engine?)")
+    try:
+        key = ctx.identity.result_key(msg.image_digest, msg.boxes_array(), msg.modality)
+    except (LookupError, ValueError) as error:
+        return _error(msg, f"cannot route {msg.modality}: {error}")
+    if not msg.force:
+        cached = _stored(ctx, key)
+        if cached is not None:
+            return _cached_outcome(ctx, msg, key, cached, started)
+    return _compute(ctx, msg, delivery, key, started, runs)
+
+
+def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, started: float,
+             runs: int) -> Outcome:
+    fetch_started = time.perf_counter()
+    try:
+        study = _fetch_study(ctx, msg)
+    except (StudyError, StoreError) as error:
+        return _error(msg, str(error))
+    fetched = time.perf_counter() - fetch_started
+    ctx.ledger.set_progress(msg.batch_id, msg.name, Progress(0, 0, ctx.node, time.time()))
+    ctx.ledger.count_execution(ctx.node)
+    try:
+        result = ctx.engine.segment(study, progress=ProgressPublisher(ctx.ledger, msg.batch_id, msg.name, ctx.node))
+    except StudyError as error:
+        return _error(msg, str(error))
+    except SoftTimeLimitExceeded:
+        return _error(msg, f"time limit: still running after the soft limit of {delivery.soft_limit or '?'} s "
+                           "(raise LITEMEDSAM_TIME_PER_SLICE or LITEMEDSAM_TIME_BASE for studies this size)")
+    except Exception as error:  # the engine failed on this study's data: a final error, the worker lives on
+        log.exception("study %s/%s failed in the engine", msg.batch_id, msg.name)
+        return _error(msg, f"engine error: {type(error).__name__}: {error}")
+    metrics = result.metrics.to_dict()
+    metrics["extra"].update(_fleet_extra(ctx, msg, delivery, key, started, runs))
+    metrics["extra"]["transfer"]["input_download"] = fetched
+    return _store_result(ctx, msg, delivery, key, result.labels, metrics)
+
+
+def _store_result(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, labels: np.ndarray,
+                  metrics: dict[str, Any]) -> Outcome:
+    upload_started = time.perf_counter()
+    blob_key = Keys.result_blob(key)
+    record = ResultRecord(labels, metrics).to_bytes()
+    if msg.force and ctx.ledger.claim_forced_write(delivery.task_id):
+        ctx.store.put(blob_key, record, ctx.result_ttl)
+    elif not ctx.store.put_once(blob_key, record, ctx.result_ttl):
+        existing = _stored(ctx, key)  # another delivery stored first: report what is stored, never a second result
+        if existing is not None:
+            existing.metrics.setdefault("extra", {})["duplicate_of_stored"] = True
+            return Outcome(msg.name, "ok", msg.modality, result_key=key, metrics=existing.metrics)
+    metrics["extra"]["transfer"]["result_upload"] = time.perf_counter() - upload_started
+    return Outcome(msg.name, "ok", msg.modality, result_key=key, metrics=metrics)
+
+
+def _fetch_study(ctx: WorkerContext, msg: TaskMessage) -> Study:
+    blob = ctx.store.get(Keys.input_blob(msg.image_digest))
+    if blob is None:
+        raise StoreError(f"input image {msg.image_digest[:12]} is no longer in the store (expired?): resubmit")
+    image = unpack_image(blob)
+    if image_digest(image) != msg.image_digest:
+        raise StoreError(f"input image {msg.image_digest[:12]} is corrupt in the store (digest mismatch)")
+    return Study(study_id=msg.study_id, modality=msg.modality, image=image, boxes=msg.boxes_array(),
+                 spacing=msg.spacing)
+
+
+def _stored(ctx: WorkerContext, key: str) -> ResultRecord | None:
+    blob = ctx.store.get(Keys.result_blob(key))
+    if blob is None:
+        return None
+    try:
+        return ResultRecord.from_bytes(blob)
+    except StoreError as error:  # drop it, so the recomputed result can take its place
+        log.warning("stored result %s is unreadable (%s): recomputing", key[:12], error)
+        ctx.store.delete(Keys.result_blob(key))
+        return None
+
+
+def _cached_outcome(ctx: WorkerContext, msg: TaskMessage, key: str, record: ResultRecord,
+                    started: float) -> Outcome:
+    ctx.store.touch(Keys.result_blob(key), ctx.result_ttl)
+    metrics = record.metrics
+    metrics.setdefault("extra", {}).update({"cached": True, "cache_hit_by": ctx.node,
+                                            "queue_wait": max(0.0, started - msg.enqueued_at)})
+    return Outcome(msg.name, "ok", msg.modality, result_key=key, metrics=metrics)
+
+
+def _fleet_extra(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, started: float,
+                 runs: int) -> dict[str, Any]:
+    return {
+        "cached": False,
+        "result_key": key,
+        "batch_id": msg.batch_id,
+        "task_id": delivery.task_id,
+        "queue": msg.queue,
+        "node": ctx.node,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "delivery": runs,
+        "enqueued_at": msg.enqueued_at,
+        "started_at": started,
+        "queue_wait": max(0.0, started - msg.enqueued_at),
+        "transfer": {"upload": msg.upload_seconds},
+    }
+
+
+def _error(msg: TaskMessage, reason: str) -> Outcome:
+    return Outcome(msg.name, "error", msg.modality, error=reason)
+

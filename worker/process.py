@@ -1,0 +1,80 @@
+"""The state of one worker child process: its compiled engine, store and ledger, built once after the fork.
+
+`start(node)` runs in Celery's worker_process_init (each prefork child, never the parent), so no OpenVINO
+object is ever shared across a fork. Tasks reach the state through `context()`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from worker.directory import IdentityDirectory
+from worker.identity import EngineIdentity, routing_data
+from worker.job import WorkerContext
+from worker.keys import Keys
+from worker.ledger import BatchLedger
+from worker.settings import EngineConfig, FleetSettings, redis_client
+from worker.store import open_store
+
+log = logging.getLogger(__name__)
+QUEUES_ENV = "LITEMEDSAM_WORKER_QUEUES"  # set by the parent (lifecycle) for its children
+_context: WorkerContext | None = None
+_failure: str = ""
+
+
+def engine_identity(engine) -> EngineIdentity:
+    """The identity of the engine this process built: per model, the sha256 of the weights that run at its
+    precision (an int8 profile's encoder differs from the f32 export's); call after engine.warm_up()."""
+    from worker import __version__
+
+    models = {name: getattr(engine.model(name), "sha256", spec.sha256) for name, spec in engine.registry.items()}
+    return EngineIdentity(precision=engine.settings.precision, package_version=__version__, models=models,
+                          routing=routing_data(engine.settings.routing_file))
+
+
+def build_context(node: str, settings: FleetSettings, config: EngineConfig, telemetry) -> WorkerContext:
+    from worker.engine.engine import Engine  # OpenVINO is imported here, in the child, and only here
+
+    started = time.perf_counter()
+    engine = Engine(config.engine_settings())
+    engine.warm_up()
+    log.info("%s: %d model(s) compiled in %.1f s (precision %s, %d thread(s))", node, len(engine.registry),
+             time.perf_counter() - started, config.precision, config.threads)
+    client = redis_client(settings.broker_url)
+    keys = Keys(settings.namespace)
+    store = open_store(settings.store, settings.namespace, client if settings.store == settings.broker_url else None)
+    return WorkerContext(engine=engine, identity=engine_identity(engine), store=store,
+                         ledger=BatchLedger(client, keys, settings.batch_ttl), result_ttl=settings.result_ttl,
+                         node=node, telemetry=telemetry, keys=keys)
+
+
+def start(node: str, telemetry) -> None:
+    """Build this child's context and announce its engine on the queues the worker consumes."""
+    global _context, _failure
+    try:
+        _context = build_context(node, FleetSettings.from_env(), EngineConfig.from_env(), telemetry)
+    except Exception as error:
+        _failure = f"{type(error).__name__}: {error}"
+        raise
+    announce(_context, [q for q in os.environ.get(QUEUES_ENV, "").split(",") if q])
+
+
+def announce(ctx: WorkerContext, queues: list[str]) -> None:
+    """Publish this engine's identity on its queues (without it producers only miss stored results)."""
+    queues = queues or [FleetSettings.from_env().default_queue]
+    try:
+        IdentityDirectory(ctx.ledger.client, ctx.keys).publish(queues, ctx.identity, ctx.node)
+    except Exception as error:
+        log.warning("%s: engine identity not published (%s); producers will not find stored results", ctx.node,
+                    error)
+        return
+    log.info("%s serves %s with engine %s", ctx.node, ", ".join(queues), ctx.identity.fingerprint())
+
+
+def context() -> WorkerContext | None:
+    return _context
+
+
+def failure() -> str:
+    return _failure

@@ -1,0 +1,79 @@
+"""The Celery task: one study per message, JSON in, a small JSON summary out (the result lives in the store).
+
+Retry policy: only transient faults of Redis (connection lost, timeouts) are retried, with exponential
+backoff and jitter. Anything about the study is a final error outcome (worker.job). A hard time limit or a
+task that fails for good is still recorded as the study's error outcome (task_failure handler below), so a
+waiting producer always gets an answer.
+"""
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import redis
+from celery import Task, shared_task, signals
+from celery.exceptions import Reject, TimeLimitExceeded
+
+from worker import process
+from worker.job import Delivery, run_study
+from worker.keys import Keys
+from worker.ledger import BatchLedger
+from worker.messages import Outcome, TaskMessage
+from worker.settings import TASK_NAME, FleetSettings, redis_client
+
+log = logging.getLogger(__name__)
+TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class SegmentTask(Task):
+    acks_late = True
+    reject_on_worker_lost = True
+    autoretry_for = TRANSIENT
+    retry_backoff = 2
+    retry_backoff_max = 120
+    retry_jitter = True
+    max_retries = 8
+    ignore_result = True
+
+
+@shared_task(bind=True, base=SegmentTask, name=TASK_NAME)
+def segment(self, payload: dict) -> dict:
+    try:
+        msg = TaskMessage.from_dict(payload)
+    except (TypeError, ValueError, KeyError) as error:
+        log.error("malformed task message dropped: %s", error)
+        return {"status": "error", "error": f"malformed message: {error}"}
+    ctx = process.context()
+    if ctx is None:  # this child could not build its engine and is shutting the worker down: give it back
+        raise Reject(f"engine unavailable: {process.failure()}", requeue=True)
+    _, soft = self.request.timelimit or (None, None)
+    outcome = run_study(ctx, msg, Delivery(self.request.id, self.request.retries, soft))
+    return {"name": outcome.name, "status": outcome.status, "error": outcome.error, "result_key": outcome.result_key}
+
+
+@lru_cache(maxsize=1)
+def _ledger() -> BatchLedger:
+    """A ledger for the process handling a failure (the pool child, or the parent on a hard time limit)."""
+    settings = FleetSettings.from_env()
+    return BatchLedger(redis_client(settings.broker_url), Keys(settings.namespace), settings.batch_ttl)
+
+
+def failure_reason(exception: BaseException) -> str:
+    if isinstance(exception, TimeLimitExceeded):
+        seconds = exception.args[0] if exception.args else "?"
+        return (f"time limit: the worker process was killed at the hard limit ({seconds} s); "
+                "raise LITEMEDSAM_TIME_PER_SLICE or LITEMEDSAM_TIME_BASE for studies this size")
+    return f"failed: {type(exception).__name__}: {exception}"
+
+
+@signals.task_failure.connect
+def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_) -> None:
+    if getattr(sender, "name", None) != TASK_NAME or not args:
+        return
+    try:
+        msg = TaskMessage.from_dict(args[0])
+        outcome = Outcome(msg.name, "error", msg.modality, error=failure_reason(exception))
+        if _ledger().record(msg.batch_id, outcome):
+            log.error("%s/%s: %s", msg.batch_id, msg.name, outcome.error)
+    except Exception:
+        log.exception("could not record the failure of task %s", task_id)
