@@ -102,7 +102,7 @@ class Engine:
         spec = seg.model.spec
         preferred = route.models[0]
         metrics.provenance.model = spec.name
-        metrics.provenance.model_sha256 = spec.sha256
+        metrics.provenance.model_sha256 = seg.model.sha256
         metrics.provenance.precision = self.settings.precision
         metrics.provenance.strategy = strategy
         metrics.provenance.package_version = __version__

@@ -2,6 +2,10 @@
 
 This CPU defaults to bf16 inference when nothing is said, so the precision is always set explicitly.
 Outputs are copied out of the infer request: its output buffer is reused by the next call.
+
+Precision profiles: "f32" (default, reproducible), "bf16" (both models in bf16), and "int8*" (an NNCF-quantized
+encoder written by `python -m models.quantize --profile NAME` and listed in the model's manifest, checked against
+its sha256; its float parts and the whole decoder run in f32).
 """
 from __future__ import annotations
 
@@ -13,9 +17,14 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from models.registry import ModelSpec
+from models.quantize import PROFILE_PREFIX, profile_encoder
+from models.registry import ModelSpec, combined_sha256
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}
+
+
+def is_quantized(precision: str) -> bool:
+    return precision.startswith(PROFILE_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -24,10 +33,22 @@ class RuntimeSettings:
     threads: int = 0  # 0: let OpenVINO use all cores of this process
     cache_dir: Path | None = None
 
+    @property
+    def precision_cache_dir(self) -> Path | None:
+        """One compiled-cache dir per precision profile. OpenVINO 2026.4's cache key ignores
+        INFERENCE_PRECISION_HINT: in a shared dir a bf16 compile imports the f32 blob of the same IR and then
+        crashes (SIGSEGV) on its first inference (measured here; see ops/bench/RESULTS.md)."""
+        return None if self.cache_dir is None else Path(self.cache_dir) / self.precision
+
     def compile_config(self) -> dict:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision profile {self.precision!r}; choose from {sorted(PRECISIONS)}")
-        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        if self.precision in PRECISIONS:
+            hint = PRECISIONS[self.precision]
+        elif is_quantized(self.precision):
+            hint = "f32"  # the int8 encoder's float parts and the decoder
+        else:
+            raise ValueError(f"unknown precision profile {self.precision!r}; choose from "
+                             f"{sorted(PRECISIONS)} or an int8 profile made by `python -m models.quantize`")
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if self.threads > 0:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         return config
@@ -47,12 +68,19 @@ class CompiledSam:
 
     def __init__(self, spec: ModelSpec, settings: RuntimeSettings):
         started = time.perf_counter()
-        core = _core(str(settings.cache_dir) if settings.cache_dir else None)
+        core = _core(str(settings.precision_cache_dir) if settings.cache_dir else None)
         config = settings.compile_config()
         self.spec = spec
         self.settings = settings
-        self._encoder = core.compile_model(str(spec.encoder_xml), "CPU", config).create_infer_request()
-        self._decoder = core.compile_model(str(spec.decoder_xml), "CPU", config).create_infer_request()
+        self.encoder_xml = spec.encoder_xml
+        self.sha256 = spec.sha256  # provenance: the bytes of the weights that actually run
+        if is_quantized(settings.precision):
+            self.encoder_xml = profile_encoder(spec.encoder_xml.parent, settings.precision)
+            self.sha256 = combined_sha256(self.encoder_xml.with_suffix(".bin"), spec.decoder_xml.with_suffix(".bin"))
+        self.compiled_encoder = core.compile_model(str(self.encoder_xml), "CPU", config)
+        self.compiled_decoder = core.compile_model(str(spec.decoder_xml), "CPU", config)
+        self._encoder = self.compiled_encoder.create_infer_request()
+        self._decoder = self.compiled_decoder.create_infer_request()
         self.load_seconds = time.perf_counter() - started
 
     def encode(self, image: np.ndarray) -> np.ndarray:
@@ -64,3 +92,14 @@ class CompiledSam:
         """Embedding + (B, 4) model-input boxes -> (B, 1, L, L) float32 low-res logits (an owned copy)."""
         self._decoder.infer([embedding, np.ascontiguousarray(boxes, dtype=np.float32)])
         return np.array(self._decoder.get_output_tensor(0).data, copy=True)
+
+
+def runtime_precisions(compiled: ov.CompiledModel) -> dict[str, int]:
+    """How many of the compiled graph's nodes run in each element type (e.g. proves bf16 really runs bf16)."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "runtimePrecision" in info:
+            name = info["runtimePrecision"].astype(str)
+            counts[name] = counts.get(name, 0) + 1
+    return counts
