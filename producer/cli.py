@@ -176,8 +176,10 @@ def demo(out_dir: Path, **engine) -> None:
 
 def _register_optional_commands() -> None:
     from producer.evaluate import evaluate_command
+    from producer.overlay import overlay_command
 
     cli.add_command(evaluate_command)
+    cli.add_command(overlay_command)
 
 
 _register_optional_commands()
