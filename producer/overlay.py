@@ -9,12 +9,10 @@ blue where only the ground truth is. Background pixels show the image unchanged.
 
 3D cases: by default 3 axial slices at 25 %, 50 % and 75 % of the labelled z-range (ground truth when given, else
 the prediction); choose others with --slice. Files: OUT/<case>.png (2D) or OUT/<case>_z<index>.png (3D).
-Pure numpy + zlib PNG writer: no imaging library needed by the producer.
+PNGs are written with matplotlib (imported only when overlays are made).
 """
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import click
@@ -34,37 +32,22 @@ def label_colour(label: int) -> tuple[int, int, int]:
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    """uint8 (H, W, 3) -> 8-bit RGB PNG, written atomically."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))  # filter type 0 per row
+    """uint8 (H, W, 3) -> RGB PNG (matplotlib's writer), written atomically."""
+    from matplotlib import image as mpl_image
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(png)
+    with partial.open("wb") as handle:
+        mpl_image.imsave(handle, np.ascontiguousarray(rgb, dtype=np.uint8), format="png")
     partial.replace(path)
 
 
 def read_png(path: Path) -> np.ndarray:
-    """The inverse of write_png (8-bit RGB, filter 0 rows), for tests and checks."""
-    data = Path(path).read_bytes()
-    pos, idat, size = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        if kind == b"IHDR":
-            size = struct.unpack(">II", body[:8])
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    w, h = size
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
-    return rows[:, 1:].reshape(h, w, 3).copy()
+    """A PNG back as uint8 (H, W, 3), for tests and checks."""
+    from matplotlib import image as mpl_image
+
+    pixels = mpl_image.imread(path)[..., :3]
+    return np.round(pixels * 255).astype(np.uint8) if pixels.dtype.kind == "f" else pixels
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
