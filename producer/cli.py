@@ -71,6 +71,12 @@ def run_embedded(study_dir: Path, out_dir: Path, settings) -> list[StudyOutcome]
     return outcomes
 
 
+def exit_if_all_failed(outcomes: list[StudyOutcome]) -> None:
+    """Exit status 1 when a batch produced no result at all (each failure is already reported)."""
+    if outcomes and not any(o.ok for o in outcomes):
+        raise SystemExit(1)
+
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True)
 def cli(verbose: bool) -> None:
@@ -116,8 +122,7 @@ def submit(study_dir: Path, out_dir: Path, broker: str | None, no_wait: bool, fo
                                "LITEMEDSAM_BROKER")
     else:
         outcomes = run_embedded(study_dir, out_dir, engine_settings(**engine))
-    if outcomes and not any(o.ok for o in outcomes):
-        raise SystemExit(1)
+    exit_if_all_failed(outcomes)
 
 
 @cli.command()
@@ -143,8 +148,7 @@ def results(batch_id: str, out_dir: Path, broker: str | None, no_wait: bool, tim
     from producer.fleet_cli import fetch_results
 
     outcomes = fetch_results(batch_id, out_dir, broker_required(broker), wait=not no_wait, timeout=timeout)
-    if outcomes and not any(o.ok for o in outcomes):
-        raise SystemExit(1)
+    exit_if_all_failed(outcomes)
 
 
 @cli.command()
