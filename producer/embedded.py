@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 from producer.discovery import StudySource
 from producer.loading import load_study
@@ -19,10 +19,6 @@ class EmbeddedRunner:
         from worker.engine.engine import Engine  # OpenVINO is needed only when studies run in-process
 
         self.engine = Engine(engine_settings)
-
-    def run(self, sources: Iterable[StudySource], on_slices: SliceProgress | None = None) -> Iterator[StudyOutcome]:
-        for source in sources:
-            yield self.run_one(source, on_slices)
 
     def run_one(self, source: StudySource, on_slices: SliceProgress | None = None) -> StudyOutcome:
         started = time.perf_counter()
