@@ -199,6 +199,7 @@ def section(data: dict) -> str:
             rows.append([n, c["modality"]] + [f"{c['median_s'][p]:.3f} ({c['speedup'][p]:.2f}x, {c['cos_min'][p]:.4f})"
                                               for p in profiles])
         lines += [md_table(header, rows), "",
+                  (f"{data['ab_note']}. " if data.get("ab_note") else "") +
                   f"Medians of {data.get('ab_repeats')} alternating repeats on {data.get('ab_slices')} real slices "
                   "per case; cosine = worst slice's cosine similarity of the (1, 256, 64, 64) embedding against f32 "
                   "on the same slice. Under a loaded machine the absolute seconds are inflated; the ratios were "
