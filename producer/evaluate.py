@@ -95,7 +95,8 @@ def score_case(gts: np.ndarray, segs: np.ndarray, spacing: tuple | None = None) 
     return dsc, nsd
 
 
-def _load(path: Path, key: str) -> np.ndarray:
+def load_array(path: Path, key: str) -> np.ndarray:
+    """One array of an npz, without pickle; ValueError naming the file when the key is missing."""
     with np.load(path, allow_pickle=False) as data:
         if key not in data.files:
             raise ValueError(f"{path}: no '{key}' array (found {sorted(data.files)})")
@@ -128,7 +129,7 @@ def evaluate_dirs(gts_dir: Path, segs_dir: Path) -> list[CaseScore]:
             continue
         gts, spacing = _load_gt(gt_path)
         try:
-            dsc, nsd = score_case(gts, _load(seg_path, "segs"), spacing)
+            dsc, nsd = score_case(gts, load_array(seg_path, "segs"), spacing)
         except ValueError as err:
             raise ValueError(f"{gt_path.name}: {err}") from err
         scores.append(CaseScore(name, modality, dsc, nsd))

@@ -18,6 +18,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from producer.evaluate import load_array
+
 PALETTE = np.array([
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
@@ -93,10 +95,10 @@ def default_slices(labels: np.ndarray, count: int = 3) -> list[int]:
 
 
 def _load(path: Path, key: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        if key not in data.files:
-            raise click.ClickException(f"{path}: no '{key}' array (found {sorted(data.files)})")
-        return data[key]
+    try:
+        return load_array(path, key)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
 
 
 def overlay_case(image_path: Path, segs_path: Path, gt_path: Path | None, out_dir: Path,
