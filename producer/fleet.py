@@ -51,6 +51,14 @@ class Enqueued:
     unserved_queues: set[str] = field(default_factory=set)  # no worker ever announced itself on these
 
 
+class SubmissionInterrupted(KeyboardInterrupt):
+    """Ctrl-C while enqueuing: the batch was sealed with the studies enqueued so far."""
+
+    def __init__(self, batch: Enqueued):
+        super().__init__(f"batch {batch.batch_id}: interrupted after enqueuing {len(batch.names)} studies")
+        self.batch = batch
+
+
 def new_batch_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
@@ -101,13 +109,27 @@ class FleetClient:
                 "total": len(sources), "sealed": False, "force": options.force, "queue": options.queue or "",
                 "producer": socket.gethostname()}
         self.ledger.write_meta(batch.batch_id, meta)
-        for source in sources:
-            batch.names.append(source.name)
-            state = self._submit_one(batch.batch_id, source, options)
-            setattr(batch, state, getattr(batch, state) + 1)
+        try:
+            for source in sources:
+                state = self._submit_one(batch.batch_id, source, options)
+                batch.names.append(source.name)
+                setattr(batch, state, getattr(batch, state) + 1)
+        except KeyboardInterrupt:
+            self._seal_interrupted(batch, meta)
+            raise SubmissionInterrupted(batch) from None
         self.ledger.write_meta(batch.batch_id, {**meta, "sealed": True, "submitted_at": time.time()})
         batch.unserved_queues = {queue for queue, identity in self._identities.items() if identity is None}
         return batch
+
+    def _seal_interrupted(self, batch: Enqueued, meta: dict[str, Any]) -> None:
+        """Seal what was enqueued, so `producer results` can still finish the batch; a study caught half-way
+        gets an error outcome (resubmitting the folder reuses every stored result)."""
+        for name in set(self.ledger.studies(batch.batch_id)) - set(batch.names):
+            self.ledger.record(batch.batch_id, Outcome(name, "error", error="submission interrupted while this "
+                                                       "study was being enqueued: submit it again"))
+            batch.names.append(name)
+        self.ledger.write_meta(batch.batch_id, {**meta, "sealed": True, "interrupted": True,
+                                                "total": len(batch.names), "submitted_at": time.time()})
 
     def _submit_one(self, batch_id: str, source: StudySource, options: SubmitOptions) -> str:
         entry: dict[str, Any] = {"source": source_to_json(source), "enqueued_at": time.time()}

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from producer import api
 from producer.console import console, summary_table
+from producer.fleet import SubmissionInterrupted
 from producer.outcome import StudyOutcome
 
 
@@ -40,6 +41,12 @@ def submit_to_fleet(study_dir: Path, out_dir: Path, broker: str, *, wait: bool, 
         raise click.BadParameter(str(error), param_hint="--route") from None
     except FileNotFoundError as error:
         raise click.ClickException(str(error)) from None
+    except SubmissionInterrupted as interrupted:
+        batch_id = interrupted.batch.batch_id
+        console.print(f"interrupted while enqueuing: batch {batch_id} holds the {len(interrupted.batch.names)} "
+                      f"studies enqueued so far (collect them with: producer results {batch_id} --out DIR); "
+                      "submit the folder again for the rest (stored results are reused)")
+        raise SystemExit(130) from None
     _print_skipped(batch)
     console.print(f"batch {batch.batch_id}: {batch.queued} queued, {batch.cached} already stored, "
                   f"{batch.failed_to_submit} could not be submitted")
@@ -62,6 +69,10 @@ def fetch_results(batch_id: str, out_dir: Path, broker: str, *, wait: bool, time
         raise click.ClickException(str(error)) from None
     except TimeoutError as error:
         raise click.ClickException(f"{error}; run `producer results {batch_id}` again later") from None
+    except KeyboardInterrupt:
+        console.print(f"interrupted: batch {batch_id} goes on in the fleet; collect it with: "
+                      f"producer results {batch_id} --out DIR")
+        raise SystemExit(130) from None
     _summary(batch, out_dir)
     if not wait:
         waiting = len(batch.names) - len(batch.outcomes)

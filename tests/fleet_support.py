@@ -45,8 +45,8 @@ def claim_redis() -> RedisSlot | None:
     return None
 
 
-def fleet_env(slot: RedisSlot, models_dir: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "LITEMEDSAM_BROKER": slot.url, "LITEMEDSAM_NAMESPACE": slot.namespace,
+def fleet_env(broker_url: str, namespace: str, models_dir: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "LITEMEDSAM_BROKER": broker_url, "LITEMEDSAM_NAMESPACE": namespace,
            "LITEMEDSAM_MODELS_DIR": str(models_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("LITEMEDSAM_STORE", None)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -116,6 +116,63 @@ def mirrored_copy(source: Path, target: Path, axis: str = "x") -> Path:
     return target
 
 
+def many_boxes(source: Path, target: Path, copies: int = 60, shift: int = 0) -> Path:
+    """A 2D study whose boxes repeat `copies` times (hundreds of decoder calls: seconds of work), its image
+    rolled by `shift` columns so that each shift is new content (a new result key)."""
+    with np.load(source, allow_pickle=False) as data:
+        image = np.roll(data["imgs"][::-1], shift, axis=1)
+        np.savez_compressed(target, imgs=np.ascontiguousarray(image), boxes=np.tile(data["boxes"], (copies, 1)))
+    return target
+
+
 def read_segs(path: Path) -> np.ndarray:
     with np.load(path, allow_pickle=False) as data:
         return data["segs"]
+
+
+class RedisServer:
+    """A private redis-server (append-only file, password) that a test can kill and start again on one port."""
+
+    def __init__(self, folder: Path, password: str = "fleet-test-password"):
+        import shutil
+        import socket
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise FileNotFoundError("redis-server is not installed")
+        self.folder, self.password = folder, password
+        folder.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        import redis
+
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                   "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--requirepass", self.password,
+                   "--logfile", str(self.folder / "redis.log")]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis.from_url(self.url, socket_connect_timeout=1).ping():
+                    return
+            except redis.exceptions.BusyLoadingError:
+                pass
+            except redis.exceptions.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"redis-server on port {self.port} did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; what survives is what the append-only file holds."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_CASES
-from fleet_support import (REPO, RedisSlot, WorkerProcess, claim_redis, fleet_env, mirrored_copy, read_segs,
-                           wait_for_nodes)
+from fleet_support import (REPO, RedisSlot, WorkerProcess, claim_redis, fleet_env, many_boxes, mirrored_copy,
+                           read_segs, wait_for_nodes)
 from producer import api
 from producer.discovery import find_studies
 from worker.keys import Keys
@@ -72,13 +72,6 @@ def _link(source: Path, folder: Path) -> None:
     shutil.copyfile(source, folder / source.name)
 
 
-def _many_boxes(source: Path, target: Path, copies: int = 60) -> Path:
-    """A 2D study whose boxes are repeated `copies` times: hundreds of decoder calls, several seconds of work."""
-    with np.load(source, allow_pickle=False) as data:
-        np.savez_compressed(target, imgs=data["imgs"][::-1], boxes=np.tile(data["boxes"], (copies, 1)))
-    return target
-
-
 def _inverted(source: Path, target: Path) -> Path:
     with np.load(source, allow_pickle=False) as data:
         boxes = data["boxes"].copy()
@@ -116,8 +109,8 @@ def cases(tmp_path_factory) -> Cases:
     mirrored_copy(mirrored_copy(ct_2d[0], root / "tmp-x.npz", "x"), folders.bad / "2DBox_CT_good.npz", "y")
     _inverted(ct_2d[-1], folders.bad / "2DBox_CT_inverted.npz")
     (folders.bad / "2DBox_CT_corrupt.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
-    _many_boxes(ct_2d[0], folders.slow / "2DBox_CT_slow.npz")
-    _many_boxes(mirrored_copy(ct_2d[0], root / "tmp-lost.npz", "x"), folders.lost / "2DBox_CT_lost.npz", 20)
+    many_boxes(ct_2d[0], folders.slow / "2DBox_CT_slow.npz")
+    many_boxes(mirrored_copy(ct_2d[0], root / "tmp-lost.npz", "x"), folders.lost / "2DBox_CT_lost.npz", 20)
     return folders
 
 
@@ -161,7 +154,7 @@ def slot() -> RedisSlot:
 @pytest.fixture(scope="module")
 def fleet(slot, real_models_dir, tmp_path_factory) -> Fleet:
     logs = tmp_path_factory.mktemp("fleet-logs")
-    env, port, host = fleet_env(slot, real_models_dir), _free_port(), socket.gethostname()
+    env, port, host = fleet_env(slot.url, slot.namespace, real_models_dir), _free_port(), socket.gethostname()
     workers = [WorkerProcess(f"fleet-a-{slot.namespace}@{host}", env, logs / "a.log", "--metrics-port", str(port)),
                WorkerProcess(f"fleet-b-{slot.namespace}@{host}", env, logs / "b.log")]
     settings = FleetSettings(broker_url=slot.url, namespace=slot.namespace)

@@ -130,13 +130,13 @@ def test_task_message_keeps_boxes_bit_exact_through_json():
         TaskMessage.from_dict({**message.to_dict(), "version": 99})
 
 
-def test_time_budget_scales_with_the_study_and_stays_below_visibility():
+def test_time_budget_scales_with_the_study_and_stays_below_its_ceiling():
     budget = TimeBudget(base=100, per_slice=10, per_box_slice=1, ceiling=21600)
     small, big = budget.limits(1, 3), budget.limits(90, 6)
     assert small[0] < small[1] < big[0] < big[1]
     assert budget.limits(90, 6, views=3)[0] > big[0]
     huge = budget.limits(5000, 50)
-    assert huge[0] < huge[1] <= 0.95 * 21600
+    assert huge[0] < huge[1] == 21600
 
 
 def test_queue_routes():
@@ -227,6 +227,9 @@ class FakeEngine:
 
     def segment(self, study, progress=None):
         raise self.raises
+
+    def memory_needed(self, study) -> int:
+        return 0
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +381,60 @@ def test_progress_is_throttled_but_the_last_step_always_published(slot):
         if 1 < done < 50:
             assert ledger.progress("b")["s"].done == 1  # within the throttle interval
     assert ledger.progress("b")["s"].done == 50
+
+
+# ----------------------------------------------------------------------------------------------- memory guard
+
+def test_a_study_that_cannot_fit_is_refused_before_the_engine_runs(job):
+    from worker.memory import MemoryGuard, rss_bytes
+
+    client, ctx = job
+    study = _study()
+    message = _message(client, study)
+    engine = ctx.engine
+    tight = replace(ctx, memory=MemoryGuard(rss_bytes() + engine.memory_needed(study) // 2))
+    outcome = run_study(tight, message, Delivery("t-mem"))
+    assert outcome.status == "error" and "memory guard: this study needs about" in outcome.error
+    assert client.ledger.runs(message.batch_id) == {message.name: 1}
+    assert "unit@test" not in client.ledger.executions()  # the engine never ran
+    roomy = replace(ctx, memory=MemoryGuard(rss_bytes() + 4 * engine.memory_needed(study)))
+    assert run_study(roomy, replace(message, batch_id="b-roomy"), Delivery("t-mem2")).ok
+
+
+class Ballooning:
+    """An engine whose study keeps allocating (a leak, or an estimate that was wrong)."""
+
+    def memory_needed(self, study) -> int:
+        return 0
+
+    def segment(self, study, progress=None):
+        hoard = []
+        for _ in range(200):
+            hoard.append(np.ones(16 << 20, np.uint8))  # 16 MiB more every 50 ms
+            time.sleep(0.05)
+        raise AssertionError("the memory guard did not stop this process")
+
+
+def _run_ballooning(ctx, message, limit) -> None:  # in a forked child: the guard ends this process
+    from worker.memory import MemoryGuard
+
+    run_study(replace(ctx, engine=Ballooning(), memory=MemoryGuard(limit, interval=0.02)), message, Delivery("t-b"))
+
+
+def test_a_study_outgrowing_the_guard_ends_its_process_with_the_reason_recorded(job):
+    import multiprocessing
+
+    from worker.memory import EXIT_CODE, rss_bytes
+
+    client, ctx = job
+    message = _message(client, _study())
+    child = multiprocessing.get_context("fork").Process(target=_run_ballooning,
+                                                         args=(ctx, message, rss_bytes() + (200 << 20)))
+    child.start()
+    child.join(120)
+    assert child.exitcode == EXIT_CODE
+    outcome = client.ledger.outcome(message.batch_id, message.name)
+    assert outcome.status == "error" and "memory guard: the worker process reached" in outcome.error
+    assert "not retried" in outcome.error
+    redelivered = run_study(ctx, message, Delivery("t-b2"))  # what Celery's redelivery would do
+    assert redelivered.error == outcome.error and client.ledger.runs(message.batch_id) == {message.name: 1}

@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 
 from worker import lifecycle  # noqa: F401  (connects the worker's signal handlers)
+from worker.lease import LEASE_RENEW_CONF, LeaseKeeper
 from worker.settings import FleetSettings
 
 
@@ -27,8 +28,17 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        # Redis redelivers an unacknowledged study after this; it must exceed the longest study
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # a study held by no live worker goes back to the queue after this; live workers renew their leases
+        # (worker.lease), and every worker sweeps for abandoned studies every few seconds
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
+        },
+        # a worker waits for a restarted broker for ever; a producer's publish retries for a while
+        "broker_connection_max_retries": None,
+        "task_publish_retry_policy": {"max_retries": 30, "interval_start": 0.2, "interval_step": 1.0,
+                                      "interval_max": 5.0},
         # a connection blip must not cancel an hour-long study: a duplicate delivery is harmless (write-once)
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_retry_on_startup": True,
@@ -36,6 +46,7 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "worker_pool": "prefork",
         # events for Flower / `celery events`
+        LEASE_RENEW_CONF: settings.lease_renew_interval,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
     }
@@ -45,6 +56,7 @@ def make_app(settings: FleetSettings | None = None) -> Celery:
     settings = settings or FleetSettings.from_env()
     app = Celery("litemedsam", broker=settings.broker_url, include=["worker.tasks"])
     app.conf.update(celery_config(settings))
+    app.steps["consumer"].add(LeaseKeeper)
     return app
 
 

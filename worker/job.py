@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from worker.identity import EngineIdentity, image_digest
 from worker.keys import Keys
 from worker.ledger import BatchLedger, Progress
+from worker.memory import LIMIT_ENV, MemoryGuard, mb
 from worker.messages import Outcome, ResultRecord, TaskMessage, unpack_image
 from worker.protocol import Study, StudyError
 from worker.store import BlobStore, StoreError
@@ -30,6 +31,8 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress writes
 
 class Segmenter(Protocol):
     def segment(self, study: Study, progress=None): ...
+
+    def memory_needed(self, study: Study) -> int: ...
 
 
 class Telemetry(Protocol):
@@ -53,6 +56,7 @@ class WorkerContext:
     node: str
     telemetry: Telemetry = field(default_factory=NoTelemetry)
     keys: Keys = field(default_factory=Keys)
+    memory: MemoryGuard = field(default_factory=lambda: MemoryGuard(0))
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,10 @@ def run_study(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery) -> Outco
         log.info("%s/%s already has an outcome: duplicate delivery ignored", msg.batch_id, msg.name)
         return finished
     runs = ctx.ledger.count_run(msg.batch_id, msg.name)
-    outcome = _execute(ctx, msg, delivery, started, runs)
+    return _finish(ctx, msg, delivery, runs, _execute(ctx, msg, delivery, started, runs))
+
+
+def _finish(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, runs: int, outcome: Outcome) -> Outcome:
     if not outcome.ok:  # say which worker judged the study, for whoever reads the error
         outcome.metrics = {"extra": {"node": ctx.node, "host": socket.gethostname(), "pid": os.getpid(),
                                      "task_id": delivery.task_id, "delivery": runs}}
@@ -121,10 +128,21 @@ def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str,
     except (StudyError, StoreError) as error:
         return _error(msg, str(error))
     fetched = time.perf_counter() - fetch_started
+    refusal = ctx.memory.refusal(ctx.engine.memory_needed(study))
+    if refusal is not None:
+        return _error(msg, refusal)
     ctx.ledger.set_progress(msg.batch_id, msg.name, Progress(0, 0, ctx.node, time.time()))
     ctx.ledger.count_execution(ctx.node)
+
+    def outgrown(rss: int) -> None:  # the watchdog's last act before it ends this process
+        _finish(ctx, msg, delivery, runs, _error(msg, (
+            f"memory guard: the worker process reached {mb(rss)} running this study, above its limit of "
+            f"{mb(ctx.memory.limit)} ({LIMIT_ENV}); the process was replaced, the study not retried")))
+
     try:
-        result = ctx.engine.segment(study, progress=ProgressPublisher(ctx.ledger, msg.batch_id, msg.name, ctx.node))
+        with ctx.memory.watch(outgrown):
+            result = ctx.engine.segment(study, progress=ProgressPublisher(ctx.ledger, msg.batch_id, msg.name,
+                                                                         ctx.node))
     except StudyError as error:
         return _error(msg, str(error))
     except SoftTimeLimitExceeded:

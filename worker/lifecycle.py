@@ -12,7 +12,7 @@ import signal
 
 from celery import signals
 
-from worker import process, telemetry
+from worker import memory, process, telemetry
 from worker.settings import available_cores, default_threads
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,11 @@ def on_worker_init(sender=None, instance=None, conf=None, options=None, **_) -> 
     options = options or {}
     concurrency = int(options.get("concurrency") or (conf and conf.worker_concurrency) or available_cores())
     threads = threads_for(concurrency)
+    os.environ.setdefault(memory.LIMIT_ENV, str(memory.default_limit_mb(concurrency)))
     queues = options.get("queues") or []
     os.environ[process.QUEUES_ENV] = ",".join(queues.split(",") if isinstance(queues, str) else queues)
-    log.info("%s: %d process(es) x %d OpenVINO thread(s)", sender, concurrency, threads)
+    log.info("%s: %d process(es) x %d OpenVINO thread(s), memory guard %s MB per process", sender, concurrency,
+             threads, os.environ[memory.LIMIT_ENV])
     if telemetry.metrics_port() is not None:
         telemetry.prepare_parent()
 

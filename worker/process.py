@@ -14,6 +14,7 @@ from worker.identity import EngineIdentity, routing_data
 from worker.job import WorkerContext
 from worker.keys import Keys
 from worker.ledger import BatchLedger
+from worker.memory import MemoryGuard
 from worker.settings import EngineConfig, FleetSettings, redis_client
 from worker.store import open_store
 
@@ -46,7 +47,7 @@ def build_context(node: str, settings: FleetSettings, config: EngineConfig, tele
     store = open_store(settings.store, settings.namespace, client if settings.store == settings.broker_url else None)
     return WorkerContext(engine=engine, identity=engine_identity(engine), store=store,
                          ledger=BatchLedger(client, keys, settings.batch_ttl), result_ttl=settings.result_ttl,
-                         node=node, telemetry=telemetry, keys=keys)
+                         node=node, telemetry=telemetry, keys=keys, memory=MemoryGuard.from_env())
 
 
 def start(node: str, telemetry) -> None:

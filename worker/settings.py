@@ -11,7 +11,9 @@ reads it before any model is loaded.
 | LITEMEDSAM_INPUT_TTL | 86400 | seconds an uploaded study image is kept |
 | LITEMEDSAM_RESULT_TTL | 2592000 | seconds a content-addressed result is kept (30 days) |
 | LITEMEDSAM_BATCH_TTL | 604800 | seconds a batch's manifest, progress and outcomes are kept (7 days) |
-| LITEMEDSAM_VISIBILITY_TIMEOUT | 21600 | seconds before Redis redelivers an unacknowledged study (6 h) |
+| LITEMEDSAM_VISIBILITY_TIMEOUT | 300 | seconds after which Redis gives a study back to the queue unless the worker holding it renewed its lease (worker.lease) |
+| LITEMEDSAM_LEASE_RENEW | visibility / 5 | seconds between a live worker's lease renewals |
+| LITEMEDSAM_TIME_CEILING | 21600 | the most any study may run (hard time limit cap, 6 h) |
 | LITEMEDSAM_TIME_BASE | 300 | time budget per study: base seconds ... |
 | LITEMEDSAM_TIME_PER_SLICE | 15 | ... plus seconds per encoded slice (per view) ... |
 | LITEMEDSAM_TIME_PER_BOX_SLICE | 0.5 | ... plus seconds per box and slice (decoder calls) |
@@ -54,20 +56,20 @@ def parse_routes(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class TimeBudget:
-    """Soft/hard Celery time limits scaled to a study's size; hard stays below the visibility timeout."""
+    """Soft/hard Celery time limits scaled to a study's size, the hard one capped at `ceiling`."""
 
     base: float = 300.0
     per_slice: float = 15.0
     per_box_slice: float = 0.5
-    ceiling: float = 21600.0
+    ceiling: float = 21600.0  # no study runs longer than this
 
     def limits(self, slices: int, boxes: int, views: int = 1) -> tuple[int, int]:
         """(soft, hard) seconds for a study of `slices` slices (1 for 2D) and `boxes` boxes."""
         work = slices * views
         soft = self.base + self.per_slice * work + self.per_box_slice * boxes * work
         hard = soft * 1.1 + 60
-        if hard > self.ceiling * 0.95:
-            hard = self.ceiling * 0.95
+        if hard > self.ceiling:
+            hard = self.ceiling
             soft = min(soft, hard - 60)
         return int(soft), int(hard)
 
@@ -80,10 +82,15 @@ class FleetSettings:
     input_ttl: int = 86400
     result_ttl: int = 30 * 86400
     batch_ttl: int = 7 * 86400
-    visibility_timeout: int = 21600
+    visibility_timeout: int = 300
+    lease_renew: float = 0.0  # 0: visibility_timeout / 5
     budget: TimeBudget = field(default_factory=TimeBudget)
     default_queue: str = DEFAULT_QUEUE
     queue_routes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def lease_renew_interval(self) -> float:
+        return self.lease_renew or max(1.0, self.visibility_timeout / 5)
 
     @property
     def store(self) -> str:
@@ -98,7 +105,6 @@ class FleetSettings:
 
     @classmethod
     def from_env(cls, broker_url: str | None = None) -> "FleetSettings":
-        visibility = int(_env_float("LITEMEDSAM_VISIBILITY_TIMEOUT", 21600))
         return cls(
             broker_url=broker_url or _env("LITEMEDSAM_BROKER", DEFAULT_BROKER),
             store_url=os.environ.get("LITEMEDSAM_STORE", ""),
@@ -106,12 +112,13 @@ class FleetSettings:
             input_ttl=int(_env_float("LITEMEDSAM_INPUT_TTL", 86400)),
             result_ttl=int(_env_float("LITEMEDSAM_RESULT_TTL", 30 * 86400)),
             batch_ttl=int(_env_float("LITEMEDSAM_BATCH_TTL", 7 * 86400)),
-            visibility_timeout=visibility,
+            visibility_timeout=int(_env_float("LITEMEDSAM_VISIBILITY_TIMEOUT", 300)),
+            lease_renew=_env_float("LITEMEDSAM_LEASE_RENEW", 0.0),
             budget=TimeBudget(
                 base=_env_float("LITEMEDSAM_TIME_BASE", 300.0),
                 per_slice=_env_float("LITEMEDSAM_TIME_PER_SLICE", 15.0),
                 per_box_slice=_env_float("LITEMEDSAM_TIME_PER_BOX_SLICE", 0.5),
-                ceiling=float(visibility),
+                ceiling=_env_float("LITEMEDSAM_TIME_CEILING", 21600.0),
             ),
             default_queue=_env("LITEMEDSAM_DEFAULT_QUEUE", DEFAULT_QUEUE),
             queue_routes=parse_routes(os.environ.get("LITEMEDSAM_QUEUE_ROUTES", "")),
@@ -149,11 +156,34 @@ class EngineConfig:
                               cache_bytes=self.cache_mb << 20, routing_file=self.routing_file)
 
 
-def redis_client(url: str):
-    """A Redis client for the fleet's own keys (the broker connection is Celery's)."""
-    import redis
+RECONNECT_SECONDS = 120.0  # how long a Redis command keeps retrying through a broker restart
 
-    return redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=60, health_check_interval=30)
+
+def redis_client(url: str, reconnect_seconds: float = RECONNECT_SECONDS):
+    """A Redis client for the fleet's own keys (the broker connection is Celery's).
+
+    Every command retries on connection loss and timeouts with exponential backoff (0.1 s doubling to 5 s) for
+    about `reconnect_seconds`, so a restarted broker costs a pause, not a study.
+    """
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    attempts = _attempts_within(reconnect_seconds, base=0.1, cap=5.0)
+    retry = Retry(ExponentialBackoff(cap=5.0, base=0.1), attempts)
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=60, health_check_interval=30,
+                                retry=retry, retry_on_error=[redis.exceptions.ConnectionError,
+                                                             redis.exceptions.TimeoutError])
+
+
+def _attempts_within(seconds: float, base: float, cap: float) -> int:
+    """Retries of a doubling backoff (base, 2 base, ... capped) whose sleeps add up to `seconds`."""
+    attempts, slept, delay = 0, 0.0, base
+    while slept < seconds:
+        slept += delay
+        delay = min(cap, delay * 2)
+        attempts += 1
+    return attempts
 
 
 def _cgroup_cpu_limit() -> int | None:

@@ -16,6 +16,7 @@ from models.paths import compile_cache_dir, default_models_dir
 from models.registry import ModelSpec, load_registry
 from worker import __version__
 from worker.engine.cache import EmbeddingCache
+from worker.engine.footprint import study_bytes
 from worker.engine.runtime import CompiledSam, RuntimeSettings
 from worker.engine.slices import ProgressFn, SliceSegmenter, SliceSettings, StageClock
 from worker.engine.strategies import STRATEGIES_3D, segment_2d
@@ -80,6 +81,19 @@ class Engine:
         self._account(metrics, seg, before, study, strategy, route)
         metrics.times.total = time.perf_counter() - started
         return Segmentation(study.study_id, labels, metrics)
+
+    def memory_needed(self, study: Study) -> int:
+        """Bytes this study may add to the process: its arrays at their peak plus the embedding cache's headroom."""
+        image, boxes = np.asarray(study.image), np.asarray(study.boxes)
+        is_3d = image.ndim == 3 and boxes.ndim == 2 and boxes.shape[1] == 6  # malformed: segment() says why
+        views = 1
+        if is_3d:
+            try:
+                views = 3 if self.routing.route(study.modality).strategy(True) == "triview" else 1
+            except (LookupError, ValueError):
+                pass
+        needed = study_bytes(image.shape, image.itemsize, len(boxes), is_3d, views)
+        return needed + max(0, self.cache.max_bytes - self.cache.nbytes)
 
     @staticmethod
     def _run(strategy: str, study: Study, seg: SliceSegmenter, margin: float, progress) -> np.ndarray:

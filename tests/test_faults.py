@@ -1,0 +1,233 @@
+"""Faults, with real parts: a private redis-server (append-only file, password) that the tests kill and restart,
+two real `worker start` processes running the real model, and the producer's CLI in its own processes.
+
+The workers run with a 5 s visibility timeout and renew their leases every second, so a dead worker's study
+comes back within seconds, while a live worker keeps a study far longer than the timeout (the 3D study below).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fleet_support import REPO, RedisServer, WorkerProcess, fleet_env, many_boxes, read_segs, wait_for_nodes
+from producer import api
+from worker.keys import Keys
+from worker.ledger import BatchLedger
+from worker.settings import FleetSettings, redis_client
+
+pytestmark = [pytest.mark.fleet, pytest.mark.model]
+VISIBILITY = 5
+TIMEOUT = 300
+
+
+@dataclass
+class Faults:
+    server: RedisServer
+    settings: FleetSettings
+    env: dict[str, str]
+    logs: Path
+    phantoms: dict[str, Path]
+    ledger: BatchLedger
+    workers: list[WorkerProcess] = field(default_factory=list)
+    started: int = 0
+
+    def start_worker(self) -> WorkerProcess:
+        self.started += 1
+        node = f"faults-{self.started}@{socket.gethostname()}"
+        worker = WorkerProcess(node, self.env, self.logs / f"{self.started}.log")
+        self.workers.append(worker)
+        return worker
+
+    def wait_ready(self) -> None:
+        from worker.app import make_app
+
+        live = [w for w in self.workers if w.alive()]
+        wait_for_nodes(make_app(self.settings), [w.node for w in live], live)
+
+    def worker(self, node: str) -> WorkerProcess:
+        return next(w for w in self.workers if w.node == node)
+
+    def live(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w.alive()]
+
+    def tails(self) -> str:
+        return "\n".join(f"--- {w.node}\n{w.log_tail()}" for w in self.workers)
+
+    def producer(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "producer.cli", *args, "--broker", self.server.url],
+                                env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def faults(real_models_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    try:
+        server = RedisServer(root / "redis")
+    except FileNotFoundError:
+        pytest.skip("redis-server is not installed")
+    server.start()
+    from producer.phantoms import write_phantoms
+
+    phantoms = {p.stem: p for p in write_phantoms(root / "phantoms", with_gts=False)}
+    env = fleet_env(server.url, "faults", real_models_dir, LITEMEDSAM_VISIBILITY_TIMEOUT=str(VISIBILITY),
+                    LITEMEDSAM_LEASE_RENEW="1", COLUMNS="200")
+    settings = FleetSettings(broker_url=server.url, namespace="faults", visibility_timeout=VISIBILITY)
+    state = Faults(server, settings, env, root, phantoms,
+                   BatchLedger(redis_client(server.url), Keys("faults"), settings.batch_ttl))
+    try:
+        state.start_worker(), state.start_worker()
+        state.wait_ready()
+        yield state
+    finally:
+        for worker in state.workers:
+            worker.stop()
+        server.kill()
+
+
+def _wait_for(condition, what: str, faults: Faults, timeout: float = TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}\n{faults.tails()}")
+
+
+def _folder(root: Path, studies: dict[str, Path]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, source in studies.items():
+        (root / f"{name}.npz").write_bytes(source.read_bytes())
+    return root
+
+
+def _batch_id(stderr: str) -> str:
+    match = re.search(r"batch (\d{8}-\d{6}-[0-9a-f]{8})", stderr)
+    assert match, stderr
+    return match.group(1)
+
+
+def _sealed_batch_of(faults: Faults, names: set[str]) -> str | None:
+    """The id of the enqueued (sealed) batch holding these study names, if there is one yet."""
+    for key in faults.ledger.client.scan_iter("faults:batch:*:meta"):
+        batch_id = key.decode().split(":")[2]
+        if (faults.ledger.meta(batch_id) or {}).get("sealed") and names <= set(faults.ledger.studies(batch_id)):
+            return batch_id
+    return None
+
+
+def _watch_queue_until_done(faults: Faults, batch_id: str, name: str) -> int:
+    """The most messages seen waiting in the queue while the study's second delivery ran."""
+    most, deadline = 0, time.monotonic() + TIMEOUT
+    while faults.ledger.outcome(batch_id, name) is None:
+        assert time.monotonic() < deadline, faults.tails()
+        if faults.ledger.runs(batch_id).get(name, 0) >= 2:
+            most = max(most, faults.ledger.client.llen(faults.settings.default_queue))
+        time.sleep(0.2)
+    return most
+
+
+def test_a_worker_killed_with_its_host_hands_its_3d_study_to_the_other(faults, tmp_path):
+    folder = _folder(tmp_path / "in", {"3DBox_CT_killed": faults.phantoms["3DBox_CT_phantom"]})
+    before = sum(faults.ledger.executions().values())
+    batch = api.submit(folder, wait=False, settings=faults.settings)
+    (name,) = batch.names
+
+    def running():
+        progress = faults.ledger.progress(batch.batch_id).get(name)
+        return progress if progress is not None and progress.done >= 2 else None
+
+    victim = faults.worker(_wait_for(running, "the 3D study to be half-way", faults).node)
+    os.killpg(victim.process.pid, signal.SIGKILL)  # the worker and its pool child, as if its host died
+    victim.stop()
+    requeued_while_held = _watch_queue_until_done(faults, batch.batch_id, name)
+    done = api.results(batch.batch_id, tmp_path / "out", settings=faults.settings, timeout=TIMEOUT)
+    (outcome,) = done.outcomes
+    assert outcome.ok, outcome.error
+    extra = outcome.metrics["extra"]
+    assert extra["node"] != victim.node and extra["delivery"] == 2
+    # the survivor held the study far longer than the visibility timeout, and its lease kept the message from
+    # going back to the queue meanwhile (without it: back after 5 s, and run again when a worker is free)
+    assert outcome.metrics["times"]["total"] > 2 * VISIBILITY
+    assert requeued_while_held == 0
+    assert faults.ledger.runs(batch.batch_id) == {name: 2}
+    assert sum(faults.ledger.executions().values()) == before + 2
+    assert read_segs(tmp_path / "out" / f"{name}.npz").shape == (24, 160, 160)
+    faults.start_worker()
+    faults.wait_ready()
+
+
+def test_queued_studies_survive_a_redis_restart(faults, tmp_path):
+    source = faults.phantoms["2DBox_CT_phantom"]
+    studies = {f"2DBox_CT_restart{i}": many_boxes(source, tmp_path / f"r{i}.npz", copies=8, shift=i + 1)
+               for i in range(6)}
+    folder = _folder(tmp_path / "in", studies)
+    producer = faults.producer("submit", str(folder), "--out", str(tmp_path / "out"))
+    queue_key = faults.settings.default_queue
+
+    def first_outcome_with_studies_queued():
+        batch_id = _sealed_batch_of(faults, set(studies))
+        return batch_id and faults.ledger.count_outcomes(batch_id) >= 1 and faults.ledger.client.llen(queue_key) >= 2
+
+    _wait_for(first_outcome_with_studies_queued, "an outcome while studies are still queued", faults)
+    faults.server.kill()
+    time.sleep(3)
+    faults.server.start()
+    stdout, stderr = producer.communicate(timeout=TIMEOUT)
+    assert producer.returncode == 0, stderr[-3000:] + faults.tails()
+    batch_id = _batch_id(stderr)
+    outcomes = faults.ledger.outcomes(batch_id)
+    assert sorted(outcomes) == sorted(studies) and all(o.ok for o in outcomes.values()), outcomes
+    for name in studies:
+        assert read_segs(tmp_path / "out" / f"{name}.npz").max() > 0
+    assert len(faults.live()) == 2, faults.tails()
+
+
+def test_a_study_that_keeps_killing_its_worker_ends_failed_after_three_deliveries(faults, tmp_path):
+    import psutil
+
+    source = faults.phantoms["2DBox_CT_phantom"]
+    folder = _folder(tmp_path / "in", {"2DBox_CT_poison": many_boxes(source, tmp_path / "p.npz", 30, shift=40)})
+    batch = api.submit(folder, wait=False, settings=faults.settings)
+    (name,) = batch.names
+    for delivery in (1, 2, 3):  # the "OOM killer" takes the process running it, each time
+        progress = _wait_for(lambda: faults.ledger.runs(batch.batch_id).get(name) == delivery
+                             and faults.ledger.progress(batch.batch_id).get(name), f"delivery {delivery}", faults)
+        worker = faults.worker(progress.node)
+        for child in psutil.Process(worker.process.pid).children(recursive=True):
+            child.kill()
+    done = api.results(batch.batch_id, settings=faults.settings, timeout=TIMEOUT)
+    (outcome,) = done.outcomes
+    assert outcome.status == "error" and "abandoned" in outcome.error and "delivered 4 times" in outcome.error
+    assert faults.ledger.runs(batch.batch_id) == {name: 4}
+    assert len(faults.live()) == 2, faults.tails()
+
+
+def test_an_interrupted_producer_recovers_everything_with_results(faults, tmp_path):
+    source = faults.phantoms["2DBox_CT_phantom"]
+    studies = {f"2DBox_CT_interrupted{i}": many_boxes(source, tmp_path / f"i{i}.npz", copies=8, shift=60 + i)
+               for i in range(3)}
+    folder = _folder(tmp_path / "in", studies)
+    producer = faults.producer("submit", str(folder), "--out", str(tmp_path / "first"))
+    _wait_for(lambda: _sealed_batch_of(faults, set(studies)), "the producer to enqueue its batch", faults)
+    producer.send_signal(signal.SIGINT)
+    _, stderr = producer.communicate(timeout=60)
+    assert producer.returncode == 130, stderr
+    batch_id = _batch_id(stderr)
+    assert f"producer results {batch_id}" in " ".join(stderr.split())
+    collected = subprocess.run([sys.executable, "-m", "producer.cli", "results", batch_id, "--out",
+                                str(tmp_path / "later"), "--broker", faults.server.url],
+                               env=faults.env, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    for name in studies:
+        assert read_segs(tmp_path / "later" / f"{name}.npz").max() > 0
+    assert {o.name for o in faults.ledger.outcomes(batch_id).values() if o.ok} == set(studies)
