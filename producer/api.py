@@ -26,6 +26,7 @@ from producer.outputs import OutputWriter
 from producer.source_codec import source_from_json
 from worker.ledger import Progress
 from worker.messages import Outcome
+from worker.protocol import Study
 from worker.settings import FleetSettings
 from worker.store import StoreError
 
@@ -105,6 +106,19 @@ def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | P
     batch.skipped = found.skipped
     if wait:
         _collect(client, batch, set(batch.names), len(batch.names), timeout, progress)
+    return batch
+
+
+def submit_studies(studies: dict[str, Study], broker: str | None = None, *, wait: bool = True, force: bool = False,
+                   queue: str | None = None, routes: dict[str, str] | None = None, timeout: float | None = None,
+                   settings: FleetSettings | None = None) -> Batch:
+    """Enqueue studies already in memory ({name: worker.protocol.Study}); with `wait`, collect their masks
+    (`outcome.labels`). No files: for back-ends that hold the arrays. Each study is checked by its worker."""
+    client = client_for(broker, settings)
+    options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}))
+    batch = _batch(client.submit_studies(studies, options), None)
+    if wait:
+        _collect(client, batch, set(batch.names), len(batch.names), timeout, False)
     return batch
 
 

@@ -11,10 +11,11 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from producer.discovery import StudySource
 from producer.loading import load_study
+from producer.outputs import check_study_name
 from producer.source_codec import source_to_json
 from worker.directory import IdentityDirectory
 from worker.identity import EngineIdentity, image_digest
@@ -104,15 +105,29 @@ class FleetClient:
 
     # submitting -------------------------------------------------------------------------------------------
     def submit(self, sources: list[StudySource], options: SubmitOptions, study_dir: Path | None = None) -> Enqueued:
+        """A batch of the studies found on disk (each loaded here; one that cannot be is an error outcome)."""
+        items = [(source.name, lambda batch_id, s=source: self._submit_one(batch_id, s, options)) for source in sources]
+        return self._submit_batch(items, options, str(study_dir or ""))
+
+    def submit_studies(self, studies: dict[str, Study], options: SubmitOptions) -> Enqueued:
+        """A batch of studies already in memory (a hospital back-end's arrays), by name (a plain file name)."""
+        for name in studies:
+            check_study_name(name)
+        items = [(name, lambda batch_id, n=name, s=study: self.submit_study(batch_id, n, s, options))
+                 for name, study in studies.items()]
+        return self._submit_batch(items, options, "")
+
+    def _submit_batch(self, items: list[tuple[str, Callable[[str], str]]], options: SubmitOptions,
+                      study_dir: str) -> Enqueued:
         batch = Enqueued(new_batch_id())
-        meta = {"batch_id": batch.batch_id, "created_at": time.time(), "study_dir": str(study_dir or ""),
-                "total": len(sources), "sealed": False, "force": options.force, "queue": options.queue or "",
+        meta = {"batch_id": batch.batch_id, "created_at": time.time(), "study_dir": study_dir,
+                "total": len(items), "sealed": False, "force": options.force, "queue": options.queue or "",
                 "producer": socket.gethostname()}
         self.ledger.write_meta(batch.batch_id, meta)
         try:
-            for source in sources:
-                state = self._submit_one(batch.batch_id, source, options)
-                batch.names.append(source.name)
+            for name, submit_one in items:
+                state = submit_one(batch.batch_id)
+                batch.names.append(name)
                 setattr(batch, state, getattr(batch, state) + 1)
         except KeyboardInterrupt:
             self._seal_interrupted(batch, meta)
@@ -135,23 +150,36 @@ class FleetClient:
         entry: dict[str, Any] = {"source": source_to_json(source), "enqueued_at": time.time()}
         try:
             study = load_study(source)
-            message, limits = self.stage(batch_id, source.name, study, options)
-            cached = self._is_stored(message, options)
-            if not cached:
-                message = replace(message, upload_seconds=self.upload(message.image_digest, study))
-        except (StudyError, StoreError) as error:
+        except StudyError as error:
             return self._fail(batch_id, source.name, entry, str(error))
         except Exception as error:  # one unreadable study must not stop the batch
             log.exception("cannot submit %s", source.name)
             return self._fail(batch_id, source.name, entry, f"cannot load: {type(error).__name__}: {error}")
+        return self.submit_study(batch_id, source.name, study, options, entry)
+
+    def submit_study(self, batch_id: str, name: str, study: Study, options: SubmitOptions,
+                     entry: dict[str, Any] | None = None) -> str:
+        """Enqueue one loaded study into a batch (or record its stored result); "queued", "cached" or "failed".
+        The study is checked by the worker that runs it, not here."""
+        entry = dict(entry or {"enqueued_at": time.time()})
+        try:
+            message, limits = self.stage(batch_id, name, study, options)
+            cached = self._is_stored(message, options)
+            if not cached:
+                message = replace(message, upload_seconds=self.upload(message.image_digest, study))
+        except (StudyError, StoreError) as error:
+            return self._fail(batch_id, name, entry, str(error))
+        except Exception as error:  # one study that cannot even be staged must not stop the batch
+            log.exception("cannot enqueue %s", name)
+            return self._fail(batch_id, name, entry, f"cannot enqueue: {type(error).__name__}: {error}")
         entry.update(modality=message.modality, image_digest=message.image_digest, queue=message.queue,
                      result_key=message.expected_key, enqueued_at=message.enqueued_at)
         if cached:
-            self.ledger.add_study(batch_id, source.name, entry)
+            self.ledger.add_study(batch_id, name, entry)
             self.ledger.record(batch_id, cached_outcome(message))
             return "cached"
         entry["task_id"] = str(uuid.uuid4())
-        self.ledger.add_study(batch_id, source.name, entry)
+        self.ledger.add_study(batch_id, name, entry)
         soft, hard = limits
         self.app.send_task(TASK_NAME, args=[message.to_dict()], queue=message.queue, task_id=entry["task_id"],
                            soft_time_limit=soft, time_limit=hard)

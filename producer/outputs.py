@@ -28,8 +28,21 @@ METRICS_FILE = "metrics.jsonl"
 SUFFIXES = {"npz": ".npz", "dicom": f"{OUTPUT_MARK}.dcm", "nifti": f"{OUTPUT_MARK}.nii.gz"}
 
 
+def check_study_name(name: str) -> str:
+    """A study name becomes a file name in the output folder: it must be one plain path component."""
+    if (not name or name in (".", "..") or any(c in name for c in "/\\\0") or len(name.encode()) > 200
+            or not name.isprintable()):
+        raise StudyError(f"study name {name!r} is not a plain file name (no path separators, '..', control "
+                         "characters; at most 200 bytes): refusing to write it")
+    return name
+
+
 def output_path(out_dir: Path, source: StudySource) -> Path:
-    return Path(out_dir) / f"{source.name}{SUFFIXES[source.kind]}"
+    """Where a study's mask goes: always directly inside out_dir, whatever the name says."""
+    path = Path(out_dir) / f"{check_study_name(source.name)}{SUFFIXES[source.kind]}"
+    if path.resolve().parent != Path(out_dir).resolve():
+        raise StudyError(f"study name {source.name!r} would write outside {out_dir}")
+    return path
 
 
 def _write_dicom(path: Path, source: StudySource, outcome: StudyOutcome) -> None:
@@ -59,14 +72,16 @@ class OutputWriter:
     def write(self, source: StudySource, outcome: StudyOutcome) -> None:
         if outcome.ok and outcome.labels is not None:
             started = time.perf_counter()
-            path = output_path(self.out_dir, source)
+            target = f"{source.name!r}"
             try:
+                path = output_path(self.out_dir, source)
+                target = path.name
                 _write_mask(path, source, outcome)
                 outcome.metrics.setdefault("times", {})["write"] = time.perf_counter() - started
             except StudyError as error:
-                outcome.status, outcome.error = "error", f"writing {path.name} failed: {error}"
+                outcome.status, outcome.error = "error", f"writing {target} failed: {error}"
             except Exception as error:  # one study's output failing must not stop the batch
-                log.exception("writing %s failed", path)
-                outcome.status, outcome.error = "error", f"writing {path.name} failed: {type(error).__name__}: {error}"
+                log.exception("writing %s failed", target)
+                outcome.status, outcome.error = "error", f"writing {target} failed: {type(error).__name__}: {error}"
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(outcome.record()) + "\n")

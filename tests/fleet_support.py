@@ -133,7 +133,7 @@ def read_segs(path: Path) -> np.ndarray:
 class RedisServer:
     """A private redis-server (append-only file, password) that a test can kill and start again on one port."""
 
-    def __init__(self, folder: Path, password: str = "fleet-test-password"):
+    def __init__(self, folder: Path, password: str = "fleet-test-password", tls: bool = False):
         import shutil
         import socket
 
@@ -146,15 +146,26 @@ class RedisServer:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.process: subprocess.Popen | None = None
+        self.tls = make_certificates(folder / "tls") if tls else None
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        if self.tls is None:
+            return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return (f"rediss://:{self.password}@127.0.0.1:{self.port}/0"
+                f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls / 'ca.crt'}")
+
+    def _listen(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls / "server.crt"),
+                "--tls-key-file", str(self.tls / "server.key"), "--tls-ca-cert-file", str(self.tls / "ca.crt"),
+                "--tls-auth-clients", "no"]
 
     def start(self, timeout: float = 20.0) -> None:
         import redis
 
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+        command = [self.binary, *self._listen(), "--bind", "127.0.0.1", "--dir", str(self.folder),
                    "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--requirepass", self.password,
                    "--logfile", str(self.folder / "redis.log")]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -176,3 +187,20 @@ class RedisServer:
             self.process.kill()
             self.process.wait(10)
             self.process = None
+
+
+def make_certificates(folder: Path) -> Path:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl), for a TLS Redis."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=litemedsam-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.cnf")
+    return folder

@@ -231,3 +231,36 @@ def test_an_interrupted_producer_recovers_everything_with_results(faults, tmp_pa
     for name in studies:
         assert read_segs(tmp_path / "later" / f"{name}.npz").max() > 0
     assert {o.name for o in faults.ledger.outcomes(batch_id).values() if o.ok} == set(studies)
+
+
+def test_the_bad_input_corpus_through_the_fleet(faults, tmp_path, monkeypatch):
+    from bad_inputs import HUGE_LIMIT, write_corpus
+
+    expected = write_corpus(tmp_path / "in")
+    monkeypatch.setenv("LITEMEDSAM_MAX_VOXELS", str(HUGE_LIMIT))
+    batch = api.submit(tmp_path / "in", out_dir=tmp_path / "out", settings=faults.settings, timeout=TIMEOUT)
+    outcomes = {o.name: o for o in batch.outcomes}
+    assert set(outcomes) == set(expected)
+    for name, fragment in expected.items():
+        if fragment is None:
+            assert outcomes[name].ok, outcomes[name].error
+        else:
+            assert outcomes[name].status == "error" and fragment in outcomes[name].error, (name, outcomes[name])
+    assert len(faults.live()) == 2, faults.tails()
+
+
+def test_bad_studies_sent_straight_to_the_workers_are_judged_there(faults):
+    from bad_inputs import bad_studies_in_memory
+
+    cases = bad_studies_in_memory()
+    batch = api.submit_studies({name: study for name, (study, _) in cases.items()}, settings=faults.settings,
+                               timeout=TIMEOUT)
+    outcomes = {o.name: o for o in batch.outcomes}
+    assert set(outcomes) == set(cases)
+    assert faults.ledger.runs(batch.batch_id) == {name: 1 for name in cases}  # each reached a worker, once
+    for name, (_, fragment) in cases.items():
+        if fragment is None:
+            assert outcomes[name].ok and outcomes[name].labels.max() == 1, outcomes[name].error
+        else:
+            assert outcomes[name].status == "error" and fragment in outcomes[name].error, (name, outcomes[name])
+    assert len(faults.live()) == 2, faults.tails()

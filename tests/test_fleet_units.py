@@ -438,3 +438,34 @@ def test_a_study_outgrowing_the_guard_ends_its_process_with_the_reason_recorded(
     assert "not retried" in outcome.error
     redelivered = run_study(ctx, message, Delivery("t-b2"))  # what Celery's redelivery would do
     assert redelivered.error == outcome.error and client.ledger.runs(message.batch_id) == {message.name: 1}
+
+
+# ----------------------------------------------------------------------------------------------- names and keys
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/absolute", "a/../../b", "..", "back\\slash", "nul\0"])
+def test_study_names_cannot_escape_the_output_folder(tmp_path, name):
+    from producer import api
+    from producer.discovery import StudySource
+    from producer.outcome import StudyOutcome
+    from producer.outputs import OutputWriter
+    from worker.protocol import StudyError
+
+    writer = OutputWriter(tmp_path / "out")
+    outcome = StudyOutcome(name=name, modality="CT", labels=np.ones((4, 4), np.uint16), metrics={})
+    writer.write(StudySource(name, tmp_path / "in.npz", "npz"), outcome)  # e.g. a name from a tampered manifest
+    assert outcome.status == "error" and "not a plain file name" in outcome.error
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["metrics.jsonl"]
+    with pytest.raises(StudyError, match="not a plain file name"):  # refused before anything is enqueued
+        api.submit_studies({name: _study()}, settings=FleetSettings(broker_url="redis://127.0.0.1:1/0"))
+
+
+def test_result_keys_follow_content_not_names_or_batches(job):
+    client, ctx = job
+    first, second = _study(), _study()  # same name and boxes, different images
+    one = run_study(ctx, _message(client, first, batch="batch-1"), Delivery("k1"))
+    two = run_study(ctx, _message(client, second, batch="batch-2"), Delivery("k2"))
+    assert one.ok and two.ok and one.result_key != two.result_key
+    assert client.ledger.outcome("batch-1", first.study_id).result_key == one.result_key
+    assert client.ledger.outcome("batch-2", second.study_id).result_key == two.result_key
+    again = run_study(ctx, _message(client, first, batch="batch-3"), Delivery("k3"))  # same content, new batch
+    assert again.result_key == one.result_key and again.metrics["extra"]["cached"] is True

@@ -29,7 +29,8 @@ def image_digest(image: np.ndarray) -> str:
     """sha256 of dtype, shape and bytes of an image (the input blob's name)."""
     digest = hashlib.sha256()
     digest.update(f"{image.dtype.str}|{image.shape}|".encode())
-    digest.update(memoryview(np.ascontiguousarray(image)).cast("B"))
+    if image.size:  # a zero-size array has no buffer to view (the worker then says the image is empty)
+        digest.update(memoryview(np.ascontiguousarray(image)).cast("B"))
     return digest.hexdigest()
 
 
