@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 
 from dicom_factory import SeriesSpec, ramp_volume, write_series
+from worker.protocol import Study
 
 RNG = np.random.default_rng(2024)
 GOOD_2D = "2DBox_CT_good"
@@ -104,11 +105,9 @@ def write_corpus(folder: Path) -> dict[str, str | None]:
     return {**_npz_corpus(folder), **_dicom_corpus(folder), **_nifti_corpus(folder)}
 
 
-def bad_studies_in_memory() -> dict[str, tuple["Study", str | None]]:
+def bad_studies_in_memory() -> dict[str, tuple[Study, str | None]]:
     """Studies a buggy or hostile producer could send straight to the workers, skipping its own checks:
     {name: (study, a fragment of the worker's error, None for the good one)}."""
-    from worker.protocol import Study
-
     image, box = _image_2d(), np.array([[10, 10, 40, 50]])
     volume = RNG.integers(0, 255, (6, 32, 32), dtype=np.uint8)
     cases = {

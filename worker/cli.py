@@ -50,13 +50,16 @@ def cli() -> None:
               help="f32 (reproducible), bf16, or an int8 profile made by `python -m models.quantize`.")
 @click.option("--cache-mb", type=click.IntRange(0), default=2048, show_default=True,
               help="Embedding cache bound per process.")
+@click.option("--memory-mb", type=click.IntRange(0), default=None,
+              help="Memory guard per process in MB (default: 80% of RAM / concurrency; 0: off).")
 @click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--hostname", "-n", default=None, help="Node name (default: litemedsam-<pid>@<host>).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.pass_context
 def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads: int, queues: str,
-          models_dir: Path | None, precision: str, cache_mb: int, routing: Path | None, metrics_port: int | None,
+          models_dir: Path | None, precision: str, cache_mb: int, memory_mb: int | None, routing: Path | None,
+          metrics_port: int | None,
           hostname: str | None, loglevel: str) -> None:
     """Start a worker: `celery worker` with the prefork pool; extra arguments go to celery as they are."""
     from models.paths import default_models_dir
@@ -71,7 +74,8 @@ def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads
     for name, value in (("LITEMEDSAM_BROKER", broker), ("LITEMEDSAM_STORE", store),
                         ("LITEMEDSAM_MODELS_DIR", models_dir), ("LITEMEDSAM_PRECISION", precision),
                         ("LITEMEDSAM_THREADS", threads), ("LITEMEDSAM_CACHE_MB", cache_mb),
-                        ("LITEMEDSAM_ROUTING", routing), ("LITEMEDSAM_METRICS_PORT", metrics_port)):
+                        ("LITEMEDSAM_ROUTING", routing), ("LITEMEDSAM_METRICS_PORT", metrics_port),
+                        ("LITEMEDSAM_TASK_MEMORY_MB", memory_mb)):
         _export(name, value)
     click.echo(f"models {', '.join(models)} | {concurrency} x {threads} thread(s) | queues {queues}", err=True)
     from worker.app import app
