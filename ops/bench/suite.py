@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ def reference_all(cases: common.CaseSet, cap_spec: str | None, resume: bool) -> 
             log(f"[reference] {name}...")
             ref = common.reference_child(cases.image(name), None, reference_cap(cap_spec, name))
         data["cases"][name] = ref
+        data["machine"]["uptime_end"] = common.uptime_line()
         REFERENCE_JSON.write_text(json.dumps(data, indent=1))
     return data
 
@@ -100,11 +102,10 @@ def tables() -> None:
         "as the challenge timed it); the engine's own time in brackets. PyTorch reference = ops/bench/"
         "torch_reference.py (the baseline's algorithm on the same weights, torch threads = 2); * = capped to the "
         "first boxes and scaled by (box, slice) pairs. Profiles other than f32: only on cases with ground truth "
-        "(ops/bench/precision_gate.py runs). Loads differed between columns (f32 and the PyTorch reference ran "
-        "at load 3-5 on 2 cores, the INT8 columns later at ~2, BASELINE.md on a quieter day): compare speed within "
-        "'Engine speed (issue 2)' (side by side) and the encoder A/B of 'Precision profiles', not across columns here. "
-        "Cases without a PyTorch figure were not run through the reference in this session (`suite.py` without "
-        "`--skip reference` does it: hours on 2 cores).",
+        "(ops/bench/precision_gate.py runs). Each column comes from its own run; loads may differ between runs, so "
+        "compare speed within 'Engine speed (issue 2)' (side by side) and the encoder A/B of 'Precision profiles':",
+        "",
+        *_run_lines(bench, load(REFERENCE_JSON), gate),
         "",
         md_table(header, rows),
         "",
@@ -145,6 +146,26 @@ def tables() -> None:
     lines.append(f"![Table 5]({PLOT_OUT.name})")
     common.replace_section("Benchmark suite (issue 5)", "\n".join(lines))
     plot(plot_rows, profiles)
+
+
+def _load_of(uptime: str | None) -> str:
+    match = re.search(r"load average: ([\d.]+)", uptime or "")
+    return match.group(1) if match else "?"
+
+
+def _run_lines(bench: dict, reference: dict, gate: dict) -> list[str]:
+    """When each column was measured, and how busy the 2 cores were (1-minute load at start / end)."""
+    runs = [("OpenVINO f32, and the PyTorch reference of the 3D speed cases (ops/bench/engine_bench.py)", bench),
+            ("PyTorch reference of the other cases (suite.py reference step)", reference),
+            ("other profiles (ops/bench/precision_gate.py)", gate)]
+    lines = []
+    for label, data in runs:
+        machine = data.get("machine")
+        if machine:
+            lines.append(f"- {label}: {machine['date']}, load {_load_of(machine.get('uptime'))} at start, "
+                         f"{_load_of(machine.get('uptime_end'))} at end.")
+    lines.append("- Official baseline: ../shared/data/cases/BASELINE.md (another day and machine load).")
+    return lines
 
 
 def plot(rows, profiles) -> None:
