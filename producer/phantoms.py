@@ -15,16 +15,16 @@ Files are written with fixed zip timestamps, so every run produces identical byt
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from worker.store import write_npz
+
 SEED = 20240617
 BOX_MARGIN_2D = 3  # px, like the challenge's slightly loose 2D boxes
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -146,12 +146,7 @@ def build_phantoms() -> list[Phantom]:
 def save_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Like np.savez_compressed, but with fixed zip timestamps (byte-identical reruns), written atomically."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for key, array in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with archive.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+    write_npz(tmp, arrays)
     os.replace(tmp, path)
 
 
