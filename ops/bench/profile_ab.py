@@ -21,6 +21,7 @@ from common import fmt, md_table  # noqa: E402
 
 SECTION = "Precision profile, whole engine (issue 5)"
 JSON_OUT = common.BENCH / "results" / "profile_ab.json"
+PLOT = common.BENCH / "results" / "profile_ab.png"
 
 
 def measure(cases: common.CaseSet, names: list[str], profile: str, repeats: int) -> dict:
@@ -61,13 +62,42 @@ def render(data: dict) -> str:
     ])
 
 
+def plot(data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    profile, names = data["profile"], list(data["runs"])
+    series = [("PyTorch reference", [data["reference"].get(n) or 0 for n in names], "#999999"),
+              ("OpenVINO f32", [common.median([r["engine_s"] for r in data["runs"][n]["f32"]]) for n in names],
+               "#1f77b4"),
+              (f"OpenVINO {profile}", [common.median([r["engine_s"] for r in data["runs"][n][profile]]) for n in names],
+               "#ff7f0e")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for offset, (label, values, colour) in enumerate(series):
+        bars = ax.bar([i + offset * 0.27 for i in range(len(names))], values, 0.27, label=label, color=colour)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xticks([i + 0.27 for i in range(len(names))], names)
+    ax.set_ylabel("engine seconds per case (log)")
+    ax.set_title(f"{profile} vs f32, whole engine (medians)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="bf16")
     parser.add_argument("--cases", default="3DBox_CT_tsup,3DBox_CT_tssm")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--from-json", type=Path, default=None, help="re-render a saved run")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return report(json.loads(args.from_json.read_text()), not args.no_write)
     cases = common.case_set(Path(tempfile.mkdtemp(prefix="profile-ab-")))
     names = [n for n in args.cases.split(",") if cases.image(n).is_file()]
     bench = json.loads((common.BENCH / "results" / "engine_bench.json").read_text())
@@ -78,10 +108,15 @@ def main(argv: list[str] | None = None) -> int:
                  if e.get("reference") and e["reference"].get("complete")}
     data = {"machine": machine, "profile": args.profile, "runs": runs, "reference": reference,
             "reference_date": bench["machine"]["date"]}
-    text = render(data)
+    return report(data, not args.no_write)
+
+
+def report(data: dict, write: bool) -> int:
+    text = render(data) + "\n\n![profile A/B](results/profile_ab.png)"
     print(text)
-    if not args.no_write:
+    if write:
         JSON_OUT.write_text(json.dumps(data, indent=1))
+        plot(data)
         common.replace_section(SECTION, text)
     return 0
 
