@@ -199,12 +199,20 @@ def test_a_study_that_keeps_killing_its_worker_ends_failed_after_three_deliverie
     folder = _folder(tmp_path / "in", {"2DBox_CT_poison": many_boxes(source, tmp_path / "p.npz", 30, shift=40)})
     batch = api.submit(folder, wait=False, settings=faults.settings)
     (name,) = batch.names
+    killed_at = 0.0
     for delivery in (1, 2, 3):  # the "OOM killer" takes the process running it, each time
-        progress = _wait_for(lambda: faults.ledger.runs(batch.batch_id).get(name) == delivery
-                             and faults.ledger.progress(batch.batch_id).get(name), f"delivery {delivery}", faults)
-        worker = faults.worker(progress.node)
-        for child in psutil.Process(worker.process.pid).children(recursive=True):
+
+        def running():  # this delivery's own progress (the previous one's entry lingers until overwritten)
+            progress = faults.ledger.progress(batch.batch_id).get(name)
+            fresh = progress is not None and progress.updated_at > killed_at
+            return progress if fresh and faults.ledger.runs(batch.batch_id).get(name) == delivery else None
+
+        worker = faults.worker(_wait_for(running, f"delivery {delivery}", faults).node)
+        children = psutil.Process(worker.process.pid).children(recursive=True)
+        for child in children:
             child.kill()
+        psutil.wait_procs(children, timeout=10)
+        killed_at = time.time()  # after the deaths: nothing the killed process wrote can look newer
     done = api.results(batch.batch_id, settings=faults.settings, timeout=TIMEOUT)
     (outcome,) = done.outcomes
     assert outcome.status == "error" and "abandoned" in outcome.error and "delivered 4 times" in outcome.error
