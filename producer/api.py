@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from producer.discovery import Skipped, StudySource, discover
-from producer.fleet import Enqueued, FleetClient, SubmitOptions
+from producer.fleet import Enqueued, FleetClient, SubmissionInterrupted, SubmitOptions
 from producer.outcome import StudyOutcome
 from producer.outputs import OutputWriter
 from producer.source_codec import source_from_json
@@ -102,10 +102,13 @@ def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | P
     client = client_for(broker, settings)
     options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}))
     enqueued = client.submit(sources, options, Path(study_dir))
-    batch = _batch(enqueued, out_dir)
-    batch.skipped = found.skipped
-    if wait:
-        _collect(client, batch, set(batch.names), len(batch.names), timeout, progress)
+    try:
+        batch = _batch(enqueued, out_dir)
+        batch.skipped = found.skipped
+        if wait:
+            _collect(client, batch, set(batch.names), len(batch.names), timeout, progress)
+    except KeyboardInterrupt:  # the batch is enqueued and goes on: say which one it is
+        raise SubmissionInterrupted(enqueued, complete=True) from None
     return batch
 
 

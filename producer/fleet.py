@@ -53,11 +53,12 @@ class Enqueued:
 
 
 class SubmissionInterrupted(KeyboardInterrupt):
-    """Ctrl-C while enqueuing: the batch was sealed with the studies enqueued so far."""
+    """Ctrl-C while submitting: the batch was sealed with the studies enqueued so far."""
 
-    def __init__(self, batch: Enqueued):
+    def __init__(self, batch: Enqueued, complete: bool = False):
         super().__init__(f"batch {batch.batch_id}: interrupted after enqueuing {len(batch.names)} studies")
         self.batch = batch
+        self.complete = complete  # every study had been enqueued
 
 
 def new_batch_id() -> str:
@@ -129,10 +130,10 @@ class FleetClient:
                 state = submit_one(batch.batch_id)
                 batch.names.append(name)
                 setattr(batch, state, getattr(batch, state) + 1)
+            self.ledger.write_meta(batch.batch_id, {**meta, "sealed": True, "submitted_at": time.time()})
         except KeyboardInterrupt:
             self._seal_interrupted(batch, meta)
-            raise SubmissionInterrupted(batch) from None
-        self.ledger.write_meta(batch.batch_id, {**meta, "sealed": True, "submitted_at": time.time()})
+            raise SubmissionInterrupted(batch, complete=len(batch.names) == len(items)) from None
         batch.unserved_queues = {queue for queue, identity in self._identities.items() if identity is None}
         return batch
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.table import Table
@@ -42,11 +43,17 @@ def submit_to_fleet(study_dir: Path, out_dir: Path, broker: str, *, wait: bool, 
     except FileNotFoundError as error:
         raise click.ClickException(str(error)) from None
     except SubmissionInterrupted as interrupted:
-        batch_id = interrupted.batch.batch_id
-        console.print(f"interrupted while enqueuing: batch {batch_id} holds the {len(interrupted.batch.names)} "
-                      f"studies enqueued so far (collect them with: producer results {batch_id} --out DIR); "
-                      "submit the folder again for the rest (stored results are reused)")
-        raise SystemExit(130) from None
+        _interrupted(interrupted.batch.batch_id, None if interrupted.complete else len(interrupted.batch.names))
+    try:
+        _announce(batch, wait)
+        if not wait:
+            return []
+        return fetch_results(batch.batch_id, out_dir, broker, wait=True, timeout=timeout)
+    except KeyboardInterrupt:
+        _interrupted(batch.batch_id)
+
+
+def _announce(batch: api.Batch, wait: bool) -> None:
     _print_skipped(batch)
     console.print(f"batch {batch.batch_id}: {batch.queued} queued, {batch.cached} already stored, "
                   f"{batch.failed_to_submit} could not be submitted")
@@ -57,8 +64,18 @@ def submit_to_fleet(study_dir: Path, out_dir: Path, broker: str, *, wait: bool, 
         click.echo(batch.batch_id)
         console.print(f"follow it with: producer status {batch.batch_id}; "
                       f"collect it with: producer results {batch.batch_id} --out DIR")
-        return []
-    return fetch_results(batch.batch_id, out_dir, broker, wait=True, timeout=timeout)
+
+
+def _interrupted(batch_id: str, enqueued: int | None = None) -> NoReturn:
+    """Ctrl-C: the batch goes on in the fleet; say how to collect it (and, if cut short, what is missing)."""
+    if enqueued is None:
+        console.print(f"interrupted: batch {batch_id} goes on in the fleet; collect it with: "
+                      f"producer results {batch_id} --out DIR")
+    else:
+        console.print(f"interrupted while enqueuing: batch {batch_id} holds the {enqueued} studies enqueued so far "
+                      f"(collect them with: producer results {batch_id} --out DIR); submit the folder again for "
+                      "the rest (stored results are reused)")
+    raise SystemExit(130)
 
 
 def fetch_results(batch_id: str, out_dir: Path, broker: str, *, wait: bool, timeout: float | None
@@ -70,9 +87,7 @@ def fetch_results(batch_id: str, out_dir: Path, broker: str, *, wait: bool, time
     except TimeoutError as error:
         raise click.ClickException(f"{error}; run `producer results {batch_id}` again later") from None
     except KeyboardInterrupt:
-        console.print(f"interrupted: batch {batch_id} goes on in the fleet; collect it with: "
-                      f"producer results {batch_id} --out DIR")
-        raise SystemExit(130) from None
+        _interrupted(batch_id)
     _summary(batch, out_dir)
     if not wait:
         waiting = len(batch.names) - len(batch.outcomes)

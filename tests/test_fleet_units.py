@@ -469,3 +469,27 @@ def test_result_keys_follow_content_not_names_or_batches(job):
     assert client.ledger.outcome("batch-2", second.study_id).result_key == two.result_key
     again = run_study(ctx, _message(client, first, batch="batch-3"), Delivery("k3"))  # same content, new batch
     assert again.result_key == one.result_key and again.metrics["extra"]["cached"] is True
+
+
+def test_ctrl_c_while_enqueuing_seals_the_batch_with_what_was_enqueued(job, monkeypatch):
+    from producer.fleet import SubmissionInterrupted
+
+    client, _ = job
+    submitted = []
+
+    def submit_study(batch_id, name, study, options, entry=None):
+        if submitted:
+            client.ledger.add_study(batch_id, name, {"enqueued_at": time.time()})  # caught half-way
+            raise KeyboardInterrupt
+        submitted.append(name)
+        return "queued"
+
+    monkeypatch.setattr(client, "submit_study", submit_study)
+    with pytest.raises(SubmissionInterrupted) as caught:
+        client.submit_studies({"first": _study(), "second": _study(), "third": _study()}, SubmitOptions())
+    batch = caught.value.batch
+    assert not caught.value.complete and batch.names == ["first", "second"]
+    meta = client.ledger.meta(batch.batch_id)
+    assert meta["sealed"] and meta["interrupted"] and meta["total"] == 2
+    half_way = client.ledger.outcome(batch.batch_id, "second")
+    assert half_way.status == "error" and "submit it again" in half_way.error
