@@ -59,3 +59,9 @@ def test_cache_headroom_is_part_of_the_need(echo_models_dir):
     study = STUDIES["3d-propagation"]
     assert cached.memory_needed(study) - Engine(EngineSettings(models_dir=echo_models_dir, threads=1,
                                                                cache_bytes=0)).memory_needed(study) == 256 << 20
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (0, 80, 3), (2, 6, 32, 32)])
+def test_a_malformed_study_gets_an_estimate_not_an_exception(engine, shape):
+    study = Study("bad", "CT", np.zeros(shape, np.uint8), np.array([[1, 2, 3, 4]]))
+    assert engine.memory_needed(study) >= 0  # the engine's validation names what is wrong, not this

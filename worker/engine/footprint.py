@@ -32,7 +32,7 @@ def study_bytes(shape: tuple[int, ...], itemsize: int, boxes: int, is_3d: bool, 
         volume = voxels * (PER_VIEW_LABEL_BYTES * views + (VOTE_BYTES if views == 3 else 0))
         pixels = slice_pixels(shape, views)
     else:
-        pixels = shape[0] * shape[1]
+        pixels = math.prod(shape[:2])  # any shape: a malformed study is refused later by the engine, not here
         volume = pixels * PER_VIEW_LABEL_BYTES
     per_slice = pixels * (max(1, boxes) + SLICE_FLOAT_COPIES)
     return image + volume + per_slice + MODEL_TENSORS
