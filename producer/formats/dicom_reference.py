@@ -26,7 +26,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom import config
 from pydicom.dataset import Dataset
+from pydicom.valuerep import validate_value
 from pydicom.uid import generate_uid
 
 from producer.formats.dicom import SeriesLayout
@@ -150,6 +152,18 @@ def _complete_shared(shared: Dataset, sop_uids: list[str], notes: list[str], der
     for keyword in TYPE2_KEYWORDS:
         if keyword not in shared:
             setattr(shared, keyword, "")
+        elif not _conformant(shared[keyword]):
+            notes.append(f"{keyword} {str(shared[keyword].value)[:40]!r} is not a valid {shared[keyword].VR}: "
+                         "left empty in the output")
+            setattr(shared, keyword, "")
+
+
+def _conformant(element) -> bool:
+    try:
+        validate_value(element.VR, element.value, config.RAISE)
+    except Exception:
+        return False
+    return True
 
 
 def _complete_frame_of_reference(shared: Dataset, instances: list[Dataset], sop_uids: list[str],
