@@ -114,7 +114,16 @@ def build_segmentation(reference: DicomReference, labels: np.ndarray, segment_la
         omit_empty_frames=True,
     )
     seg.SeriesDescription = f"LiteMedSAM segmentation{derived}"[:64]
+    _stable_dimension_organization(seg, _uid(series_uid, "dimension organization"))
     return seg
+
+
+def _stable_dimension_organization(seg: hd.seg.Segmentation, uid: str) -> None:
+    """highdicom draws a random DimensionOrganizationUID; a derived one makes re-writing the same result give
+    the same object, e.g. `producer results` elsewhere and the waiting submit."""
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = uid
 
 
 def write_dicom_seg(path: Path, reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str],
