@@ -158,3 +158,32 @@ def test_a_seg_that_cannot_be_built_leaves_the_label_map_and_a_note(tmp_path):
     np.testing.assert_array_equal(np.transpose(np.asarray(back.dataobj), (2, 1, 0)), labels)
     # the grid is the series' own: voxel (0, 0, 0) sits at the first slice's position (LPS -> RAS)
     np.testing.assert_allclose(back.affine[:3, 3], np.array(spec.origin) * [-1, -1, 1])
+
+
+@pytest.mark.parametrize("name", ["dicom_signed", "dicom_monochrome1", "dicom_nonsquare", "dicom_mixedsyntax",
+                                  "dicom_duplicate", "dicom_split"])
+def test_odd_but_valid_series_of_the_corpus_are_read_correctly(tmp_path, name):
+    """The corpus' real-world oddities that must be segmented: each is read back as the volume it stores."""
+    from bad_inputs import _odd_dicom_corpus, odd_series_spec
+    from producer.formats.dicom import load_dicom_volume
+
+    _odd_dicom_corpus(tmp_path)
+    found = discover(tmp_path / name)
+    assert len(found.studies) == 1, [s.name for s in found.studies]
+    source = found.studies[0]
+    spec = odd_series_spec(name)
+    volume = load_dicom_volume(source.files)
+    expected = spec.stored.astype(np.float32)
+    if name == "dicom_monochrome1":  # inverted so that high values are bright
+        expected = expected.max() + expected.min() - expected
+    np.testing.assert_array_equal(volume.values, expected)
+    assert volume.spacing == pytest.approx((spec.pixel_spacing[1], spec.pixel_spacing[0], spec.step))
+    if name == "dicom_signed":
+        assert volume.values.min() < 0
+    if name == "dicom_duplicate":
+        assert len(source.files) == 5 and any("duplicate of" in s.reason for s in found.skipped)
+    if name == "dicom_split":
+        assert {p.parent.name for p in source.files} == {"a", "b"} and source.sidecar.path.parent.name == name
+    if name == "dicom_mixedsyntax":
+        syntaxes = {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in source.files}
+        assert len(syntaxes) == 2

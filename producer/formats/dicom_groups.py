@@ -7,7 +7,9 @@
 - Instances with patient geometry (ImagePositionPatient, or per-frame plane positions) form the series' volume.
 - Instances without it are projection images or photographs: a series holding one of them is one 2D study; a
   series holding several (two radiograph views, a set of ultrasound captures) yields one 2D study per instance,
-  keyed in the prompts sidecar by SOPInstanceUID.
+  keyed in the prompts sidecar by SOPInstanceUID. An instance without geometry in a series whose other instances
+  have it, and of their size, is a slice that lost its position: it stays in the volume, which is then refused
+  naming it (rather than silently segmenting the rest, or splitting it off as a 2D study).
 """
 from __future__ import annotations
 
@@ -51,7 +53,10 @@ def _dedupe(headers: Iterable[DicomHeader]) -> tuple[list[DicomHeader], list[tup
 def _series_groups(uid: str, members: list[DicomHeader], by_traits: bool = False) -> list[DicomGroup]:
     first = members[0]
     placed = [h for h in members if h.has_plane_geometry]
-    loose = [h for h in members if not h.has_plane_geometry]
+    sizes = {h.traits[2:4] for h in placed}
+    lost = [h for h in members if not h.has_plane_geometry and h.traits[2:4] in sizes]
+    placed += lost  # slices that lost their position: the volume's reader names them
+    loose = [h for h in members if not h.has_plane_geometry and h not in lost]
     groups = []
     if placed:
         note = UNGROUPED_NOTE.format(count=len(placed)) if by_traits else ""
