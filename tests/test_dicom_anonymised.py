@@ -187,3 +187,29 @@ def test_odd_but_valid_series_of_the_corpus_are_read_correctly(tmp_path, name):
     if name == "dicom_mixedsyntax":
         syntaxes = {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in source.files}
         assert len(syntaxes) == 2
+
+
+def test_a_2d_ct_image_without_frame_of_reference_or_geometry_still_gets_its_seg(tmp_path):
+    """A CT Image object (whose IOD requires a frame of reference) holding a lone 2D image without one."""
+    from dicom_factory import write_xray
+    from producer.outcome import StudyOutcome
+    from producer.outputs import OutputWriter
+    from pydicom.uid import CTImageStorage
+
+    (tmp_path / "in").mkdir()
+    path = write_xray(tmp_path / "in" / "scout.dcm", np.arange(600, dtype=np.uint16).reshape(30, 20), modality="CT")
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.save_as(path)
+    (tmp_path / "in" / "prompts.json").write_text(json.dumps({"boxes": [{"voxel": [1, 1, 10, 10]}]}))
+    source = discover(tmp_path / "in").studies[0]
+    labels = np.zeros((30, 20), np.uint16)
+    labels[2:9, 2:9] = 1
+    outcome = StudyOutcome(name=source.name, labels=labels)
+    OutputWriter(tmp_path / "out").write(source, outcome)
+    assert outcome.ok, outcome.error
+    assert any("a frame of reference and a nominal axial plane" in note for note in outcome.notes), outcome.notes
+    seg = hd.seg.segread(tmp_path / "out" / f"{source.name}.seg.dcm")
+    assert seg.FrameOfReferenceUID and "FrameOfReferenceUID" in seg.SeriesDescription
+    uid = str(ds.SOPInstanceUID)
+    np.testing.assert_array_equal(seg.get_pixels_by_source_instance([uid], combine_segments=True)[0], labels)

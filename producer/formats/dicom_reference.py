@@ -17,7 +17,8 @@ Anonymised or incomplete headers are completed here, in one place:
   object holding a scout) gets a created frame of reference and a nominal plane (origin 0, axial, its pixel
   spacing or 1 mm), with a note;
 - type 2 attributes the SEG copies (patient name/ID/birth date/sex, accession number, study ID/date/time,
-  referring physician) are present, empty when the source lacks them.
+  referring physician) are present, empty when the source lacks them or holds a value not valid for its VR;
+- a slice with patient geometry but no SliceThickness gets the series' slice gap (1 mm for a single slice).
 """
 from __future__ import annotations
 
@@ -187,6 +188,17 @@ def _complete_frame_of_reference(shared: Dataset, instances: list[Dataset], sop_
                      "a frame of reference and a nominal axial plane at the origin were created for the output")
 
 
+def _complete_slice_thickness(instances: list[Dataset], layout: SeriesLayout, notes: list[str]) -> None:
+    """SliceThickness (type 2 in the Image Plane module; the SEG's pixel measures need a value): the slice gap."""
+    thickness = layout.geometry.spacing[2] if layout.geometry is not None else 1.0
+    missing = [ds for ds in instances if "ImagePositionPatient" in ds and not ds.get("SliceThickness")]
+    for ds in missing:
+        ds.SliceThickness = round(float(thickness), 6)
+    if missing:
+        notes.append(f"{len(missing)} slice(s) have no SliceThickness: {thickness:.6g} mm (the slice gap, or 1 mm for "
+                     "a single slice) used in the output")
+
+
 def reference_of(layout: SeriesLayout) -> DicomReference:
     """The writers' view of a series, with anonymised or missing attributes completed (module docstring)."""
     instances, notes = _complete_instances(layout.headers)
@@ -195,6 +207,8 @@ def reference_of(layout: SeriesLayout) -> DicomReference:
     derived: list[str] = []
     _complete_shared(shared, sop_uids, notes, derived)
     _complete_frame_of_reference(shared, instances, sop_uids, notes, derived, layout.geometry is not None)
+    if not layout.is_multiframe:
+        _complete_slice_thickness(instances, layout, notes)
     slices = tuple((ref.instance, ref.frame) for ref in layout.slices)
     return DicomReference(_json(shared), tuple(_json(instance) for instance in instances), slices, tuple(notes),
                           tuple(derived))
