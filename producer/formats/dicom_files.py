@@ -161,7 +161,7 @@ def _rounded(values, digits: int) -> tuple[float, ...] | None:
 def series_traits(ds: Dataset) -> tuple:
     """What the files of one series share; files without a SeriesInstanceUID are grouped by it (and folder)."""
     return (str(ds.get("FrameOfReferenceUID", "") or ""), _rounded(ds.get("ImageOrientationPatient"), 4),
-            ds.get("Rows"), ds.get("Columns"), _rounded(ds.get("PixelSpacing"), 4),
+            str(ds.get("Rows", "")), str(ds.get("Columns", "")), _rounded(ds.get("PixelSpacing"), 4),
             str(ds.get("Modality", "") or "").upper())
 
 
