@@ -159,7 +159,15 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
     try:
         return ds, ds.pixel_array
     except Exception as error:  # missing plugin, truncated or damaged pixel data
-        raise StudyError(f"{path.name}: cannot decode pixel data ({syntax.name}): {error}") from error
+        raise StudyError(f"{path.name}: cannot decode pixel data ({syntax.name}): {_decoder_reasons(error)}") from error
+
+
+def _decoder_reasons(error: Exception) -> str:
+    """pydicom's "all plugins failed" report on one line: each decoder's own reason."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and "plugins" in lines[0]:
+        return "no installed decoder reads it (" + "; ".join(lines[1:]) + ")"
+    return "; ".join(lines) or type(error).__name__
 
 
 def _transform_item(ds: Dataset, frame: int | None) -> Dataset:
