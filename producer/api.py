@@ -22,7 +22,8 @@ from pathlib import Path
 from producer.discovery import Skipped, StudySource, discover
 from producer.fleet import Enqueued, FleetClient, SubmissionInterrupted, SubmitOptions
 from producer.outcome import StudyOutcome
-from producer.outputs import OutputWriter
+from producer.output_context import OutputContext
+from producer.outputs import OutputWriter, parse_dicom_formats
 from producer.source_codec import source_from_json
 from worker.ledger import Progress
 from worker.messages import Outcome
@@ -44,6 +45,7 @@ class Batch:
     cached: int = 0
     failed_to_submit: int = 0
     out_dir: Path | None = None
+    dicom_formats: tuple[str, ...] = ("seg",)  # what DICOM studies are written as
     skipped: list[Skipped] = field(default_factory=list)  # files discovery left out, with reasons
     unserved_queues: set[str] = field(default_factory=set)  # queues no worker has announced itself on
 
@@ -90,20 +92,23 @@ def client_for(broker: str | None = None, settings: FleetSettings | None = None)
 
 def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | Path | None = None,
            wait: bool = True, force: bool = False, queue: str | None = None, routes: dict[str, str] | None = None,
-           timeout: float | None = None, progress: bool = False, settings: FleetSettings | None = None) -> Batch:
+           timeout: float | None = None, progress: bool = False, settings: FleetSettings | None = None,
+           dicom_formats: str | tuple[str, ...] = ("seg",)) -> Batch:
     """Enqueue every study in `study_dir`; with `wait`, collect the results (and write them to `out_dir`).
 
     `queue` sends every study there; `routes` ({"PET": "pet"}) sends a modality's studies to its queue; else
-    $LITEMEDSAM_QUEUE_ROUTES, else the default queue."""
+    $LITEMEDSAM_QUEUE_ROUTES, else the default queue. `dicom_formats` ("seg", "rtstruct" or both) is what DICOM
+    studies are written as, here and by any later `results` of this batch."""
     found = discover(Path(study_dir))
     sources = found.studies
     if not sources:
         raise FileNotFoundError(f"no studies found in {study_dir} ({len(found.skipped)} file(s) skipped)")
     client = client_for(broker, settings)
-    options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}))
+    options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}),
+                            dicom_formats=parse_dicom_formats(dicom_formats))
     enqueued = client.submit(sources, options, Path(study_dir))
     try:
-        batch = _batch(enqueued, out_dir)
+        batch = _batch(enqueued, out_dir, options.dicom_formats)
         batch.skipped = found.skipped
         if wait:
             _collect(client, batch, set(batch.names), len(batch.names), timeout, progress)
@@ -141,7 +146,8 @@ def results(batch_id: str, out_dir: str | Path | None = None, broker: str | None
     client = client_for(broker, settings)
     meta = _meta(client, batch_id)
     manifest = _Manifest(client, batch_id)
-    batch = Batch(batch_id, sorted(manifest.entries), out_dir=Path(out_dir) if out_dir else None)
+    batch = Batch(batch_id, sorted(manifest.entries), out_dir=Path(out_dir) if out_dir else None,
+                  dicom_formats=parse_dicom_formats(meta.get("dicom_formats") or ("seg",)))
     if wait:  # a batch still being submitted: follow() reads the full list once the submitter has sealed it
         names = set(manifest.entries) if meta.get("sealed") else None
         _collect(client, batch, names, int(meta["total"]), timeout, progress, manifest)
@@ -167,6 +173,11 @@ class _Manifest:
     def source(self, name: str) -> StudySource:
         return source_from_json(self.entry(name)["source"])
 
+    def context(self, name: str) -> OutputContext | None:
+        """What the writers need, stored at submit time (None for a batch stored before contexts existed)."""
+        data = self.entry(name).get("output_context")
+        return OutputContext.from_json(data) if data else None
+
 
 def _meta(client: FleetClient, batch_id: str) -> dict:
     meta = client.ledger.meta(batch_id)
@@ -175,10 +186,10 @@ def _meta(client: FleetClient, batch_id: str) -> dict:
     return meta
 
 
-def _batch(enqueued: Enqueued, out_dir) -> Batch:
+def _batch(enqueued: Enqueued, out_dir, dicom_formats: tuple[str, ...] = ("seg",)) -> Batch:
     return Batch(enqueued.batch_id, enqueued.names, queued=enqueued.queued, cached=enqueued.cached,
                  failed_to_submit=enqueued.failed, out_dir=Path(out_dir) if out_dir else None,
-                 unserved_queues=enqueued.unserved_queues)
+                 dicom_formats=dicom_formats, unserved_queues=enqueued.unserved_queues)
 
 
 def _collect(client: FleetClient, batch: Batch, names: set[str] | None, total: int, timeout: float | None,
@@ -204,8 +215,10 @@ def _deliver(client: FleetClient, batch: Batch, manifest: _Manifest, outcome: Ou
                          metrics=outcome.metrics, seconds=max(0.0, outcome.finished_at - enqueued_at))
     if outcome.ok:
         _download(client, outcome, study)
+        study.context = manifest.context(outcome.name)
+        study.notes = list(study.context.notes) if study.context else []
     if batch.out_dir is not None:
-        OutputWriter(batch.out_dir).write(manifest.source(outcome.name), study)
+        OutputWriter(batch.out_dir, batch.dicom_formats).write(manifest.source(outcome.name), study)
         study.labels = None
     return study
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from producer.console import BatchProgress, console, summary_table
+from producer.console import BatchProgress, console, print_notes, summary_table
 from producer.discovery import discover
 from producer.outcome import StudyOutcome
 from producer.outputs import OutputWriter
@@ -45,7 +45,8 @@ def print_skipped(skipped) -> None:
         console.print(f"[yellow]skipped {note.path}: {note.reason}")
 
 
-def run_embedded(study_dir: Path, out_dir: Path, settings) -> list[StudyOutcome]:
+def run_embedded(study_dir: Path, out_dir: Path, settings, dicom_formats: tuple[str, ...] = ("seg",)
+                 ) -> list[StudyOutcome]:
     from producer.embedded import EmbeddedRunner
 
     found = discover(study_dir)
@@ -54,7 +55,7 @@ def run_embedded(study_dir: Path, out_dir: Path, settings) -> list[StudyOutcome]
         print_skipped(found.skipped)
         raise click.ClickException(f"no studies found in {study_dir}")
     runner = EmbeddedRunner(settings)
-    writer = OutputWriter(out_dir)
+    writer = OutputWriter(out_dir, dicom_formats)
     outcomes = []
     with BatchProgress(len(sources)) as bar:
         for source in sources:
@@ -63,6 +64,7 @@ def run_embedded(study_dir: Path, out_dir: Path, settings) -> list[StudyOutcome]
             bar.finished(outcome)
             outcomes.append(outcome)
     console.print(summary_table(outcomes))
+    print_notes(outcomes)
     print_skipped(found.skipped)
     failed = sum(not o.ok for o in outcomes)
     skipped = f", {len(found.skipped)} file(s) skipped (listed above)" if found.skipped else ""
@@ -105,23 +107,31 @@ def broker_required(broker: str | None) -> str:
 @click.option("--route", "routes", multiple=True, metavar="MODALITY=QUEUE",
               help="Fleet: send a modality's studies to a queue, e.g. --route PET=pet (repeatable).")
 @click.option("--timeout", type=float, default=None, help="Fleet: give up waiting after this many seconds.")
+@click.option("--dicom-format", "dicom_format", default="seg", show_default=True, metavar="seg|rtstruct|seg,rtstruct",
+              help="What DICOM studies are written as: a DICOM SEG, an RT Structure Set, or both.")
 @engine_options
 def submit(study_dir: Path, out_dir: Path, broker: str | None, no_wait: bool, force: bool, queue: str | None,
-           routes: tuple[str, ...], timeout: float | None, **engine) -> None:
+           routes: tuple[str, ...], timeout: float | None, dicom_format: str, **engine) -> None:
     """Segment every study in STUDY_DIR and write OUT/<study>.npz plus OUT/metrics.jsonl.
 
     Without a broker the studies run in this process; with one they go to the fleet's workers.
     """
+    from producer.outputs import parse_dicom_formats
+
+    try:
+        dicom_formats = parse_dicom_formats(dicom_format)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--dicom-format") from None
     if broker:
         from producer.fleet_cli import submit_to_fleet
 
         outcomes = submit_to_fleet(study_dir, out_dir, broker, wait=not no_wait, force=force, queue=queue,
-                                   routes=routes, timeout=timeout)
+                                   routes=routes, timeout=timeout, dicom_formats=dicom_formats)
     elif no_wait or force or queue or routes:
         raise click.UsageError("--no-wait, --force, --queue and --route need a fleet: give --broker or set "
                                "LITEMEDSAM_BROKER")
     else:
-        outcomes = run_embedded(study_dir, out_dir, engine_settings(**engine))
+        outcomes = run_embedded(study_dir, out_dir, engine_settings(**engine), dicom_formats)
     exit_if_all_failed(outcomes)
 
 

@@ -56,3 +56,11 @@ def summary_table(outcomes: Iterable[StudyOutcome]) -> Table:
             f"{o.seconds:.2f}", "ok" if o.ok else f"[red]error: {o.error}",
         )
     return table
+
+
+def print_notes(outcomes) -> None:
+    """What the readers and writers decided for each study that its user should know (grouping, derived UIDs,
+    a label map written instead of a DICOM output)."""
+    for outcome in outcomes:
+        for note in outcome.notes:
+            console.print(f"[cyan]note {outcome.name}: {note}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -45,6 +45,7 @@ class StudySource:
     kind: str  # one of KINDS
     files: tuple[Path, ...] = ()
     sidecar: SidecarRef | None = None  # dicom/nifti: where the box prompts are read
+    notes: tuple[str, ...] = ()  # what discovery decided for this study that its user should know
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _dicom_sources(folder: Path, groups: list[DicomGroup]) -> list[StudySource]:
         if group.instance_index is not None:
             name += f"_{group.instance_index}"
         ref = SidecarRef(group.folder / DICOM_SIDECAR, group.section, group.uid, shared)
-        sources.append(StudySource(name, group.folder, "dicom", group.files, ref))
+        sources.append(StudySource(name, group.folder, "dicom", group.files, ref, group.notes))
     return sources
 
 
@@ -130,8 +131,7 @@ def _unique_names(sources: list[StudySource]) -> list[StudySource]:
     for source in sources:
         if counts[source.name] > 1:
             key = source.sidecar.uid if source.sidecar and source.sidecar.uid else str(source.path)
-            source = StudySource(f"{source.name}_{hashlib.sha1(key.encode()).hexdigest()[:8]}", source.path,
-                                 source.kind, source.files, source.sidecar)
+            source = replace(source, name=f"{source.name}_{hashlib.sha1(key.encode()).hexdigest()[:8]}")
         renamed.append(source)
     return renamed
 

@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 from producer.discovery import StudySource
-from producer.loading import load_study
+from producer.loading import load_study_and_context
 from producer.outcome import StudyOutcome
 from worker.protocol import StudyError
 
@@ -24,7 +24,8 @@ class EmbeddedRunner:
         started = time.perf_counter()
         outcome = StudyOutcome(name=source.name)
         try:
-            study = load_study(source)
+            study, outcome.context = load_study_and_context(source)
+            outcome.notes = list(outcome.context.notes)
             outcome.modality = study.modality
             report = (lambda done, total: on_slices(source.name, done, total)) if on_slices else None
             result = self.engine.segment(study, progress=report)

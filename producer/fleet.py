@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from producer.discovery import StudySource
-from producer.loading import load_study
+from producer.loading import load_study_and_context
 from producer.outputs import check_study_name
 from producer.source_codec import source_to_json
 from worker.directory import IdentityDirectory
@@ -35,6 +35,7 @@ class SubmitOptions:
     force: bool = False
     queue: str | None = None  # every study to this queue; else by modality route, else the default queue
     routes: dict[str, str] = field(default_factory=dict)  # modality -> queue, over LITEMEDSAM_QUEUE_ROUTES
+    dicom_formats: tuple[str, ...] = ("seg",)  # what `results` writes for DICOM studies (stored in the batch meta)
 
     def explicit_queue(self, modality: str) -> str | None:
         return self.queue or {m.lower(): q for m, q in self.routes.items()}.get(modality.lower())
@@ -123,7 +124,7 @@ class FleetClient:
         batch = Enqueued(new_batch_id())
         meta = {"batch_id": batch.batch_id, "created_at": time.time(), "study_dir": study_dir,
                 "total": len(items), "sealed": False, "force": options.force, "queue": options.queue or "",
-                "producer": socket.gethostname()}
+                "producer": socket.gethostname(), "dicom_formats": list(options.dicom_formats)}
         self.ledger.write_meta(batch.batch_id, meta)
         try:
             for name, submit_one in items:
@@ -150,7 +151,8 @@ class FleetClient:
     def _submit_one(self, batch_id: str, source: StudySource, options: SubmitOptions) -> str:
         entry: dict[str, Any] = {"source": source_to_json(source), "enqueued_at": time.time()}
         try:
-            study = load_study(source)
+            study, context = load_study_and_context(source)
+            entry["output_context"] = context.to_json()  # the writers' needs: results from anywhere (JSON)
         except StudyError as error:
             return self._fail(batch_id, source.name, entry, str(error))
         except Exception as error:  # one unreadable study must not stop the batch

@@ -16,6 +16,8 @@ class StudyOutcome:
     labels: np.ndarray | None = field(default=None, repr=False)
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0  # wall time for this study as the producer saw it
+    notes: list[str] = field(default_factory=list)  # what the user should know (grouping, derived UIDs, fallbacks)
+    context: Any = field(default=None, repr=False)  # producer.output_context.OutputContext, for the writers
 
     @property
     def ok(self) -> bool:
@@ -29,5 +31,6 @@ class StudyOutcome:
             "status": self.status,
             "error": self.error,
             "seconds": round(self.seconds, 4),
+            "notes": list(self.notes),
             "metrics": self.metrics,
         }

@@ -94,6 +94,56 @@ def _dicom_corpus(folder: Path) -> dict[str, str | None]:
     return {f"dicom_{case}": fragment for case, fragment in cases.items()}
 
 
+ODD_SPEC = {  # how each odd-but-valid series is written (tests/test_dicom_anonymised.py checks what is read back)
+    "dicom_signed": {"stored_offset": -1000},  # signed 16-bit with negative stored values
+    "dicom_monochrome1": {"modality": "MR"},
+    "dicom_nonsquare": {"pixel_spacing": (0.9, 0.5)},
+    "dicom_mixedsyntax": {},  # every other file RLE Lossless, the rest native
+    "dicom_duplicate": {},  # one instance stored twice under another file name
+    "dicom_split": {},  # one series across two folders, prompts.json in their common folder
+}
+
+
+def odd_series_spec(name: str) -> SeriesSpec:
+    options = dict(ODD_SPEC[name])
+    offset = options.pop("stored_offset", 0)
+    return SeriesSpec(stored=(ramp_volume(5, 12, 12, seed=3) + offset).astype(np.int16), **options)
+
+
+def _odd_dicom_corpus(folder: Path) -> dict[str, str | None]:
+    """Real-world oddities: each either segmented correctly (None) or refused with a specific reason."""
+    from pydicom.uid import RLELossless
+
+    box = json.dumps({"boxes": [{"voxel": [1, 1, 0, 8, 8, 3]}]})
+    for name in ODD_SPEC:
+        series = folder / name
+        paths = write_series(series, odd_series_spec(name), shuffle_seed=None)
+        for index, path in enumerate(paths):
+            ds = pydicom.dcmread(path)
+            if name == "dicom_monochrome1":
+                ds.PhotometricInterpretation = "MONOCHROME1"
+            elif name == "dicom_mixedsyntax" and index % 2:
+                ds.compress(RLELossless)
+            else:
+                continue
+            ds.save_as(path)
+        if name == "dicom_duplicate":
+            (series / "copy_of_IM0002").write_bytes(paths[2].read_bytes())
+        if name == "dicom_split":
+            for part, members in (("a", paths[:3]), ("b", paths[3:])):
+                (series / part).mkdir()
+                for path in members:
+                    path.rename(series / part / path.name)
+        (series / "prompts.json").write_text(box)
+    lost = folder / "dicom_lostposition"
+    paths = write_series(lost, SeriesSpec(stored=ramp_volume(5, 12, 12)), shuffle_seed=None)
+    ds = pydicom.dcmread(paths[2])
+    del ds.ImagePositionPatient
+    ds.save_as(paths[2])
+    (lost / "prompts.json").write_text(box)
+    return {**{name: None for name in ODD_SPEC}, "dicom_lostposition": "IM0002: no ImagePositionPatient"}
+
+
 def _nifti_corpus(folder: Path) -> dict[str, str | None]:
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip, and no NIfTI header")
     (folder / "broken.prompts.json").write_text(json.dumps({"modality": "MR", "boxes": [{"voxel": [1, 1, 0, 4, 4, 2]}]}))
@@ -102,7 +152,13 @@ def _nifti_corpus(folder: Path) -> dict[str, str | None]:
 
 def write_corpus(folder: Path) -> dict[str, str | None]:
     folder.mkdir(parents=True, exist_ok=True)
-    return {**_npz_corpus(folder), **_dicom_corpus(folder), **_nifti_corpus(folder)}
+    return {**_npz_corpus(folder), **_dicom_corpus(folder), **_odd_dicom_corpus(folder), **_nifti_corpus(folder)}
+
+
+def expected_outputs(expected: dict[str, str | None]) -> set[str]:
+    """The files a run of the corpus writes besides metrics.jsonl: one mask per good study."""
+    return {f"{name}.seg.dcm" if name.startswith("dicom_") else f"{name}.npz"
+            for name, fragment in expected.items() if fragment is None}
 
 
 def bad_studies_in_memory() -> dict[str, tuple[Study, str | None]]:

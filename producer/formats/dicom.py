@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import UID
 
-from producer.formats.dicom_files import CorruptDicomError, NotDicomError, read_dataset
+from producer.formats.dicom_files import CorruptDicomError, NotDicomError, read_dataset, sop_instance_uid_of
 from producer.formats.dicom_geometry import Plane, stack_planes
 from producer.formats.volume import Geometry, ImageVolume
 from worker.protocol import StudyError
@@ -62,8 +62,8 @@ class SeriesLayout:
 
     @property
     def slice_uids(self) -> tuple[str, ...]:
-        """SOPInstanceUID of every slice, in volume order (one UID repeated for a multi-frame object)."""
-        return tuple(str(self.headers[ref.instance].SOPInstanceUID) for ref in self.slices)
+        """SOPInstanceUID (else the file meta's) of every slice, in volume order (repeated for a multi-frame object)."""
+        return tuple(sop_instance_uid_of(self.headers[ref.instance]) for ref in self.slices)
 
 
 def _header(path: Path) -> Dataset:
@@ -159,7 +159,15 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
     try:
         return ds, ds.pixel_array
     except Exception as error:  # missing plugin, truncated or damaged pixel data
-        raise StudyError(f"{path.name}: cannot decode pixel data ({syntax.name}): {error}") from error
+        raise StudyError(f"{path.name}: cannot decode pixel data ({syntax.name}): {_decoder_reasons(error)}") from error
+
+
+def _decoder_reasons(error: Exception) -> str:
+    """pydicom's "all plugins failed" report on one line: each decoder's own reason."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and "plugins" in lines[0]:
+        return "no installed decoder reads it (" + "; ".join(lines[1:]) + ")"
+    return "; ".join(lines) or type(error).__name__
 
 
 def _transform_item(ds: Dataset, frame: int | None) -> Dataset:
@@ -219,7 +227,11 @@ def _assemble(layout: SeriesLayout) -> tuple[np.ndarray, Dataset]:
 
 def load_dicom_volume(paths: Sequence[Path]) -> ImageVolume:
     """Decode a series (the files discovery grouped) into an ImageVolume with its geometry."""
-    layout = read_layout(paths)
+    return volume_of(read_layout(paths))
+
+
+def volume_of(layout: SeriesLayout) -> ImageVolume:
+    """Decode the series a layout describes (headers read once, by read_layout)."""
     values, ds = _assemble(layout)
     native = _is_native_8bit(ds, layout.slices[0].frame)
     return ImageVolume(values, layout.geometry, layout.spacing, layout.modality_tag, native, layout.slice_uids)

@@ -22,7 +22,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 NON_IMAGE_MODALITIES = frozenset({
     "SR", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "DOC", "REG", "FID", "RWV", "PLAN",
@@ -53,11 +53,12 @@ class DicomHeader:
     """What discovery needs from one image file."""
 
     path: Path
-    sop_instance_uid: str
-    series_uid: str
+    sop_instance_uid: str  # SOPInstanceUID, else the file meta's MediaStorageSOPInstanceUID, else the path
+    series_uid: str  # "" when the data set has none (anonymised exports): grouped by `traits` instead
     modality: str
     series_number: int | None
     has_plane_geometry: bool  # ImagePositionPatient/ImageOrientationPatient, or per-frame plane positions
+    traits: tuple = ()  # what files of one series share: frame of reference, orientation, size, spacing, modality
 
 
 def has_preamble(path: Path) -> bool:
@@ -93,9 +94,22 @@ def read_dataset(path: Path, pixels: bool = True) -> Dataset:
 
 
 def sop_class_of(ds: Dataset) -> str:
-    """SOPClassUID, else the file meta's MediaStorageSOPClassUID (a DICOMDIR has only the latter)."""
+    """SOPClassUID, else the file meta's MediaStorageSOPClassUID (a DICOMDIR, or an anonymised export, has only
+    the latter)."""
     meta = getattr(ds, "file_meta", None) or {}
     return str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "").strip()
+
+
+def derived_uid(what: str, sop_uids) -> str:
+    """A UID derived from a series' SOP Instance UIDs (for a source that lacks one): the same files always give
+    the same UID."""
+    return generate_uid(entropy_srcs=[f"litemedsam-fleet derived {what}", *sorted(sop_uids)])
+
+
+def sop_instance_uid_of(ds: Dataset) -> str:
+    """SOPInstanceUID, else the file meta's MediaStorageSOPInstanceUID (anonymised exports blank the former); ""."""
+    meta = getattr(ds, "file_meta", None) or {}
+    return str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "").strip()
 
 
 def _starts_like_a_dataset(path: Path) -> bool:
@@ -137,13 +151,35 @@ def _has_plane_geometry(ds: Dataset) -> bool:
     return bool(frames) and "PlanePositionSequence" in frames[0]
 
 
+def _rounded(values, digits: int) -> tuple[float, ...] | None:
+    try:
+        return tuple(round(float(v), digits) for v in values) if values else None
+    except (TypeError, ValueError):
+        return None
+
+
+def series_traits(ds: Dataset) -> tuple:
+    """What the files of one series share; files without a SeriesInstanceUID are grouped by it (and folder)."""
+    return (str(ds.get("FrameOfReferenceUID", "") or ""), _rounded(ds.get("ImageOrientationPatient"), 4),
+            str(ds.get("Rows", "")), str(ds.get("Columns", "")), _rounded(ds.get("PixelSpacing"), 4),
+            str(ds.get("Modality", "") or "").upper())
+
+
+def _series_number(ds: Dataset) -> int | None:
+    try:
+        number = ds.get("SeriesNumber")
+        return int(number) if number not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
 def header_of(path: Path, ds: Dataset) -> DicomHeader:
-    number = ds.get("SeriesNumber")
     return DicomHeader(
         path=path,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or path.name),
-        series_uid=str(ds.get("SeriesInstanceUID", "") or f"no-series-uid:{path}"),
+        sop_instance_uid=sop_instance_uid_of(ds) or str(path),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or "").strip(),
         modality=str(ds.get("Modality", "") or "").upper(),
-        series_number=int(number) if number not in (None, "") else None,
+        series_number=_series_number(ds),
         has_plane_geometry=_has_plane_geometry(ds),
+        traits=series_traits(ds),
     )

@@ -1,10 +1,15 @@
 """Group DICOM image headers into studies: one per series, or one per 2D image in a series of separate images.
 
 - Files are grouped by SeriesInstanceUID; a SOPInstanceUID seen twice (a copied file) is kept once, with a note.
+- Files without a SeriesInstanceUID (anonymised exports blank it) are grouped by what a series' files share: their
+  folder, FrameOfReferenceUID, orientation, rows/columns, pixel spacing and modality. Such a group gets a UID
+  derived from its files' SOP Instance UIDs (stable across runs) and a note saying how it was grouped.
 - Instances with patient geometry (ImagePositionPatient, or per-frame plane positions) form the series' volume.
 - Instances without it are projection images or photographs: a series holding one of them is one 2D study; a
   series holding several (two radiograph views, a set of ultrasound captures) yields one 2D study per instance,
-  keyed in the prompts sidecar by SOPInstanceUID.
+  keyed in the prompts sidecar by SOPInstanceUID. An instance without geometry in a series whose other instances
+  have it, and of their size, is a slice that lost its position: it stays in the volume, which is then refused
+  naming it (rather than silently segmenting the rest, or splitting it off as a 2D study).
 """
 from __future__ import annotations
 
@@ -13,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from producer.formats.dicom_files import DicomHeader
+from producer.formats.dicom_files import DicomHeader, derived_uid
+
+UNGROUPED_NOTE = ("{count} file(s) without a SeriesInstanceUID grouped as one series by what they share (folder, "
+                  "frame of reference, orientation, rows/columns, pixel spacing, modality)")
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,7 @@ class DicomGroup:
     modality: str
     series_number: int | None
     instance_index: int | None = None  # 1-based position among the series' separate 2D images
+    notes: tuple[str, ...] = ()  # how the group was formed, when not by its SeriesInstanceUID
 
     @property
     def folder(self) -> Path:
@@ -41,14 +50,18 @@ def _dedupe(headers: Iterable[DicomHeader]) -> tuple[list[DicomHeader], list[tup
     return list(kept.values()), duplicates
 
 
-def _series_groups(uid: str, members: list[DicomHeader]) -> list[DicomGroup]:
+def _series_groups(uid: str, members: list[DicomHeader], by_traits: bool = False) -> list[DicomGroup]:
     first = members[0]
     placed = [h for h in members if h.has_plane_geometry]
-    loose = [h for h in members if not h.has_plane_geometry]
+    sizes = {h.traits[2:4] for h in placed}
+    lost = [h for h in members if not h.has_plane_geometry and h.traits[2:4] in sizes]
+    placed += lost  # slices that lost their position: the volume's reader names them
+    loose = [h for h in members if not h.has_plane_geometry and h not in lost]
     groups = []
     if placed:
+        note = UNGROUPED_NOTE.format(count=len(placed)) if by_traits else ""
         groups.append(DicomGroup(tuple(sorted(h.path for h in placed)), uid, "series", first.modality,
-                                 first.series_number))
+                                 first.series_number, notes=(note,) if note else ()))
     if len(loose) == 1 and not placed:
         groups.append(DicomGroup((loose[0].path,), uid, "series", first.modality, first.series_number))
     elif loose:
@@ -58,11 +71,23 @@ def _series_groups(uid: str, members: list[DicomHeader]) -> list[DicomGroup]:
     return groups
 
 
+def _derived_series_uid(members: list[DicomHeader]) -> str:
+    """The UID the DICOM writers derive too (producer.formats.dicom_reference), from the volume's instances."""
+    placed = [h for h in members if h.has_plane_geometry] or members
+    return derived_uid("series", [h.sop_instance_uid for h in placed])
+
+
 def group_headers(headers: Iterable[DicomHeader]) -> tuple[list[DicomGroup], list[tuple[Path, str]]]:
     """(studies, notes) where notes are (path, reason) for files left out."""
     unique, notes = _dedupe(headers)
     by_series: dict[str, list[DicomHeader]] = {}
+    by_traits: dict[tuple, list[DicomHeader]] = {}
     for header in unique:
-        by_series.setdefault(header.series_uid, []).append(header)
+        if header.series_uid:
+            by_series.setdefault(header.series_uid, []).append(header)
+        else:
+            by_traits.setdefault((str(header.path.parent), header.traits), []).append(header)
     groups = [group for uid, members in by_series.items() for group in _series_groups(uid, members)]
+    groups += [group for members in by_traits.values()
+               for group in _series_groups(_derived_series_uid(members), members, by_traits=True)]
     return sorted(groups, key=lambda g: (str(g.folder), g.series_number or 0, g.uid)), notes

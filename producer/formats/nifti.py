@@ -8,12 +8,15 @@ Accepted shapes: 3D, 2D (one slice: a 2D study), and 4D with a single time point
 header's scl_slope/scl_inter applied (nibabel's get_fdata).
 
 Output: a label map with the source's shape, affine, sform/qform codes and header, dtype uint16,
-intent "label", scl_slope 1 / scl_inter 0; label k+1 is box k.
+intent "label", scl_slope 1 / scl_inter 0; label k+1 is box k. What the writer needs from the source is a
+NiftiReference (JSON-able, captured at load time), so the source need not exist when the label map is written.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -84,19 +87,58 @@ def load_nifti_volume(path: Path) -> ImageVolume:
     return ImageVolume(volume, geometry, spacing, None, _is_native_8bit(img))
 
 
-def write_label_nifti(path: Path, labels: np.ndarray, source_path: Path) -> None:
+@dataclass(frozen=True)
+class NiftiReference:
+    """What the label-map writer needs from a source, as JSON-able data (stored with a fleet batch, so the label
+    map is written the same from any folder or machine): the source header's 348/540 bytes (base64: sform/qform
+    codes, units, description...), its affine as nibabel reports it, its shape and NIfTI version."""
+
+    header: str  # base64 of the header's binary block
+    affine: tuple[tuple[float, ...], ...]
+    shape: tuple[int, ...]
+    version: int = 1  # 1 or 2
+
+    @classmethod
+    def of_image(cls, img) -> "NiftiReference":
+        version = 2 if isinstance(img, nib.Nifti2Image) else 1
+        return cls(base64.b64encode(img.header.binaryblock).decode("ascii"),
+                   tuple(tuple(float(v) for v in row) for row in np.asarray(img.affine)),
+                   tuple(int(n) for n in img.shape), version)
+
+    @classmethod
+    def of_geometry(cls, affine_ras: np.ndarray, shape: tuple[int, ...]) -> "NiftiReference":
+        """A fresh header for a label map on a grid known only by its RAS affine (a DICOM series' fallback)."""
+        header = nib.Nifti1Header()
+        header.set_data_shape(shape)
+        header.set_sform(affine_ras, code="scanner")
+        header.set_qform(affine_ras, code="scanner")
+        return cls(base64.b64encode(header.binaryblock).decode("ascii"),
+                   tuple(tuple(float(v) for v in row) for row in affine_ras), tuple(int(n) for n in shape))
+
+    def header_object(self):
+        block = base64.b64decode(self.header)
+        return (nib.Nifti2Header if self.version == 2 else nib.Nifti1Header)(binaryblock=block)
+
+    def image_class(self):
+        return nib.Nifti2Image if self.version == 2 else nib.Nifti1Image
+
+
+def reference_of(path: Path) -> NiftiReference:
+    return NiftiReference.of_image(_load(path))
+
+
+def write_label_nifti(path: Path, labels: np.ndarray, reference: NiftiReference, name: str = "the source") -> None:
     """labels (D, H, W) or, for a one-slice image, (H, W) -> a uint16 NIfTI on the source's grid (atomic write)."""
-    src = _load(source_path)
-    shape = _spatial_shape(src.shape, source_path.name)
+    shape = _spatial_shape(reference.shape, name)
     volume = labels[None] if labels.ndim == 2 else labels
     if volume.shape != shape[::-1]:
-        raise StudyError(f"labels of shape {labels.shape} do not fit {source_path.name} (spatial shape {shape})")
+        raise StudyError(f"labels of shape {labels.shape} do not fit {name} (spatial shape {shape})")
     data = np.ascontiguousarray(np.transpose(volume, (2, 1, 0))).astype(np.uint16)
-    if len(src.shape) == 2:
+    if len(reference.shape) == 2:
         data = data[:, :, 0]
-    header = src.header.copy()
+    header = reference.header_object()
     header.set_data_dtype(np.uint16)
-    out = type(src)(data, src.affine, header)
+    out = reference.image_class()(data, np.asarray(reference.affine, float), header)
     out.header.set_slope_inter(1.0, 0.0)
     out.header.set_intent("label")
     out.header["cal_min"], out.header["cal_max"] = 0, int(data.max(initial=0))

@@ -13,6 +13,9 @@
   with no frames, so segment numbers never shift.
 - UIDs are derived from the source UIDs and the labels' content (pydicom's generate_uid with entropy sources):
   writing the same result twice gives the same SeriesInstanceUID and SOPInstanceUID.
+- The source is a DicomReference (producer.formats.dicom_reference): header-only data sets rebuilt from JSON,
+  with anonymised/missing attributes completed there; when it derived UIDs or created a frame of reference, the
+  SEG's SeriesDescription and ContentDescription say so.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from producer.formats.dicom import SeriesLayout
+from producer.formats.dicom_reference import DicomReference
 from worker import __version__
 from worker.protocol import StudyError
 
@@ -52,52 +55,81 @@ def segment_descriptions(labels: Sequence[str], algorithm: hd.AlgorithmIdentific
     ) for number, label in enumerate(labels, start=1)]
 
 
-def _frames(layout: SeriesLayout, labels: np.ndarray) -> tuple[list, np.ndarray]:
-    """(source_images, pixel_array) with pixel_array[i] <-> source image i (or frame i of a multi-frame source)."""
+def check_fits(reference: DicomReference, labels: np.ndarray) -> np.ndarray:
+    """labels as (slices, rows, columns) of the source; a StudyError when they do not fit it."""
     volume = labels[None] if labels.ndim == 2 else labels
-    rows, columns = int(layout.headers[0].Rows), int(layout.headers[0].Columns)
-    if volume.shape != (len(layout.slices), rows, columns):
-        raise StudyError(f"labels of shape {labels.shape} do not fit the source series ({len(layout.slices)} "
+    shared = reference.shared
+    rows, columns = int(shared.Rows), int(shared.Columns)
+    if volume.shape != (len(reference.slices), rows, columns):
+        raise StudyError(f"labels of shape {labels.shape} do not fit the source series ({len(reference.slices)} "
                          f"slices of {rows}x{columns})")
-    if not layout.is_multiframe:
-        return [layout.headers[ref.instance] for ref in layout.slices], volume
+    return volume
+
+
+def _frames(reference: DicomReference, labels: np.ndarray) -> tuple[list, np.ndarray]:
+    """(source_images, pixel_array) with pixel_array[i] <-> source image i (or frame i of a multi-frame source)."""
+    volume = check_fits(reference, labels)
+    if not reference.is_multiframe:
+        return reference.slice_datasets(), volume
     frames = np.zeros_like(volume)
-    for z, ref in enumerate(layout.slices):
-        frames[ref.frame] = volume[z]
-    return [layout.headers[0]], frames
+    for z, (_, frame) in enumerate(reference.slices):
+        frames[frame] = volume[z]
+    return reference.datasets()[:1], frames
 
 
 def _uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=list(parts))
 
 
-def build_segmentation(layout: SeriesLayout, labels: np.ndarray, segment_labels: Sequence[str],
-                       provenance: Mapping[str, Any]) -> hd.seg.Segmentation:
+def check_labels(labels: np.ndarray, segment_labels: Sequence[str]) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.size and int(labels.max()) > len(segment_labels):
         raise StudyError(f"labels go up to {int(labels.max())} but the study has {len(segment_labels)} boxes")
-    sources, frames = _frames(layout, labels.astype(np.uint16, copy=False))
-    digest = hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
-    key = "|".join(layout.slice_uids)
-    source_number = int(layout.headers[0].get("SeriesNumber") or 0)
+    return labels.astype(np.uint16, copy=False)
+
+
+def output_uids(reference: DicomReference, labels: np.ndarray, kind: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of an output object, derived from the source and the mask."""
+    digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
+    key = "|".join(str(instance.SOPInstanceUID) for instance in reference.slice_datasets())
+    if kind == "seg":  # the SEG's UIDs as they have always been derived
+        return _uid(key, digest, "series"), _uid(key, digest, "instance")
+    return _uid(key, digest, f"{kind} series"), _uid(key, digest, f"{kind} instance")
+
+
+def build_segmentation(reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str],
+                       provenance: Mapping[str, Any]) -> hd.seg.Segmentation:
+    sources, frames = _frames(reference, check_labels(labels, segment_labels))
+    series_uid, instance_uid = output_uids(reference, frames, "seg")
+    source_number = int(sources[0].get("SeriesNumber") or 0)
+    derived = "; derived " + ", ".join(reference.derived) if reference.derived else ""
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=frames, segmentation_type="BINARY",
         segment_descriptions=segment_descriptions(segment_labels, algorithm_identification(provenance)),
-        series_instance_uid=_uid(key, digest, "series"), series_number=SERIES_NUMBER_OFFSET + source_number,
-        sop_instance_uid=_uid(key, digest, "instance"), instance_number=1,
+        series_instance_uid=series_uid, series_number=SERIES_NUMBER_OFFSET + source_number,
+        sop_instance_uid=instance_uid, instance_number=1,
         manufacturer=ALGORITHM_NAME, manufacturer_model_name=str(provenance.get("model") or "litemedsam"),
         software_versions=str(provenance.get("package_version") or __version__), device_serial_number="none",
-        content_label="LITEMEDSAM", content_description="LiteMedSAM box-prompted segmentation",
+        content_label="LITEMEDSAM", content_description=f"LiteMedSAM box-prompted segmentation{derived}"[:64],
         omit_empty_frames=True,
     )
-    seg.SeriesDescription = "LiteMedSAM segmentation"
+    seg.SeriesDescription = f"LiteMedSAM segmentation{derived}"[:64]
+    _stable_dimension_organization(seg, _uid(series_uid, "dimension organization"))
     return seg
 
 
-def write_dicom_seg(path: Path, layout: SeriesLayout, labels: np.ndarray, segment_labels: Sequence[str],
+def _stable_dimension_organization(seg: hd.seg.Segmentation, uid: str) -> None:
+    """highdicom draws a random DimensionOrganizationUID; a derived one makes re-writing the same result give
+    the same object, e.g. `producer results` elsewhere and the waiting submit."""
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = uid
+
+
+def write_dicom_seg(path: Path, reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str],
                     provenance: Mapping[str, Any]) -> None:
     """Build and write atomically (a reader never sees half a file)."""
-    seg = build_segmentation(layout, labels, segment_labels, provenance)
+    seg = build_segmentation(reference, labels, segment_labels, provenance)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     seg.save_as(partial)

@@ -1,0 +1,73 @@
+"""What a study's output writers need from its source, captured when the study is loaded, as JSON.
+
+An OutputContext travels with the study: the embedded run hands it from the loader to the writer; a fleet batch
+stores it (JSON, never pickle) in the study's manifest entry, so `producer results` writes the same SEG,
+RTSTRUCT or NIfTI from any folder or machine with the sources gone. It holds:
+- `segment_labels`: the box labels from the prompts sidecar (segment / ROI names);
+- `dicom`: the DicomReference of a DICOM source (header subset, referenced instances and their geometry), or None
+  when its headers could not be kept (then `notes` says why and the label map is written instead);
+- `nifti`: the NiftiReference of a NIfTI source; for a DICOM source with patient geometry, the grid of the
+  fallback label map (RAS affine from the series' LPS geometry);
+- `notes`: what discovery and the readers decided that the user should know (grouping, derived UIDs, ...).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from producer.formats.dicom import SeriesLayout
+from producer.formats.dicom_reference import DicomReference, reference_of
+from producer.formats.nifti import NiftiReference
+from producer.formats.volume import Geometry
+
+log = logging.getLogger(__name__)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class OutputContext:
+    kind: str  # "npz", "dicom" or "nifti"
+    segment_labels: tuple[str, ...] = ()
+    dicom: DicomReference | None = None
+    nifti: NiftiReference | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "segment_labels": list(self.segment_labels),
+                "dicom": self.dicom.to_json() if self.dicom else None,
+                "nifti": vars(self.nifti) if self.nifti else None, "notes": list(self.notes)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "OutputContext":
+        nifti = data.get("nifti")
+        return cls(data["kind"], tuple(data.get("segment_labels", ())),
+                   DicomReference.from_json(data["dicom"]) if data.get("dicom") else None,
+                   NiftiReference(nifti["header"], tuple(tuple(row) for row in nifti["affine"]),
+                                  tuple(nifti["shape"]), int(nifti.get("version", 1))) if nifti else None,
+                   tuple(data.get("notes", ())))
+
+
+def _grid_of(geometry: Geometry | None, depth: int, rows: int, columns: int) -> NiftiReference | None:
+    if geometry is None:
+        return None
+    return NiftiReference.of_geometry(LPS_TO_RAS @ geometry.affine, (columns, rows, depth))
+
+
+def dicom_context(layout: SeriesLayout, segment_labels, discovery_notes=()) -> OutputContext:
+    """The writers' context of a DICOM series. Headers that cannot be kept leave `dicom` None with a note: the
+    mask is then written as a label map, never lost."""
+    notes = list(discovery_notes)
+    reference = None
+    try:
+        reference = reference_of(layout)
+        notes += reference.notes
+    except Exception as error:  # malformed header values pydicom cannot convert: the label map still gets written
+        log.warning("cannot keep the DICOM headers for the SEG: %s", error, exc_info=True)
+        notes.append("the source's DICOM headers hold values that cannot be copied into a DICOM SEG or RTSTRUCT "
+                     "(malformed attributes)")
+    header = layout.headers[0]
+    grid = _grid_of(layout.geometry, len(layout.slices), int(header.Rows), int(header.Columns))
+    return OutputContext("dicom", tuple(segment_labels), reference, grid, tuple(notes))
