@@ -12,7 +12,7 @@ EXPORT_VENV=${LITEMEDSAM_EXPORT_VENV:-$CACHE/export-venv}
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[worker,test,bench]"
+.venv/bin/python -m pip install -q -e ".[worker,gateway,test,bench]"
 
 if .venv/bin/python -m models.export --check; then
   exit 0

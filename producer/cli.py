@@ -184,6 +184,19 @@ def _register_optional_commands() -> None:
 
     cli.add_command(evaluate_command)
     cli.add_command(overlay_command)
+    cli.add_command(serve_command)
+
+
+@click.command("serve", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+               add_help_option=False)
+@click.pass_context
+def serve_command(ctx: click.Context) -> None:
+    """Serve the hospital gateway (HTTP jobs, DICOMweb in and out); `producer serve --help` for its options."""
+    try:
+        from producer.gateway.cli import serve
+    except ImportError as error:
+        raise click.ClickException(f"the gateway needs its extra: pip install -e '.[gateway]' ({error})") from None
+    serve.main(args=ctx.args, prog_name="producer serve", standalone_mode=True)
 
 
 _register_optional_commands()
