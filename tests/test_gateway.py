@@ -331,3 +331,40 @@ def test_submit_from_dicomweb_stows(gateway, pacs, series, reference, tmp_path):
     (seg,) = (tmp_path / "out").glob("*.seg.dcm")
     np.testing.assert_array_equal(seg_labels(seg, files), seg_labels(reference, files))
     assert "already in the PACS" in result.stderr or pacs.instance_count() == before + 1
+
+
+@pytest.mark.fleet
+def test_fleet_gateway_job(tmp_path_factory, pacs, series, reference, real_models_dir):
+    """With --broker the job runs on a real worker process; the same masks as the folder run, the SEG in the PACS."""
+    import socket
+
+    from fleet_support import WorkerProcess, claim_redis, fleet_env
+
+    slot = claim_redis()
+    if slot is None:
+        pytest.skip("no free Redis database at 127.0.0.1:6379")
+    root, made = series
+    spec, files = made["main"], sorted((root / "main").glob("IM*"))
+    folder = tmp_path_factory.mktemp("fleet-gateway")
+    env = fleet_env(slot.url, slot.namespace, real_models_dir)
+    worker = WorkerProcess(f"gw-{slot.namespace}@{socket.gethostname()}", env, folder / "worker.log")
+    service = GatewayProcess(folder / "service", TOKEN, credentials(pacs), "--broker", slot.url,
+                             "--fleet-timeout", "240", env={"LITEMEDSAM_NAMESPACE": slot.namespace})
+    try:
+        service.wait_ready()
+        assert requests.get(f"{service.url}/v1/health", timeout=5).json()["mode"] == "fleet"
+        job = service.wait(service.post(job_body(pacs, spec))["id"], timeout=300)
+        assert job["state"] == "ok", (job, worker.log_tail())
+        assert job["metrics"]["extra"]["batch_id"] and job["metrics"]["provenance"]["precision"] == "f32"
+        seg = requests.get(f"{service.url}/v1/jobs/{job['id']}/result", headers=service.headers, timeout=30)
+        np.testing.assert_array_equal(seg_labels(seg.content, files), seg_labels(reference, files))
+        stored = job["stored"]
+        pacs_seg = wado_instance(pacs, spec.study_uid, stored["series_uid"], stored["sop_uid"])
+        np.testing.assert_array_equal(seg_labels(pacs_seg, files), seg_labels(reference, files))
+        again = service.wait(service.post(job_body(pacs, spec))["id"], timeout=120)
+        assert again["state"] == "ok" and again["stored"]["already_present"]
+        assert again["metrics"]["extra"]["cached"]  # served from the fleet's store, no task
+    finally:
+        service.stop()
+        worker.stop()
+        slot.release()
