@@ -17,7 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import requests
+from pydicom.uid import RLELossless
+
+from dicom_factory import SeriesSpec, write_series
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -31,6 +36,27 @@ function ReceivedInstanceFilter(dicom, origin, info)
   return true
 end
 """
+
+
+def phantom(depth: int, size: int, seed: int = 0) -> np.ndarray:
+    """Stored CT values (intercept -1024): air, a soft-tissue body, a brighter organ, mild noise."""
+    z, y, x = np.meshgrid(np.arange(depth), np.arange(size), np.arange(size), indexing="ij")
+    c = size / 2
+    body = ((x - c) / (0.42 * size)) ** 2 + ((y - c) / (0.36 * size)) ** 2 <= 1
+    organ = ((x - 0.48 * size) ** 2 + (y - 0.52 * size) ** 2 + ((z - depth / 2) * 3) ** 2) <= (0.17 * size) ** 2
+    values = np.where(body, 1064, 24) + np.where(organ, 110, 0)
+    return (values + np.random.default_rng(seed).integers(0, 8, size=values.shape)).astype(np.int16)
+
+
+def make_series(folder: Path, depth: int, size: int, patient_id: str | None = None, seed: int = 0) -> SeriesSpec:
+    spec = SeriesSpec(stored=phantom(depth, size, seed), intercept=-1024.0)
+    paths = write_series(folder, spec, transfer_syntax=RLELossless)
+    if patient_id is not None:
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            ds.PatientID = patient_id
+            ds.save_as(path, enforce_file_format=True)
+    return spec
 
 
 def free_port() -> int:

@@ -148,7 +148,9 @@ class DicomwebServer:
         self.root = normalise_root(root)
         self.settings = settings or ClientSettings()
         self.session = _session(credentials, self.settings)
-        self.client = DICOMwebClient(url=self.root, session=self.session)
+        self.client = DICOMwebClient(url=self.root, session=self.session,
+                                     timeout=(self.settings.connect_timeout, self.settings.read_timeout))
+        self.client.set_http_retry_params(retry=False)  # one retry policy: the session's (bounded, with backoff)
 
     def close(self) -> None:
         self.session.close()
@@ -213,12 +215,15 @@ class DicomwebServer:
         except requests.exceptions.RetryError:
             raise DicomwebError(f"{what}: the DICOMweb server {self.root} kept failing "
                                 f"({self.settings.retries + 1} attempts)") from None
-        except (requests.Timeout, requests.exceptions.ReadTimeout):
-            raise DicomwebError(f"{what}: the DICOMweb server {self.root} did not answer within "
-                                f"{self.settings.read_timeout:g} s ({self.settings.retries + 1} attempts)") from None
-        except requests.ConnectionError as error:
-            cause = "timed out" if "timed out" in str(error).lower() else "connection failed"
-            raise DicomwebError(f"{what}: the DICOMweb server {self.root} is unreachable ({cause} after "
+        except requests.ConnectTimeout:
+            raise DicomwebError(f"{what}: the DICOMweb server {self.root} is unreachable (no connection within "
+                                f"{self.settings.connect_timeout:g} s, {self.settings.retries + 1} attempts)") from None
+        except (requests.Timeout, requests.ConnectionError) as error:
+            # urllib3 gives up on repeated read timeouts as a ConnectionError that says "Read timed out"
+            if isinstance(error, requests.Timeout) or "read timed out" in str(error).lower():
+                raise DicomwebError(f"{what}: the DICOMweb server {self.root} did not answer within "
+                                    f"{self.settings.read_timeout:g} s ({self.settings.retries + 1} attempts)") from None
+            raise DicomwebError(f"{what}: the DICOMweb server {self.root} is unreachable (connection failed, "
                                 f"{self.settings.retries + 1} attempts)") from None
         except requests.RequestException as error:
             raise DicomwebError(f"{what}: request to the DICOMweb server {self.root} failed "
