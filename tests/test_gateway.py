@@ -308,7 +308,9 @@ def test_submit_from_dicomweb_stows(gateway, pacs, series, reference, tmp_path):
     assert result.returncode == 0, result.stderr
     (seg,) = (tmp_path / "out").glob("*.seg.dcm")
     np.testing.assert_array_equal(seg_labels(seg, files), seg_labels(reference, files))
-    assert "already in the PACS" in result.stderr or pacs.instance_count() == before + 1
+    said = " ".join(result.stderr.split())  # the console wraps long lines
+    if "already in the PACS" not in said:  # the gateway test before stored the same (deterministic) SEG, or not
+        assert "stored in the PACS" in said and pacs.instance_count() == before + 1
 
 
 @pytest.mark.fleet
