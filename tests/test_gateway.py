@@ -265,6 +265,11 @@ def test_npz_and_bad_uploads(gateway, tmp_path):
     assert job["state"] == "ok" and sorted(job["results"]) == ["npz"], job
     seg = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", headers=gateway.headers, timeout=30)
     assert seg.status_code == 404 and "no seg result" in seg.text
+    stored = requests.post(f"{gateway.url}/v1/jobs", headers=gateway.headers, timeout=30,
+                           files=[("files", ("2DBox_CT_upload.npz", buffer.getvalue())),
+                                  ("store", (None, "http://127.0.0.1:9/dicom-web"))])
+    job = gateway.wait(stored.json()["id"])
+    assert job["state"] == "error" and "only a DICOM series gives a SEG to store" in job["error"]
     garbage = requests.post(f"{gateway.url}/v1/jobs", headers=gateway.headers, timeout=30,
                             files=[("files", ("scan.dcm", b"DICM" * 100)), ("prompts", (None, json.dumps(PROMPTS)))])
     job = gateway.wait(garbage.json()["id"])

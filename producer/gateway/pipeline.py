@@ -75,6 +75,9 @@ class JobPipeline:
                 server.fetch_series(job.source["study"], job.source["series"], folder)
         timings["fetch"] = time.perf_counter() - mark
         source = self._find_study(folder, job.prompts)
+        if job.store and source.kind != "dicom":
+            raise JobFailed(f"only a DICOM series gives a SEG to store; this upload is {source.kind}: send it with "
+                            "no \"store\" and download the result instead")
 
         mark = time.perf_counter()
         study = load_study(source)
