@@ -353,3 +353,29 @@ def test_fleet_gateway_job(tmp_path_factory, pacs, series, reference, real_model
         service.stop()
         worker.stop()
         slot.release()
+
+
+def test_nifti_upload(gateway, tmp_path):
+    import nibabel as nib
+
+    volume = phantom(6, 64, seed=5).astype(np.float32) - 1024.0  # HU, (z, y, x)
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.transpose(volume, (2, 1, 0)), affine), str(path))
+    prompts = {"modality": "CT", "boxes": [{"label": "organ", "voxel": [20, 22, 1, 42, 44, 4]}]}
+    response = requests.post(f"{gateway.url}/v1/jobs", headers=gateway.headers, timeout=30,
+                             files=[("files", ("scan.nii.gz", path.read_bytes())),
+                                    ("prompts", (None, json.dumps(prompts)))])
+    job = gateway.wait(response.json()["id"])
+    assert job["state"] == "ok" and sorted(job["results"]) == ["npz", "nifti"], job
+    nifti = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "nifti"},
+                         headers=gateway.headers, timeout=30)
+    (tmp_path / "labels.nii.gz").write_bytes(nifti.content)
+    labels = nib.load(str(tmp_path / "labels.nii.gz"))
+    np.testing.assert_allclose(labels.affine, affine)
+    npz = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "npz"},
+                       headers=gateway.headers, timeout=30)
+    with np.load(io.BytesIO(npz.content), allow_pickle=False) as data:
+        segs = data["segs"]
+    np.testing.assert_array_equal(np.transpose(np.asarray(labels.dataobj), (2, 1, 0)), segs)
+    assert segs[1:5].any() and not segs[0].any() and not segs[5].any()  # the box's slices only
