@@ -367,7 +367,7 @@ def test_nifti_upload(gateway, tmp_path):
                              files=[("files", ("scan.nii.gz", path.read_bytes())),
                                     ("prompts", (None, json.dumps(prompts)))])
     job = gateway.wait(response.json()["id"])
-    assert job["state"] == "ok" and sorted(job["results"]) == ["npz", "nifti"], job
+    assert job["state"] == "ok" and sorted(job["results"]) == ["nifti", "npz"], job
     nifti = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "nifti"},
                          headers=gateway.headers, timeout=30)
     (tmp_path / "labels.nii.gz").write_bytes(nifti.content)
