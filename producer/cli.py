@@ -97,7 +97,7 @@ def broker_required(broker: str | None) -> str:
 
 
 @cli.command()
-@click.argument("study_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("study_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               show_default=True)
 @broker_option
@@ -109,10 +109,21 @@ def broker_required(broker: str | None) -> str:
 @click.option("--timeout", type=float, default=None, help="Fleet: give up waiting after this many seconds.")
 @click.option("--dicom-format", "dicom_format", default="seg", show_default=True, metavar="seg|rtstruct|seg,rtstruct",
               help="What DICOM studies are written as: a DICOM SEG, an RT Structure Set, or both.")
+@click.option("--dicomweb", default=None, metavar="URL", help="Take the series from this DICOMweb root instead of "
+              "STUDY_DIR (with --study, --series, --prompts).")
+@click.option("--study", "study_uid", default=None, help="DICOMweb: StudyInstanceUID.")
+@click.option("--series", "series_uid", default=None, help="DICOMweb: SeriesInstanceUID.")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="DICOMweb: the series' prompts.json.")
+@click.option("--stow", is_flag=True, help="DICOMweb: store the SEG back into the source study (STOW-RS).")
+@click.option("--dicomweb-credentials", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help='DICOMweb: JSON {"<root>": {"username": .., "password": ..} or {"token": ..}}.')
 @engine_options
-def submit(study_dir: Path, out_dir: Path, broker: str | None, no_wait: bool, force: bool, queue: str | None,
-           routes: tuple[str, ...], timeout: float | None, dicom_format: str, **engine) -> None:
-    """Segment every study in STUDY_DIR and write OUT/<study>.npz plus OUT/metrics.jsonl.
+def submit(study_dir: Path | None, out_dir: Path, broker: str | None, no_wait: bool, force: bool, queue: str | None,
+           routes: tuple[str, ...], timeout: float | None, dicom_format: str, dicomweb: str | None,
+           study_uid: str | None, series_uid: str | None, prompts_file: Path | None, stow: bool,
+           dicomweb_credentials: Path | None, **engine) -> None:
+    """Segment every study in STUDY_DIR (or one DICOMweb series) and write OUT/<study>.* plus OUT/metrics.jsonl.
 
     Without a broker the studies run in this process; with one they go to the fleet's workers.
     """
@@ -122,16 +133,60 @@ def submit(study_dir: Path, out_dir: Path, broker: str | None, no_wait: bool, fo
         dicom_formats = parse_dicom_formats(dicom_format)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--dicom-format") from None
+
+    def run(folder: Path) -> list[StudyOutcome]:
+        return _submit(folder, out_dir, broker, no_wait, force, queue, routes, timeout, engine, dicom_formats)
+
+    if dicomweb:
+        _submit_dicomweb(dicomweb, study_uid, series_uid, prompts_file, stow, dicomweb_credentials, study_dir,
+                         no_wait, run, out_dir)
+        return
+    if study_dir is None:
+        raise click.UsageError("give STUDY_DIR, or --dicomweb URL --study UID --series UID --prompts FILE")
+    if stow or study_uid or series_uid or prompts_file:
+        raise click.UsageError("--study, --series, --prompts and --stow go with --dicomweb")
+    exit_if_all_failed(run(study_dir))
+
+
+def _submit(study_dir, out_dir, broker, no_wait, force, queue, routes, timeout, engine,
+            dicom_formats) -> list[StudyOutcome]:
     if broker:
         from producer.fleet_cli import submit_to_fleet
 
-        outcomes = submit_to_fleet(study_dir, out_dir, broker, wait=not no_wait, force=force, queue=queue,
-                                   routes=routes, timeout=timeout, dicom_formats=dicom_formats)
-    elif no_wait or force or queue or routes:
+        return submit_to_fleet(study_dir, out_dir, broker, wait=not no_wait, force=force, queue=queue,
+                               routes=routes, timeout=timeout, dicom_formats=dicom_formats)
+    if no_wait or force or queue or routes:
         raise click.UsageError("--no-wait, --force, --queue and --route need a fleet: give --broker or set "
                                "LITEMEDSAM_BROKER")
-    else:
-        outcomes = run_embedded(study_dir, out_dir, engine_settings(**engine), dicom_formats)
+    return run_embedded(study_dir, out_dir, engine_settings(**engine), dicom_formats)
+
+
+def _submit_dicomweb(root, study_uid, series_uid, prompts_file, stow, credentials_file, study_dir, no_wait, run,
+                     out_dir) -> None:
+    import tempfile
+
+    if study_dir is not None or no_wait:
+        raise click.UsageError("--dicomweb takes no STUDY_DIR and waits for its results (no --no-wait)")
+    if not (study_uid and series_uid and prompts_file):
+        raise click.UsageError("--dicomweb needs --study UID, --series UID and --prompts FILE")
+    try:
+        from producer.gateway.dicomweb import DicomwebError
+        from producer.gateway.series_source import fetch_series_folder, servers, stow_results
+    except ImportError as error:
+        raise click.ClickException(f"--dicomweb needs the gateway extra: pip install -e '.[gateway]' ({error})")
+    from worker.protocol import StudyError
+
+    try:
+        directory = servers(credentials_file)
+        with tempfile.TemporaryDirectory(prefix="litemedsam-dicomweb-") as folder:
+            fetch_series_folder(directory, root, study_uid, series_uid, prompts_file, Path(folder))
+            outcomes = run(Path(folder))
+            stored = stow_results(directory, root, out_dir, outcomes) if stow else []
+    except (DicomwebError, StudyError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    for item in stored:
+        where = "already in the PACS" if item.already_present else "stored in the PACS"
+        console.print(f"SEG {item.sop_uid} (series {item.series_uid}) {where}, study {item.study_uid}")
     exit_if_all_failed(outcomes)
 
 
@@ -194,6 +249,19 @@ def _register_optional_commands() -> None:
 
     cli.add_command(evaluate_command)
     cli.add_command(overlay_command)
+    cli.add_command(serve_command)
+
+
+@click.command("serve", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+               add_help_option=False)
+@click.pass_context
+def serve_command(ctx: click.Context) -> None:
+    """Serve the hospital gateway (HTTP jobs, DICOMweb in and out); `producer serve --help` for its options."""
+    try:
+        from producer.gateway.cli import serve
+    except ImportError as error:
+        raise click.ClickException(f"the gateway needs its extra: pip install -e '.[gateway]' ({error})") from None
+    serve.main(args=ctx.args, prog_name="producer serve", standalone_mode=True)
 
 
 _register_optional_commands()

@@ -1,0 +1,120 @@
+"""Job records: one folder per job under `<data dir>/jobs/<id>/`, its state in `job.json`.
+
+The record is rewritten atomically (temp file + rename) at every change, so it survives a restart of the service:
+on start, jobs left `queued` or `running` are queued again (producer.gateway.queue). Running a job again is safe:
+results are content-addressed (the fleet's store, or the embedded result store) and SEG UIDs are deterministic,
+so the PACS ends up holding one SEG whatever happened.
+
+A job's folder also holds its input (`input/`: the retrieved or uploaded files, removed once the job ends) and
+its outputs (`result/`: the SEG or label map the producer writes, `labels.npz`, `thumbnail.png`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATES = ("queued", "running", "ok", "error")
+UNFINISHED = ("queued", "running")
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str  # "dicomweb" or "upload"
+    prompts: dict[str, Any] | None  # the prompts.json schema (None: an npz upload carries its own boxes)
+    store: str | None  # "source", another DICOMweb root, or None (kept in the service only)
+    source: dict[str, Any] = field(default_factory=dict)  # dicomweb: {"dicomweb", "study", "series"}; upload: files
+    state: str = "queued"
+    error: str = ""
+    progress: dict[str, int] = field(default_factory=lambda: {"done": 0, "total": 0})
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stored: dict[str, Any] | None = None  # {"series_uid", "sop_uid", "study_uid", "dicomweb", "already_present"}
+    study: str = ""  # the study name discovery gave it
+    modality: str = ""
+    results: dict[str, str] = field(default_factory=dict)  # format ("seg", "nifti", "npz") -> file in result/
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    runs: int = 0  # how many times the job was started (more than 1 only after a service restart)
+    timings: dict[str, float] = field(default_factory=dict)  # fetch, load, segment, write, store, total seconds
+
+    def public(self, base_url: str = "") -> dict[str, Any]:
+        """What GET /v1/jobs/{id} answers."""
+        data = asdict(self)
+        data["status_url"] = f"{base_url}/v1/jobs/{self.id}"
+        data["result_urls"] = {fmt: f"{base_url}/v1/jobs/{self.id}/result?format={fmt}" for fmt in self.results}
+        return data
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStore:
+    """Job records on disk; one lock serialises writes from the request handlers and the job threads."""
+
+    def __init__(self, data_dir: Path):
+        self.root = Path(data_dir) / "jobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+
+    def folder(self, job_id: str) -> Path:
+        if not job_id or not all(c in "0123456789abcdef" for c in job_id) or len(job_id) != 32:
+            raise KeyError(job_id)
+        return self.root / job_id
+
+    def input_dir(self, job_id: str) -> Path:
+        return self.folder(job_id) / "input"
+
+    def result_dir(self, job_id: str) -> Path:
+        return self.folder(job_id) / "result"
+
+    def create(self, job: Job) -> Job:
+        with self._lock:
+            self.folder(job.id).mkdir(parents=True, exist_ok=False)
+            self._write(job)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        try:
+            path = self.folder(job_id) / "job.json"
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise KeyError(job_id) from error
+        return Job(**data)
+
+    def update(self, job_id: str, **changes: Any) -> Job:
+        with self._lock:
+            job = self.get(job_id)
+            for key, value in changes.items():
+                setattr(job, key, value)
+            self._write(job)
+            return job
+
+    def recent(self, limit: int = 50) -> list[Job]:
+        jobs = []
+        for folder in self.root.iterdir():
+            try:
+                jobs.append(self.get(folder.name))
+            except KeyError:
+                continue
+        return sorted(jobs, key=lambda j: j.created_at, reverse=True)[:limit]
+
+    def unfinished(self) -> list[Job]:
+        return sorted((j for j in self.recent(limit=10**9) if j.state in UNFINISHED), key=lambda j: j.created_at)
+
+    def drop_input(self, job_id: str) -> None:
+        shutil.rmtree(self.input_dir(job_id), ignore_errors=True)
+
+    def _write(self, job: Job) -> None:
+        path = self.folder(job.id) / "job.json"
+        partial = path.with_name(f".job.json.{threading.get_ident()}.partial")
+        partial.write_text(json.dumps(asdict(job)), encoding="utf-8")
+        os.replace(partial, path)

@@ -1,0 +1,165 @@
+"""One gateway job, from its source to the SEG stored back: the same path as `producer submit` on a folder.
+
+1. input: a DICOMweb job retrieves its series (WADO-RS, as stored) into the job's `input/`; an upload is there
+   already. The job's prompts become the sidecar producer.discovery expects (`prompts.json` for DICOM,
+   `<stem>.prompts.json` for NIfTI; an npz carries its own boxes).
+2. discovery and loading (producer.discovery, producer.loading): exactly one study, else the job's error.
+3. masks: the segmenter (embedded engine or fleet; stored results reused).
+4. outputs: producer.outputs.OutputWriter writes the SEG / label map exactly as the folder run does, plus
+   labels.npz, a NIfTI for DICOM sources and the thumbnail (producer.gateway.results).
+5. store: only once the SEG file is complete, one STOW-RS of that one instance (nothing if the PACS holds it).
+Any failure is this job's error with its reason; the service and the other jobs go on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+
+from producer.discovery import StudySource, discover
+from producer.formats.nifti import is_nifti, nifti_stem
+from producer.formats.sidecar import DICOM_SIDECAR, NIFTI_SIDECAR_SUFFIX
+from producer.gateway import results
+from producer.gateway.dicomweb import DicomwebError, ServerDirectory
+from producer.gateway.jobs import Job, JobStore
+from producer.formats.nifti import write_label_nifti
+from producer.formats.npz import write_segs
+from producer.loading import load_study_and_context
+from producer.outputs import OutputWriter, output_path
+from worker.protocol import StudyError
+
+log = logging.getLogger(__name__)
+FORMAT_FILES = {"npz": "labels.npz", "nifti_of_dicom": "labels.nii.gz", "thumbnail": "thumbnail.png"}
+
+
+class JobFailed(Exception):
+    """A job's error; the message is what the job record shows."""
+
+
+class JobPipeline:
+    def __init__(self, jobs: JobStore, segmenter, servers: ServerDirectory, telemetry=None):
+        self.jobs, self.segmenter, self.servers, self.telemetry = jobs, segmenter, servers, telemetry
+
+    def run(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        job = self.jobs.update(job_id, state="running", started_at=time.time(), finished_at=None, error="",
+                               runs=job.runs + 1, progress={"done": 0, "total": 0}, stored=None, timings={})
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        try:
+            changes = self._run(job, timings)
+            state, error = "ok", ""
+        except (JobFailed, StudyError, DicomwebError) as failure:
+            changes, state, error = {}, "error", str(failure)
+        except Exception as failure:  # a bug must cost this job only
+            log.exception("job %s failed", job_id)
+            changes, state, error = {}, "error", f"internal error: {type(failure).__name__}: {failure}"
+        finally:
+            if job.kind == "dicomweb":
+                self.jobs.drop_input(job_id)  # the PACS holds the series; uploads stay until the job is deleted
+        timings["total"] = time.perf_counter() - started
+        job = self.jobs.update(job_id, state=state, error=error, finished_at=time.time(), timings=timings, **changes)
+        if self.telemetry is not None:
+            self.telemetry.finished(job)
+        return job
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def _run(self, job: Job, timings: dict[str, float]) -> dict[str, Any]:
+        folder = self.jobs.input_dir(job.id)
+        mark = time.perf_counter()
+        if job.kind == "dicomweb":
+            with self.servers.open(job.source["dicomweb"]) as server:
+                server.fetch_series(job.source["study"], job.source["series"], folder)
+        timings["fetch"] = time.perf_counter() - mark
+        source = self._find_study(folder, job.prompts)
+        if job.store and source.kind != "dicom":
+            raise JobFailed(f"only a DICOM series gives a SEG to store; this upload is {source.kind}: send it with "
+                            "no \"store\" and download the result instead")
+
+        mark = time.perf_counter()
+        study, context = load_study_and_context(source)
+        timings["load"] = time.perf_counter() - mark
+        total = int(study.image.shape[0]) if study.is_3d else 1
+        self.jobs.update(job.id, study=source.name, modality=study.modality, progress={"done": 0, "total": total})
+
+        mark = time.perf_counter()
+        outcome = self.segmenter.segment(job.id, study, lambda done, all_: self._progress(job.id, done, all_))
+        timings["segment"] = time.perf_counter() - mark
+        if not outcome.ok:
+            self.jobs.update(job.id, metrics=outcome.metrics)
+            raise JobFailed(outcome.error)
+
+        outcome.context, outcome.notes = context, [*context.notes, *outcome.notes]
+        mark = time.perf_counter()
+        files = self._write(job, source, study, outcome)
+        timings["write"] = time.perf_counter() - mark
+        done_total = self.jobs.get(job.id).progress.get("total") or total
+        changes: dict[str, Any] = {"metrics": outcome.metrics, "results": files,
+                                   "progress": {"done": done_total, "total": done_total}}
+        if job.store:
+            if "seg" not in files:
+                raise JobFailed("no DICOM SEG could be built to store: " + "; ".join(outcome.notes))
+            mark = time.perf_counter()
+            changes["stored"] = self._store(job, self.jobs.result_dir(job.id) / files["seg"])
+            timings["store"] = time.perf_counter() - mark
+        return changes
+
+    def _progress(self, job_id: str, done: int, total: int) -> None:
+        self.jobs.update(job_id, progress={"done": int(done), "total": int(total)})
+
+    @staticmethod
+    def _find_study(folder: Path, prompts: dict[str, Any] | None) -> StudySource:
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise JobFailed("the job has no input files")
+        if prompts is not None:
+            text = json.dumps(prompts)
+            (folder / DICOM_SIDECAR).write_text(text, encoding="utf-8")
+            for path in folder.iterdir():
+                if is_nifti(path):
+                    path.with_name(nifti_stem(path) + NIFTI_SIDECAR_SUFFIX).write_text(text, encoding="utf-8")
+        found = discover(folder)
+        if len(found.studies) != 1:
+            notes = "; ".join(f"{note.path.name}: {note.reason}" for note in found.skipped[:5])
+            names = ", ".join(s.name for s in found.studies)
+            raise JobFailed(f"the input holds {len(found.studies)} studies{f' ({names})' if names else ''}, a job "
+                            f"takes exactly one series or image{f'; left out: {notes}' if notes else ''}")
+        source = found.studies[0]
+        if source.kind == "npz" and prompts is not None:
+            raise JobFailed("an npz upload carries its own boxes: send it without prompts")
+        if source.kind != "npz" and prompts is None:
+            raise JobFailed("prompts are required for DICOM and NIfTI studies")
+        return source
+
+    def _write(self, job: Job, source: StudySource, study, outcome) -> dict[str, str]:
+        out = self.jobs.result_dir(job.id)
+        OutputWriter(out).write(source, outcome)  # the SEG / label map, as `producer submit` writes it
+        if not outcome.ok:
+            raise JobFailed(outcome.error)
+        main = output_path(out, source).name
+        files = {"npz": FORMAT_FILES["npz"]}
+        if source.kind == "dicom":
+            if (out / main).is_file():  # else the SEG could not be built and the notes say why
+                files["seg"] = main
+            if outcome.context.nifti is not None:  # the series' grid, LPS -> RAS (producer.output_context)
+                write_label_nifti(out / FORMAT_FILES["nifti_of_dicom"], outcome.labels, outcome.context.nifti,
+                                  source.name)
+                files["nifti"] = FORMAT_FILES["nifti_of_dicom"]
+        elif source.kind == "nifti":
+            files["nifti"] = main
+        write_segs(out / files["npz"], outcome.labels)
+        (out / FORMAT_FILES["thumbnail"]).write_bytes(results.thumbnail_png(study.image, outcome.labels))
+        return files
+
+    def _store(self, job: Job, seg_path: Path) -> dict[str, Any]:
+        root = job.source.get("dicomweb") if job.store == "source" else job.store
+        if not root:
+            raise JobFailed('"store": "source" needs a DICOMweb source')
+        dataset = dcmread(seg_path)
+        with self.servers.open(root) as server:
+            stored = server.store_instance(dataset)
+        return {"dicomweb": server.root, "study_uid": stored.study_uid, "series_uid": stored.series_uid,
+                "sop_uid": stored.sop_uid, "already_present": stored.already_present}

@@ -1,0 +1,113 @@
+"""Who segments a gateway job's study: the engine in this process, or the fleet.
+
+Both take a loaded Study and return a producer.outcome.StudyOutcome (labels + metrics, or an error), reporting
+slice progress as they go. Both reuse stored results: the fleet by its content-addressed store (producer.api), the
+embedded one by a write-once folder of result records keyed the same way (worker.identity), so running a job again
+costs no engine time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+from producer.outcome import StudyOutcome
+from worker.protocol import Study, StudyError
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]  # (slices done, slices in all)
+STATUS_POLL_SECONDS = 0.5
+
+
+class Segmenter(Protocol):
+    mode: str
+
+    def segment(self, name: str, study: Study, progress: Progress) -> StudyOutcome: ...
+
+
+class EmbeddedSegmenter:
+    """One engine in this process; the gateway runs one job at a time through it."""
+
+    mode = "embedded"
+
+    def __init__(self, engine_settings, results_dir: Path):
+        from producer.embedded import EmbeddedRunner
+        from worker.process import engine_identity
+
+        self.runner = EmbeddedRunner(engine_settings)
+        self.runner.engine.warm_up()
+        self.identity = engine_identity(self.runner.engine)
+        self.results_dir = Path(results_dir)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # one engine: one study at a time, whatever calls it
+
+    def _key(self, study: Study) -> str | None:
+        from worker.identity import image_digest
+
+        try:
+            return self.identity.result_key(image_digest(study.image), study.boxes, study.modality)
+        except (LookupError, ValueError):
+            return None  # the engine says what is wrong
+
+    def segment(self, name: str, study: Study, progress: Progress) -> StudyOutcome:
+        from worker.messages import ResultRecord
+
+        key = self._key(study)
+        path = self.results_dir / f"{key}.npz" if key else None
+        if path is not None and path.is_file():
+            record = ResultRecord.from_bytes(path.read_bytes())
+            metrics = record.metrics
+            metrics.setdefault("extra", {}).update(cached=True, result_key=key)
+            progress(1, 1)
+            return StudyOutcome(name, study.modality, labels=record.labels, metrics=metrics)
+        with self._lock:
+            outcome = self.runner.run_study(name, study, lambda _name, done, total: progress(done, total))
+        if outcome.ok and path is not None:
+            outcome.metrics.setdefault("extra", {}).update(cached=False, result_key=key)
+            partial = path.with_name(f".{path.name}.{threading.get_ident()}.partial")
+            partial.write_bytes(ResultRecord(outcome.labels, outcome.metrics).to_bytes())
+            os.replace(partial, path)
+        return outcome
+
+
+class FleetSegmenter:
+    """The fleet behind a broker, through producer.api: one batch of one study per job."""
+
+    mode = "fleet"
+
+    def __init__(self, broker: str, timeout: float | None = None):
+        self.broker = broker
+        self.timeout = timeout
+
+    def segment(self, name: str, study: Study, progress: Progress) -> StudyOutcome:
+        from producer import api
+
+        batch = api.submit_studies({name: study}, self.broker, wait=False)
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        while True:
+            state = api.status(batch.batch_id, self.broker)
+            for row in state.studies:
+                if row.state == "running" and row.total:
+                    progress(row.done, row.total)
+            if state.finished:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise StudyError(f"the fleet did not finish the study within {self.timeout:g} s "
+                                 f"(batch {batch.batch_id}; is a worker serving its queue?)")
+            time.sleep(STATUS_POLL_SECONDS)
+        done = api.results(batch.batch_id, None, self.broker, wait=False)
+        outcomes = [o for o in done.outcomes if o.name == name]
+        if not outcomes:
+            raise StudyError(f"the fleet batch {batch.batch_id} finished without an outcome for {name}")
+        outcome = outcomes[0]
+        outcome.metrics.setdefault("extra", {})["batch_id"] = batch.batch_id
+        return outcome
+
+
+def make_segmenter(broker: str | None, engine_settings, data_dir: Path, fleet_timeout: float | None) -> Segmenter:
+    if broker:
+        return FleetSegmenter(broker, fleet_timeout)
+    return EmbeddedSegmenter(engine_settings, Path(data_dir) / "results")
