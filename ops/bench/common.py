@@ -216,7 +216,8 @@ def append_to_section(heading: str, block: str, path: Path = RESULTS_MD) -> None
     head, _, tail = text.partition(marker)
     following = tail.find("\n## ")
     body, rest = (tail, "") if following < 0 else (tail[:following], tail[following:])
-    path.write_text(head + marker + body.rstrip() + "\n\n" + block.strip() + "\n" + rest)
+    body = body.rstrip()
+    path.write_text(head + marker + (body + "\n" if body.strip() else "") + "\n" + block.strip() + "\n" + rest)
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
