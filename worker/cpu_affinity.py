@@ -15,12 +15,9 @@ The rule (measured on a 2-core AMD EPYC, ops/bench/RESULTS.md "CPU pinning"):
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
-CPUS_ENV = "LITEMEDSAM_CPUS"
 ALL = "all"
 
 
@@ -93,7 +90,9 @@ class CoreBinding:
                 pass
 
     def describe(self) -> str:
-        return f"cores {format_cpu_list(self.cores)}" if self.pinned else "no pinning (the kernel places threads)"
+        if not self.pinned:
+            return "no pinning (the kernel places threads)"
+        return f"cores {format_cpu_list(self.cores)}" + (f" ({self.note})" if self.note else "")
 
 
 def plan(requested: str | None, slot: int, threads: int, allowed: tuple[int, ...] | None = None) -> CoreBinding:
@@ -104,6 +103,8 @@ def plan(requested: str | None, slot: int, threads: int, allowed: tuple[int, ...
     """
     if not requested:
         return CoreBinding(note="no core list given")
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError("a CPU list needs Linux (no CPU affinity API here)")
     allowed = tuple(allowed if allowed is not None else allowed_cores())
     owned = allowed if requested.strip().lower() == ALL else tuple(c for c in parse_cpu_list(requested) if c in allowed)
     if not owned:
@@ -116,7 +117,3 @@ def plan(requested: str | None, slot: int, threads: int, allowed: tuple[int, ...
     if slot >= blocks:
         note += f" (more processes than blocks of {width} core(s): shares a block)"
     return CoreBinding(owned[first:first + width], note)
-
-
-def requested_from_env() -> str | None:
-    return os.environ.get(CPUS_ENV) or None
