@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from worker.cpu_affinity import plan
 from worker.settings import DEFAULT_BROKER, DEFAULT_QUEUE, available_cores, default_threads
 
 
@@ -44,6 +45,9 @@ def cli() -> None:
               help="Prefork child processes (each compiles its own models).")
 @click.option("--threads", type=click.IntRange(0), default=0,
               help="OpenVINO threads per process (0: cores // concurrency).")
+@click.option("--cpus", envvar="LITEMEDSAM_CPUS", default="",
+              help="Cores this worker owns, split among its processes (`all` or a list like 0-3,6). "
+                   "Default: none; OpenVINO pinning off, the kernel places threads.")
 @click.option("--queues", "-Q", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to consume.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--precision", default="f32", show_default=True,
@@ -57,7 +61,7 @@ def cli() -> None:
 @click.option("--hostname", "-n", default=None, help="Node name (default: litemedsam-<pid>@<host>).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.pass_context
-def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads: int, queues: str,
+def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads: int, cpus: str, queues: str,
           models_dir: Path | None, precision: str, cache_mb: int, memory_mb: int | None, routing: Path | None,
           metrics_port: int | None,
           hostname: str | None, loglevel: str) -> None:
@@ -71,13 +75,18 @@ def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads
     threads = threads or default_threads(concurrency)
     if threads * concurrency > available_cores():
         click.echo(f"warning: {threads} threads x {concurrency} processes > {available_cores()} cores", err=True)
+    try:
+        bindings = [plan(cpus, slot, threads).describe() for slot in range(concurrency)]
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--cpus") from None
     for name, value in (("LITEMEDSAM_BROKER", broker), ("LITEMEDSAM_STORE", store),
                         ("LITEMEDSAM_MODELS_DIR", models_dir), ("LITEMEDSAM_PRECISION", precision),
                         ("LITEMEDSAM_THREADS", threads), ("LITEMEDSAM_CACHE_MB", cache_mb),
                         ("LITEMEDSAM_ROUTING", routing), ("LITEMEDSAM_METRICS_PORT", metrics_port),
-                        ("LITEMEDSAM_TASK_MEMORY_MB", memory_mb)):
+                        ("LITEMEDSAM_TASK_MEMORY_MB", memory_mb), ("LITEMEDSAM_CPUS", cpus)):
         _export(name, value)
-    click.echo(f"models {', '.join(models)} | {concurrency} x {threads} thread(s) | queues {queues}", err=True)
+    click.echo(f"models {', '.join(models)} | {concurrency} x {threads} thread(s) | queues {queues} | "
+               f"{'; '.join(dict.fromkeys(bindings))}", err=True)
     from worker.app import app
 
     argv = ["worker", "--pool=prefork", f"--concurrency={concurrency}", f"--queues={queues}",

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 
+from worker.cpu_affinity import CoreBinding, plan
 from worker.directory import IdentityDirectory
 from worker.identity import EngineIdentity, routing_data
 from worker.job import WorkerContext
@@ -34,14 +35,23 @@ def engine_identity(engine) -> EngineIdentity:
                           routing=routing_data(engine.settings.routing_file))
 
 
+def core_binding(config: EngineConfig) -> CoreBinding:
+    """This pool process's cores: its pool index (0 .. concurrency - 1, reused by a replacement child) picks
+    its block of the worker's cores (worker.cpu_affinity)."""
+    from celery.utils.log import current_process_index
+
+    return plan(config.cpus, current_process_index(base=0) or 0, config.threads)
+
+
 def build_context(node: str, settings: FleetSettings, config: EngineConfig, telemetry) -> WorkerContext:
     from worker.engine.engine import Engine  # OpenVINO is imported here, in the child, and only here
 
     started = time.perf_counter()
-    engine = Engine(config.engine_settings())
+    binding = core_binding(config)
+    engine = Engine(config.engine_settings(binding.cores))
     engine.warm_up()
-    log.info("%s: %d model(s) compiled in %.1f s (precision %s, %d thread(s))", node, len(engine.registry),
-             time.perf_counter() - started, config.precision, config.threads)
+    log.info("%s: %d model(s) compiled in %.1f s (precision %s, %d thread(s), %s)", node, len(engine.registry),
+             time.perf_counter() - started, config.precision, config.threads, binding.describe())
     client = redis_client(settings.broker_url)
     keys = Keys(settings.namespace)
     store = open_store(settings.store, settings.namespace, client if settings.store == settings.broker_url else None)

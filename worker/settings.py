@@ -134,6 +134,7 @@ class EngineConfig:
     threads: int = 0
     cache_mb: int = 2048
     routing_file: Path | None = None
+    cpus: str = ""  # cores the worker owns ("" none, "all", or a cpu list): worker.cpu_affinity.plan
 
     @classmethod
     def from_env(cls) -> "EngineConfig":
@@ -146,14 +147,16 @@ class EngineConfig:
             threads=int(_env_float("LITEMEDSAM_THREADS", 0)),
             cache_mb=int(_env_float("LITEMEDSAM_CACHE_MB", 2048)),
             routing_file=Path(routing) if routing else None,
+            cpus=os.environ.get("LITEMEDSAM_CPUS", ""),
         )
 
-    def engine_settings(self):
-        """The engine's own settings object (imports OpenVINO: call it in a worker child only)."""
+    def engine_settings(self, cores: tuple[int, ...] = ()):
+        """The engine's own settings object (imports OpenVINO: call it in a worker child only); `cores`: this
+        process's core binding (worker.cpu_affinity.plan)."""
         from worker.engine.engine import EngineSettings
 
         return EngineSettings(models_dir=self.models_dir, precision=self.precision, threads=self.threads,
-                              cache_bytes=self.cache_mb << 20, routing_file=self.routing_file)
+                              cache_bytes=self.cache_mb << 20, routing_file=self.routing_file, cores=cores)
 
 
 RECONNECT_SECONDS = 120.0  # how long a Redis command keeps retrying through a broker restart

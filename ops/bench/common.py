@@ -206,6 +206,20 @@ def replace_section(heading: str, body: str, path: Path = RESULTS_MD) -> None:
     path.write_text(text.rstrip() + "\n")
 
 
+def append_to_section(heading: str, block: str, path: Path = RESULTS_MD) -> None:
+    """Add a dated block at the end of the '## heading' section (created at the end of the file if missing);
+    earlier blocks and other sections stay."""
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    marker = f"## {heading}\n"
+    if f"\n{marker}" not in f"\n{text}":
+        text = text.rstrip() + f"\n\n{marker}"
+    head, _, tail = text.partition(marker)
+    following = tail.find("\n## ")
+    body, rest = (tail, "") if following < 0 else (tail[:following], tail[following:])
+    body = body.rstrip()
+    path.write_text(head + marker + (body + "\n" if body.strip() else "") + "\n" + block.strip() + "\n" + rest)
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -1,7 +1,13 @@
-"""Fleet benchmark (not a test): throughput of a batch of small 2D studies and of one big 3D study, run
-in-process (embedded, 2 threads), by 1 worker x 2 threads, and by 2 workers x 1 thread; and what the fleet adds.
+"""Fleet benchmark (not a test): throughput of a batch of small 2D studies and of a batch of 3D studies, run
+in-process (embedded, 2 threads), by 1 worker x 2 threads, 1 worker x 1 thread and 2 workers x 1 thread; and
+what the fleet adds.
 
-    .venv/bin/python ops/bench/fleet_bench.py [--reps-2d 3] [--reps-3d 2] [--small 8] [--no-write]
+    .venv/bin/python ops/bench/fleet_bench.py [--reps-2d 3] [--reps-3d 2] [--small 8] [--batch-3d 2]
+                                              [--big CASE.npz] [--configs 1x2,1x1,2x1] [--no-write]
+
+Targets (issue 10): on the same run, 2 workers x 1 thread >= 1.8x the throughput of 1 worker x 1 thread and
+>= 0.95x that of 1 worker x 2 threads, on the 2D batch and on the 3D batch (engine processes of one host must
+not share a core: worker.cpu_affinity).
 
 Targets (issue 3): the fleet adds under 5 % to a 3D study's time and under 150 ms per small 2D study, both
 against the embedded run with the same thread count (1 worker x 2 threads vs embedded 2 threads).
@@ -46,7 +52,11 @@ SHARED_IMGS = REPO.parent / "shared" / "data" / "cases" / "imgs"
 RESULTS_MD = REPO / "ops" / "bench" / "RESULTS.md"
 RESULTS_DIR = REPO / "ops" / "bench" / "results"
 FLEET_SH = REPO / "ops" / "fleet" / "fleet.sh"
-CONFIGS = (("embedded x 2 threads", 0, 2), ("1 worker x 2 threads", 1, 2), ("2 workers x 1 thread", 2, 1))
+ALL_CONFIGS = (("embedded x 2 threads", 0, 2), ("1 worker x 2 threads", 1, 2), ("1 worker x 1 thread", 1, 1),
+               ("2 workers x 1 thread", 2, 1))
+CONFIG_KEYS = {"embedded": ALL_CONFIGS[0], "1x2": ALL_CONFIGS[1], "1x1": ALL_CONFIGS[2], "2x1": ALL_CONFIGS[3]}
+CONFIGS = ALL_CONFIGS  # the configurations measured in this run (--configs)
+COLORS = dict(zip((c for c, _, _ in ALL_CONFIGS), ("#888888", "#1f77b4", "#2ca02c", "#ff7f0e")))
 
 
 @dataclass
@@ -57,14 +67,15 @@ class Run:
     studies: int
     engine_total: float  # sum of the engine's own time over the studies
     fleet_parts: dict[str, float] = field(default_factory=dict)  # mean seconds per study of the fleet's stages
+    load: float = 0.0  # 1-minute load average when the run started
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 
 def _sources(big: Path | None) -> tuple[list[Path], Path]:
-    """(2D sources, the big 3D source): shared dev cases when present, else phantoms."""
+    """(2D sources, the 3D source): shared dev cases when present, else phantoms."""
     small = [SHARED_IMGS / f"2DBox_CT_{n}.npz" for n in ("amos000475", "amos000690")]
-    big = big or SHARED_IMGS / "3DBox_CT_tsup.npz"
+    big = big or SHARED_IMGS / "3DBox_CT_tssm.npz"
     if all(p.is_file() for p in (*small, big)):
         return small, big
     from producer.phantoms import write_phantoms
@@ -73,8 +84,8 @@ def _sources(big: Path | None) -> tuple[list[Path], Path]:
     return [written["2DBox_CT_phantom"]], written["3DBox_CT_phantom"]
 
 
-def _variant(source: Path, target: Path, salt: int, mirror: int) -> None:
-    """New content with the same work: a mirrored copy (2D) and one voxel changed by `salt`."""
+def _variant(source: Path, target: Path, salt: int, mirror: int, member: int = 0) -> None:
+    """New content with the same work: a mirrored copy (2D) and voxels changed by `salt` and `member`."""
     with np.load(source, allow_pickle=False) as data:
         arrays = {k: data[k].copy() for k in data.files}
     image, boxes = arrays["imgs"], arrays["boxes"]
@@ -85,13 +96,14 @@ def _variant(source: Path, target: Path, salt: int, mirror: int) -> None:
         height = image.shape[0]
         image, boxes[:, [1, 3]] = image[::-1].copy(), (height - 1) - boxes[:, [3, 1]]
     image.flat[0] = (int(image.flat[0]) + 1 + salt) % 256
+    image.flat[1] = (int(image.flat[1]) + member) % 256
     arrays.update(imgs=image, boxes=boxes)
     np.savez_compressed(target, **arrays)
 
 
 def make_inputs(root: Path, small: int, reps_2d: int, reps_3d: int, n_configs: int,
-                big: Path | None = None) -> dict[str, list[Path]]:
-    """Folders of fresh content: for each config and repetition, a 2D batch and a 3D study."""
+                big: Path | None = None, batch_3d: int = 1) -> dict[str, list[Path]]:
+    """Folders of fresh content: for each config and repetition, a 2D batch and a batch of 3D studies."""
     sources_2d, source_3d = _sources(big)
     folders: dict[str, list[Path]] = {"2d": [], "3d": []}
     salt = 0
@@ -106,7 +118,8 @@ def make_inputs(root: Path, small: int, reps_2d: int, reps_3d: int, n_configs: i
     for _ in range(n_configs * reps_3d):
         folder = root / f"3d-{salt}"
         folder.mkdir(parents=True)
-        _variant(source_3d, folder / f"{source_3d.stem}.npz", salt, 0)
+        for index in range(batch_3d):
+            _variant(source_3d, folder / f"{source_3d.stem}_b{index:02d}.npz", salt, 0, index)
         folders["3d"].append(folder)
         salt += 1
     return folders
@@ -202,7 +215,9 @@ def _measure_config(config, workers, threads, pending, reps, out_root, broker, n
         for workload in ("2d", "3d"):
             for _ in range(reps[workload]):
                 folder = pending[workload].pop(0)
+                load = os.getloadavg()[0]
                 run = execute(folder, out_root / f"{folder.name}-out", workload)
+                run.load = load
                 print(f"  {config:22s} {workload}: {run.wall:7.2f} s for {run.studies} studies", flush=True)
                 runs.append(run)
     return runs
@@ -222,16 +237,34 @@ def medians(runs: list[Run]) -> dict[tuple[str, str], dict[str, float]]:
             for name in {n for r in picked for n in r.fleet_parts}:
                 parts[name] = statistics.median(r.fleet_parts.get(name, 0.0) for r in picked)
             table[(config, workload)] = {"wall": wall, "studies": picked[0].studies, "n": len(picked),
+                                         "load": statistics.median(r.load for r in picked),
                                          "per_study": wall / picked[0].studies,
                                          "throughput_per_min": 60 * picked[0].studies / wall,
                                          "engine": statistics.median(r.engine_total for r in picked), **parts}
     return table
 
 
+SCALING_TARGETS = (("2 workers x 1 thread", "1 worker x 1 thread", 1.8), ("2 workers x 1 thread",
+                                                                         "1 worker x 2 threads", 0.95))
+
+
+def scaling_lines(table) -> list[str]:
+    """Throughput ratios of the worker layouts against the issue-10 targets."""
+    lines = []
+    for ours, base, target in SCALING_TARGETS:
+        for workload in ("2d", "3d"):
+            if (ours, workload) in table and (base, workload) in table:
+                ratio = table[(ours, workload)]["throughput_per_min"] / table[(base, workload)]["throughput_per_min"]
+                verdict = "meets" if ratio >= target else "misses"
+                lines.append(f"- {workload.upper()} batch: {ours} = {ratio:.2f}x the throughput of {base} "
+                             f"({verdict} the >= {target}x target).")
+    return lines
+
+
 def overheads(table) -> dict[str, float]:
     """What 1 worker x 2 threads adds over the embedded run with 2 threads: raw wall-clock difference, and the
     difference of the time outside the engine (wall - engine), which background load on the machine skews less."""
-    embedded, fleet = CONFIGS[0][0], CONFIGS[1][0]
+    embedded, fleet = ALL_CONFIGS[0][0], ALL_CONFIGS[1][0]
     result = {}
     for workload in ("2d", "3d"):
         if (embedded, workload) not in table or (fleet, workload) not in table:
@@ -259,17 +292,19 @@ def machine() -> str:
 
 def render(table, over, load: tuple[str, str], small: int) -> str:
     lines = [
-        "| configuration | workload | runs | median wall s | s per study | studies/min | engine s | "
+        "| configuration | workload | runs | median wall s | s per study | studies/min | engine s | load at start | "
         "queue wait s | upload s | input download s | result upload s | result download s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (config, workload), row in table.items():
         cells = [f"{row.get(k, 0.0):.3f}" if k in row else "-" for k in
                  ("queue_wait", "upload", "input_download", "result_upload", "result_download")]
-        label = f"{row['studies']} x 2D" if workload == "2d" else "1 x 3D"
+        label = f"{row['studies']} x {workload.upper()}"
         lines.append(f"| {config} | {label} | {row['n']} | {row['wall']:.2f} | {row['per_study']:.3f} | "
-                     f"{row['throughput_per_min']:.2f} | {row['engine']:.2f} | " + " | ".join(cells) + " |")
+                     f"{row['throughput_per_min']:.2f} | {row['engine']:.2f} | {row['load']:.2f} | "
+                     + " | ".join(cells) + " |")
     lines.append("")
+    lines += scaling_lines(table)
     if "3d_percent_wall" in over:
         verdict = "meets" if over["3d_percent_outside_engine"] < 5 else "misses"
         lines.append(f"- Fleet overhead, 3D study (1 worker x 2 threads vs embedded 2 threads): "
@@ -293,9 +328,9 @@ def plot(table, path: Path) -> None:
     configs = [c for c, _, _ in CONFIGS]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, workload, title, key, unit in ((axes[0], "2d", "small 2D batch", "throughput_per_min", "studies/min"),
-                                           (axes[1], "3d", "one big 3D study", "wall", "seconds")):
+                                           (axes[1], "3d", "3D batch", "throughput_per_min", "studies/min")):
         values = [table.get((c, workload), {}).get(key, 0.0) for c in configs]
-        bars = ax.bar(range(len(configs)), values, color=["#888888", "#1f77b4", "#ff7f0e"])
+        bars = ax.bar(range(len(configs)), values, color=[COLORS[c] for c in configs])
         ax.bar_label(bars, fmt="%.1f")
         ax.set_xticks(range(len(configs)), [c.replace(" x ", "\nx ") for c in configs], fontsize=8)
         ax.set_title(title)
@@ -324,13 +359,19 @@ def main() -> None:
     parser.add_argument("--reps-2d", type=int, default=3)
     parser.add_argument("--reps-3d", type=int, default=2)
     parser.add_argument("--small", type=int, default=8, help="2D studies per batch")
-    parser.add_argument("--big", type=Path, default=None, help="the 3D study (default: 3DBox_CT_tsup)")
+    parser.add_argument("--big", type=Path, default=None, help="the 3D study (default: 3DBox_CT_tssm)")
+    parser.add_argument("--batch-3d", type=int, default=2, help="3D studies per batch (variants of --big)")
+    parser.add_argument("--configs", default=",".join(CONFIG_KEYS),
+                        help=f"comma-separated subset of {', '.join(CONFIG_KEYS)}")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md or results/")
     args = parser.parse_args()
+    global CONFIGS
+    CONFIGS = tuple(CONFIG_KEYS[key.strip()] for key in args.configs.split(","))
     load_before = "%.2f %.2f %.2f" % os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         root = Path(tmp)
-        folders = make_inputs(root / "in", args.small, args.reps_2d, args.reps_3d, len(CONFIGS), args.big)
+        folders = make_inputs(root / "in", args.small, args.reps_2d, args.reps_3d, len(CONFIGS), args.big,
+                              args.batch_3d)
         runs = measure(folders, {"2d": args.reps_2d, "3d": args.reps_3d}, root / "out")
     load_after = "%.2f %.2f %.2f" % os.getloadavg()
     table = medians(runs)
@@ -345,7 +386,9 @@ def main() -> None:
         {"runs": [asdict(r) for r in runs], "overheads": over, "machine": machine()}, indent=2))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     append_results(f"### {stamp} — {machine()}\n\n`ops/bench/fleet_bench.py --reps-2d {args.reps_2d} "
-                   f"--reps-3d {args.reps_3d} --small {args.small}`; plot: results/fleet.png\n\n{report}")
+                   f"--reps-3d {args.reps_3d} --small {args.small} --batch-3d {args.batch_3d} --configs "
+                   f"{args.configs}`{f' (3D: {args.big.name})' if args.big else ''}; plot: results/fleet.png\n\n"
+                   f"{report}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A local fleet without containers, for a laptop or one server: a Redis server (unless the broker already
 # answers) and N worker processes, each `worker start --concurrency 1` with cores // N OpenVINO threads.
+# Threads are not pinned (the kernel spreads them; worker/cpu_affinity.py); FLEET_PIN=1 gives worker i its own
+# block of cores instead (`--cpus`), for a host that runs nothing else.
 #
 #   ops/fleet/fleet.sh start [N] [extra `worker start` options]   # default N=2
 #   ops/fleet/fleet.sh status
@@ -9,7 +11,8 @@
 #
 # Environment: LITEMEDSAM_BROKER (default redis://127.0.0.1:6379/0; a password in it is given to the Redis
 # this script starts), FLEET_DIR (pid files, logs, Redis data; default <repo>/.fleet), WORKER_THREADS
-# (OpenVINO threads per worker; default cores // N), and every LITEMEDSAM_* setting (worker/settings.py).
+# (OpenVINO threads per worker; default cores // N), FLEET_PIN (1: own cores per worker), and every LITEMEDSAM_*
+# setting (worker/settings.py).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -66,14 +69,19 @@ start_workers() {
   threads=${WORKER_THREADS:-$(( cores / count > 0 ? cores / count : 1 ))}
   for i in $(seq "$count"); do
     local pidfile="$FLEET_DIR/worker-$i.pid"
+    local cpus=()
+    if [ "${FLEET_PIN:-0}" = 1 ]; then  # worker i: block i - 1 of the cores (the same rule as pool processes)
+      cpus=(--cpus "$("$BIN/python" -c "from worker.cpu_affinity import plan, format_cpu_list as f
+print(f(plan('all', $i - 1, $threads).cores))")")
+    fi
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       echo "fleet: worker $i already runs (pid $(cat "$pidfile"))"; continue
     fi
     # setsid: each worker leads its own process group, so `stop` ends it and its pool children together
-    setsid "$BIN/worker" start --concurrency 1 --threads "$threads" --hostname "w$i@%h" "$@" \
+    setsid "$BIN/worker" start --concurrency 1 --threads "$threads" "${cpus[@]}" --hostname "w$i@%h" "$@" \
       >"$FLEET_DIR/worker-$i.log" 2>&1 < /dev/null &
     echo $! >"$pidfile"
-    echo "fleet: worker w$i (pid $!, $threads thread(s)), log $FLEET_DIR/worker-$i.log"
+    echo "fleet: worker w$i (pid $!, $threads thread(s)${cpus[1]:+, cores ${cpus[1]}}), log $FLEET_DIR/worker-$i.log"
   done
   wait_ready "$count"
 }
@@ -132,6 +140,6 @@ case "${1:-}" in
     stop_all "${1:-}"
     ;;
   *)
-    sed -n '2,13p' "$0"; exit 2
+    sed -n '2,15p' "$0"; exit 2
     ;;
 esac

@@ -15,6 +15,7 @@ import numpy as np
 from models.paths import compile_cache_dir, default_models_dir
 from models.registry import ModelSpec, load_registry
 from worker import __version__
+from worker.cpu_affinity import CoreBinding
 from worker.engine.cache import EmbeddingCache
 from worker.engine.footprint import study_bytes
 from worker.engine.runtime import CompiledSam, RuntimeSettings
@@ -34,6 +35,7 @@ class EngineSettings:
     decode_chunk: int = 16
     routing_file: Path | None = None
     max_voxels: int = DEFAULT_MAX_VOXELS
+    cores: tuple[int, ...] = ()  # explicit cores of this process (worker.cpu_affinity.plan); empty: not pinned
 
 
 def study_key(study: Study) -> str:
@@ -52,7 +54,8 @@ class Engine:
         self.cache = EmbeddingCache(self.settings.cache_bytes)
         self._compiled: dict[str, CompiledSam] = {}
         self._runtime = RuntimeSettings(self.settings.precision, self.settings.threads,
-                                        compile_cache_dir(self.settings.models_dir))
+                                        compile_cache_dir(self.settings.models_dir), tuple(self.settings.cores))
+        CoreBinding(tuple(self.settings.cores)).apply()  # before OpenVINO starts any thread
 
     def model(self, name: str) -> CompiledSam:
         if name not in self._compiled:

@@ -19,6 +19,7 @@ import openvino as ov
 
 from models.quantize import PROFILE_PREFIX, profile_encoder
 from models.registry import ModelSpec, combined_sha256
+from worker.cpu_affinity import CoreBinding
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}
 
@@ -32,6 +33,7 @@ class RuntimeSettings:
     precision: str = "f32"
     threads: int = 0  # 0: let OpenVINO use all cores of this process
     cache_dir: Path | None = None
+    cores: tuple[int, ...] = ()  # this process's explicit core set (worker.cpu_affinity); empty: not pinned
 
     @property
     def precision_cache_dir(self) -> Path | None:
@@ -51,6 +53,7 @@ class RuntimeSettings:
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if self.threads > 0:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        config.update(CoreBinding(self.cores).openvino_config())
         return config
 
 
