@@ -5,8 +5,9 @@ in the test's own namespace. Nothing but the private /24 the test makes is conta
 The scenario: one worker host's cable is pulled while it runs a 3D study. Its lease is no longer renewed, so
 after the visibility timeout the study goes back to the queue and runs on the other host, which stores the
 result and the outcome. The cable goes back in while the cut worker still holds its own run of the study: that
-run resumes, finishes, and finds the result stored (write-once holds: the stored bytes and the outcome do not
-change). Then the cut worker takes new work again.
+run resumes, finds the outcome recorded at its next progress report and stops there (worker.job.Superseded),
+instead of spending the rest of the study on work that is done; it stores nothing (the stored bytes and the
+outcome do not change) and its task ends with the recorded outcome. Then the cut worker takes new work again.
 """
 from __future__ import annotations
 
@@ -154,13 +155,16 @@ def test_a_partitioned_host_loses_its_study_to_the_other_and_comes_back(fleet, t
     stored = fleet.store.get(Keys.result_blob(outcome.result_key))
     assert stored is not None
 
-    # --- plug it back in: the cut worker's own run of the study resumes, finishes, and finds the result stored
+    # --- plug it back in: the cut worker's own run resumes, finds the outcome recorded, and stops there
     fleet.net.restore(cut)
     assert fleet.net.reachable(cut, hub, REDIS_PORT)
     task_id = extra["task_id"]  # a redelivery keeps its task id: the cut worker held the same task
     returned = fleet.wait_for(lambda: _task_result(cut_worker.log_path.read_text(errors="replace"), task_id),
-                              "the cut worker to finish its own run of the study")
+                              "the cut worker to end its own run of the study")
     assert returned["status"] == "ok" and returned["result_key"] == outcome.result_key, returned
+    stopped = re.search(rf"outcome of {re.escape(batch.batch_id)}/{re.escape(name)}; this run stopped after "
+                        r"(\d+) of (\d+) slice steps", cut_worker.log_path.read_text(errors="replace"))
+    assert stopped and int(stopped[1]) < int(stopped[2]), fleet.tails()  # stopped part-way, not run to the end
     assert fleet.store.get(Keys.result_blob(outcome.result_key)) == stored  # written once: not replaced
     after = fleet.ledger.outcome(batch.batch_id, name)
     assert after.to_json() == outcome.to_json()  # the outcome is the other host's, unchanged
