@@ -15,10 +15,12 @@ nothing outside it is ever contacted. `PrivateNetwork.unavailable()` says why na
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import random
 import shutil
 import subprocess
+import time
 import uuid
 
 
@@ -144,9 +146,6 @@ class PrivateNetwork:
 
     def restore(self, host: str, timeout: float = 10.0) -> None:
         """Plug the cable back in; returns once the switch port is up again (the kernel raises it a moment later)."""
-        import json
-        import time
-
         _ip("link", "set", self._port(host), "up", netns=self.hub)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -156,8 +155,9 @@ class PrivateNetwork:
             time.sleep(0.05)
         raise NetworkError(f"the switch port of {host} did not come up within {timeout} s")
 
-    def reachable(self, host: str, address: str, port: int, timeout: float = 2.0) -> bool:
-        """Whether a TCP connection from `host` to address:port opens within `timeout` seconds."""
+    def reachable(self, host: str, address: str, port: int, timeout: float = 5.0) -> bool:
+        """Whether a TCP connection from `host` to address:port opens within `timeout` seconds (just after a
+        restore the host may first need to resolve the address again: ARP retries once a second)."""
         probe = (f"import socket,sys\ntry: socket.create_connection(({address!r}, {port}), {timeout}).close()\n"
                  "except OSError: sys.exit(1)")
         done = subprocess.run([*self.prefix(host), "python3", "-c", probe], capture_output=True,

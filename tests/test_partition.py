@@ -12,10 +12,12 @@ outcome do not change) and its task ends with the recorded outcome. Then the cut
 from __future__ import annotations
 
 import ast
+import ipaddress
 import os
 import re
 import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from worker.ledger import BatchLedger
 from worker.settings import FleetSettings, redis_client
 from worker.store import open_store
 
-pytestmark = [pytest.mark.fleet, pytest.mark.model, pytest.mark.timeout(600, method="signal")]
+pytestmark = pytest.mark.timeout(600, method="signal")  # signal: the fixtures' clean-up still runs
 VISIBILITY = 5  # seconds: a cut worker's study is back in the queue within this plus the ~1 s restore sweep
 NAMESPACE = "partition"
 REDIS_PORT = 6379
@@ -123,6 +125,32 @@ def _task_result(log: str, task_id: str) -> dict | None:
     return ast.literal_eval(match.group(1)) if match else None
 
 
+def test_the_private_network_cuts_and_restores_one_host_and_leaves_nothing_behind():
+    reason = PrivateNetwork.unavailable()
+    if reason:
+        pytest.skip(f"no network namespaces: {reason}")
+    net = PrivateNetwork(["a", "b"])
+    try:
+        net.create()
+        assert net.subnet.subnet_of(ipaddress.ip_network("10.231.0.0/16"))
+        with socket.create_server((net.address("root"), 0)) as listener:  # the test's own namespace, on the /24
+            port = listener.getsockname()[1]
+            assert net.reachable("a", net.address("root"), port) and net.reachable("b", net.address("root"), port)
+            net.cut("a")
+            assert not net.reachable("a", net.address("root"), port, timeout=2)
+            assert net.reachable("b", net.address("root"), port)
+            net.restore("a")
+            assert net.reachable("a", net.address("root"), port)
+    finally:
+        net.close()
+    leftovers = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert net.tag not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert net.tag not in leftovers and str(net.subnet.network_address) not in subprocess.run(
+        ["ip", "-4", "route"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.fleet
+@pytest.mark.model
 def test_a_partitioned_host_loses_its_study_to_the_other_and_comes_back(fleet, tmp_path):
     hub = fleet.net.address("hub")
     folder = tmp_path / "in"
