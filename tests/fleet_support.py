@@ -55,13 +55,14 @@ def fleet_env(broker_url: str, namespace: str, models_dir: Path, **extra: str) -
 
 
 class WorkerProcess:
-    """`worker start` in its own session (so it and its pool children can be stopped together)."""
+    """`worker start` in its own session (so it and its pool children can be stopped together). `prefix` runs it
+    through a wrapper that execs it (e.g. `ip netns exec NS`: the same process, in another network namespace)."""
 
-    def __init__(self, node: str, env: dict[str, str], log_path: Path, *args: str):
+    def __init__(self, node: str, env: dict[str, str], log_path: Path, *args: str, prefix: tuple[str, ...] = ()):
         self.node = node
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        command = [sys.executable, "-m", "worker.cli", "start", "--concurrency", "1", "--threads", "1",
+        command = [*prefix, sys.executable, "-m", "worker.cli", "start", "--concurrency", "1", "--threads", "1",
                    "--hostname", node, "--loglevel", "INFO", *args]
         self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -131,28 +132,34 @@ def read_segs(path: Path) -> np.ndarray:
 
 
 class RedisServer:
-    """A private redis-server (append-only file, password) that a test can kill and start again on one port."""
+    """A private redis-server (append-only file, password) that a test can kill and start again on one port.
 
-    def __init__(self, folder: Path, password: str = "fleet-test-password", tls: bool = False):
+    By default on a free port of 127.0.0.1; `host`, `port` and a `prefix` that execs it (`ip netns exec NS`) put it
+    on another address, e.g. in a network namespace of its own."""
+
+    def __init__(self, folder: Path, password: str = "fleet-test-password", tls: bool = False,
+                 host: str = "127.0.0.1", port: int | None = None, prefix: tuple[str, ...] = ()):
         import shutil
         import socket
 
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise FileNotFoundError("redis-server is not installed")
-        self.folder, self.password = folder, password
+        self.folder, self.password, self.host, self.prefix = folder, password, host, prefix
         folder.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        if port is None:
+            with socket.socket() as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+        self.port = port
         self.process: subprocess.Popen | None = None
         self.tls = make_certificates(folder / "tls") if tls else None
 
     @property
     def url(self) -> str:
         if self.tls is None:
-            return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
-        return (f"rediss://:{self.password}@127.0.0.1:{self.port}/0"
+            return f"redis://:{self.password}@{self.host}:{self.port}/0"
+        return (f"rediss://:{self.password}@{self.host}:{self.port}/0"
                 f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls / 'ca.crt'}")
 
     def _listen(self) -> list[str]:
@@ -165,7 +172,7 @@ class RedisServer:
     def start(self, timeout: float = 20.0) -> None:
         import redis
 
-        command = [self.binary, *self._listen(), "--bind", "127.0.0.1", "--dir", str(self.folder),
+        command = [*self.prefix, self.binary, *self._listen(), "--bind", self.host, "--dir", str(self.folder),
                    "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--requirepass", self.password,
                    "--logfile", str(self.folder / "redis.log")]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -20,7 +20,7 @@ from worker.identity import EngineIdentity, image_digest
 from worker.job import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext, run_study
 from worker.keys import Keys
 from worker.ledger import BatchLedger
-from worker.messages import ResultRecord, TaskMessage, pack_image
+from worker.messages import Outcome, ResultRecord, TaskMessage, pack_image
 from worker.protocol import Study
 from worker.settings import FleetSettings, TimeBudget, parse_routes
 from worker.store import FileStore, StoreError, open_store, unpack_arrays
@@ -303,6 +303,47 @@ def test_job_keeps_the_first_stored_result_when_a_second_delivery_finishes_later
     assert outcome.ok and outcome.metrics["extra"]["sentinel"] is True
     assert outcome.metrics["extra"]["duplicate_of_stored"] is True
     assert (client.fetch(outcome.result_key).labels == 7).all()
+
+
+def test_a_run_overtaken_by_another_delivery_stops_and_adds_nothing(job):
+    """A worker cut off from Redis loses its lease and the study completes elsewhere; when its own run next
+    reports progress it finds the outcome recorded and stops: no result stored, no second outcome, not counted
+    (tests/test_partition.py does it with a real partition)."""
+    client, ctx = job
+    study = _study()
+    message = _message(client, study)
+    theirs = Outcome(message.name, "ok", message.modality, result_key=message.expected_key,
+                     metrics={"extra": {"node": "other@host"}})
+    reported = []
+
+    class Overtaken:  # the other delivery records its outcome while this engine runs
+        def memory_needed(self, study):
+            return ctx.engine.memory_needed(study)
+
+        def segment(self, study, progress=None):
+            client.ledger.record(message.batch_id, theirs)
+            return ctx.engine.segment(study, progress=lambda done, total: (reported.append(done),
+                                                                           progress(done, total)))
+
+    class Counting:
+        def __init__(self):
+            self.seen = []
+
+        def observe(self, outcome):
+            self.seen.append(outcome)
+
+    telemetry = Counting()
+    outcome = run_study(replace(ctx, engine=Overtaken(), telemetry=telemetry), message, Delivery("t-late"))
+    assert reported == [1]  # the engine reached its progress report, and stopped there
+    assert outcome.to_json() == theirs.to_json()
+    assert client.ledger.outcome(message.batch_id, message.name).to_json() == theirs.to_json()
+    assert not client.store.exists(Keys.result_blob(message.expected_key))
+    assert telemetry.seen == [] and client.ledger.progress(message.batch_id) == {}
+    assert client.ledger.runs(message.batch_id) == {message.name: 1}
+    # without another outcome the same engine runs through and stores its result
+    again = run_study(ctx, replace(message, batch_id="b-alone"), Delivery("t-alone"))
+    assert again.ok and again.metrics["extra"]["node"] == ctx.node
+    assert client.store.exists(Keys.result_blob(message.expected_key))
 
 
 def test_forced_job_replaces_the_result_once_per_task(job):

@@ -68,8 +68,17 @@ class Delivery:
     soft_limit: float | None = None
 
 
+class Superseded(Exception):
+    """Another delivery of this study recorded its outcome while this one ran: this run stops, stores nothing."""
+
+
 class ProgressPublisher:
-    """The engine's progress callback: slices done/total to Redis, at most every PROGRESS_INTERVAL seconds."""
+    """The engine's progress callback: slices done/total to Redis, at most every PROGRESS_INTERVAL seconds.
+
+    Each time, it first looks whether the study has an outcome already. One appears while this run goes on
+    when another delivery of the same study finished first: this worker lost its lease (a network partition
+    that kept it from renewing, a pause longer than the visibility timeout) and the study ran elsewhere. Then
+    the engine is stopped (Superseded) instead of spending the rest of the study on work that is done."""
 
     def __init__(self, ledger: BatchLedger, batch_id: str, name: str, node: str):
         self.ledger, self.batch_id, self.name, self.node = ledger, batch_id, name, node
@@ -81,9 +90,15 @@ class ProgressPublisher:
             return
         self._last = now
         try:
-            self.ledger.set_progress(self.batch_id, self.name, Progress(done, total, self.node, now))
+            finished = self.ledger.has_outcome(self.batch_id, self.name)
+            if not finished:
+                self.ledger.set_progress(self.batch_id, self.name, Progress(done, total, self.node, now))
         except Exception as error:  # progress is best effort: never fail a study over it
             log.warning("progress for %s not published: %s", self.name, error)
+            return
+        if finished:
+            raise Superseded(f"another delivery recorded the outcome of {self.batch_id}/{self.name}; this run "
+                             f"stopped after {done} of {total} slice steps")
 
 
 def run_study(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery) -> Outcome:
@@ -93,7 +108,12 @@ def run_study(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery) -> Outco
         log.info("%s/%s already has an outcome: duplicate delivery ignored", msg.batch_id, msg.name)
         return finished
     runs = ctx.ledger.count_run(msg.batch_id, msg.name)
-    return _finish(ctx, msg, delivery, runs, _execute(ctx, msg, delivery, started, runs))
+    try:
+        outcome = _execute(ctx, msg, delivery, started, runs)
+    except Superseded as overtaken:  # the recorded outcome stands; this run adds nothing to it
+        log.info("%s", overtaken)
+        return ctx.ledger.outcome(msg.batch_id, msg.name) or _error(msg, str(overtaken))
+    return _finish(ctx, msg, delivery, runs, outcome)
 
 
 def _finish(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, runs: int, outcome: Outcome) -> Outcome:
@@ -145,6 +165,8 @@ def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str,
                                                                          ctx.node))
     except StudyError as error:
         return _error(msg, str(error))
+    except Superseded:
+        raise
     except SoftTimeLimitExceeded:
         return _error(msg, f"time limit: still running after the soft limit of {delivery.soft_limit or '?'} s "
                            "(raise LITEMEDSAM_TIME_PER_SLICE or LITEMEDSAM_TIME_BASE for studies this size)")

@@ -67,6 +67,9 @@ class BatchLedger:
         raw = self.client.hget(self.keys.batch_outcomes(batch_id), name)
         return Outcome.from_json(raw) if raw else None
 
+    def has_outcome(self, batch_id: str, name: str) -> bool:
+        return bool(self.client.hexists(self.keys.batch_outcomes(batch_id), name))
+
     def outcomes(self, batch_id: str) -> dict[str, Outcome]:
         raw = self.client.hgetall(self.keys.batch_outcomes(batch_id))
         return {name.decode(): Outcome.from_json(value) for name, value in raw.items()}
