@@ -96,7 +96,7 @@ class PrivateNetwork:
     def create(self) -> None:
         self.subnet = free_subnet()
         self._namespace(self.hub)
-        _ip("link", "add", "sw0", "type", "bridge", netns=self.hub)
+        _ip("link", "add", "sw0", "type", "bridge", "forward_delay", "0", netns=self.hub)
         _ip("addr", "add", f"{self.address('hub')}/24", "dev", "sw0", netns=self.hub)
         _ip("link", "set", "sw0", "up", netns=self.hub)
         # the root namespace's cable: its end stays here, the other becomes a switch port
@@ -155,11 +155,16 @@ class PrivateNetwork:
             time.sleep(0.05)
         raise NetworkError(f"the switch port of {host} did not come up within {timeout} s")
 
-    def reachable(self, host: str, address: str, port: int, timeout: float = 5.0) -> bool:
-        """Whether a TCP connection from `host` to address:port opens within `timeout` seconds (just after a
-        restore the host may first need to resolve the address again: ARP retries once a second)."""
-        probe = (f"import socket,sys\ntry: socket.create_connection(({address!r}, {port}), {timeout}).close()\n"
-                 "except OSError: sys.exit(1)")
+    def reachable(self, host: str, address: str, port: int, timeout: float = 10.0) -> bool:
+        """Whether a TCP connection from `host` to address:port opens within `timeout` seconds, trying again every
+        0.2 s (just after a restore the host may first have to resolve the address again)."""
+        probe = ("import socket,sys,time\n"
+                 f"deadline = time.monotonic() + {timeout}\n"
+                 "while True:\n"
+                 "    left = deadline - time.monotonic()\n"
+                 "    if left <= 0: sys.exit(1)\n"
+                 f"    try: socket.create_connection(({address!r}, {port}), min(1.0, left)).close(); sys.exit(0)\n"
+                 "    except OSError: time.sleep(0.2)\n")
         done = subprocess.run([*self.prefix(host), "python3", "-c", probe], capture_output=True,
                               timeout=timeout + 20)
         return done.returncode == 0

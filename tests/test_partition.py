@@ -170,7 +170,7 @@ def test_a_partitioned_host_loses_its_study_to_the_other_and_comes_back(fleet, t
 
     # --- pull the cut host's cable while it runs the study
     fleet.net.cut(cut)
-    assert not fleet.net.reachable(cut, hub, REDIS_PORT), "the cut host still reaches Redis"
+    assert not fleet.net.reachable(cut, hub, REDIS_PORT, timeout=2), "the cut host still reaches Redis"
     assert fleet.net.reachable(other, hub, REDIS_PORT), "the other host lost Redis too"
 
     outcome = fleet.wait_for(lambda: fleet.ledger.outcome(batch.batch_id, name), "the study's outcome")
@@ -179,7 +179,7 @@ def test_a_partitioned_host_loses_its_study_to_the_other_and_comes_back(fleet, t
     assert extra["node"] == other_worker.node and extra["delivery"] == 2, extra
     assert fleet.ledger.runs(batch.batch_id) == {name: 2}
     assert cut_worker.alive() and other_worker.alive(), fleet.tails()
-    assert not fleet.net.reachable(cut, hub, REDIS_PORT)  # the study completed while the host was still cut off
+    assert not fleet.net.reachable(cut, hub, REDIS_PORT, timeout=2)  # the study completed while the host was still cut off
     stored = fleet.store.get(Keys.result_blob(outcome.result_key))
     assert stored is not None
 
