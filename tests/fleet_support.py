@@ -133,7 +133,8 @@ def read_segs(path: Path) -> np.ndarray:
 class RedisServer:
     """A private redis-server (append-only file, password) that a test can kill and start again on one port."""
 
-    def __init__(self, folder: Path, password: str = "fleet-test-password", tls: bool = False):
+    def __init__(self, folder: Path, password: str = "fleet-test-password", tls: bool = False,
+                 users: dict[str, tuple[str, list[str]]] | None = None):
         import shutil
         import socket
 
@@ -147,6 +148,11 @@ class RedisServer:
             self.port = sock.getsockname()[1]
         self.process: subprocess.Popen | None = None
         self.tls = make_certificates(folder / "tls") if tls else None
+        self.users = users or {}  # ACL users: name -> (password, rules), set up at every start
+
+    def user_url(self, user: str) -> str:
+        """The URL of an ACL user (the `url` property is the default user's, who may do anything)."""
+        return self.url.replace(f"://:{self.password}@", f"://{user}:{self.users[user][0]}@", 1)
 
     @property
     def url(self) -> str:
@@ -168,6 +174,8 @@ class RedisServer:
         command = [self.binary, *self._listen(), "--bind", "127.0.0.1", "--dir", str(self.folder),
                    "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--requirepass", self.password,
                    "--logfile", str(self.folder / "redis.log")]
+        for user, (password, rules) in self.users.items():
+            command += ["--user", user, "on", f">{password}", *rules]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
