@@ -139,6 +139,38 @@ def test_time_budget_scales_with_the_study_and_stays_below_its_ceiling():
     assert huge[0] < huge[1] == 21600
 
 
+@pytest.mark.parametrize("namespace", ["", "a:b", "a*", "a?", "a[b]", "a/b", "..", ".hidden", "-x", "a b",
+                                       "x" * 65, "ns\n"])
+def test_a_namespace_must_be_a_plain_prefix(namespace):
+    with pytest.raises(ValueError, match="LITEMEDSAM_NAMESPACE"):
+        FleetSettings(namespace=namespace)
+
+
+def test_celery_keeps_its_keys_under_the_namespace():
+    from worker.app import celery_config, make_app
+    from worker.lease import unacked_index_key
+
+    for namespace in ("lms", "tenant-B.2", "t0123abcd-99"):
+        settings = FleetSettings(namespace=namespace)
+        options = celery_config(settings)["broker_transport_options"]
+        assert options["global_keyprefix"] == f"{namespace}:celery:" == Keys(namespace).broker_prefix
+        assert unacked_index_key(options) == f"{namespace}:celery:unacked_index"  # the leases follow the prefix
+        assert Keys(namespace).queue("pet") == f"{namespace}:celery:pet"
+        app = make_app(settings)
+        assert app.conf.litemedsam_namespace == namespace
+        with app.connection_for_write() as connection:  # what kombu's channel really uses
+            assert connection.default_channel.global_keyprefix == f"{namespace}:celery:"
+
+
+def test_acl_rules_confine_a_user_to_its_namespace():
+    rules = Keys("tenantA").acl_rules(db=3)
+    assert rules[:4] == ["resetkeys", "~tenantA:*", "resetchannels", "&tenantA:*"]
+    # PSUBSCRIBE patterns are matched literally by Redis: kombu's, as it sends them on database 3
+    assert {"&tenantA:celery:/3.celery.pidbox", "&tenantA:celery:/3.celeryev/worker.*",
+            "&tenantA:celery:/3.celeryev/*"} <= set(rules)
+    assert all(rule.startswith(("~tenantA:", "&tenantA:", "+", "-", "reset")) for rule in rules), rules
+
+
 def test_queue_routes():
     assert parse_routes("PET=pet, mr = big") == {"pet": "pet", "mr": "big"}
     settings = FleetSettings(queue_routes=parse_routes("PET=pet"))
