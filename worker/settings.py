@@ -7,7 +7,7 @@ reads it before any model is loaded.
 | --- | --- | --- |
 | LITEMEDSAM_BROKER | redis://127.0.0.1:6379/0 | Celery broker (Redis) |
 | LITEMEDSAM_STORE | the broker URL | blob store: `redis://...` or `file:///shared/path` |
-| LITEMEDSAM_NAMESPACE | lms | prefix of every key this project and Celery write to Redis or the file store (worker.keys) |
+| LITEMEDSAM_NAMESPACE | lms | prefix of every key this project and Celery use in Redis or the file store |
 | LITEMEDSAM_INPUT_TTL | 86400 | seconds an uploaded study image is kept |
 | LITEMEDSAM_RESULT_TTL | 2592000 | seconds a content-addressed result is kept (30 days) |
 | LITEMEDSAM_BATCH_TTL | 604800 | seconds a batch's manifest, progress and outcomes are kept (7 days) |
