@@ -19,7 +19,7 @@ from producer.outputs import check_study_name
 from producer.source_codec import source_to_json
 from worker.directory import IdentityDirectory
 from worker.identity import EngineIdentity, image_digest
-from worker.keys import Keys
+from worker.keys import NAMESPACE_HEADER, Keys
 from worker.ledger import BatchLedger, Progress
 from worker.messages import Outcome, ResultRecord, TaskMessage, pack_image
 from worker.protocol import Study, StudyError
@@ -185,7 +185,8 @@ class FleetClient:
         self.ledger.add_study(batch_id, name, entry)
         soft, hard = limits
         self.app.send_task(TASK_NAME, args=[message.to_dict()], queue=message.queue, task_id=entry["task_id"],
-                           soft_time_limit=soft, time_limit=hard)
+                           soft_time_limit=soft, time_limit=hard,
+                           headers={NAMESPACE_HEADER: self.settings.namespace})  # workers of others refuse it
         return "queued"
 
     def _is_stored(self, message: TaskMessage, options: SubmitOptions) -> bool:

@@ -138,7 +138,8 @@ class RedisServer:
     on another address, e.g. in a network namespace of its own."""
 
     def __init__(self, folder: Path, password: str = "fleet-test-password", tls: bool = False,
-                 host: str = "127.0.0.1", port: int | None = None, prefix: tuple[str, ...] = ()):
+                 host: str = "127.0.0.1", port: int | None = None, prefix: tuple[str, ...] = (),
+                 users: dict[str, tuple[str, list[str]]] | None = None):
         import shutil
         import socket
 
@@ -154,6 +155,11 @@ class RedisServer:
         self.port = port
         self.process: subprocess.Popen | None = None
         self.tls = make_certificates(folder / "tls") if tls else None
+        self.users = users or {}  # ACL users: name -> (password, rules), set up at every start
+
+    def user_url(self, user: str) -> str:
+        """The URL of an ACL user (the `url` property is the default user's, who may do anything)."""
+        return self.url.replace(f"://:{self.password}@", f"://{user}:{self.users[user][0]}@", 1)
 
     @property
     def url(self) -> str:
@@ -175,6 +181,8 @@ class RedisServer:
         command = [*self.prefix, self.binary, *self._listen(), "--bind", self.host, "--dir", str(self.folder),
                    "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--requirepass", self.password,
                    "--logfile", str(self.folder / "redis.log")]
+        for user, (password, rules) in self.users.items():
+            command += ["--user", user, "on", f">{password}", *rules]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

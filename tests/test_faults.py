@@ -3,6 +3,11 @@ two real `worker start` processes running the real model, and the producer's CLI
 
 The workers run with a 5 s visibility timeout and renew their leases every second, so a dead worker's study
 comes back within seconds, while a live worker keeps a study far longer than the timeout (the 3D study below).
+
+Everything runs in the non-default namespace `faults`, and the workers and producers connect as a Redis ACL
+user confined to it (Keys.acl_rules): any key or channel that Celery, kombu (restores of unacknowledged
+messages, their mutex, bindings), the leases or the fleet touched outside `faults:*` would be refused by Redis
+and fail these tests. Only the tests' own observer connects as the default user.
 """
 from __future__ import annotations
 
@@ -27,11 +32,13 @@ from worker.settings import FleetSettings, redis_client
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 VISIBILITY = 5
 TIMEOUT = 300
+NAMESPACE = "faults"
 
 
 @dataclass
 class Faults:
     server: RedisServer
+    broker: str  # the namespace's ACL user
     settings: FleetSettings
     env: dict[str, str]
     logs: Path
@@ -63,7 +70,7 @@ class Faults:
         return "\n".join(f"--- {w.node}\n{w.log_tail()}" for w in self.workers)
 
     def producer(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "producer.cli", *args, "--broker", self.server.url],
+        return subprocess.Popen([sys.executable, "-m", "producer.cli", *args, "--broker", self.broker],
                                 env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -71,18 +78,19 @@ class Faults:
 def faults(real_models_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     try:
-        server = RedisServer(root / "redis")
+        server = RedisServer(root / "redis", users={NAMESPACE: ("faults-user-password", Keys(NAMESPACE).acl_rules())})
     except FileNotFoundError:
         pytest.skip("redis-server is not installed")
     server.start()
     from producer.phantoms import write_phantoms
 
     phantoms = {p.stem: p for p in write_phantoms(root / "phantoms", with_gts=False)}
-    env = fleet_env(server.url, "faults", real_models_dir, LITEMEDSAM_VISIBILITY_TIMEOUT=str(VISIBILITY),
+    broker = server.user_url(NAMESPACE)
+    env = fleet_env(broker, NAMESPACE, real_models_dir, LITEMEDSAM_VISIBILITY_TIMEOUT=str(VISIBILITY),
                     LITEMEDSAM_LEASE_RENEW="1", COLUMNS="200")
-    settings = FleetSettings(broker_url=server.url, namespace="faults", visibility_timeout=VISIBILITY)
-    state = Faults(server, settings, env, root, phantoms,
-                   BatchLedger(redis_client(server.url), Keys("faults"), settings.batch_ttl))
+    settings = FleetSettings(broker_url=broker, namespace=NAMESPACE, visibility_timeout=VISIBILITY)
+    state = Faults(server, broker, settings, env, root, phantoms,
+                   BatchLedger(redis_client(server.url), Keys(NAMESPACE), settings.batch_ttl))
     try:
         state.start_worker(), state.start_worker()
         state.wait_ready()
@@ -118,7 +126,7 @@ def _batch_id(stderr: str) -> str:
 
 def _sealed_batch_of(faults: Faults, names: set[str]) -> str | None:
     """The id of the enqueued (sealed) batch holding these study names, if there is one yet."""
-    for key in faults.ledger.client.scan_iter("faults:batch:*:meta"):
+    for key in faults.ledger.client.scan_iter(f"{NAMESPACE}:batch:*:meta"):
         batch_id = key.decode().split(":")[2]
         if (faults.ledger.meta(batch_id) or {}).get("sealed") and names <= set(faults.ledger.studies(batch_id)):
             return batch_id
@@ -131,7 +139,7 @@ def _watch_queue_until_done(faults: Faults, batch_id: str, name: str) -> int:
     while faults.ledger.outcome(batch_id, name) is None:
         assert time.monotonic() < deadline, faults.tails()
         if faults.ledger.runs(batch_id).get(name, 0) >= 2:
-            most = max(most, faults.ledger.client.llen(faults.settings.default_queue))
+            most = max(most, faults.ledger.client.llen(faults.ledger.keys.queue(faults.settings.default_queue)))
         time.sleep(0.2)
     return most
 
@@ -172,7 +180,7 @@ def test_queued_studies_survive_a_redis_restart(faults, tmp_path):
                for i in range(6)}
     folder = _folder(tmp_path / "in", studies)
     producer = faults.producer("submit", str(folder), "--out", str(tmp_path / "out"))
-    queue_key = faults.settings.default_queue
+    queue_key = faults.ledger.keys.queue(faults.settings.default_queue)
 
     def first_outcome_with_studies_queued():
         batch_id = _sealed_batch_of(faults, set(studies))
@@ -233,7 +241,7 @@ def test_an_interrupted_producer_recovers_everything_with_results(faults, tmp_pa
     batch_id = _batch_id(stderr)
     assert f"producer results {batch_id}" in " ".join(stderr.split())
     collected = subprocess.run([sys.executable, "-m", "producer.cli", "results", batch_id, "--out",
-                                str(tmp_path / "later"), "--broker", faults.server.url],
+                                str(tmp_path / "later"), "--broker", faults.broker],
                                env=faults.env, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
     assert collected.returncode == 0, collected.stderr[-3000:]
     for name in studies:
@@ -272,3 +280,14 @@ def test_bad_studies_sent_straight_to_the_workers_are_judged_there(faults):
         else:
             assert outcomes[name].status == "error" and fragment in outcomes[name].error, (name, outcomes[name])
     assert len(faults.live()) == 2, faults.tails()
+
+
+def test_nothing_of_the_fleet_left_its_namespace(faults):
+    """Run last: through every fault above, Redis refused no access of the namespace's user (its ACL log is
+    empty) and every key on the server is under `faults:` (Celery's under `faults:celery:`)."""
+    admin = faults.ledger.client
+    denied = [(e.get("reason"), e.get("object"), e.get("username")) for e in admin.acl_log(count=128)]
+    assert denied == [], denied
+    keys = sorted(key.decode() for key in admin.scan_iter("*"))
+    assert keys and all(key.startswith(f"{NAMESPACE}:") for key in keys), keys
+    assert any(key.startswith(f"{NAMESPACE}:celery:_kombu.binding.") for key in keys), keys

@@ -52,6 +52,29 @@ def test_workers_scale_and_use_the_broker_with_its_password(compose):
     assert scripts["worker"] == "worker.cli:main"
     flower = compose["services"]["flower"]["environment"]
     assert flower["CELERY_BROKER_URL"] == worker["environment"]["LITEMEDSAM_BROKER"]
+    assert flower["LITEMEDSAM_NAMESPACE"] == worker["environment"]["LITEMEDSAM_NAMESPACE"]
+
+
+def test_flower_uses_the_fleets_key_prefix(compose, tmp_path):
+    """The Flower image has no project: its mounted celeryconfig.py, beside worker/keys.py, must give the prefix
+    the workers' app uses (run here as the container would import it)."""
+    import shutil
+    import sys
+
+    from worker.app import celery_config
+    from worker.settings import FleetSettings
+
+    flower = compose["services"]["flower"]
+    mounts = dict(volume.split(":")[:2] for volume in flower["volumes"])
+    folder = flower["environment"]["PYTHONPATH"]
+    assert set(mounts.values()) == {f"{folder}/celeryconfig.py", f"{folder}/keys.py"}
+    for source, target in mounts.items():
+        shutil.copy(REPO / source, tmp_path / Path(target).name)
+    read = subprocess.run([sys.executable, "-c", "import celeryconfig; print(celeryconfig.broker_transport_options)"],
+                          cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "LITEMEDSAM_NAMESPACE": "tenantA"},
+                          capture_output=True, text=True, check=True)
+    expected = celery_config(FleetSettings(namespace="tenantA"))["broker_transport_options"]["global_keyprefix"]
+    assert read.stdout.strip() == str({"global_keyprefix": expected})
 
 
 def test_dockerfile_copies_what_exists_and_never_installs_torch_in_the_worker():

@@ -139,6 +139,84 @@ def test_time_budget_scales_with_the_study_and_stays_below_its_ceiling():
     assert huge[0] < huge[1] == 21600
 
 
+@pytest.mark.parametrize("namespace", ["", "a:b", "a*", "a?", "a[b]", "a/b", "..", ".hidden", "-x", "a b",
+                                       "x" * 65, "ns\n"])
+def test_a_namespace_must_be_a_plain_prefix(namespace):
+    with pytest.raises(ValueError, match="LITEMEDSAM_NAMESPACE"):
+        FleetSettings(namespace=namespace)
+
+
+def test_celery_keeps_its_keys_under_the_namespace():
+    from worker.app import celery_config, make_app
+    from worker.lease import unacked_index_key
+
+    for namespace in ("lms", "tenant-B.2", "t0123abcd-99"):
+        settings = FleetSettings(namespace=namespace)
+        options = celery_config(settings)["broker_transport_options"]
+        assert options["global_keyprefix"] == f"{namespace}:celery:" == Keys(namespace).broker_prefix
+        assert unacked_index_key(options) == f"{namespace}:celery:unacked_index"  # the leases follow the prefix
+        assert Keys(namespace).queue("pet") == f"{namespace}:celery:pet"
+        app = make_app(settings)
+        assert app.conf.litemedsam_namespace == namespace
+        with app.connection_for_write() as connection:  # what kombu's channel really uses
+            assert connection.default_channel.global_keyprefix == f"{namespace}:celery:"
+
+
+def test_acl_rules_confine_a_user_to_its_namespace():
+    rules = Keys("tenantA").acl_rules(db=3)
+    assert rules[:4] == ["resetkeys", "~tenantA:*", "resetchannels", "&tenantA:*"]
+    # PSUBSCRIBE patterns are matched literally by Redis: kombu's, as it sends them on database 3
+    assert {"&tenantA:celery:/3.celery.pidbox", "&tenantA:celery:/3.celeryev/worker.*",
+            "&tenantA:celery:/3.celeryev/*"} <= set(rules)
+    assert all(rule.startswith(("~tenantA:", "&tenantA:", "+", "-", "reset")) for rule in rules), rules
+
+
+def _request(**fields):
+    from celery.app.task import Context
+
+    return Context({"id": "task-1", "task": "litemedsam.segment", "retries": 2, "timelimit": (70, 60),
+                    "delivery_info": {"routing_key": "pet"}, **fields})
+
+
+def test_a_retried_message_keeps_its_namespace_header():
+    from worker.keys import NAMESPACE_HEADER
+    from worker.tasks import segment
+
+    request = _request(**{NAMESPACE_HEADER: "tenantA"})
+    assert segment.signature_from_request(request, args=[{}], kwargs={}).options["headers"] == {
+        NAMESPACE_HEADER: "tenantA"}  # Celery's retry republishes with these headers
+
+
+def test_a_foreign_message_that_cannot_be_handed_back_is_kept_aside(slot, monkeypatch):
+    import redis
+
+    from worker import misrouted
+    from worker.app import make_app
+    from worker.keys import NAMESPACE_HEADER
+
+    keys = Keys(f"{slot.namespace}-parked")
+    app = make_app(FleetSettings(broker_url=slot.url, namespace=keys.namespace))
+    handed = []
+    monkeypatch.setattr(misrouted, "hand_back", lambda *args: handed.append(args))
+    payload = {"name": "study", "queue": "pet"}
+    answer = misrouted.refuse(app, keys, slot.client, 60, payload, _request(**{NAMESPACE_HEADER: "tenantB"}), "n@h")
+    assert answer == {"status": "handed back", "namespace": "tenantB", "queue": "pet"} and len(handed) == 1
+    assert not slot.client.exists(keys.misrouted())
+
+    def refused(*_):
+        raise redis.exceptions.NoPermissionError("this user has no permissions to access one of the keys")
+
+    monkeypatch.setattr(misrouted, "hand_back", refused)
+    for header in ({NAMESPACE_HEADER: "tenantB"}, {}, {NAMESPACE_HEADER: "bad:ns"}):
+        answer = misrouted.refuse(app, keys, slot.client, 60, payload, _request(**header), "n@h")
+        assert answer["status"] == "parked"
+    parked = [json.loads(raw) for raw in slot.client.lrange(keys.misrouted(), 0, -1)]
+    assert [entry["namespace"] for entry in parked] == ["bad:ns", None, "tenantB"]  # newest first
+    assert "NoPermissionError" in parked[2]["reason"] and parked[0]["payload"] == payload
+    assert parked[0]["queue"] == "pet" and parked[0]["timelimit"] == [70, 60] and parked[0]["retries"] == 2
+    assert 0 < slot.client.ttl(keys.misrouted()) <= 60
+
+
 def test_queue_routes():
     assert parse_routes("PET=pet, mr = big") == {"pet": "pet", "mr": "big"}
     settings = FleetSettings(queue_routes=parse_routes("PET=pet"))

@@ -15,6 +15,7 @@ import redis
 
 from fleet_support import RedisServer, WorkerProcess, fleet_env, wait_for_nodes
 from producer import api
+from worker.keys import Keys
 from worker.protocol import Study
 from worker.settings import FleetSettings
 
@@ -84,7 +85,8 @@ def test_a_pickled_message_is_refused_and_never_unpickled(tls_fleet, tmp_path):
     pickle.loads(pickle.dumps(TouchOnUnpickle(tmp_path / "probe")))
     assert (tmp_path / "probe").exists()  # the payload works: whoever unpickles it leaves the marker
     queue = Queue(settings.default_queue, Exchange(settings.default_queue), settings.default_queue)
-    with Connection(server.url) as connection:
+    prefix = {"global_keyprefix": Keys(settings.namespace).broker_prefix}  # the fleet's queue, as the app has it
+    with Connection(server.url, transport_options=prefix) as connection:
         Producer(connection).publish(
             {"args": [TouchOnUnpickle(marker)]}, serializer="pickle", exchange=queue.exchange,
             routing_key=settings.default_queue, declare=[queue],

@@ -1,7 +1,9 @@
 """The Celery application of the fleet: `celery -A worker.app worker|inspect|flower` uses `app` below.
 
 The broker and every fleet setting come from the environment (worker.settings); `make_app(settings)` builds
-an app with the same configuration for a producer that talks to another broker.
+an app with the same configuration for a producer that talks to another broker. Everything Celery keeps in
+Redis lives under the namespace (`global_keyprefix`, worker.keys), so fleets of two namespaces on one Redis
+never see each other's queues, unacknowledged messages, control replies or events.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 from celery import Celery
 
 from worker import lifecycle  # noqa: F401  (connects the worker's signal handlers)
+from worker.keys import NAMESPACE_CONF, Keys
 from worker.lease import LEASE_RENEW_CONF, LeaseKeeper
 from worker.settings import FleetSettings
 
@@ -31,6 +34,8 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         # a study held by no live worker goes back to the queue after this; live workers renew their leases
         # (worker.lease), and every worker sweeps for abandoned studies every few seconds
         "broker_transport_options": {
+            # queues, unacked index and mutex, kombu bindings, pidbox replies, event channels: `<ns>:celery:*`
+            "global_keyprefix": Keys(settings.namespace).broker_prefix,
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
             "unacked_restore_throttle": 1,
@@ -45,8 +50,9 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         "task_default_queue": settings.default_queue,
         "task_create_missing_queues": True,
         "worker_pool": "prefork",
-        # events for Flower / `celery events`
         LEASE_RENEW_CONF: settings.lease_renew_interval,
+        NAMESPACE_CONF: settings.namespace,
+        # events for Flower / `celery events`
         "worker_send_task_events": True,
         "task_send_sent_event": True,
     }

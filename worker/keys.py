@@ -1,15 +1,67 @@
-"""Every Redis key and channel the fleet uses, in one place, under one namespace prefix."""
+"""Every Redis key and channel the fleet uses, in one place, under one namespace prefix.
+
+Celery's own keys (queues, the unacked index, kombu's bindings, pidbox replies, event channels) live under
+`<namespace>:celery:`, the broker transport's global key prefix (worker.app), so two fleets on one Redis share
+nothing: every key and pub/sub channel of a fleet matches `<namespace>:*`.
+"""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# letters, digits, `_`, `.` and `-`: no `:` (one namespace can never be a prefix of another's keys), no glob
+# characters (Redis ACL and SCAN patterns), no `/` or `..` (the file store's folder is named after it)
+NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAMESPACE_HEADER = "litemedsam_namespace"  # Celery message header: the namespace the producer sent it in
+NAMESPACE_CONF = "litemedsam_namespace"  # Celery app setting: the namespace whose messages its workers run
+
+
+def check_namespace(namespace: str) -> str:
+    """`namespace` if it is usable as a key prefix; a ValueError saying why not otherwise."""
+    if not isinstance(namespace, str) or not NAMESPACE_PATTERN.fullmatch(namespace):
+        raise ValueError(f"namespace {namespace!r} (LITEMEDSAM_NAMESPACE): use 1-64 letters, digits, '_', '.' or '-', "
+                         "starting with a letter or digit")
+    return namespace
 
 
 @dataclass(frozen=True)
 class Keys:
     namespace: str = "lms"
 
+    def __post_init__(self) -> None:
+        check_namespace(self.namespace)
+
     def _key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
+
+    # Celery / kombu
+    @property
+    def broker_prefix(self) -> str:
+        """The broker transport's `global_keyprefix`: queue `q` is the Redis list `<ns>:celery:q`."""
+        return self._key("celery", "")
+
+    def queue(self, name: str) -> str:
+        """The Redis list holding the messages waiting in queue `name`."""
+        return self.broker_prefix + name
+
+    def acl_rules(self, db: int = 0) -> list[str]:
+        """Redis ACL rules confining a user to this namespace on database `db`:
+        `ACL SETUSER <user> on ><password> <rules...>` (or `user <user> on ><password> <rules...>` in an ACL file).
+
+        Keys and channels: `<ns>:*`. Kombu also PSUBSCRIBEs to the pidbox and event channels, and Redis matches a
+        PSUBSCRIBE pattern literally against the allowed ones, so those patterns are listed as they are sent
+        (workers: pidbox and `worker.*` events; Flower and `celery events`: every event). Commands: all but the
+        dangerous ones (KEYS, FLUSHALL, CONFIG, MONITOR, ...) and those that list names outside the user's keys
+        and channels (SCAN, RANDOMKEY, PUBSUB).
+        """
+        events = f"{self.broker_prefix}/{db}.celeryev/"
+        return ["resetkeys", f"~{self.namespace}:*", "resetchannels", f"&{self.namespace}:*",
+                f"&{self.broker_prefix}/{db}.celery.pidbox", f"&{events}worker.*", f"&{events}*",
+                "+@all", "-@dangerous", "-scan", "-randomkey", "-pubsub"]
+
+    def misrouted(self) -> str:
+        """List of task messages a worker of this namespace refused and could not hand to their owner."""
+        return self._key("misrouted")
 
     # blob names in the store (which puts them under the namespace: `<ns>:blob:<name>` or `<root>/<ns>/<name>`)
     @staticmethod

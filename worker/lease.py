@@ -1,7 +1,8 @@
 """Leases on the studies a worker holds, so a dead worker's studies come back in minutes, not hours.
 
 Celery's Redis transport keeps every delivered, unacknowledged message in a sorted set (`unacked_index`,
-score = delivery time) and gives it back to the queue once the score is older than the visibility timeout.
+under the namespace's key prefix: `<ns>:celery:unacked_index`; score = delivery time) and gives it back to
+the queue once the score is older than the visibility timeout.
 Left alone, the visibility timeout must exceed the longest study, so a study held by a worker that died with
 its machine (SIGKILL, power loss) would wait that long. Instead every live worker parent re-stamps the
 messages it holds (reserved or running) every `renew_interval` seconds: a held message never looks abandoned,

@@ -7,7 +7,7 @@ reads it before any model is loaded.
 | --- | --- | --- |
 | LITEMEDSAM_BROKER | redis://127.0.0.1:6379/0 | Celery broker (Redis) |
 | LITEMEDSAM_STORE | the broker URL | blob store: `redis://...` or `file:///shared/path` |
-| LITEMEDSAM_NAMESPACE | lms | prefix of every key this project writes to Redis or the file store |
+| LITEMEDSAM_NAMESPACE | lms | prefix of every key this project and Celery use in Redis or the file store |
 | LITEMEDSAM_INPUT_TTL | 86400 | seconds an uploaded study image is kept |
 | LITEMEDSAM_RESULT_TTL | 2592000 | seconds a content-addressed result is kept (30 days) |
 | LITEMEDSAM_BATCH_TTL | 604800 | seconds a batch's manifest, progress and outcomes are kept (7 days) |
@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from worker.keys import check_namespace
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "litemedsam"
@@ -87,6 +89,9 @@ class FleetSettings:
     budget: TimeBudget = field(default_factory=TimeBudget)
     default_queue: str = DEFAULT_QUEUE
     queue_routes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_namespace(self.namespace)  # a bad LITEMEDSAM_NAMESPACE stops a worker or producer at start
 
     @property
     def lease_renew_interval(self) -> float:

@@ -1,5 +1,8 @@
 """The Celery task: one study per message, JSON in, a small JSON summary out (the result lives in the store).
 
+A message sent in another namespace (its header, worker.keys.NAMESPACE_HEADER) is not run: it goes back to
+its owner's queue or is kept aside (worker.misrouted), before anything touches this namespace's ledger.
+
 Retry policy: only transient faults of Redis (connection lost, timeouts) are retried, with exponential
 backoff and jitter. Anything about the study is a final error outcome (worker.job). A hard time limit or a
 task that fails for good is still recorded as the study's error outcome (task_failure handler below), so a
@@ -14,9 +17,9 @@ import redis
 from celery import Task, shared_task, signals
 from celery.exceptions import Reject, TimeLimitExceeded
 
-from worker import process
+from worker import misrouted, process
 from worker.job import Delivery, run_study
-from worker.keys import Keys
+from worker.keys import NAMESPACE_CONF, Keys
 from worker.ledger import BatchLedger
 from worker.messages import Outcome, TaskMessage
 from worker.settings import TASK_NAME, FleetSettings, redis_client
@@ -38,6 +41,10 @@ class SegmentTask(Task):
 
 @shared_task(bind=True, base=SegmentTask, name=TASK_NAME)
 def segment(self, payload: dict) -> dict:
+    if not is_own(self):
+        ledger = _ledger()
+        return misrouted.refuse(self.app, Keys(own_namespace(self)), ledger.client, ledger.ttl, payload,
+                                self.request, self.request.hostname or "")
     try:
         msg = TaskMessage.from_dict(payload)
     except (TypeError, ValueError, KeyError) as error:
@@ -49,6 +56,15 @@ def segment(self, payload: dict) -> dict:
     _, soft = self.request.timelimit or (None, None)
     outcome = run_study(ctx, msg, Delivery(self.request.id, self.request.retries, soft))
     return {"name": outcome.name, "status": outcome.status, "error": outcome.error, "result_key": outcome.result_key}
+
+
+def own_namespace(task: Task) -> str:
+    return task.app.conf[NAMESPACE_CONF]
+
+
+def is_own(task: Task) -> bool:
+    """The message being run was sent in this worker's namespace."""
+    return misrouted.sender_namespace(task.request) == own_namespace(task)
 
 
 @lru_cache(maxsize=1)
@@ -69,6 +85,10 @@ def failure_reason(exception: BaseException) -> str:
 @signals.task_failure.connect
 def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_) -> None:
     if getattr(sender, "name", None) != TASK_NAME or not args:
+        return
+    sent_in = misrouted.sender_namespace(sender.request)  # None in the parent (hard time limit): no request
+    if sent_in is not None and sent_in != own_namespace(sender):
+        log.error("task %s of namespace %r failed while being refused; not recorded here", task_id, sent_in)
         return
     try:
         msg = TaskMessage.from_dict(args[0])
