@@ -256,3 +256,16 @@ def test_worker_calibrate_cli_and_fast_ignores_a_forged_record_of_another_cpu(pr
     record["hosts"][key] = forged
     record_path(private_models_dir).write_text(json.dumps(record))
     assert Engine(EngineSettings(models_dir=private_models_dir, precision=FAST)).precision.name == "f32"
+
+
+def test_an_int8_encoder_is_never_gated_on_the_data_it_was_quantized_on(tmp_path):
+    from worker.calibrate import PHANTOMS, tuned_on
+
+    (tmp_path / "litemedsam").mkdir()
+    manifest = {"profiles": {"int8": {"calibration": {"source": "project phantoms (producer.phantoms...)"}},
+                             "int8-dev": {"calibration": {"source": "user npz: /data/cases/imgs (8 files)"}}}}
+    (tmp_path / "litemedsam" / "manifest.json").write_text(json.dumps(manifest))
+    registry = {"litemedsam": _FakeSpec("c" * 64, tmp_path)}
+    assert tuned_on(["int8", "int8-dev"], registry, PHANTOMS) == ["int8"]
+    assert tuned_on(["int8", "int8-dev"], registry, "/data/cases") == ["int8-dev"]
+    assert tuned_on(["int8", "int8-dev"], registry, "/elsewhere/cases") == []

@@ -36,15 +36,42 @@ QUICK_2D, QUICK_3D = 2, 1
 Report = Callable[[str], None]
 
 
-def evaluation_cases(source: Path | None, scratch: Path, quick: bool = False,
-                     max_cases: int | None = None) -> list[DerivedCase]:
-    """Derived cases of `source` (a folder with imgs/ and gts/), else of the shared dev cases or the phantoms.
+PHANTOMS = "project phantoms"
+
+
+def evaluation_folder(source: Path | None, scratch: Path) -> tuple[Path, str]:
+    """The folder of cases with ground truth to derive from, and what it is (PHANTOMS when generated)."""
+    from producer.phantoms import demo_dir_or_phantoms
+
+    if source:
+        return Path(source), str(Path(source).resolve())
+    folder = demo_dir_or_phantoms(SHARED_CASES, Path(scratch) / "phantoms")
+    return folder, (str(folder.resolve()) if folder == SHARED_CASES else PHANTOMS)
+
+
+def tuned_on(profile_encoders: list[str], registry: dict, evaluation_source: str) -> list[str]:
+    """INT8 encoders of a profile that models.quantize calibrated on the evaluation data itself."""
+    from models.quantize import read_manifest
+
+    clashes = []
+    for spec in registry.values():
+        try:
+            profiles = read_manifest(spec.encoder_xml.parent).get("profiles", {})
+        except (OSError, ValueError):
+            continue
+        for name in profile_encoders:
+            source = str(profiles.get(name, {}).get("calibration", {}).get("source", ""))
+            if source and ((evaluation_source == PHANTOMS and source.startswith(PHANTOMS))
+                           or (evaluation_source != PHANTOMS and evaluation_source in source)):
+                clashes.append(name)
+    return clashes
+
+
+def evaluation_cases(folder: Path, quick: bool = False, max_cases: int | None = None) -> list[DerivedCase]:
+    """Derived cases of `folder` (imgs/ and gts/; evaluation_folder chooses it).
 
     quick: the QUICK_2D smallest 2D and QUICK_3D smallest 3D cases (a test-sized run). max_cases: the smallest
     cases up to that many, 2D and 3D alternating, so a bounded run still covers both."""
-    from producer.phantoms import demo_dir_or_phantoms
-
-    folder = Path(source) if source else demo_dir_or_phantoms(SHARED_CASES, Path(scratch) / "phantoms")
     cases = derive_cases(folder)
     if not cases:
         raise ValueError(f"no cases with ground truth under {folder} (need imgs/*.npz with gts/*.npz)")
@@ -84,7 +111,7 @@ def _runtime_by_strategy(engine) -> dict[str, dict]:
 
 
 def calibrate(models_dir: Path, cases: list[DerivedCase], profiles: list[str] | None = None, threads: int = 0,
-              routing_file: Path | None = None, report: Report | None = None) -> dict:
+              routing_file: Path | None = None, report: Report | None = None, evaluation_source: str = "") -> dict:
     """Run f32 and each profile on `cases`, apply the gate, and return the verdict (not yet written)."""
     from worker.engine.engine import Engine, EngineSettings
 
@@ -128,9 +155,11 @@ def calibrate(models_dir: Path, cases: list[DerivedCase], profiles: list[str] | 
         failed = sorted(case for case, row in cases_rows.items() if abs(row["delta"]) > GATE_DSC)
         seconds = sum(row["seconds"] for row in cases_rows.values())
         same_graph = all(runtime[name][key] == runtime[DEFAULT_PROFILE][key] for key in runtime[name])
+        clashes = tuned_on(table.get(name).quantized_encoders(), reference.registry, evaluation_source)
         verdicts[name] = {
             "definition": profile_definition(table.get(name), weights),
-            "passed": not failed,
+            "passed": not failed and not clashes,
+            "tuned_on_evaluation_data": clashes,  # a gate on what a profile was tuned on proves nothing
             "failed_cases": failed,
             "worst_delta": max((row["delta"] for row in cases_rows.values()), key=abs, default=0.0),
             "seconds": seconds,
@@ -144,6 +173,7 @@ def calibrate(models_dir: Path, cases: list[DerivedCase], profiles: list[str] | 
         "calibrated_at": now_iso(),
         "gate": {"dsc_points": GATE_DSC * 100, "per_case": True, "two_sided": True, "min_speedup": MIN_SPEEDUP},
         "threads": threads,
+        "evaluation_source": evaluation_source,
         "load_average": list(os.getloadavg()),
         "cases": {case.name: {"shape": list(case.imgs.shape), "boxes": int(len(case.boxes)),
                               "dsc_f32": rows[DEFAULT_PROFILE][case.name]["dsc"],
@@ -161,6 +191,8 @@ def summary_lines(verdict: dict) -> list[str]:
              f"{verdict['host']['openvino']}; {len(verdict['cases'])} cases; f32 {verdict['f32_seconds']:.1f} s"]
     for name, entry in verdict["profiles"].items():
         state = "PASS" if entry["passed"] else f"FAIL on {len(entry['failed_cases'])} case(s)"
+        if entry.get("tuned_on_evaluation_data"):
+            state = "REFUSED: tuned on these cases"
         notes = []
         if entry["equivalent_to_f32"]:
             notes.append("runs exactly as f32 on this CPU")
@@ -176,9 +208,10 @@ def run(models_dir: Path, source: Path | None, profiles: list[str] | None, threa
         max_cases: int | None, routing_file: Path | None, report: Report) -> tuple[dict, Path]:
     """The whole command: cases, calibration, record; returns the verdict and the record's path."""
     with tempfile.TemporaryDirectory(prefix="litemedsam-calibrate-") as scratch:
-        cases = evaluation_cases(source, Path(scratch), quick, max_cases)
-        report(f"{len(cases)} evaluation case(s): {', '.join(case.name for case in cases)}")
-        verdict = calibrate(models_dir, cases, profiles, threads, routing_file, report)
+        folder, described = evaluation_folder(source, Path(scratch))
+        cases = evaluation_cases(folder, quick, max_cases)
+        report(f"{len(cases)} evaluation case(s) derived from {described}: {', '.join(c.name for c in cases)}")
+        verdict = calibrate(models_dir, cases, profiles, threads, routing_file, report, described)
     verdict["quick"] = quick
     path = write_verdict(models_dir, verdict)
     return verdict, path
