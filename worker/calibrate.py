@@ -70,14 +70,19 @@ def tuned_on(profile_encoders: list[str], registry: dict, evaluation_source: str
 def evaluation_cases(folder: Path, quick: bool = False, max_cases: int | None = None) -> list[DerivedCase]:
     """Derived cases of `folder` (imgs/ and gts/; evaluation_folder chooses it).
 
-    quick: the QUICK_2D smallest 2D and QUICK_3D smallest 3D cases (a test-sized run). max_cases: the smallest
-    cases up to that many, 2D and 3D alternating, so a bounded run still covers both."""
+    quick: the QUICK_2D smallest 2D and QUICK_3D smallest 3D cases (a test-sized run). max_cases: up to that many,
+    2D and 3D alternating, the smallest case of each source first, so a bounded run still covers both kinds and
+    as many source cases as it can."""
     cases = derive_cases(folder)
     if not cases:
         raise ValueError(f"no cases with ground truth under {folder} (need imgs/*.npz with gts/*.npz)")
     by_size = sorted(cases, key=lambda case: (case.imgs.size, case.name))
-    flat = [case for case in by_size if not case.is_3d]
-    volumes = [case for case in by_size if case.is_3d]
+    sources: dict[str, list[str]] = {}  # each source case's derived cases, smallest first
+    for case in by_size:
+        sources.setdefault(case.name.split("-")[0], []).append(case.name)
+    spread = sorted(by_size, key=lambda case: sources[case.name.split("-")[0]].index(case.name))  # stable
+    flat = [case for case in spread if not case.is_3d]
+    volumes = [case for case in spread if case.is_3d]
     if quick:
         return flat[:QUICK_2D] + volumes[:QUICK_3D]
     if max_cases:

@@ -29,6 +29,7 @@ from worker.validation import DEFAULT_MAX_VOXELS, check_study
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class EngineSettings:
     models_dir: Path = field(default_factory=default_models_dir)
@@ -56,8 +57,8 @@ class Engine:
         self.cache = EmbeddingCache(self.settings.cache_bytes)
         self.precision = self._choose_precision()
         self._compiled: dict[tuple[str, PartPrecision], CompiledSam] = {}
-        self._runtime = RuntimeSettings(self.settings.precision, self.settings.threads,
-                                        compile_cache_dir(self.settings.models_dir))
+        # threads and compiled cache; each part compiles at the precision its profile gives it (CompiledSam)
+        self._runtime = RuntimeSettings("f32", self.settings.threads, compile_cache_dir(self.settings.models_dir))
 
     def _choose_precision(self) -> ProfileChoice:
         """The profile this engine runs (a `fast` request resolved against this host's calibration record)."""
