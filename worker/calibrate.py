@@ -210,7 +210,7 @@ def summary_lines(verdict: dict) -> list[str]:
 
 
 def run(models_dir: Path, source: Path | None, profiles: list[str] | None, threads: int, quick: bool,
-        max_cases: int | None, routing_file: Path | None, report: Report) -> tuple[dict, Path]:
+        max_cases: int | None, routing_file: Path | None, report: Report, command: str = "") -> tuple[dict, Path]:
     """The whole command: cases, calibration, record; returns the verdict and the record's path."""
     with tempfile.TemporaryDirectory(prefix="litemedsam-calibrate-") as scratch:
         folder, described = evaluation_folder(source, Path(scratch))
@@ -218,6 +218,7 @@ def run(models_dir: Path, source: Path | None, profiles: list[str] | None, threa
         report(f"{len(cases)} evaluation case(s) derived from {described}: {', '.join(c.name for c in cases)}")
         verdict = calibrate(models_dir, cases, profiles, threads, routing_file, report, described)
     verdict["quick"] = quick
+    verdict["command"] = command or "worker calibrate"
     path = write_verdict(models_dir, verdict)
     return verdict, path
 

@@ -117,7 +117,7 @@ def calibrate(models_dir: Path | None, cases: Path | None, profiles: str, thread
     names = [name.strip() for name in profiles.split(",") if name.strip()] or None
     try:
         verdict, path = run(models_dir, cases, names, threads, quick, max_cases, routing,
-                            lambda message: click.echo(message, err=True))
+                            lambda message: click.echo(message, err=True), " ".join(["worker", *sys.argv[1:]]))
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     if as_json:
