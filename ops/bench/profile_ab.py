@@ -126,6 +126,9 @@ def render_host(data: dict) -> str:
         "magnitude, not exact factors.",
         "",
     ]
+    lines += [f"- {note}" for note in data.get("notes", [])]
+    if data.get("notes"):
+        lines.append("")
     if data.get("verdict"):
         lines += render_gate(data["verdict"])
     return "\n".join(lines)
@@ -193,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="issue 10: whole-process wall time vs BASELINE.md and the calibration gate table")
     parser.add_argument("--models-dir", type=Path, default=None,
                         help="models dir holding precision-calibration.json (for `fast`)")
+    parser.add_argument("--note", action="append", default=[], help="--baseline: a finding to list (repeatable)")
     args = parser.parse_args(argv)
     if args.from_json:
         data = json.loads(args.from_json.read_text())
+        data["notes"] = args.note or data.get("notes", [])
         return report_host(data, not args.no_write) if "baseline" in data else report(data, not args.no_write)
     cases = common.case_set(Path(tempfile.mkdtemp(prefix="profile-ab-")))
     names = cases.names() if args.cases == "all" else [n for n in args.cases.split(",") if cases.image(n).is_file()]
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             models_dir = default_models_dir()
         data = {"machine": machine, "profile": args.profile, "runs": runs, "baseline": common.baseline_table(),
                 "verdict": host_verdict(Path(models_dir) / "precision-calibration.json"),
-                "command": " ".join(["ops/bench/profile_ab.py", *(argv or sys.argv[1:])])}
+                "command": " ".join(["ops/bench/profile_ab.py", *(argv or sys.argv[1:])]), "notes": args.note}
         return report_host(data, not args.no_write)
     bench = json.loads((common.BENCH / "results" / "engine_bench.json").read_text())
     machine = common.machine_info()
