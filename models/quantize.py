@@ -82,6 +82,17 @@ def profile_encoder(model_dir: Path, profile: str, verify: bool = True) -> Path:
     return model_dir / encoder["xml"]
 
 
+def listed_profiles(model_dir: Path) -> dict[str, str]:
+    """INT8 encoders listed in a model's manifest: profile name -> the encoder .bin's sha256 (not re-hashed here;
+    profile_encoder checks the files before anything compiles them)."""
+    try:
+        profiles = read_manifest(model_dir).get("profiles", {})
+    except (OSError, ValueError):
+        return {}
+    return {name: entry["encoder"]["bin_sha256"] for name, entry in profiles.items()
+            if name.startswith(PROFILE_PREFIX) and isinstance(entry, dict) and "encoder" in entry}
+
+
 def profile_status(model_dir: Path, profile: str) -> str:
     """'ok', 'missing', 'stale' (made from another f32 encoder) or 'corrupt'."""
     try:

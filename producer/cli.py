@@ -19,7 +19,9 @@ def engine_options(command):
     options = [
         click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Exported models (default: $LITEMEDSAM_MODELS_DIR or ~/.cache/litemedsam-fleet/models)."),
-        click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True),
+        click.option("--precision", default="f32", show_default=True,
+                     help="Precision profile of the routing table (f32, bf16, bf16-encoder, ...), an int8 profile, "
+                          "or `fast`: the fastest profile that passed `worker calibrate` on this host, else f32."),
         click.option("--threads", type=int, default=0, show_default=True, help="OpenVINO threads (0: all cores)."),
         click.option("--cache-mb", type=int, default=2048, show_default=True, help="Embedding cache bound."),
         click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -54,7 +56,13 @@ def run_embedded(study_dir: Path, out_dir: Path, settings, dicom_formats: tuple[
     if not sources:
         print_skipped(found.skipped)
         raise click.ClickException(f"no studies found in {study_dir}")
-    runner = EmbeddedRunner(settings)
+    try:
+        runner = EmbeddedRunner(settings)
+    except ValueError as error:  # an unknown precision profile or a broken routing table
+        raise click.ClickException(str(error)) from None
+    choice = runner.engine.precision
+    if choice.reason:
+        console.print(f"precision {choice.requested}: {choice.reason}")
     writer = OutputWriter(out_dir, dicom_formats)
     outcomes = []
     with BatchProgress(len(sources)) as bar:

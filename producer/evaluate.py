@@ -79,13 +79,23 @@ def _check_inputs(gts: np.ndarray, segs: np.ndarray, spacing: tuple | None) -> t
     return spacing
 
 
-def score_case(gts: np.ndarray, segs: np.ndarray, spacing: tuple | None = None) -> tuple[float, float]:
-    """(DSC, NSD) of one case; `spacing` as stored in the case (None: 1 per axis, as for 2D cases)."""
-    spacing = _check_inputs(gts, segs, spacing)
+def _label_masks(gts: np.ndarray, segs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     labels = _gt_labels(gts)
     if labels.size == 0:
         raise ValueError("ground truth has no foreground label")
-    masks = [(gts == label, segs == label) for label in labels]
+    return [(gts == label, segs == label) for label in labels]
+
+
+def dsc_case(gts: np.ndarray, segs: np.ndarray) -> float:
+    """The case's DSC alone (the official per-case mean over the ground truth's labels), without NSD."""
+    _check_inputs(gts, segs, None)
+    return float(np.mean([_dice(gt, seg) for gt, seg in _label_masks(gts, segs)]))
+
+
+def score_case(gts: np.ndarray, segs: np.ndarray, spacing: tuple | None = None) -> tuple[float, float]:
+    """(DSC, NSD) of one case; `spacing` as stored in the case (None: 1 per axis, as for 2D cases)."""
+    spacing = _check_inputs(gts, segs, spacing)
+    masks = _label_masks(gts, segs)
     dsc = float(np.mean([_dice(gt, seg) for gt, seg in masks]))
     if dsc <= NSD_MIN_DSC:
         return dsc, 0.0

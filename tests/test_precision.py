@@ -54,9 +54,9 @@ def test_unknown_precision_is_refused(echo_models_dir):
 
 
 def test_missing_int8_profile_names_the_command(echo_models_dir):
-    engine = Engine(EngineSettings(models_dir=echo_models_dir, precision="int8-absent"))
-    with pytest.raises(ProfileError, match="models.quantize"):
-        engine.model("litemedsam")
+    # an int8 profile the manifest does not list is no profile at all: refused when the engine is built
+    with pytest.raises(ValueError, match="models.quantize"):
+        Engine(EngineSettings(models_dir=echo_models_dir, precision="int8-absent"))
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +120,17 @@ def test_profile_made_from_another_f32_encoder_is_stale(quantized_echo, tmp_path
 # ---------------------------------------------------------------- the real LiteMedSAM
 
 @needs_real
-def test_bf16_profile_really_runs_bf16_and_f32_does_not():
+def test_bf16_profile_runs_bf16_where_the_cpu_has_it_and_f32_never_does():
+    import openvino as ov
+
     f32 = Engine(EngineSettings(precision="f32")).model("litemedsam")
     bf16 = Engine(EngineSettings(precision="bf16")).model("litemedsam")
     assert "bf16" not in runtime_precisions(f32.compiled_encoder)
     assert "bf16" not in runtime_precisions(f32.compiled_decoder)
-    assert runtime_precisions(bf16.compiled_encoder).get("bf16", 0) > 100
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):  # AVX512-BF16 or AMX
+        assert runtime_precisions(bf16.compiled_encoder).get("bf16", 0) > 100
+    else:  # e.g. an AVX2-only EPYC: OpenVINO ignores the hint, the graph is f32's (worker calibrate says so)
+        assert bf16.runtime() == f32.runtime()
 
 
 @needs_int8

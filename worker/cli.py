@@ -20,17 +20,24 @@ def _export(name: str, value) -> None:
         os.environ[name] = str(value)
 
 
-def check_models(models_dir: Path, routing: Path | None) -> list[str]:
-    """Names of the registered models; exits with a clear message if none can run."""
+def check_models(models_dir: Path, routing: Path | None, precision: str = "f32") -> tuple[list[str], str]:
+    """Names of the registered models and the precision profile they will run (a `fast` request resolved for
+    this host, saying which and why); exits with a clear message if none can run."""
     from models.registry import load_registry
+    from worker.calibration import choose_profile
     from worker.routing import RoutingTable
 
     registry = load_registry(models_dir)
     if not registry:
         raise click.ClickException(f"no exported models in {models_dir}: run `python -m models.export` "
                                    "(or mount the models volume) before starting a worker")
-    RoutingTable.load(routing)  # a broken routing table fails here, not in every child
-    return sorted(registry)
+    try:
+        table = RoutingTable.load(routing)  # a broken routing table fails here, not in every child
+        choice = choose_profile(precision, table, models_dir, registry)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--precision/--routing") from None
+    described = f"{choice.name} ({choice.profile.describe()})"
+    return sorted(registry), described + (f"; {choice.reason}" if choice.reason else "")
 
 
 @click.group()
@@ -51,7 +58,9 @@ def cli() -> None:
 @click.option("--queues", "-Q", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to consume.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--precision", default="f32", show_default=True,
-              help="f32 (reproducible), bf16, or an int8 profile made by `python -m models.quantize`.")
+              help="A precision profile of the routing table (f32: reproducible; bf16, bf16-encoder, ...), an int8 "
+                   "profile made by `python -m models.quantize`, or `fast`: the fastest profile that passed "
+                   "`worker calibrate` on this host, else f32.")
 @click.option("--cache-mb", type=click.IntRange(0), default=2048, show_default=True,
               help="Embedding cache bound per process.")
 @click.option("--memory-mb", type=click.IntRange(0), default=None,
@@ -69,9 +78,7 @@ def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads
     from models.paths import default_models_dir
 
     models_dir = models_dir or default_models_dir()
-    if precision not in ("f32", "bf16") and not precision.startswith("int8"):
-        raise click.BadParameter(f"{precision!r}: use f32, bf16 or an int8 profile", param_hint="--precision")
-    models = check_models(models_dir, routing)
+    models, running = check_models(models_dir, routing, precision)
     threads = threads or default_threads(concurrency)
     if threads * concurrency > available_cores():
         click.echo(f"warning: {threads} threads x {concurrency} processes > {available_cores()} cores", err=True)
@@ -85,13 +92,48 @@ def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads
                         ("LITEMEDSAM_ROUTING", routing), ("LITEMEDSAM_METRICS_PORT", metrics_port),
                         ("LITEMEDSAM_TASK_MEMORY_MB", memory_mb), ("LITEMEDSAM_CPUS", cpus)):
         _export(name, value)
-    click.echo(f"models {', '.join(models)} | {concurrency} x {threads} thread(s) | queues {queues} | "
-               f"{'; '.join(dict.fromkeys(bindings))}", err=True)
+    click.echo(f"models {', '.join(models)} | precision {running} | {concurrency} x {threads} thread(s) | "
+               f"queues {queues} | {'; '.join(dict.fromkeys(bindings))}", err=True)
     from worker.app import app
 
     argv = ["worker", "--pool=prefork", f"--concurrency={concurrency}", f"--queues={queues}",
             f"--hostname={hostname or f'litemedsam-{os.getpid()}@%h'}", f"--loglevel={loglevel}", *ctx.args]
     app.worker_main(argv=argv)
+
+
+@cli.command()
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--cases", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Cases with ground truth (imgs/ + gts/) to derive evaluation cases from (default: "
+                   "../shared/data/cases beside the checkout when present, else the project's phantoms).")
+@click.option("--profiles", default="", help="Comma-separated profiles to check (default: every profile but f32).")
+@click.option("--threads", type=click.IntRange(0), default=0, help="OpenVINO threads (0: all cores).")
+@click.option("--quick", is_flag=True, help="Only the smallest few cases (a smoke run, not a verdict to trust).")
+@click.option("--max-cases", type=click.IntRange(1), default=None, help="At most this many (smallest) cases.")
+@click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+def calibrate(models_dir: Path | None, cases: Path | None, profiles: str, threads: int, quick: bool,
+              max_cases: int | None, routing: Path | None, as_json: bool) -> None:
+    """Check each precision profile against f32 on this host, per case, and record the verdict for `fast`."""
+    import json
+
+    from models.paths import default_models_dir
+    from worker.calibrate import run, summary_lines
+
+    models_dir = models_dir or default_models_dir()
+    check_models(models_dir, routing)
+    names = [name.strip() for name in profiles.split(",") if name.strip()] or None
+    try:
+        verdict, path = run(models_dir, cases, names, threads, quick, max_cases, routing,
+                            lambda message: click.echo(message, err=True), " ".join(["worker", *sys.argv[1:]]))
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(verdict, indent=1))
+    else:
+        for line in summary_lines(verdict):
+            click.echo(line)
+    click.echo(f"recorded in {path}", err=True)
 
 
 @cli.command()

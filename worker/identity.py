@@ -1,8 +1,8 @@
 """Content addressing: what a result depends on, hashed into its key.
 
 A study's result key is the hash of its image content, its boxes, its modality, and the identity of the
-engine route that segments it (sha256 of the weights that run, precision, strategy and its settings, package
-version). Each worker process computes it from the engine it built and publishes that identity to Redis
+engine route that segments it (sha256 of the weights that run, the precision profile and, per strategy the route
+can take, the precision each model part runs at, strategy and its settings, package version). Each worker process computes it from the engine it built and publishes that identity to Redis
 (worker.directory), so the producer, which has no models, computes the same key and finds a stored result
 before enqueuing.
 
@@ -51,16 +51,22 @@ class EngineIdentity:
     package_version: str
     models: dict[str, str]  # registered model name -> sha256
     routing: dict[str, Any] = field(default_factory=dict)  # {"default": {...}, "modality": {...}} as in routing.toml
+    # model -> strategy -> {"encoder": precision, "decoder": precision, "sha256": weights that run}
+    # (Engine.precision_identity); empty in identities published before per-part precision existed
+    parts: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
     def route_identity(self, modality: str) -> dict[str, Any]:
         """What segments a study of this modality; raises LookupError if its routed models are all missing."""
         route = RoutingTable(self.routing.get("default", {}), self.routing.get("modality", {})).route(modality)
         model = route.pick_model(self.models)
-        return {
+        identity = {
             "model": model, "model_sha256": self.models[model], "precision": self.precision,
             "strategy_3d": route.strategy_3d, "margin": route.margin, "interpolation": route.interpolation,
             "package_version": self.package_version,
         }
+        if model in self.parts:  # what each part runs at, for the strategies a study of this modality can take
+            identity["parts"] = {strategy: self.parts[model][strategy] for strategy in ("box2d", route.strategy_3d)}
+        return identity
 
     def result_key(self, image_sha: str, boxes: np.ndarray, modality: str) -> str:
         payload = {"v": KEY_VERSION, "image": image_sha, "boxes": boxes_digest(boxes), "modality": modality,
@@ -77,7 +83,8 @@ class EngineIdentity:
     def from_json(cls, text: str | bytes) -> "EngineIdentity":
         data = json.loads(text)
         return cls(precision=data["precision"], package_version=data["package_version"],
-                   models=dict(data["models"]), routing=dict(data.get("routing", {})))
+                   models=dict(data["models"]), routing=dict(data.get("routing", {})),
+                   parts=dict(data.get("parts", {})))
 
 
 def routing_data(routing_file: Path | None) -> dict[str, Any]:

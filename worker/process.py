@@ -27,12 +27,13 @@ _failure: str = ""
 
 def engine_identity(engine) -> EngineIdentity:
     """The identity of the engine this process built: per model, the sha256 of the weights that run at its
-    precision (an int8 profile's encoder differs from the f32 export's); call after engine.warm_up()."""
+    profile's default parts (an int8 profile's encoder differs from the f32 export's), and per model and strategy
+    the precision of each part and its weights; call after engine.warm_up()."""
     from worker import __version__
 
     models = {name: getattr(engine.model(name), "sha256", spec.sha256) for name, spec in engine.registry.items()}
-    return EngineIdentity(precision=engine.settings.precision, package_version=__version__, models=models,
-                          routing=routing_data(engine.settings.routing_file))
+    return EngineIdentity(precision=engine.precision.name, package_version=__version__, models=models,
+                          routing=routing_data(engine.settings.routing_file), parts=engine.precision_identity())
 
 
 def core_binding(config: EngineConfig) -> CoreBinding:
@@ -50,8 +51,10 @@ def build_context(node: str, settings: FleetSettings, config: EngineConfig, tele
     binding = core_binding(config)
     engine = Engine(config.engine_settings(binding.cores))
     engine.warm_up()
-    log.info("%s: %d model(s) compiled in %.1f s (precision %s, %d thread(s), %s)", node, len(engine.registry),
-             time.perf_counter() - started, config.precision, config.threads, binding.describe())
+    log.info("%s: %d model(s) compiled in %.1f s (precision %s: %s%s, %d thread(s), %s)", node,
+             len(engine.registry), time.perf_counter() - started, engine.precision.name,
+             engine.precision.profile.describe(), f"; {engine.precision.reason}" if engine.precision.reason else "",
+             config.threads, binding.describe())
     client = redis_client(settings.broker_url)
     keys = Keys(settings.namespace)
     store = open_store(settings.store, settings.namespace, client if settings.store == settings.broker_url else None)

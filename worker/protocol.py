@@ -62,7 +62,10 @@ class Counts:
 class Provenance:
     model: str = ""
     model_sha256: str = ""
-    precision: str = ""
+    precision: str = ""  # the profile that ran (never "fast": what it resolved to)
+    encoder_precision: str = ""  # what each model part ran at for this study's strategy
+    decoder_precision: str = ""
+    precision_choice: str = ""  # for `--precision fast`: which profile it chose and why
     strategy: str = ""
     package_version: str = ""
     note: str = ""

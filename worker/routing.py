@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from worker.precision import PrecisionTable
+
 DEFAULT_ROUTING = Path(__file__).with_name("routing.toml")
 ENV_VAR = "LITEMEDSAM_ROUTING"
 STRATEGIES_3D = ("propagate", "triview")
@@ -36,8 +38,10 @@ class Route:
 
 
 class RoutingTable:
-    def __init__(self, default: dict[str, Any], per_modality: dict[str, dict[str, Any]]):
+    def __init__(self, default: dict[str, Any], per_modality: dict[str, dict[str, Any]],
+                 precision: dict[str, Any] | None = None):
         self._default = default
+        self.precision = PrecisionTable.from_routing(precision or {})  # [precision.*]: named profiles
         self._modalities = {name.lower(): dict(entry) for name, entry in per_modality.items()}
         for name in [None, *self._modalities]:
             self.route(name or "default")  # validate every entry up front
@@ -46,7 +50,7 @@ class RoutingTable:
     def load(cls, path: Path | None = None) -> "RoutingTable":
         path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_ROUTING)
         data = tomllib.loads(path.read_text())
-        return cls(data.get("default", {}), data.get("modality", {}))
+        return cls(data.get("default", {}), data.get("modality", {}), data.get("precision", {}))
 
     def route(self, modality: str) -> Route:
         entry = {**self._default, **self._modalities.get(modality.lower(), {})}

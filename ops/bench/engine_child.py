@@ -173,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     engine = Engine(EngineSettings(**kwargs))
     study = load_npz_study(args.case)
-    name = engine.routing.route(study.modality).pick_model(engine.registry)
-    model = engine.model(name)
+    route = engine.routing.route(study.modality)
+    name = route.pick_model(engine.registry)
+    model = engine.model(name, engine.precision.profile.parts(route.strategy(study.is_3d)))  # what segment runs
     load_s = time.perf_counter() - started
     log = CallLog(model)
     result = engine.segment(study)
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         "case": args.case.stem,
         "framework": "openvino",
         "precision": args.precision,
+        "profile": metrics["provenance"]["precision"],  # what ran (`fast` resolved)
+        "precision_choice": metrics["provenance"].get("precision_choice", ""),
         "settings": {k: v for k, v in kwargs.items() if k != "models_dir"},
         "model": name,
         "engine_s": metrics["times"]["total"],

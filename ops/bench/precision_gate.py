@@ -16,6 +16,11 @@
 
 Writes ops/bench/results/precision_gate.json, ops/bench/precision_gate.png and the RESULTS.md section
 "Precision profiles (issue 5)".
+
+Superseded as a recommendation (issue 10): what a host may run faster than f32 is decided per host and per case by
+`worker calibrate` (worker/calibrate.py: every derived case within +-0.5 points of f32, on the CPU that will run
+it); `ops/bench/profile_ab.py --baseline` renders that gate table. This script stays the cross-profile DSC/NSD
+and encoder A/B survey on the dev cases.
 """
 from __future__ import annotations
 

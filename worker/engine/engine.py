@@ -6,6 +6,7 @@ The same class runs in the producer's embedded mode and in each fleet worker pro
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +22,19 @@ from worker.engine.footprint import study_bytes
 from worker.engine.runtime import CompiledSam, RuntimeSettings
 from worker.engine.slices import ProgressFn, SliceSegmenter, SliceSettings, StageClock
 from worker.engine.strategies import STRATEGIES_3D, segment_2d
+from worker.calibration import choose_profile
+from worker.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
 from worker.protocol import Segmentation, Study, StudyMetrics
 from worker.routing import RoutingTable
 from worker.validation import DEFAULT_MAX_VOXELS, check_study
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     models_dir: Path = field(default_factory=default_models_dir)
-    precision: str = "f32"
+    precision: str = "f32"  # a profile of the routing table's [precision.*], an int8 profile, or "fast"
     threads: int = 0
     cache_bytes: int = 2 << 30
     decode_chunk: int = 16
@@ -52,20 +57,39 @@ class Engine:
         self.registry: dict[str, ModelSpec] = load_registry(self.settings.models_dir)
         self.routing = RoutingTable.load(self.settings.routing_file)
         self.cache = EmbeddingCache(self.settings.cache_bytes)
-        self._compiled: dict[str, CompiledSam] = {}
-        self._runtime = RuntimeSettings(self.settings.precision, self.settings.threads,
-                                        compile_cache_dir(self.settings.models_dir), tuple(self.settings.cores))
+        self.precision = self._choose_precision()
+        self._compiled: dict[tuple[str, PartPrecision], CompiledSam] = {}
+        # threads, cores and compiled cache; each part compiles at the precision its profile gives it (CompiledSam)
+        self._runtime = RuntimeSettings("f32", self.settings.threads, compile_cache_dir(self.settings.models_dir),
+                                        tuple(self.settings.cores))
         CoreBinding(tuple(self.settings.cores)).apply()  # before OpenVINO starts any thread
 
-    def model(self, name: str) -> CompiledSam:
-        if name not in self._compiled:
-            self._compiled[name] = CompiledSam(self.registry[name], self._runtime)
-        return self._compiled[name]
+    def _choose_precision(self) -> ProfileChoice:
+        """The profile this engine runs (a `fast` request resolved against this host's calibration record)."""
+        choice = choose_profile(self.settings.precision, self.routing, self.settings.models_dir, self.registry)
+        if choice.requested == FAST:
+            log.info("--precision fast runs %s", choice.reason)
+        return choice
+
+    def model(self, name: str, parts: PartPrecision | None = None) -> CompiledSam:
+        """The model compiled at `parts` (default: the profile's parts for strategies it does not single out)."""
+        parts = parts or self.precision.profile.default
+        if (name, parts) not in self._compiled:
+            self._compiled[(name, parts)] = CompiledSam(self.registry[name], self._runtime, parts)
+        return self._compiled[(name, parts)]
 
     def warm_up(self) -> None:
-        """Compile every registered model now (a worker process does this at start-up)."""
+        """Compile every registered model at every precision its profile uses (a worker does this at start-up)."""
         for name in self.registry:
-            self.model(name)
+            for parts in self.precision.profile.distinct_parts():
+                self.model(name, parts)
+
+    def precision_identity(self) -> dict[str, dict[str, dict[str, str]]]:
+        """Per model and strategy: the parts' precisions and the sha256 of the weights that run (content keys)."""
+        return {name: {strategy: {**self.precision.profile.parts(strategy).as_dict(),
+                                  "sha256": self.model(name, self.precision.profile.parts(strategy)).sha256}
+                       for strategy in STRATEGIES}
+                for name in self.registry}
 
     def segment(self, study: Study, progress: ProgressFn | None = None) -> Segmentation:
         started = time.perf_counter()
@@ -74,12 +98,12 @@ class Engine:
         metrics = StudyMetrics()
         clock = StageClock(metrics.times)
         name = route.pick_model(self.registry)
+        strategy = route.strategy(study.is_3d)
         with clock.stage("load"):
-            model = self.model(name)
+            model = self.model(name, self.precision.profile.parts(strategy))
         seg = SliceSegmenter(model, self.cache, study_key(study), SliceSettings(route.interpolation,
                              self.settings.decode_chunk), clock)
         before = self._cache_snapshot()
-        strategy = route.strategy(study.is_3d)
         labels = self._run(strategy, study, seg, route.margin, progress)
         self._account(metrics, seg, before, study, strategy, route)
         metrics.times.total = time.perf_counter() - started
@@ -120,7 +144,11 @@ class Engine:
         preferred = route.models[0]
         metrics.provenance.model = spec.name
         metrics.provenance.model_sha256 = seg.model.sha256
-        metrics.provenance.precision = self.settings.precision
+        metrics.provenance.precision = self.precision.name
+        metrics.provenance.encoder_precision = seg.model.precision.encoder
+        metrics.provenance.decoder_precision = seg.model.precision.decoder
+        if self.precision.requested != self.precision.name or self.precision.reason:
+            metrics.provenance.precision_choice = f"--precision {self.precision.requested}: {self.precision.reason}"
         metrics.provenance.strategy = strategy
         metrics.provenance.package_version = __version__
         if spec.name != preferred:

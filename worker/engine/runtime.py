@@ -3,14 +3,16 @@
 This CPU defaults to bf16 inference when nothing is said, so the precision is always set explicitly.
 Outputs are copied out of the infer request: its output buffer is reused by the next call.
 
-Precision profiles: "f32" (default, reproducible), "bf16" (both models in bf16), and "int8*" (an NNCF-quantized
-encoder written by `python -m models.quantize --profile NAME` and listed in the model's manifest, checked against
-its sha256; its float parts and the whole decoder run in f32).
+Each model part compiles at its own precision (worker.precision.PartPrecision, chosen per strategy by a profile):
+"f32" (default, reproducible), "bf16" (OpenVINO's hint; a CPU without AVX512-BF16 or AMX runs it as f32, which
+runtime_precisions shows), and, for the encoder, "int8*" (an NNCF-quantized encoder written by
+`python -m models.quantize --profile NAME` and listed in the model's manifest, checked against its sha256; its
+float parts run in f32).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import openvino as ov
 from models.quantize import PROFILE_PREFIX, profile_encoder
 from models.registry import ModelSpec, combined_sha256
 from worker.cpu_affinity import CoreBinding
+from worker.precision import PartPrecision
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}
 
@@ -67,24 +70,41 @@ def _core(cache_dir: str | None) -> ov.Core:
 
 
 class CompiledSam:
-    """A SAM-family model ready to run: encode(image) -> embedding, decode(embedding, boxes) -> logits."""
+    """A SAM-family model ready to run: encode(image) -> embedding, decode(embedding, boxes) -> logits.
 
-    def __init__(self, spec: ModelSpec, settings: RuntimeSettings):
+    `parts` says each part's precision; without it, both parts run at settings.precision (an int8 profile: its
+    encoder, f32 decoder)."""
+
+    def __init__(self, spec: ModelSpec, settings: RuntimeSettings, parts: PartPrecision | None = None):
         started = time.perf_counter()
-        core = _core(str(settings.precision_cache_dir) if settings.cache_dir else None)
-        config = settings.compile_config()
+        if parts is None:
+            quantized = is_quantized(settings.precision)
+            parts = PartPrecision(settings.precision, "f32" if quantized else settings.precision)
+        if is_quantized(parts.decoder):
+            raise ValueError(f"decoder precision {parts.decoder!r}: int8 profiles quantize the encoder only")
         self.spec = spec
         self.settings = settings
+        self.precision = parts
         self.encoder_xml = spec.encoder_xml
         self.sha256 = spec.sha256  # provenance: the bytes of the weights that actually run
-        if is_quantized(settings.precision):
-            self.encoder_xml = profile_encoder(spec.encoder_xml.parent, settings.precision)
+        if is_quantized(parts.encoder):
+            self.encoder_xml = profile_encoder(spec.encoder_xml.parent, parts.encoder)
             self.sha256 = combined_sha256(self.encoder_xml.with_suffix(".bin"), spec.decoder_xml.with_suffix(".bin"))
-        self.compiled_encoder = core.compile_model(str(self.encoder_xml), "CPU", config)
-        self.compiled_decoder = core.compile_model(str(spec.decoder_xml), "CPU", config)
+        self.compiled_encoder = self._compile(self.encoder_xml, replace(settings, precision=parts.encoder))
+        self.compiled_decoder = self._compile(spec.decoder_xml, replace(settings, precision=parts.decoder))
         self._encoder = self.compiled_encoder.create_infer_request()
         self._decoder = self.compiled_decoder.create_infer_request()
         self.load_seconds = time.perf_counter() - started
+
+    @staticmethod
+    def _compile(xml: Path, settings: RuntimeSettings) -> ov.CompiledModel:
+        core = _core(str(settings.precision_cache_dir) if settings.cache_dir else None)
+        return core.compile_model(str(xml), "CPU", settings.compile_config())
+
+    def runtime(self) -> dict[str, dict[str, int]]:
+        """Per part, how many compiled nodes run in each element type (what really runs on this CPU)."""
+        return {"encoder": runtime_precisions(self.compiled_encoder),
+                "decoder": runtime_precisions(self.compiled_decoder)}
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """(1, 3, S, S) float32 -> (1, C, h, w) float32 embedding (an owned copy)."""

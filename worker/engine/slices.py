@@ -60,8 +60,8 @@ class SliceSegmenter:
         return self.model.spec.input_size
 
     def embedding(self, view: str, index: int, image: np.ndarray) -> np.ndarray:
-        key = (self.study_key, self.model.spec.name, self.model.settings.precision, self.settings.interpolation,
-               view, index)
+        key = (self.study_key, self.model.spec.name, self.model.precision.encoder, self.settings.interpolation,
+               view, index)  # the encoder's precision: decoders at other precisions share the embedding
         return self.cache.get_or_compute(key, lambda: self._encode(image))
 
     def _encode(self, image: np.ndarray) -> np.ndarray:
