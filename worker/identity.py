@@ -58,8 +58,10 @@ class EngineIdentity:
         model = route.pick_model(self.models)
         return {
             "model": model, "model_sha256": self.models[model], "precision": self.precision,
-            "strategy_3d": route.strategy_3d, "margin": route.margin, "interpolation": route.interpolation,
-            "package_version": self.package_version,
+            "strategy_3d": route.strategy_3d, "margin": route.margin,
+            "interpolation_2d": route.interpolation_2d, "interpolation_3d": route.interpolation_3d,
+            "box_rounding_2d": route.box_rounding_2d, "box_rounding_3d": route.box_rounding_3d,
+            "overlap": route.overlap, "package_version": self.package_version,
         }
 
     def result_key(self, image_sha: str, boxes: np.ndarray, modality: str) -> str:

@@ -65,6 +65,7 @@ class Provenance:
     precision: str = ""
     strategy: str = ""
     package_version: str = ""
+    overlap: str = ""  # the rule that gave overlapping pixels an owner: "smaller" or "later" (worker/engine/overlap.py)
     note: str = ""
 
 
