@@ -189,3 +189,25 @@ def test_overlap_rule_enters_the_result_key():
     smaller, later = identity("smaller"), identity("later")
     assert smaller.route_identity("CT")["overlap"] == "smaller"
     assert smaller.result_key("d" * 64, boxes, "CT") != later.result_key("d" * 64, boxes, "CT")
+
+
+def test_resize_and_box_rounding_are_routing_settings_per_dimension():
+    shipped = RoutingTable.load().route("CT")
+    assert (shipped.interpolation(False), shipped.box_rounding(False)) == ("area", "truncate")  # the baseline's 2D
+    assert (shipped.interpolation(True), shipped.box_rounding(True)) == ("linear", "fractional")  # 3D as before
+    legacy = RoutingTable({"interpolation": "linear"}, {"MR": {"interpolation": "area", "interpolation_3d": "linear"}})
+    assert (legacy.route("CT").interpolation(False), legacy.route("CT").interpolation(True)) == ("linear", "linear")
+    assert (legacy.route("MR").interpolation(False), legacy.route("MR").interpolation(True)) == ("area", "linear")
+    with pytest.raises(ValueError, match="unknown box_rounding_2d 'round'"):
+        RoutingTable({"box_rounding_2d": "round"}, {})
+
+
+def test_per_dimension_settings_enter_the_result_key():
+    def key(default):
+        identity = EngineIdentity("f32", "1.0", {"litemedsam": "ab" * 32}, {"default": default, "modality": {}})
+        return identity.result_key("d" * 64, np.array([[1, 2, 30, 40]]), "CT")
+
+    base = {"models": ["litemedsam"]}
+    keys = {key(base), key({**base, "interpolation_2d": "linear"}), key({**base, "box_rounding_2d": "fractional"}),
+            key({**base, "interpolation_3d": "area"}), key({**base, "box_rounding_3d": "truncate"})}
+    assert len(keys) == 5

@@ -1,6 +1,7 @@
 """2D fidelity to the official baseline (issue 10) and the overlap rule (issue 13): DSC/NSD per case, f32.
 
-    .venv/bin/python ops/bench/fidelity_accuracy.py [--threads 2] [--skip-3d] [--masks DIR] [--record]
+    .venv/bin/python ops/bench/fidelity_accuracy.py [--threads 2] [--skip-2d | --skip-3d] [--json PATH] [--masks DIR]
+                                                    [--record] [--from-json PATH ...]
 
 Cases: every case with ground truth in ../shared/data/cases (else the project's phantoms) and every case
 producer/derived.py derives from them (other slices as 2D cases, sub-volumes and crops as 3D cases, crops of the 2D
@@ -10,8 +11,9 @@ each slice is encoded once per interpolation:
   2D: `linear+fractional later` (the 2D path before issue 10), `area+truncate later` (the baseline's own 2D
       pre-processing and painting order: parity), `area+truncate smaller` (the new default);
   3D: `later` and `smaller` (3D keeps linear + fractional boxes).
-Prints a table, writes ops/bench/results/fidelity_accuracy.json after every case (so a partial run still counts)
-and with --record the section "2D fidelity and the overlap rule (issues 10 and 13)" of ops/bench/RESULTS.md.
+Prints a table, writes ops/bench/results/fidelity_accuracy.json (or --json) after every case (so a partial run
+still counts) and with --record the section "2D fidelity and the overlap rule (issues 10 and 13)" of
+ops/bench/RESULTS.md. --from-json renders earlier runs' JSON files (e.g. a 2D and a 3D run made side by side).
 """
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ def run(args) -> dict:
     out = {"machine": info, "threads": args.threads, "synthetic": cases.synthetic, "cases": []}
     loads = []
     for name, study, gts, spacing, source in load_cases(cases):
-        if study.is_3d and args.skip_3d:
+        if (study.is_3d and args.skip_3d) or (not study.is_3d and args.skip_2d):
             continue
         variants = VARIANTS_3D if study.is_3d else VARIANTS_2D
         row = {"case": name, "source": source, "shape": list(study.image.shape), "boxes": int(len(study.boxes)),
@@ -97,9 +99,20 @@ def run(args) -> dict:
         print(f"{name:40s} " + "  ".join(f"{k}: {v['dsc']:.4f}" for k, v in row["variants"].items()),
               file=sys.stderr, flush=True)
         out["loads"] = loads
-        OUT_JSON.write_text(json.dumps(out, indent=1))
+        args.json.write_text(json.dumps(out, indent=1))
     info["uptime_end"] = common.uptime_line()
-    OUT_JSON.write_text(json.dumps(out, indent=1))
+    args.json.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def merged(paths: list[Path]) -> dict:
+    """Several runs' JSON as one: the first run's machine facts, every run's cases and load samples."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    out = dict(runs[0])
+    out["cases"] = [case for run in runs for case in run["cases"]]
+    out["loads"] = [load for run in runs for load in run.get("loads", [])]
+    if len(runs) > 1:
+        out["machine"] = {**runs[0]["machine"], "uptime_end": runs[-1]["machine"].get("uptime_end", "")}
     return out
 
 
@@ -157,12 +170,15 @@ def render(out: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-3d", action="store_true")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--skip-2d", action="store_true")
+    group.add_argument("--skip-3d", action="store_true")
+    parser.add_argument("--json", type=Path, default=OUT_JSON, help="where this run's JSON goes")
     parser.add_argument("--masks", type=Path, default=None, help="write each variant's labels here")
     parser.add_argument("--record", action="store_true", help="write the RESULTS.md section")
-    parser.add_argument("--from-json", action="store_true", help="render the last run's JSON, run nothing")
+    parser.add_argument("--from-json", type=Path, nargs="+", default=None, help="render these runs' JSON, run nothing")
     args = parser.parse_args(argv)
-    out = json.loads(OUT_JSON.read_text()) if args.from_json else run(args)
+    out = merged(args.from_json) if args.from_json else run(args)
     text = render(out)
     print(text)
     if args.record:
