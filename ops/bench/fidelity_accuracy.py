@@ -1,7 +1,7 @@
 """2D fidelity to the official baseline (issue 10) and the overlap rule (issue 13): DSC/NSD per case, f32.
 
-    .venv/bin/python ops/bench/fidelity_accuracy.py [--threads 2] [--skip-2d | --skip-3d] [--json PATH] [--masks DIR]
-                                                    [--record] [--from-json PATH ...]
+    .venv/bin/python ops/bench/fidelity_accuracy.py [--threads 2] [--skip-2d | --skip-3d] [--cases NAME ...] [--json PATH]
+                                                    [--masks DIR] [--record] [--from-json PATH ...]
 
 Cases: every case with ground truth in ../shared/data/cases (else the project's phantoms) and every case
 producer/derived.py derives from them (other slices as 2D cases, sub-volumes and crops as 3D cases, crops of the 2D
@@ -78,7 +78,7 @@ def run(args) -> dict:
     out = {"machine": info, "threads": args.threads, "synthetic": cases.synthetic, "cases": []}
     loads = []
     for name, study, gts, spacing, source in load_cases(cases):
-        if (study.is_3d and args.skip_3d) or (not study.is_3d and args.skip_2d):
+        if (study.is_3d and args.skip_3d) or (not study.is_3d and args.skip_2d) or (args.cases and name not in args.cases):
             continue
         variants = VARIANTS_3D if study.is_3d else VARIANTS_2D
         row = {"case": name, "source": source, "shape": list(study.image.shape), "boxes": int(len(study.boxes)),
@@ -109,7 +109,10 @@ def merged(paths: list[Path]) -> dict:
     """Several runs' JSON as one: the first run's machine facts, every run's cases and load samples."""
     runs = [json.loads(Path(path).read_text()) for path in paths]
     out = dict(runs[0])
-    out["cases"] = [case for run in runs for case in run["cases"]]
+    cases = {}
+    for case in (case for run in runs for case in run["cases"]):
+        cases.setdefault(case["case"], case)  # a case measured in two runs: the first run's
+    out["cases"] = list(cases.values())
     out["loads"] = [load for run in runs for load in run.get("loads", [])]
     if len(runs) > 1:
         out["machine"] = {**runs[0]["machine"], "uptime_end": runs[-1]["machine"].get("uptime_end", "")}
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--skip-2d", action="store_true")
     group.add_argument("--skip-3d", action="store_true")
     parser.add_argument("--json", type=Path, default=OUT_JSON, help="where this run's JSON goes")
+    parser.add_argument("--cases", nargs="+", default=None, help="only these cases (names, dev or derived)")
     parser.add_argument("--masks", type=Path, default=None, help="write each variant's labels here")
     parser.add_argument("--record", action="store_true", help="write the RESULTS.md section")
     parser.add_argument("--from-json", type=Path, nargs="+", default=None, help="render these runs' JSON, run nothing")
