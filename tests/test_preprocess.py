@@ -43,3 +43,14 @@ def test_box_scaling_and_mask_round_trip():
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     assert abs(rows[0] - 30) <= 2 and abs(rows[-1] - 150) <= 2
     assert abs(cols[0] - 60) <= 2 and abs(cols[-1] - 300) <= 2
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (181, 258), (2604, 1726), (101, 122)])
+def test_truncated_boxes_are_the_baselines_integer_model_pixels(shape):
+    geo = geometry_for(shape, 256)
+    boxes = np.array([[0, 3, shape[1] - 1, shape[0] - 1], [17, 29, 61, 93]])
+    expected = [[int(coord * 256 / max(shape)) for coord in box] for box in boxes]
+    assert scale_boxes(boxes, geo, "truncate").tolist() == expected
+    np.testing.assert_allclose(scale_boxes(boxes, geo, "fractional"), boxes * 256 / max(shape), rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown box rounding"):
+        scale_boxes(boxes, geo, "round")

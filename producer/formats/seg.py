@@ -39,7 +39,7 @@ SERIES_NUMBER_OFFSET = 1000
 
 def algorithm_identification(provenance: Mapping[str, Any]) -> hd.AlgorithmIdentificationSequence:
     parameters = {key: str(provenance[key]) for key in ("model_sha256", "precision", "encoder_precision",
-                                                          "decoder_precision", "strategy")
+                                                          "decoder_precision", "strategy", "overlap")
                   if provenance.get(key)}
     return hd.AlgorithmIdentificationSequence(
         name=ALGORITHM_NAME, family=codes.cid7162.ArtificialIntelligence,

@@ -25,7 +25,7 @@ from worker.engine.strategies import STRATEGIES_3D, segment_2d
 from worker.calibration import choose_profile
 from worker.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
 from worker.protocol import Segmentation, Study, StudyMetrics
-from worker.routing import RoutingTable
+from worker.routing import Route, RoutingTable
 from worker.validation import DEFAULT_MAX_VOXELS, check_study
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,11 @@ class Engine:
         strategy = route.strategy(study.is_3d)
         with clock.stage("load"):
             model = self.model(name, self.precision.profile.parts(strategy))
-        seg = SliceSegmenter(model, self.cache, study_key(study), SliceSettings(route.interpolation,
-                             self.settings.decode_chunk), clock)
+        settings = SliceSettings(route.interpolation(study.is_3d), self.settings.decode_chunk,
+                                 route.box_rounding(study.is_3d))
+        seg = SliceSegmenter(model, self.cache, study_key(study), settings, clock)
         before = self._cache_snapshot()
-        labels = self._run(strategy, study, seg, route.margin, progress)
+        labels = self._run(strategy, study, seg, route, progress)
         self._account(metrics, seg, before, study, strategy, route)
         metrics.times.total = time.perf_counter() - started
         return Segmentation(study.study_id, labels, metrics)
@@ -119,14 +120,14 @@ class Engine:
                 views = 3 if self.routing.route(study.modality).strategy(True) == "triview" else 1
             except (LookupError, ValueError):
                 pass
-        needed = study_bytes(image.shape, image.itemsize, len(boxes), is_3d, views)
+        needed = study_bytes(image.shape, image.itemsize, boxes, is_3d, views)
         return needed + max(0, self.cache.max_bytes - self.cache.nbytes)
 
     @staticmethod
-    def _run(strategy: str, study: Study, seg: SliceSegmenter, margin: float, progress) -> np.ndarray:
+    def _run(strategy: str, study: Study, seg: SliceSegmenter, route: Route, progress) -> np.ndarray:
         if strategy == "box2d":
-            return segment_2d(study.image, study.boxes, seg, progress)
-        return STRATEGIES_3D[strategy](study.image, study.boxes, seg, margin, progress)
+            return segment_2d(study.image, study.boxes, seg, route.overlap, progress)
+        return STRATEGIES_3D[strategy](study.image, study.boxes, seg, route.margin, route.overlap, progress)
 
     def _cache_snapshot(self) -> tuple[int, int, int]:
         stats = self.cache.stats
@@ -151,7 +152,9 @@ class Engine:
             metrics.provenance.precision_choice = f"--precision {self.precision.requested}: {self.precision.reason}"
         metrics.provenance.strategy = strategy
         metrics.provenance.package_version = __version__
+        metrics.provenance.overlap = route.overlap
         if spec.name != preferred:
             metrics.provenance.note = f"{preferred} is not registered; ran {spec.name} instead"
         metrics.extra["margin"] = route.margin
-        metrics.extra["interpolation"] = route.interpolation
+        metrics.extra["interpolation"] = seg.settings.interpolation
+        metrics.extra["box_rounding"] = seg.settings.box_rounding

@@ -46,6 +46,15 @@ def to_model_input(image: np.ndarray, size: int, interpolation: str = "linear") 
     return np.ascontiguousarray(padded.transpose(2, 0, 1)[None]), geo
 
 
-def scale_boxes(boxes_xyxy: np.ndarray, geo: Geometry) -> np.ndarray:
-    """Original-pixel boxes (N, 4) -> model-input boxes (N, 4) float32."""
-    return (np.asarray(boxes_xyxy, dtype=np.float64) * geo.scale).astype(np.float32)
+def scale_boxes(boxes_xyxy: np.ndarray, geo: Geometry, rounding: str = "fractional") -> np.ndarray:
+    """Original-pixel boxes (N, 4) -> model-input boxes (N, 4) float32.
+
+    rounding "fractional": coord * S / max(h, w) as is; "truncate": int(coord * S / max(h, w)) per coordinate, the
+    official baseline's integer model-pixel boxes.
+    """
+    scaled = np.asarray(boxes_xyxy, dtype=np.float64) * geo.scale
+    if rounding == "truncate":
+        scaled = np.trunc(scaled)
+    elif rounding != "fractional":
+        raise ValueError(f"unknown box rounding {rounding!r}")
+    return scaled.astype(np.float32)

@@ -23,8 +23,9 @@ ProgressFn = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class SliceSettings:
-    interpolation: str = "linear"
+    interpolation: str = "linear"  # the route's, for this study's dimension (2D image or 3D volume)
     decode_chunk: int = 16
+    box_rounding: str = "fractional"  # the route's, for this study's dimension
 
 
 class StageClock:

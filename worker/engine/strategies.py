@@ -1,8 +1,9 @@
 """The paper's strategies: 2D box prompts, slice-to-slice box propagation (CT/MR), tri-view voting (PET).
 
-Labels: box k -> k + 1, uint16. Where boxes overlap, the later box wins, as in the challenge baseline; that is
-the maximum label over the masks covering a voxel, which makes the result independent of processing order.
-All boxes of a volume advance in lockstep, slice by slice, so one cached embedding serves every box there.
+Labels: box k -> k + 1, uint16. Where boxes' masks overlap, the routing's overlap rule decides (worker/engine/overlap.py:
+the smaller mask, or the later box), once every mask of the image or view is known, so the result does not depend
+on processing order. All boxes of a volume advance in lockstep, slice by slice, so one cached embedding serves
+every box there.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.engine.overlap import ViewMasks
 from worker.engine.preprocess import Geometry, geometry_for, scale_boxes
 from worker.engine.slices import ProgressFn, SliceSegmenter
 
@@ -21,21 +23,17 @@ VIEWS = {
 }
 
 
-def paint(labels: np.ndarray, masks: np.ndarray, box_ids: np.ndarray) -> None:
-    """Write label id + 1 of each mask where it is higher than what is there (later box wins)."""
-    for mask, box_id in zip(masks, box_ids):
-        label = np.uint16(box_id + 1)
-        labels[mask & (labels < label)] = label
-
-
-def segment_2d(image: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, progress: ProgressFn | None) -> np.ndarray:
-    """Encode once, decode every box."""
+def segment_2d(image: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, overlap: str,
+               progress: ProgressFn | None) -> np.ndarray:
+    """Encode once, decode every box, label by the overlap rule."""
     geo = geometry_for(image.shape[:2], seg.size)
     embedding = seg.embedding("2d", 0, image)
-    masks = seg.masks(embedding, geo, scale_boxes(boxes[:, :4], geo))
-    labels = np.zeros(image.shape[:2], dtype=np.uint16)
+    masks = seg.masks(embedding, geo, scale_boxes(boxes[:, :4], geo, seg.settings.box_rounding))
     with seg.clock.stage("postprocess"):
-        paint(labels, masks, np.arange(len(boxes)))
+        view = ViewMasks((1, *image.shape[:2]), len(boxes))
+        view.add(0, np.arange(len(boxes)), masks)
+        del masks
+        labels = view.labels(overlap)[0]
     if progress:
         progress(1, 1)
     return labels
@@ -84,30 +82,34 @@ def _active(sweep: Sweep, z: int) -> np.ndarray:
 class Propagation:
     """Box propagation through one view of a volume, all boxes in lockstep."""
 
-    def __init__(self, volume: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, view: str, margin: float):
+    def __init__(self, volume: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, view: str, margin: float,
+                 overlap: str):
         self.volume = volume
         self.seg = seg
         self.view = view
         self.margin = margin
+        self.overlap = overlap
         self.geo = geometry_for(volume.shape[1:], seg.size)
-        self.original = scale_boxes(boxes[:, [0, 1, 3, 4]], self.geo)
+        self.original = scale_boxes(boxes[:, [0, 1, 3, 4]], self.geo, seg.settings.box_rounding)
         depth = volume.shape[0]
         self.z_lo = np.clip(boxes[:, 2].astype(np.int64), 0, depth - 1)
         self.z_hi = np.clip(boxes[:, 5].astype(np.int64), 0, depth - 1)
         self.up, self.down = sweeps(self.z_lo, self.z_hi)
-        self.labels = np.zeros(volume.shape, dtype=np.uint16)
 
     @property
     def total_steps(self) -> int:
         return sweep_steps(self.up) + sweep_steps(self.down)
 
     def run(self, tick) -> np.ndarray:
+        """This view's labels, by the overlap rule over all of its masks."""
+        kept = ViewMasks(self.volume.shape, len(self.original))
         prompts = self.original.copy()
-        after_middle = self._run_sweep(self.up, prompts, tick, keep_middle=True)
-        self._run_sweep(self.down, after_middle, tick, keep_middle=False)
-        return self.labels
+        after_middle = self._run_sweep(self.up, prompts, kept, tick, keep_middle=True)
+        self._run_sweep(self.down, after_middle, kept, tick, keep_middle=False)
+        with self.seg.clock.stage("postprocess"):
+            return kept.labels(self.overlap)
 
-    def _run_sweep(self, sweep: Sweep, prompts: np.ndarray, tick, keep_middle: bool) -> np.ndarray:
+    def _run_sweep(self, sweep: Sweep, prompts: np.ndarray, kept: ViewMasks, tick, keep_middle: bool) -> np.ndarray:
         prompts = prompts.copy()
         after_middle = prompts.copy()
         for z in sweep.slices:
@@ -120,7 +122,7 @@ class Propagation:
             embedding = self.seg.embedding(self.view, z, self.volume[z])
             masks = self.seg.masks(embedding, self.geo, prompts[active])
             with self.seg.clock.stage("postprocess"):
-                paint(self.labels[z], masks, active)
+                kept.add(z, active, masks)
                 for box_id, mask in zip(active, masks):
                     nxt = prompt_from_mask(mask, self.geo, self.margin)
                     prompts[box_id] = self.original[box_id] if nxt is None else nxt
@@ -143,18 +145,18 @@ class Progress:
 
 
 def propagate_views(volume: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, views: tuple[str, ...],
-                    margin: float, progress: ProgressFn | None) -> list[np.ndarray]:
-    """Run the propagation in each view; return each view's labels in (z, y, x) order."""
+                    margin: float, overlap: str, progress: ProgressFn | None) -> list[np.ndarray]:
+    """Run the propagation in each view; return each view's labels (overlaps resolved per view) in (z, y, x) order."""
     runs = []
     for view in views:
         axes, box_order = VIEWS[view]
-        runs.append((axes, Propagation(volume.transpose(axes), boxes[:, box_order], seg, view, margin)))
+        runs.append((axes, Propagation(volume.transpose(axes), boxes[:, box_order], seg, view, margin, overlap)))
     tick = Progress(sum(run.total_steps for _, run in runs), progress)
     return [run.run(tick).transpose(np.argsort(axes)) for axes, run in runs]
 
 
-def segment_propagate(volume, boxes, seg, margin, progress) -> np.ndarray:
-    return propagate_views(volume, boxes, seg, ("axial",), margin, progress)[0]
+def segment_propagate(volume, boxes, seg, margin, overlap, progress) -> np.ndarray:
+    return propagate_views(volume, boxes, seg, ("axial",), margin, overlap, progress)[0]
 
 
 def majority_vote(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -163,8 +165,9 @@ def majority_vote(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where((a == b) | (a == c), a, np.where(b == c, b, smallest))
 
 
-def segment_triview(volume, boxes, seg, margin, progress) -> np.ndarray:
-    axial, coronal, sagittal = propagate_views(volume, boxes, seg, ("axial", "coronal", "sagittal"), margin, progress)
+def segment_triview(volume, boxes, seg, margin, overlap, progress) -> np.ndarray:
+    axial, coronal, sagittal = propagate_views(volume, boxes, seg, ("axial", "coronal", "sagittal"), margin, overlap,
+                                               progress)
     with seg.clock.stage("vote"):
         return majority_vote(axial, coronal, sagittal)
 
