@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from worker.engine.engine import Engine, EngineSettings
-from worker.engine.overlap import ViewMasks, priorities
+from worker.engine.overlap import ViewMasks, box_sizes, priorities
 from worker.identity import EngineIdentity
 from worker.protocol import Study
 from worker.routing import RoutingTable
@@ -40,6 +40,27 @@ def test_priorities_smaller_ranks_by_size_and_breaks_ties_by_the_later_box():
     assert ranks.tolist() == [2, 3, 1, 4, 5]  # 0 (an empty mask) > 10 (box 3, later) > 10 (box 1) > 50 > 90
 
 
+def test_box_sizes_are_inclusive_areas_and_volumes():
+    assert box_sizes(np.array([[0, 0, 9, 4], [3, 3, 3, 3]])).tolist() == [50, 1]
+    assert box_sizes(np.array([[0, 0, 0, 9, 4, 1]])).tolist() == [100]
+    # a permuted 3D box (a tri-view view's order) has the same volume
+    assert box_sizes(np.array([[0, 0, 0, 4, 1, 9]])).tolist() == [100]
+
+
+def test_smaller_box_wins_even_where_its_mask_is_the_larger_one():
+    """The tssm case: a sprawling box (costal cartilage) whose small mask leaks into a smaller box's big mask
+    (the liver): the smaller box keeps its pixels."""
+    shape = (20, 20)
+    liver = np.zeros(shape, bool)
+    liver[2:18, 2:12] = True  # 160 px, from a 10 x 16 box
+    cartilage = np.zeros(shape, bool)
+    cartilage[8:12, 0:20] = True  # 80 px, from a 20 x 20 box
+    view = ViewMasks((1, *shape), box_sizes(np.array([[2, 2, 11, 17], [0, 0, 19, 19]])))
+    view.add(0, np.arange(2), np.stack([liver, cartilage]))
+    labels = view.labels("smaller")[0]
+    assert (labels[liver] == 1).all() and (labels[cartilage & ~liver] == 2).all()
+
+
 def test_unknown_rule_is_refused():
     with pytest.raises(ValueError, match="unknown overlap rule"):
         priorities(np.array([1]), "largest")
@@ -59,12 +80,13 @@ def test_labels_do_not_depend_on_the_order_masks_arrive_in(rule):
     """The lockstep propagation meets a slice in two sweeps at different times: ownership must not care."""
     depth, shape, count = 4, (30, 40), 6
     masks = {(z, k): m for z in range(depth) for k, m in enumerate(_random_masks(count, shape))}
-    reference = ViewMasks((depth, *shape), count)
+    sizes = np.array([sum(int(masks[(z, k)].sum()) for z in range(depth)) for k in range(count)])
+    reference = ViewMasks((depth, *shape), sizes)
     for (z, k), mask in masks.items():
         reference.add(z, np.array([k]), mask[None])
     expected = reference.labels(rule)
     for seed in range(3):
-        shuffled = ViewMasks((depth, *shape), count)
+        shuffled = ViewMasks((depth, *shape), sizes)
         keys = list(masks)
         for index in np.random.default_rng(seed).permutation(len(keys)):
             z, k = keys[index]
@@ -75,16 +97,16 @@ def test_labels_do_not_depend_on_the_order_masks_arrive_in(rule):
 def test_later_rule_is_the_maximum_label_and_smaller_gives_each_pixel_its_smallest_mask():
     shape, count = (25, 35), 5
     masks = _random_masks(count, shape)
-    view = ViewMasks((1, *shape), count)
+    sizes = masks.sum(axis=(1, 2))
+    view = ViewMasks((1, *shape), sizes)
     view.add(0, np.arange(count), masks)
     later = view.labels("later")[0]
     expected_later = np.max(np.where(masks, np.arange(1, count + 1)[:, None, None], 0), axis=0)
     assert np.array_equal(later, expected_later)
 
-    view = ViewMasks((1, *shape), count)
+    view = ViewMasks((1, *shape), sizes)
     view.add(0, np.arange(count), masks)
     smaller = view.labels("smaller")[0]
-    sizes = masks.sum(axis=(1, 2))
     for y, x in zip(*np.nonzero(masks.any(axis=0))):
         covering = np.flatnonzero(masks[:, y, x])
         best = min(covering, key=lambda k: (sizes[k], -k))  # smallest, ties: later box

@@ -1,15 +1,17 @@
 """Where box masks overlap, which box owns the pixel: the overlap rule, decided here and nowhere else.
 
 Rules (the routing setting `overlap`):
-- "smaller": the box whose whole mask is smaller wins (its area in 2D, its volume in a 3D view); equal sizes: the
-  later box. Nested and touching structures (a vessel inside an organ's box, the costal cartilage box over the
-  liver) keep their voxels instead of being painted over by whichever box comes later.
+- "smaller": the mask of the box with the smaller prompt box wins (the box's area in 2D, its volume in 3D, in
+  inclusive pixels, so the same in every tri-view view); equal sizes: the later box. Nested and touching
+  structures (a vessel inside an organ's box, the costal cartilage box over the liver) keep their voxels instead of
+  being painted over by whichever box comes later. Sizing by the box, not by the mask, is what the issue measured
+  (3DBox_CT_tssm 0.528 -> 0.575): a sprawling box whose mask leaks into its neighbour is the case to stop, and
+  its mask need not be the larger one (sizing by mask volume left tssm at 0.527; ops/bench/RESULTS.md).
 - "later": the later box wins, the challenge baseline's painting order.
 
-A box's size is known only once all of its masks in a view are: in a 3D view the lockstep propagation produces
-them slice by slice, from two sweeps that visit some slices at different times. So every mask of a view is kept
-(cropped to its own bounding box and bit-packed) until the view is done, and only then are the labels painted,
-highest priority last. The result depends on the masks alone, never on the order they were produced in.
+Every mask of a view is kept (cropped to its own bounding box and bit-packed) until the view is done, and only
+then are the labels painted, highest priority last, so the result depends on the masks and boxes alone, never on
+the order the lockstep propagation's two sweeps produced them in.
 """
 from __future__ import annotations
 
@@ -21,6 +23,14 @@ from worker.routing import OVERLAP_RULES
 ENTRY_OVERHEAD_BYTES = 320
 
 
+def box_sizes(boxes: np.ndarray) -> np.ndarray:
+    """Inclusive area of (N, 4) [x0, y0, x1, y1] boxes or volume of (N, 6) [x0, y0, z0, x1, y1, z1] boxes (int64)."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    half = boxes.shape[1] // 2
+    extents = np.floor(boxes[:, half:]) - np.floor(boxes[:, :half]) + 1
+    return np.prod(np.maximum(extents, 1), axis=1).astype(np.int64)
+
+
 def priorities(sizes: np.ndarray, rule: str) -> np.ndarray:
     """Per box, a rank in 1..N (int64); where masks overlap, the box with the higher rank owns the pixel."""
     count = len(sizes)
@@ -30,7 +40,7 @@ def priorities(sizes: np.ndarray, rule: str) -> np.ndarray:
     if rule == "later":
         ranks[:] = np.arange(1, count + 1)
         return ranks
-    # "smaller": ascending rank from the largest mask to the smallest; among equal sizes, the earlier box first
+    # "smaller": ascending rank from the largest box to the smallest; among equal sizes, the earlier box first
     order = np.lexsort((np.arange(count), -np.asarray(sizes, dtype=np.int64)))
     ranks[order] = np.arange(1, count + 1)
     return ranks
@@ -42,9 +52,9 @@ class ViewMasks:
     shape: (D, H, W) of the view ((1, H, W) for a 2D image); masks are added per slice z for some of the boxes.
     """
 
-    def __init__(self, shape: tuple[int, int, int], boxes: int):
+    def __init__(self, shape: tuple[int, int, int], sizes: np.ndarray):
         self.shape = tuple(int(s) for s in shape)
-        self.sizes = np.zeros(boxes, dtype=np.int64)  # mask pixels per box, over the whole view
+        self.sizes = np.asarray(sizes, dtype=np.int64)  # per box, what the "smaller" rule compares (box_sizes)
         self._kept: list[tuple[int, int, int, int, tuple[int, int], np.ndarray]] = []
 
     def add(self, z: int, box_ids: np.ndarray, masks: np.ndarray) -> None:
@@ -55,7 +65,6 @@ class ViewMasks:
                 continue
             cols = np.flatnonzero(mask.any(axis=0))
             crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-            self.sizes[box_id] += int(np.count_nonzero(crop))
             self._kept.append((int(box_id), int(z), int(rows[0]), int(cols[0]), crop.shape, np.packbits(crop)))
 
     def labels(self, rule: str) -> np.ndarray:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.engine.overlap import ViewMasks
+from worker.engine.overlap import ViewMasks, box_sizes
 from worker.engine.preprocess import Geometry, geometry_for, scale_boxes
 from worker.engine.slices import ProgressFn, SliceSegmenter
 
@@ -30,7 +30,7 @@ def segment_2d(image: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, overla
     embedding = seg.embedding("2d", 0, image)
     masks = seg.masks(embedding, geo, scale_boxes(boxes[:, :4], geo, seg.settings.box_rounding))
     with seg.clock.stage("postprocess"):
-        view = ViewMasks((1, *image.shape[:2]), len(boxes))
+        view = ViewMasks((1, *image.shape[:2]), box_sizes(boxes[:, :4]))
         view.add(0, np.arange(len(boxes)), masks)
         del masks
         labels = view.labels(overlap)[0]
@@ -95,6 +95,7 @@ class Propagation:
         self.z_lo = np.clip(boxes[:, 2].astype(np.int64), 0, depth - 1)
         self.z_hi = np.clip(boxes[:, 5].astype(np.int64), 0, depth - 1)
         self.up, self.down = sweeps(self.z_lo, self.z_hi)
+        self.sizes = box_sizes(boxes)  # the same volume in every view (its axes are only permuted)
 
     @property
     def total_steps(self) -> int:
@@ -102,7 +103,7 @@ class Propagation:
 
     def run(self, tick) -> np.ndarray:
         """This view's labels, by the overlap rule over all of its masks."""
-        kept = ViewMasks(self.volume.shape, len(self.original))
+        kept = ViewMasks(self.volume.shape, self.sizes)
         prompts = self.original.copy()
         after_middle = self._run_sweep(self.up, prompts, kept, tick, keep_middle=True)
         self._run_sweep(self.down, after_middle, kept, tick, keep_middle=False)
