@@ -102,6 +102,26 @@ def wait_for_nodes(app, nodes: list[str], workers: list[WorkerProcess], timeout:
     raise TimeoutError("workers did not come up:\n" + "\n".join(w.log_tail() for w in workers))
 
 
+def study_folder(root: Path, studies: dict[str, Path]) -> Path:
+    """A folder holding each source npz under its study name (`<name>.npz`)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, source in studies.items():
+        (root / f"{name}.npz").write_bytes(source.read_bytes())
+    return root
+
+
+def wait_until(condition, what: str, timeout: float, describe=lambda: "", interval: float = 0.05):
+    """Poll condition() until it returns something true (returned) or timeout seconds pass (AssertionError naming
+    `what`, followed by describe(), e.g. the workers' log tails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{describe()}")
+
+
 def mirrored_copy(source: Path, target: Path, axis: str = "x") -> Path:
     """A 2D challenge npz mirrored left-right (axis x) or top-bottom (axis y), boxes mirrored with it."""
     with np.load(source, allow_pickle=False) as data:

@@ -28,7 +28,7 @@ import pytest
 
 from conftest import SHARED_CASES
 from fleet_support import REPO, WorkerProcess, claim_redis, fleet_env, wait_for_nodes
-from worker.cpu_affinity import CoreBinding, format_cpu_list, parse_cpu_list, plan
+from worker.cpu_affinity import format_cpu_list, parse_cpu_list, plan
 
 TSSM = SHARED_CASES / "imgs" / "3DBox_CT_tssm.npz"
 SUBVOLUME = 10  # slices per study: about 10-30 s of work at 1 thread, long enough to watch

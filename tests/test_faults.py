@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet_support import REPO, RedisServer, WorkerProcess, fleet_env, many_boxes, read_segs, wait_for_nodes
+from fleet_support import (REPO, RedisServer, WorkerProcess, fleet_env, many_boxes, read_segs, study_folder, wait_for_nodes,
+                           wait_until)
 from producer import api
 from worker.keys import Keys
 from worker.ledger import BatchLedger
@@ -102,20 +103,7 @@ def faults(real_models_dir, tmp_path_factory):
 
 
 def _wait_for(condition, what: str, faults: Faults, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}\n{faults.tails()}")
-
-
-def _folder(root: Path, studies: dict[str, Path]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, source in studies.items():
-        (root / f"{name}.npz").write_bytes(source.read_bytes())
-    return root
+    return wait_until(condition, what, timeout, faults.tails)
 
 
 def _batch_id(stderr: str) -> str:
@@ -145,7 +133,7 @@ def _watch_queue_until_done(faults: Faults, batch_id: str, name: str) -> int:
 
 
 def test_a_worker_killed_with_its_host_hands_its_3d_study_to_the_other(faults, tmp_path):
-    folder = _folder(tmp_path / "in", {"3DBox_CT_killed": faults.phantoms["3DBox_CT_phantom"]})
+    folder = study_folder(tmp_path / "in", {"3DBox_CT_killed": faults.phantoms["3DBox_CT_phantom"]})
     before = sum(faults.ledger.executions().values())
     batch = api.submit(folder, wait=False, settings=faults.settings)
     (name,) = batch.names
@@ -178,7 +166,7 @@ def test_queued_studies_survive_a_redis_restart(faults, tmp_path):
     source = faults.phantoms["2DBox_CT_phantom"]
     studies = {f"2DBox_CT_restart{i}": many_boxes(source, tmp_path / f"r{i}.npz", copies=8, shift=i + 1)
                for i in range(6)}
-    folder = _folder(tmp_path / "in", studies)
+    folder = study_folder(tmp_path / "in", studies)
     producer = faults.producer("submit", str(folder), "--out", str(tmp_path / "out"))
     queue_key = faults.ledger.keys.queue(faults.settings.default_queue)
 
@@ -204,7 +192,7 @@ def test_a_study_that_keeps_killing_its_worker_ends_failed_after_three_deliverie
     import psutil
 
     source = faults.phantoms["2DBox_CT_phantom"]
-    folder = _folder(tmp_path / "in", {"2DBox_CT_poison": many_boxes(source, tmp_path / "p.npz", 30, shift=40)})
+    folder = study_folder(tmp_path / "in", {"2DBox_CT_poison": many_boxes(source, tmp_path / "p.npz", 30, shift=40)})
     batch = api.submit(folder, wait=False, settings=faults.settings)
     (name,) = batch.names
     killed_at = 0.0
@@ -232,7 +220,7 @@ def test_an_interrupted_producer_recovers_everything_with_results(faults, tmp_pa
     source = faults.phantoms["2DBox_CT_phantom"]
     studies = {f"2DBox_CT_interrupted{i}": many_boxes(source, tmp_path / f"i{i}.npz", copies=8, shift=60 + i)
                for i in range(3)}
-    folder = _folder(tmp_path / "in", studies)
+    folder = study_folder(tmp_path / "in", studies)
     producer = faults.producer("submit", str(folder), "--out", str(tmp_path / "first"))
     _wait_for(lambda: _sealed_batch_of(faults, set(studies)), "the producer to enqueue its batch", faults)
     producer.send_signal(signal.SIGINT)

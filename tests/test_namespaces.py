@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleet_support import REPO, RedisServer, WorkerProcess, fleet_env, many_boxes, wait_for_nodes
+from fleet_support import REPO, RedisServer, WorkerProcess, fleet_env, many_boxes, study_folder, wait_for_nodes
 from producer import api
 from producer.fleet import FleetClient, SubmitOptions
 from worker.keys import Keys
@@ -91,13 +91,6 @@ def fleets(real_models_dir, tmp_path_factory):
         server.kill()
 
 
-def _folder(root: Path, studies: dict[str, Path]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, source in studies.items():
-        (root / f"{name}.npz").write_bytes(source.read_bytes())
-    return root
-
-
 def _study(path: Path) -> Study:
     with np.load(path, allow_pickle=False) as data:
         return Study(path.stem, "CT", data["imgs"], data["boxes"])
@@ -134,8 +127,8 @@ def test_two_namespaces_on_one_database_run_their_own_batches_only(fleets, tmp_p
     a, b = fleets.tenants["tenantA"], fleets.tenants["tenantB"]
     names = sorted(fleets.studies)
     batches = {  # one study in both (same content: each namespace computes its own), the others apart
-        "tenantA": _folder(tmp_path / "a", {n: fleets.studies[n] for n in names[:3]}),
-        "tenantB": _folder(tmp_path / "b", {n: fleets.studies[n] for n in names[2:]}),
+        "tenantA": study_folder(tmp_path / "a", {n: fleets.studies[n] for n in names[:3]}),
+        "tenantB": study_folder(tmp_path / "b", {n: fleets.studies[n] for n in names[2:]}),
     }
     events = EventDump(a, tmp_path / "events-a.txt")
     try:

@@ -18,13 +18,12 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import SHARED_CASES
-from fleet_support import RedisServer, WorkerProcess, fleet_env, many_boxes, wait_for_nodes
+from fleet_support import RedisServer, WorkerProcess, fleet_env, many_boxes, wait_for_nodes, wait_until
 from netns_support import PrivateNetwork
 from producer import api
 from worker.keys import Keys
@@ -63,13 +62,7 @@ class Fleet:
         return "\n".join(f"--- {w.node}\n{w.log_tail(60)}" for w in self.workers.values())
 
     def wait_for(self, condition, what: str, timeout: float = PATIENCE):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = condition()
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.tails()}")
+        return wait_until(condition, what, timeout, self.tails, interval=0.1)
 
 
 @pytest.fixture
