@@ -10,7 +10,7 @@
 Outputs are those of the embedded run (producer.outputs.OutputWriter). Without `out_dir`, `submit`/`results`
 keep each mask in memory (`StudyOutcome.labels`); with it, masks are written and not kept.
 The broker defaults to $LITEMEDSAM_BROKER; every other fleet setting comes from the environment too
-(worker.settings), or pass `settings=FleetSettings(...)`.
+(worker.contract.settings), or pass `settings=FleetSettings(...)`.
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from producer.output_context import OutputContext
 from producer.outputs import OutputWriter, parse_dicom_formats
 from producer.source_codec import source_from_json
 from worker.ledger import Progress
-from worker.messages import Outcome
-from worker.protocol import Study
-from worker.settings import FleetSettings
+from worker.contract.messages import Outcome
+from worker.contract.study import Study
+from worker.contract.settings import FleetSettings
 from worker.store import StoreError
 
 
@@ -120,7 +120,7 @@ def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | P
 def submit_studies(studies: dict[str, Study], broker: str | None = None, *, wait: bool = True, force: bool = False,
                    queue: str | None = None, routes: dict[str, str] | None = None, timeout: float | None = None,
                    settings: FleetSettings | None = None) -> Batch:
-    """Enqueue studies already in memory ({name: worker.protocol.Study}); with `wait`, collect their masks
+    """Enqueue studies already in memory ({name: worker.contract.study.Study}); with `wait`, collect their masks
     (`outcome.labels`). No files: for back-ends that hold the arrays. Each study is checked by its worker."""
     client = client_for(broker, settings)
     options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}))

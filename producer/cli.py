@@ -182,7 +182,7 @@ def _submit_dicomweb(root, study_uid, series_uid, prompts_file, stow, credential
         from producer.gateway.series_source import fetch_series_folder, servers, stow_results
     except ImportError as error:
         raise click.ClickException(f"--dicomweb needs the gateway extra: pip install -e '.[gateway]' ({error})")
-    from worker.protocol import StudyError
+    from worker.contract.study import StudyError
 
     try:
         directory = servers(credentials_file)

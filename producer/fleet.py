@@ -18,12 +18,12 @@ from producer.loading import load_study_and_context
 from producer.outputs import check_study_name
 from producer.source_codec import source_to_json
 from worker.directory import IdentityDirectory
-from worker.identity import EngineIdentity, image_digest
-from worker.keys import NAMESPACE_HEADER, Keys
+from worker.contract.identity import EngineIdentity, image_digest
+from worker.contract.keys import NAMESPACE_HEADER, Keys
 from worker.ledger import BatchLedger, Progress
-from worker.messages import Outcome, ResultRecord, TaskMessage, pack_image
-from worker.protocol import Study, StudyError
-from worker.settings import TASK_NAME, FleetSettings, redis_client
+from worker.contract.messages import Outcome, ResultRecord, TaskMessage, pack_image
+from worker.contract.study import Study, StudyError
+from worker.contract.settings import TASK_NAME, FleetSettings, redis_client
 from worker.store import StoreError, open_store
 
 log = logging.getLogger(__name__)

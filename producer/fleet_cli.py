@@ -35,7 +35,7 @@ def _summary(batch: api.Batch, out_dir: Path | None) -> None:
 def submit_to_fleet(study_dir: Path, out_dir: Path, broker: str, *, wait: bool, force: bool, queue: str | None,
                     routes: tuple[str, ...], timeout: float | None,
                     dicom_formats: tuple[str, ...] = ("seg",)) -> list[StudyOutcome]:
-    from worker.settings import parse_routes
+    from worker.contract.settings import parse_routes
 
     try:
         routing = parse_routes(",".join(routes))

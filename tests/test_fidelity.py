@@ -21,7 +21,7 @@ import pytest
 from conftest import SHARED_CASES
 from producer.derived import from_image, from_volume
 from producer.phantoms import build_phantoms
-from worker.protocol import Study
+from worker.contract.study import Study
 
 pytestmark = pytest.mark.model
 

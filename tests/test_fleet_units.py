@@ -16,13 +16,13 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from fleet_support import claim_redis
 from producer.fleet import FleetClient, SubmitOptions
 from producer.report import read_metrics_file, summarise
-from worker.identity import EngineIdentity, image_digest
+from worker.contract.identity import EngineIdentity, image_digest
 from worker.job import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext, run_study
-from worker.keys import Keys
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
-from worker.messages import Outcome, ResultRecord, TaskMessage, pack_image
-from worker.protocol import Study
-from worker.settings import FleetSettings, TimeBudget, parse_routes
+from worker.contract.messages import Outcome, ResultRecord, TaskMessage, pack_image
+from worker.contract.study import Study
+from worker.contract.settings import FleetSettings, TimeBudget, parse_routes
 from worker.store import FileStore, StoreError, open_store, unpack_arrays
 
 RNG = np.random.default_rng(11)
@@ -179,7 +179,7 @@ def _request(**fields):
 
 
 def test_a_retried_message_keeps_its_namespace_header():
-    from worker.keys import NAMESPACE_HEADER
+    from worker.contract.keys import NAMESPACE_HEADER
     from worker.tasks import segment
 
     request = _request(**{NAMESPACE_HEADER: "tenantA"})
@@ -192,7 +192,7 @@ def test_a_foreign_message_that_cannot_be_handed_back_is_kept_aside(slot, monkey
 
     from worker import misrouted
     from worker.app import make_app
-    from worker.keys import NAMESPACE_HEADER
+    from worker.contract.keys import NAMESPACE_HEADER
 
     keys = Keys(f"{slot.namespace}-parked")
     app = make_app(FleetSettings(broker_url=slot.url, namespace=keys.namespace))
@@ -276,7 +276,7 @@ def test_child_metrics_reach_the_parent_even_if_prometheus_was_imported_first(tm
     from prometheus_client import values
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from worker.messages import Outcome
+    from worker.contract.messages import Outcome
     from worker.telemetry import ChildTelemetry, HitRatioCollector
 
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # in-memory mode now; restored after the test
@@ -567,7 +567,7 @@ def test_study_names_cannot_escape_the_output_folder(tmp_path, name):
     from producer.discovery import StudySource
     from producer.outcome import StudyOutcome
     from producer.outputs import OutputWriter
-    from worker.protocol import StudyError
+    from worker.contract.study import StudyError
 
     writer = OutputWriter(tmp_path / "out")
     outcome = StudyOutcome(name=name, modality="CT", labels=np.ones((4, 4), np.uint16), metrics={})

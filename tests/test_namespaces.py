@@ -23,10 +23,10 @@ import pytest
 from fleet_support import REPO, RedisServer, WorkerProcess, fleet_env, many_boxes, study_folder, wait_for_nodes
 from producer import api
 from producer.fleet import FleetClient, SubmitOptions
-from worker.keys import Keys
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
-from worker.protocol import Study
-from worker.settings import TASK_NAME, FleetSettings, redis_client
+from worker.contract.study import Study
+from worker.contract.settings import TASK_NAME, FleetSettings, redis_client
 
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 TIMEOUT = 300

@@ -8,9 +8,9 @@ import pytest
 
 from worker.engine.engine import Engine, EngineSettings
 from worker.engine.overlap import ViewMasks, box_sizes, priorities
-from worker.identity import EngineIdentity
-from worker.protocol import Study
-from worker.routing import RoutingTable
+from worker.contract.identity import EngineIdentity
+from worker.contract.study import Study
+from worker.contract.routing import RoutingTable
 
 RNG = np.random.default_rng(13)
 BIG_2D, SMALL_2D = (20, 20, 220, 200), (80, 60, 140, 120)  # the small box lies inside the big one

@@ -26,9 +26,9 @@ from conftest import SHARED_CASES
 from fleet_support import RedisServer, WorkerProcess, fleet_env, many_boxes, wait_for_nodes, wait_until
 from netns_support import PrivateNetwork
 from producer import api
-from worker.keys import Keys
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
-from worker.settings import FleetSettings, redis_client
+from worker.contract.settings import FleetSettings, redis_client
 from worker.store import open_store
 
 pytestmark = pytest.mark.timeout(600, method="signal")  # signal: the fixtures' clean-up still runs

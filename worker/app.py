@@ -1,8 +1,8 @@
 """The Celery application of the fleet: `celery -A worker.app worker|inspect|flower` uses `app` below.
 
-The broker and every fleet setting come from the environment (worker.settings); `make_app(settings)` builds
+The broker and every fleet setting come from the environment (worker.contract.settings); `make_app(settings)` builds
 an app with the same configuration for a producer that talks to another broker. Everything Celery keeps in
-Redis lives under the namespace (`global_keyprefix`, worker.keys), so fleets of two namespaces on one Redis
+Redis lives under the namespace (`global_keyprefix`, worker.contract.keys), so fleets of two namespaces on one Redis
 never see each other's queues, unacknowledged messages, control replies or events.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 from celery import Celery
 
 from worker import lifecycle  # noqa: F401  (connects the worker's signal handlers)
-from worker.keys import NAMESPACE_CONF, Keys
+from worker.contract.keys import NAMESPACE_CONF, Keys
 from worker.lease import LEASE_RENEW_CONF, LeaseKeeper
-from worker.settings import FleetSettings
+from worker.contract.settings import FleetSettings
 
 
 def celery_config(settings: FleetSettings) -> dict[str, Any]:

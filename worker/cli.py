@@ -1,6 +1,6 @@
 """`worker start` (a thin wrapper over `celery worker` with the fleet's app) and `worker ping`.
 
-Every option becomes the environment variable the app reads (worker.settings), so `worker start ...` and
+Every option becomes the environment variable the app reads (worker.contract.settings), so `worker start ...` and
 `LITEMEDSAM_...=... celery -A worker.app worker ...` start the same worker.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from worker.cpu_affinity import plan
-from worker.settings import DEFAULT_BROKER, DEFAULT_QUEUE, available_cores, default_threads
+from worker.contract.settings import DEFAULT_BROKER, DEFAULT_QUEUE, available_cores, default_threads
 
 
 def _export(name: str, value) -> None:
@@ -25,7 +25,7 @@ def check_models(models_dir: Path, routing: Path | None, precision: str = "f32")
     this host, saying which and why); exits with a clear message if none can run."""
     from models.registry import load_registry
     from worker.calibration import choose_profile
-    from worker.routing import RoutingTable
+    from worker.contract.routing import RoutingTable
 
     registry = load_registry(models_dir)
     if not registry:
@@ -144,9 +144,9 @@ def ping(broker: str, timeout: float, node: str | None) -> None:
     """Ping the workers on the broker; list the engines published per queue. Exit 1 if none answers."""
     from worker.app import make_app
     from worker.directory import IdentityDirectory
-    from worker.keys import Keys
-    from worker.settings import redis_client
-    from worker.settings import FleetSettings
+    from worker.contract.keys import Keys
+    from worker.contract.settings import redis_client
+    from worker.contract.settings import FleetSettings
 
     settings = FleetSettings.from_env(broker)
     app = make_app(settings)

@@ -10,8 +10,8 @@ import json
 import time
 from dataclasses import dataclass
 
-from worker.identity import EngineIdentity
-from worker.keys import Keys
+from worker.contract.identity import EngineIdentity
+from worker.contract.keys import Keys
 
 
 @dataclass(frozen=True)

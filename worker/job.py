@@ -16,12 +16,12 @@ from typing import Any, Protocol
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.identity import EngineIdentity, image_digest
-from worker.keys import Keys
+from worker.contract.identity import EngineIdentity, image_digest
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger, Progress
 from worker.memory import LIMIT_ENV, MemoryGuard, mb
-from worker.messages import Outcome, ResultRecord, TaskMessage, unpack_image
-from worker.protocol import Study, StudyError
+from worker.contract.messages import Outcome, ResultRecord, TaskMessage, unpack_image
+from worker.contract.study import Study, StudyError
 from worker.store import BlobStore, StoreError
 
 log = logging.getLogger(__name__)

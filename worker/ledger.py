@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from worker.keys import Keys
-from worker.messages import Outcome
+from worker.contract.keys import Keys
+from worker.contract.messages import Outcome
 
 
 @dataclass(frozen=True)

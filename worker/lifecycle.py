@@ -13,7 +13,7 @@ import signal
 from celery import signals
 
 from worker import memory, process, telemetry
-from worker.settings import available_cores, default_threads
+from worker.contract.settings import available_cores, default_threads
 
 log = logging.getLogger(__name__)
 THREADS_ENV = "LITEMEDSAM_THREADS"

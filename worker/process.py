@@ -11,12 +11,12 @@ import time
 
 from worker.cpu_affinity import CoreBinding, plan
 from worker.directory import IdentityDirectory
-from worker.identity import EngineIdentity, routing_data
+from worker.contract.identity import EngineIdentity, routing_data
 from worker.job import WorkerContext
-from worker.keys import Keys
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
 from worker.memory import MemoryGuard
-from worker.settings import EngineConfig, FleetSettings, redis_client
+from worker.contract.settings import EngineConfig, FleetSettings, redis_client
 from worker.store import open_store
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The Celery task: one study per message, JSON in, a small JSON summary out (the result lives in the store).
 
-A message sent in another namespace (its header, worker.keys.NAMESPACE_HEADER) is not run: it goes back to
+A message sent in another namespace (its header, worker.contract.keys.NAMESPACE_HEADER) is not run: it goes back to
 its owner's queue or is kept aside (worker.misrouted), before anything touches this namespace's ledger.
 
 Retry policy: only transient faults of Redis (connection lost, timeouts) are retried, with exponential
@@ -19,10 +19,10 @@ from celery.exceptions import Reject, TimeLimitExceeded
 
 from worker import misrouted, process
 from worker.job import Delivery, run_study
-from worker.keys import NAMESPACE_CONF, Keys
+from worker.contract.keys import NAMESPACE_CONF, Keys
 from worker.ledger import BatchLedger
-from worker.messages import Outcome, TaskMessage
-from worker.settings import TASK_NAME, FleetSettings, redis_client
+from worker.contract.messages import Outcome, TaskMessage
+from worker.contract.settings import TASK_NAME, FleetSettings, redis_client
 
 log = logging.getLogger(__name__)
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from worker.messages import Outcome
+from worker.contract.messages import Outcome
 
 log = logging.getLogger(__name__)
 PORT_ENV = "LITEMEDSAM_METRICS_PORT"

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from producer.formats.intensity import Window
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 DICOM_SIDECAR = "prompts.json"
 NIFTI_SIDECAR_SUFFIX = ".prompts.json"

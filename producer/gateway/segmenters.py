@@ -2,7 +2,7 @@
 
 Both take a loaded Study and return a producer.outcome.StudyOutcome (labels + metrics, or an error), reporting
 slice progress as they go. Both reuse stored results: the fleet by its content-addressed store (producer.api), the
-embedded one by a write-once folder of result records keyed the same way (worker.identity), so running a job again
+embedded one by a write-once folder of result records keyed the same way (worker.contract.identity), so running a job again
 costs no engine time.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from producer.outcome import StudyOutcome
-from worker.protocol import Study, StudyError
+from worker.contract.study import Study, StudyError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (slices done, slices in all)
@@ -45,7 +45,7 @@ class EmbeddedSegmenter:
         self._lock = threading.Lock()  # one engine: one study at a time, whatever calls it
 
     def _key(self, study: Study) -> str | None:
-        from worker.identity import image_digest
+        from worker.contract.identity import image_digest
 
         try:
             return self.identity.result_key(image_digest(study.image), study.boxes, study.modality)
@@ -53,7 +53,7 @@ class EmbeddedSegmenter:
             return None  # the engine says what is wrong
 
     def segment(self, name: str, study: Study, progress: Progress) -> StudyOutcome:
-        from worker.messages import ResultRecord
+        from worker.contract.messages import ResultRecord
 
         key = self._key(study)
         path = self.results_dir / f"{key}.npz" if key else None

@@ -23,10 +23,10 @@ from worker.engine.runtime import CompiledSam, RuntimeSettings
 from worker.engine.slices import ProgressFn, SliceSegmenter, SliceSettings, StageClock
 from worker.engine.strategies import STRATEGIES_3D, segment_2d
 from worker.calibration import choose_profile
-from worker.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
-from worker.protocol import Segmentation, Study, StudyMetrics
-from worker.routing import Route, RoutingTable
-from worker.validation import DEFAULT_MAX_VOXELS, check_study
+from worker.contract.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
+from worker.contract.study import Segmentation, Study, StudyMetrics
+from worker.contract.routing import Route, RoutingTable
+from worker.contract.validation import DEFAULT_MAX_VOXELS, check_study
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.protocol import Study, StudyError
+from worker.contract.study import Study, StudyError
 
 MAX_BOXES = 65535  # labels are uint16 and 0 is background
 DEFAULT_MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels of uint8 input; configurable by callers

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from worker.precision import PrecisionTable
+from worker.contract.precision import PrecisionTable
 
-DEFAULT_ROUTING = Path(__file__).with_name("routing.toml")
+DEFAULT_ROUTING = Path(__file__).parents[1] / "routing.toml"  # worker/routing.toml, the file users edit
 ENV_VAR = "LITEMEDSAM_ROUTING"
 STRATEGIES_3D = ("propagate", "triview")
 INTERPOLATIONS = ("linear", "area")

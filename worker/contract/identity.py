@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.routing import DEFAULT_ROUTING, ENV_VAR as ROUTING_ENV, RoutingTable
+from worker.contract.routing import DEFAULT_ROUTING, ENV_VAR as ROUTING_ENV, RoutingTable
 
 KEY_VERSION = 1
 
