@@ -158,14 +158,14 @@ def test_engine_runs_each_strategy_at_its_parts_and_says_so(echo_models_dir):
     f32 = engine_identity(Engine(EngineSettings(models_dir=echo_models_dir)))
     assert f32.route_identity("CT")["parts"]["propagate"]["encoder"] == "f32"
     assert identity.result_key("i", np.zeros((1, 6)), "CT") != f32.result_key("i", np.zeros((1, 6)), "CT")
-    assert type(identity).from_json(identity.to_json()) == identity
+    assert type(identity).model_validate_json(identity.model_dump_json()) == identity
 
 
 def test_embedding_cache_key_is_the_encoders_precision(echo_models_dir):
     # bf16-encoder (f32 decoder) and bf16 (bf16 decoder) share a process's embeddings; f32's encoder does not
     from worker.engine.engine import Engine, EngineSettings
     from worker.engine.slices import SliceSegmenter, SliceSettings, StageClock
-    from worker.contract.study import StageTimes
+    from worker.contract.metrics import StageTimes
 
     engine = Engine(EngineSettings(models_dir=echo_models_dir))
     image = np.zeros((32, 32, 3), np.uint8)

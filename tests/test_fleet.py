@@ -27,7 +27,8 @@ from producer import api
 from producer.discovery import find_studies
 from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
-from worker.contract.settings import FleetSettings, TimeBudget
+from worker.contract.budget import TimeBudget
+from worker.contract.settings import FleetSettings
 
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 THREADS = 1  # per worker process, and for the embedded reference run

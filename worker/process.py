@@ -45,11 +45,11 @@ def core_binding(config: EngineConfig) -> CoreBinding:
 
 
 def build_context(node: str, settings: FleetSettings, config: EngineConfig, telemetry) -> WorkerContext:
-    from worker.engine.engine import Engine  # OpenVINO is imported here, in the child, and only here
+    from worker.engine.engine import Engine, EngineSettings  # OpenVINO is imported here, in the child, and only here
 
     started = time.perf_counter()
     binding = core_binding(config)
-    engine = Engine(config.engine_settings(binding.cores))
+    engine = Engine(EngineSettings.from_config(config, binding.cores))
     engine.warm_up()
     log.info("%s: %d model(s) compiled in %.1f s (precision %s: %s%s, %d thread(s), %s)", node,
              len(engine.registry), time.perf_counter() - started, engine.precision.name,

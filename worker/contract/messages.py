@@ -1,37 +1,56 @@
-"""What travels between producer and worker, as typed dataclasses with JSON (and npz) encodings.
+"""What travels between producer and worker, as pydantic models with JSON (and npz) encodings.
 
 - TaskMessage: the Celery task argument; JSON metadata only (the image is a blob named by its digest).
 - Outcome: one study's final state in a batch (written once to Redis by whoever finishes it).
+- Progress: how far a running study is (slice steps done of total), written by its worker.
 - ResultRecord: the stored result, labels + metrics in one npz blob (metrics as UTF-8 JSON bytes), so a
   write-once store of the record stores both or neither.
+
+A message that does not parse raises MessageError (a ValueError) naming the fields at fault: the worker reports it
+for that message alone.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from worker.store import StoreError, pack_arrays, unpack_arrays
+from worker.contract.arrays import StoreError, pack_arrays, unpack_arrays
+from worker.contract.metrics import StudyMetrics
 
 MESSAGE_VERSION = 1
 
 
-@dataclass(frozen=True)
-class TaskMessage:
+class MessageError(ValueError):
+    """A task message, outcome or progress entry that does not parse: what is wrong with it, in one line."""
+
+
+def _summary(error: ValidationError) -> str:
+    parts = []
+    for problem in error.errors()[:5]:
+        where = ".".join(str(step) for step in problem["loc"]) or "message"
+        parts.append(f"{where}: {problem['msg']}")
+    more = error.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+class TaskMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     batch_id: str
     name: str  # the study's name in the batch (output file stem)
     study_id: str
     modality: str
     image_digest: str  # the input blob is Keys.input_blob(image_digest)
     image_shape: tuple[int, ...]
-    boxes: list[list[float]]
+    boxes: list[list[int | float]]
     boxes_dtype: str
     boxes_shape: tuple[int, ...]
     spacing: tuple[float, ...] | None = None
-    expected_key: str = ""  # the producer's result key (from the published engine identity), "" if unknown
     force: bool = False
     queue: str = ""
     enqueued_at: float = 0.0  # epoch seconds
@@ -41,58 +60,93 @@ class TaskMessage:
     def boxes_array(self) -> np.ndarray:
         return np.asarray(self.boxes, dtype=np.dtype(self.boxes_dtype)).reshape(self.boxes_shape)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_wire(self) -> dict[str, Any]:
+        """The Celery task argument (plain JSON types)."""
+        return self.model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TaskMessage":
+    def from_wire(cls, data: Any) -> TaskMessage:
+        """A message as the worker received it; MessageError if it is not one this worker reads."""
+        if not isinstance(data, dict):
+            raise MessageError(f"a task message is a JSON object, got {type(data).__name__}")
         if data.get("version") != MESSAGE_VERSION:
-            raise ValueError(f"task message version {data.get('version')!r}, this worker reads {MESSAGE_VERSION}")
-        fields = dict(data)
-        fields["image_shape"] = tuple(int(n) for n in fields["image_shape"])
-        fields["boxes_shape"] = tuple(int(n) for n in fields["boxes_shape"])
-        if fields.get("spacing") is not None:
-            fields["spacing"] = tuple(float(v) for v in fields["spacing"])
-        return cls(**fields)
+            raise MessageError(f"task message version {data.get('version')!r}, this worker reads {MESSAGE_VERSION}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise MessageError(_summary(error)) from None
 
 
-@dataclass
-class Outcome:
+class Outcome(BaseModel):
     name: str
-    status: str  # "ok" or "error"
+    status: Literal["ok", "error"]
     modality: str = ""
     error: str = ""
     result_key: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    finished_at: float = field(default_factory=time.time)
+    metrics: StudyMetrics = Field(default_factory=StudyMetrics)
+    finished_at: float = Field(default_factory=time.time)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        """The ledger's form: the metrics as StudyMetrics.to_dict() writes them."""
+        return json.dumps({**self.model_dump(exclude={"metrics"}), "metrics": self.metrics.to_dict()})
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Outcome":
-        return cls(**json.loads(text))
+    def from_json(cls, text: str | bytes) -> Outcome:
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as error:
+            raise MessageError(f"outcome: {_summary(error)}") from None
+
+
+class Progress(BaseModel):
+    """Slice steps done of total for a running study, by which node, when (epoch seconds)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    done: int
+    total: int
+    node: str = ""
+    updated_at: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, data: Any) -> Any:
+        """Entries written before progress was an object: [done, total, node, updated_at]."""
+        if isinstance(data, list):
+            return dict(zip(("done", "total", "node", "updated_at"), data))
+        return data
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Progress:
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as error:
+            raise MessageError(f"progress: {_summary(error)}") from None
 
 
 @dataclass
 class ResultRecord:
     labels: np.ndarray
-    metrics: dict[str, Any]
+    metrics: StudyMetrics
 
     def to_bytes(self) -> bytes:
-        metrics = np.frombuffer(json.dumps(self.metrics).encode(), dtype=np.uint8)
+        metrics = np.frombuffer(json.dumps(self.metrics.to_dict()).encode(), dtype=np.uint8)
         return pack_arrays(segs=self.labels.astype(np.uint16, copy=False), metrics=metrics)
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> "ResultRecord":
+    def from_bytes(cls, blob: bytes) -> ResultRecord:
         arrays = unpack_arrays(blob)
         if "segs" not in arrays or "metrics" not in arrays:
             raise StoreError(f"result blob lacks segs/metrics (has {sorted(arrays)})")
-        return cls(arrays["segs"], json.loads(arrays["metrics"].tobytes().decode()))
+        try:
+            metrics = StudyMetrics.model_validate_json(arrays["metrics"].tobytes())
+        except ValidationError as error:
+            raise StoreError(f"result blob's metrics do not parse ({_summary(error)})") from None
+        return cls(arrays["segs"], metrics)
 
 
 def pack_image(image: np.ndarray) -> bytes:

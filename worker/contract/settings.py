@@ -1,48 +1,113 @@
-"""Fleet settings shared by the producer and the workers, read from the environment (12-factor style).
+"""Every LITEMEDSAM_* setting in one typed table (`Environment`, pydantic-settings), and what is built from it.
 
-Only the standard library here: the producer imports it without OpenVINO, and the worker's parent process
-reads it before any model is loaded.
-
-| variable | default | meaning |
-| --- | --- | --- |
-| LITEMEDSAM_BROKER | redis://127.0.0.1:6379/0 | Celery broker (Redis) |
-| LITEMEDSAM_STORE | the broker URL | blob store: `redis://...` or `file:///shared/path` |
-| LITEMEDSAM_NAMESPACE | lms | prefix of every key this project and Celery use in Redis or the file store |
-| LITEMEDSAM_INPUT_TTL | 86400 | seconds an uploaded study image is kept |
-| LITEMEDSAM_RESULT_TTL | 2592000 | seconds a content-addressed result is kept (30 days) |
-| LITEMEDSAM_BATCH_TTL | 604800 | seconds a batch's manifest, progress and outcomes are kept (7 days) |
-| LITEMEDSAM_VISIBILITY_TIMEOUT | 300 | seconds after which Redis gives a study back to the queue unless the worker holding it renewed its lease (worker.lease) |
-| LITEMEDSAM_LEASE_RENEW | visibility / 5 | seconds between a live worker's lease renewals |
-| LITEMEDSAM_TIME_CEILING | 21600 | the most any study may run (hard time limit cap, 6 h) |
-| LITEMEDSAM_TIME_BASE | 300 | time budget per study: base seconds ... |
-| LITEMEDSAM_TIME_PER_SLICE | 15 | ... plus seconds per encoded slice (per view) ... |
-| LITEMEDSAM_TIME_PER_BOX_SLICE | 0.5 | ... plus seconds per box and slice (decoder calls) |
-| LITEMEDSAM_DEFAULT_QUEUE | litemedsam | queue used when a study is not routed elsewhere |
-| LITEMEDSAM_QUEUE_ROUTES | (none) | modality routes, e.g. `PET=pet,MR=big` |
+The producer, the gateway and the workers read the environment through `Environment` only (12-factor style):
+FleetSettings (broker, store, namespace, lifetimes, leases, time budget, queues) and EngineConfig (what a worker
+process or an in-process run builds its engine from). README.md's settings table is generated from `Environment`
+(`python -m worker.contract.settings`), and a test checks that they agree.
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.contract.budget import TimeBudget
 from worker.contract.keys import check_namespace
+from worker.contract.validation import DEFAULT_MAX_VOXELS
+
+if TYPE_CHECKING:  # redis is imported when a client is made, not with the contract
+    import redis
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "litemedsam"
 TASK_NAME = "litemedsam.segment"
+PREFIX = "LITEMEDSAM_"
+ENGINE_PRECISIONS = "f32 (reproducible), bf16, bf16-encoder, ... (routing table profiles), int8* (models.quantize), " \
+    "fast"
+# the engine options' help, the same in `producer submit` (in-process) and `worker start`
+PRECISION_HELP = ("A precision profile of the routing table (f32: reproducible; bf16, bf16-encoder, ...), an int8 "
+                  "profile made by `python -m models.quantize`, or `fast`: the fastest profile that passed "
+                  "`worker calibrate` on this host, else f32.")
+CACHE_HELP = "Embedding cache bound per engine process (MB)."
+ROUTING_HELP = "Routing table (default: worker/routing.toml or $LITEMEDSAM_ROUTING)."
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
+class Environment(BaseSettings):
+    """The LITEMEDSAM_* variables. `default` in the README is the field's `shown` note where the default is computed."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
+
+    broker: str = Field(DEFAULT_BROKER, description="Celery broker (Redis)")
+    store: str = Field("", description="blob store: `redis://...` or `file:///shared/path`",
+                       json_schema_extra={"shown": "the broker URL"})
+    namespace: str = Field("lms", description="prefix of every key this project and Celery use in Redis or the "
+                                              "file store; 1-64 letters, digits, `_`, `.` or `-`")
+    input_ttl: float = Field(86400, description="seconds an uploaded study image is kept")
+    result_ttl: float = Field(30 * 86400, description="seconds a content-addressed result is kept (30 days)")
+    batch_ttl: float = Field(7 * 86400, description="seconds a batch's manifest, progress and outcomes are kept "
+                                                    "(7 days)")
+    visibility_timeout: float = Field(300, description="seconds after which Redis gives a study back to the queue "
+                                                       "unless the worker holding it renewed its lease")
+    lease_renew: float = Field(0.0, description="seconds between a live worker's lease renewals",
+                               json_schema_extra={"shown": "visibility / 5"})
+    time_base: float = Field(300.0, description="time budget per study: base seconds ...")
+    time_per_slice: float = Field(15.0, description="... plus seconds per encoded slice (per view) ...")
+    time_per_box_slice: float = Field(0.5, description="... plus seconds per box and slice (decoder calls)")
+    time_ceiling: float = Field(21600.0, description="the most any study may run (hard time limit cap, 6 h)")
+    default_queue: str = Field(DEFAULT_QUEUE, description="queue used when a study is not routed elsewhere")
+    queue_routes: str = Field("", description="modality routes, e.g. `PET=pet,MR=big`",
+                              json_schema_extra={"shown": "(none)"})
+    models_dir: str = Field("", description="exported models (read by models.paths)",
+                            json_schema_extra={"shown": "~/.cache/litemedsam-fleet/models"})
+    precision: str = Field("f32", description="engine precision profile: " + ENGINE_PRECISIONS)
+    threads: int = Field(0, description="OpenVINO threads per engine process",
+                         json_schema_extra={"shown": "cores / processes"})
+    cpus: str = Field("", description="cores a worker owns (`all` or a list like `0-3,6`); none: not pinned",
+                      json_schema_extra={"shown": "(none)"})
+    cache_mb: int = Field(2048, description="embedding cache bound per engine process (MB)")
+    routing: str = Field("", description="routing table file", json_schema_extra={"shown": "worker/routing.toml"})
+    max_voxels: int = Field(DEFAULT_MAX_VOXELS, description="largest image accepted (voxels; checked from the file "
+                                                            "header where the format allows, and by the engine)",
+                            json_schema_extra={"shown": "512 Mi"})
+    task_memory_mb: float | None = Field(None, description="memory guard per worker process (MB; 0: off)",
+                                         json_schema_extra={"shown": "80 % of RAM / concurrency"})
+    metrics_port: int | None = Field(None, description="serve a worker's Prometheus metrics on this port",
+                                     json_schema_extra={"shown": "(off)"})
+    api_tokens: str = Field("", description="the gateway's API tokens, comma-separated", repr=False,
+                            json_schema_extra={"shown": "(none)"})
+    worker_queues: str = Field("", description="internal: the queues a worker's parent hands its children",
+                               json_schema_extra={"shown": "(set by the worker)"})
+    export_venv: str = Field("", description="ops/setup.sh: the venv with torch used for the one-off export",
+                             json_schema_extra={"shown": "~/.cache/litemedsam-fleet/export-venv"})
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
+def environment() -> Environment:
+    """The settings as the environment gives them now (a bad value: a ValueError naming the variable)."""
+    from pydantic import ValidationError
+
     try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
+        return Environment()
+    except ValidationError as error:
+        problems = "; ".join(f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors())
+        raise ValueError(problems) from None
+
+
+def settings_table() -> str:
+    """The README's settings table, from Environment."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, info in Environment.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        shown = extra.get("shown")
+        if shown is None:
+            default = info.default
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+        rows.append(f"| `{PREFIX}{name.upper()}` | {shown} | {info.description} |")
+    return "\n".join(rows)
 
 
 def parse_routes(text: str) -> dict[str, str]:
@@ -54,26 +119,6 @@ def parse_routes(text: str) -> dict[str, str]:
             raise ValueError(f"queue route {item!r} is not MODALITY=QUEUE")
         routes[modality.strip().lower()] = queue.strip()
     return routes
-
-
-@dataclass(frozen=True)
-class TimeBudget:
-    """Soft/hard Celery time limits scaled to a study's size, the hard one capped at `ceiling`."""
-
-    base: float = 300.0
-    per_slice: float = 15.0
-    per_box_slice: float = 0.5
-    ceiling: float = 21600.0  # no study runs longer than this
-
-    def limits(self, slices: int, boxes: int, views: int = 1) -> tuple[int, int]:
-        """(soft, hard) seconds for a study of `slices` slices (1 for 2D) and `boxes` boxes."""
-        work = slices * views
-        soft = self.base + self.per_slice * work + self.per_box_slice * boxes * work
-        hard = soft * 1.1 + 60
-        if hard > self.ceiling:
-            hard = self.ceiling
-            soft = min(soft, hard - 60)
-        return int(soft), int(hard)
 
 
 @dataclass(frozen=True)
@@ -105,69 +150,64 @@ class FleetSettings:
         """An explicit queue wins; else the modality's route; else the default queue."""
         return explicit or self.queue_routes.get(modality.lower(), self.default_queue)
 
-    def with_broker(self, broker_url: str | None) -> "FleetSettings":
+    def with_broker(self, broker_url: str | None) -> FleetSettings:
         return replace(self, broker_url=broker_url) if broker_url else self
 
     @classmethod
-    def from_env(cls, broker_url: str | None = None) -> "FleetSettings":
+    def from_env(cls, broker_url: str | None = None) -> FleetSettings:
+        env = environment()
         return cls(
-            broker_url=broker_url or _env("LITEMEDSAM_BROKER", DEFAULT_BROKER),
-            store_url=os.environ.get("LITEMEDSAM_STORE", ""),
-            namespace=_env("LITEMEDSAM_NAMESPACE", "lms"),
-            input_ttl=int(_env_float("LITEMEDSAM_INPUT_TTL", 86400)),
-            result_ttl=int(_env_float("LITEMEDSAM_RESULT_TTL", 30 * 86400)),
-            batch_ttl=int(_env_float("LITEMEDSAM_BATCH_TTL", 7 * 86400)),
-            visibility_timeout=int(_env_float("LITEMEDSAM_VISIBILITY_TIMEOUT", 300)),
-            lease_renew=_env_float("LITEMEDSAM_LEASE_RENEW", 0.0),
-            budget=TimeBudget(
-                base=_env_float("LITEMEDSAM_TIME_BASE", 300.0),
-                per_slice=_env_float("LITEMEDSAM_TIME_PER_SLICE", 15.0),
-                per_box_slice=_env_float("LITEMEDSAM_TIME_PER_BOX_SLICE", 0.5),
-                ceiling=_env_float("LITEMEDSAM_TIME_CEILING", 21600.0),
-            ),
-            default_queue=_env("LITEMEDSAM_DEFAULT_QUEUE", DEFAULT_QUEUE),
-            queue_routes=parse_routes(os.environ.get("LITEMEDSAM_QUEUE_ROUTES", "")),
+            broker_url=broker_url or env.broker,
+            store_url=env.store,
+            namespace=env.namespace,
+            input_ttl=int(env.input_ttl),
+            result_ttl=int(env.result_ttl),
+            batch_ttl=int(env.batch_ttl),
+            visibility_timeout=int(env.visibility_timeout),
+            lease_renew=env.lease_renew,
+            budget=TimeBudget(base=env.time_base, per_slice=env.time_per_slice,
+                              per_box_slice=env.time_per_box_slice, ceiling=env.time_ceiling),
+            default_queue=env.default_queue,
+            queue_routes=parse_routes(env.queue_routes),
         )
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """What a worker process needs to build its Engine (converted to EngineSettings in the child)."""
+    """The engine's options, as both CLIs offer them and a worker process builds its engine from
+    (worker.engine.engine.EngineSettings.from_config, in the process that runs the engine)."""
 
-    models_dir: Path
+    models_dir: Path | None = None  # None: models.paths.default_models_dir()
     precision: str = "f32"
-    threads: int = 0
+    threads: int = 0  # 0: every core this process may use (a fleet worker: cores // its processes)
     cache_mb: int = 2048
     routing_file: Path | None = None
     cpus: str = ""  # cores the worker owns ("" none, "all", or a cpu list): worker.cpu_affinity.plan
+    max_voxels: int = DEFAULT_MAX_VOXELS
 
     @classmethod
-    def from_env(cls) -> "EngineConfig":
-        from models.paths import default_models_dir
-
-        routing = os.environ.get("LITEMEDSAM_ROUTING")
+    def from_env(cls) -> EngineConfig:
+        env = environment()
         return cls(
-            models_dir=default_models_dir(),
-            precision=_env("LITEMEDSAM_PRECISION", "f32"),
-            threads=int(_env_float("LITEMEDSAM_THREADS", 0)),
-            cache_mb=int(_env_float("LITEMEDSAM_CACHE_MB", 2048)),
-            routing_file=Path(routing) if routing else None,
-            cpus=os.environ.get("LITEMEDSAM_CPUS", ""),
+            models_dir=Path(env.models_dir).expanduser() if env.models_dir else None,
+            precision=env.precision,
+            threads=env.threads,
+            cache_mb=env.cache_mb,
+            routing_file=Path(env.routing) if env.routing else None,
+            cpus=env.cpus,
+            max_voxels=env.max_voxels,
         )
 
-    def engine_settings(self, cores: tuple[int, ...] = ()):
-        """The engine's own settings object (imports OpenVINO: call it in a worker child only); `cores`: this
-        process's core binding (worker.cpu_affinity.plan)."""
-        from worker.engine.engine import EngineSettings
+    def with_options(self, **options: Any) -> EngineConfig:
+        """This config with the options a command line gave (None: not given, the environment's value stays)."""
+        return replace(self, **{name: value for name, value in options.items() if value is not None})
 
-        return EngineSettings(models_dir=self.models_dir, precision=self.precision, threads=self.threads,
-                              cache_bytes=self.cache_mb << 20, routing_file=self.routing_file, cores=cores)
 
 
 RECONNECT_SECONDS = 120.0  # how long a Redis command keeps retrying through a broker restart
 
 
-def redis_client(url: str, reconnect_seconds: float = RECONNECT_SECONDS):
+def redis_client(url: str, reconnect_seconds: float = RECONNECT_SECONDS) -> redis.Redis:
     """A Redis client for the fleet's own keys (the broker connection is Celery's).
 
     Every command retries on connection loss and timeouts with exponential backoff (0.1 s doubling to 5 s) for
@@ -222,3 +262,18 @@ def available_cores() -> int:
 def default_threads(concurrency: int) -> int:
     """OpenVINO threads per worker process so that threads x concurrency <= cores."""
     return max(1, available_cores() // max(1, concurrency))
+
+
+def thread_plan(concurrency: int, threads: int = 0) -> tuple[int, str | None]:
+    """(threads per process, a warning if threads x concurrency oversubscribes the cores, else None);
+    `threads` 0 takes the default."""
+    threads = threads or default_threads(concurrency)
+    cores = available_cores()
+    if threads * concurrency > cores:
+        return threads, (f"{threads} threads x {concurrency} processes > {cores} cores: OpenVINO will "
+                         "oversubscribe the CPU")
+    return threads, None
+
+
+if __name__ == "__main__":  # the README's settings table
+    sys.stdout.write(settings_table() + "\n")

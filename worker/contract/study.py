@@ -1,17 +1,34 @@
-"""What crosses the boundary between producer and worker: a study in, a segmentation out.
+"""A study in, a segmentation out: what the producer hands the engine and what comes back.
 
-This module imports only numpy so the producer can use it without OpenVINO.
+Also the one place that decides whether a study is 3D (`is_3d`): validation, the engine, the producer's time budget
+and the fleet's memory estimate all ask here.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from worker.contract.metrics import StudyMetrics
+
+BOX_WIDTH_2D = 4  # [x_min, y_min, x_max, y_max]
+BOX_WIDTH_3D = 6  # [x_min, y_min, z_min, x_max, y_max, z_max]
+
 
 class StudyError(ValueError):
     """A problem with one study's input: reported for that study alone, never retried."""
+
+
+def has_3d_boxes(boxes: Any) -> bool:
+    """The boxes are (N, 6): a 3D study's, whatever the image (validation says when the two disagree)."""
+    shape = np.shape(boxes)
+    return len(shape) == 2 and shape[1] == BOX_WIDTH_3D
+
+
+def is_3d(image: Any, boxes: Any) -> bool:
+    """A (D, H, W) volume with (N, 6) boxes; anything else (a 2D image, or malformed input) is not run as 3D."""
+    return np.ndim(image) == 3 and has_3d_boxes(boxes)
 
 
 @dataclass(frozen=True)
@@ -31,65 +48,7 @@ class Study:
 
     @property
     def is_3d(self) -> bool:
-        return self.image.ndim == 3 and self.boxes.shape[1] == 6
-
-
-@dataclass
-class StageTimes:
-    """Seconds spent per engine stage for one study."""
-
-    load: float = 0.0
-    preprocess: float = 0.0
-    encode: float = 0.0
-    decode: float = 0.0
-    postprocess: float = 0.0
-    vote: float = 0.0
-    write: float = 0.0
-    total: float = 0.0
-
-
-@dataclass
-class Counts:
-    boxes: int = 0
-    slices_encoded: int = 0
-    decoder_calls: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    cache_evictions: int = 0
-
-
-@dataclass
-class Provenance:
-    model: str = ""
-    model_sha256: str = ""
-    precision: str = ""  # the profile that ran (never "fast": what it resolved to)
-    encoder_precision: str = ""  # what each model part ran at for this study's strategy
-    decoder_precision: str = ""
-    precision_choice: str = ""  # for `--precision fast`: which profile it chose and why
-    strategy: str = ""
-    package_version: str = ""
-    overlap: str = ""  # the rule that gave overlapping pixels an owner: "smaller" or "later" (worker/engine/overlap.py)
-    note: str = ""
-
-
-@dataclass
-class StudyMetrics:
-    times: StageTimes = field(default_factory=StageTimes)
-    counts: Counts = field(default_factory=Counts)
-    provenance: Provenance = field(default_factory=Provenance)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StudyMetrics":
-        return cls(
-            times=StageTimes(**data.get("times", {})),
-            counts=Counts(**data.get("counts", {})),
-            provenance=Provenance(**data.get("provenance", {})),
-            extra=dict(data.get("extra", {})),
-        )
+        return is_3d(self.image, self.boxes)
 
 
 @dataclass
