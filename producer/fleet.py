@@ -22,7 +22,7 @@ from worker.contract.arrays import StoreError
 from worker.contract.budget import study_work
 from worker.contract.identity import EngineIdentity, image_digest
 from worker.contract.keys import Keys
-from worker.contract.messages import Outcome, Progress, ResultRecord, TaskMessage, pack_image
+from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord, TaskMessage, pack_image
 from worker.contract.metrics import MetricsExtra, StudyMetrics, Transfer
 from worker.contract.routing import Route
 from worker.contract.settings import FleetSettings, redis_client
@@ -185,7 +185,7 @@ class FleetClient:
             cached = self._is_stored(staged, options)
             if not cached:
                 message = message.model_copy(update={"upload_seconds": self.upload(message.image_digest, study)})
-        except (StudyError, StoreError) as error:
+        except (StudyError, StoreError, MessageError) as error:
             return self._fail(batch_id, name, entry, str(error))
         except Exception as error:  # one study that cannot even be staged must not stop the batch
             log.exception("cannot enqueue %s", name)
@@ -222,7 +222,7 @@ class FleetClient:
                 key = identity.result_key(digest, study.boxes, study.modality)
             except (LookupError, ValueError) as error:
                 log.info("%s: no result key (%s); the worker will say what is wrong", name, error)
-        message = TaskMessage(
+        message = TaskMessage.create(
             batch_id=batch_id, name=name, study_id=study.study_id, modality=study.modality, image_digest=digest,
             image_shape=tuple(study.image.shape), boxes=study.boxes.tolist(), boxes_dtype=study.boxes.dtype.str,
             boxes_shape=tuple(study.boxes.shape), spacing=study.spacing, force=options.force,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from worker.contract.budget import TimeBudget, study_work
-from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord
+from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord, TaskMessage
 from worker.contract.metrics import MetricsExtra, StudyMetrics, Transfer
 from worker.contract.routing import MAX_VIEWS, RoutingTable
 from worker.contract.settings import Environment, EngineConfig, FleetSettings, settings_table, thread_plan
@@ -181,3 +181,13 @@ def test_max_voxels_reaches_the_engine(monkeypatch):
     monkeypatch.setenv("LITEMEDSAM_MAX_VOXELS", "1234")
     assert EngineSettings.from_config(EngineConfig.from_env()).max_voxels == 1234  # a fleet worker's engine
     assert engine_settings(None, "f32", 0, 2048, None).max_voxels == 1234  # the in-process run's
+
+
+def test_a_message_that_cannot_be_made_says_why_in_one_line():
+    fields = dict(batch_id="b", name="n", study_id="n", modality="CT", image_digest="d", image_shape=(8, 8, 3),
+                  boxes_dtype="<U1", boxes_shape=(1, 4))
+    with pytest.raises(MessageError, match=r"^boxes: boxes must be a numeric array$"):
+        TaskMessage.create(**fields, boxes=[["a", "b", "c", "d"]])
+    with pytest.raises(MessageError, match="numeric"):
+        TaskMessage.create(**fields, boxes=[[True, 1, 2, 3]])
+    assert TaskMessage.create(**fields, boxes=[[1, 2.5, 3, 4]]).boxes == [[1, 2.5, 3, 4]]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.contract.arrays import StoreError, pack_arrays, unpack_arrays
 from worker.contract.metrics import StudyMetrics
@@ -33,9 +33,13 @@ def _summary(error: ValidationError) -> str:
     parts = []
     for problem in error.errors()[:5]:
         where = ".".join(str(step) for step in problem["loc"]) or "message"
-        parts.append(f"{where}: {problem['msg']}")
+        parts.append(f"{where}: {problem['msg'].removeprefix('Value error, ')}")
     more = error.error_count() - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class TaskMessage(BaseModel):
@@ -56,6 +60,22 @@ class TaskMessage(BaseModel):
     enqueued_at: float = 0.0  # epoch seconds
     upload_seconds: float = 0.0
     version: int = MESSAGE_VERSION
+
+    @field_validator("boxes", mode="before")
+    @classmethod
+    def _numeric_boxes(cls, value: Any) -> Any:
+        rows = value if isinstance(value, list) else []
+        if not all(isinstance(row, list) and all(_is_number(v) for v in row) for row in rows):
+            raise ValueError("boxes must be a numeric array")
+        return value
+
+    @classmethod
+    def create(cls, **fields: Any) -> TaskMessage:
+        """A new message; MessageError (one line) if the fields cannot make one."""
+        try:
+            return cls(**fields)
+        except ValidationError as error:
+            raise MessageError(_summary(error)) from None
 
     def boxes_array(self) -> np.ndarray:
         return np.asarray(self.boxes, dtype=np.dtype(self.boxes_dtype)).reshape(self.boxes_shape)
