@@ -191,3 +191,38 @@ def test_a_message_that_cannot_be_made_says_why_in_one_line():
     with pytest.raises(MessageError, match="numeric"):
         TaskMessage.create(**fields, boxes=[[True, 1, 2, 3]])
     assert TaskMessage.create(**fields, boxes=[[1, 2.5, 3, 4]]).boxes == [[1, 2.5, 3, 4]]
+
+
+# module -> the distribution that provides it, for what the worker image imports
+DISTRIBUTIONS = {"numpy": "numpy", "pydantic": "pydantic", "pydantic_settings": "pydantic-settings",
+                 "celery": "celery", "kombu": "celery", "redis": "redis", "click": "click", "openvino": "openvino",
+                 "cv2": "opencv-python-headless", "psutil": "psutil", "prometheus_client": "prometheus-client",
+                 "scipy": "scipy", "surface_distance": "surface-distance", "rich": "rich"}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.parse(path.read_text()).body:  # module level: what importing the file needs
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_worker_extra_installs_what_the_worker_imports():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=\[ ]", spec)[0] for spec in project["dependencies"] +
+                project["optional-dependencies"]["worker"]}
+    files = [*REPO.glob("worker/**/*.py"),
+             *(REPO / "models" / f"{name}.py" for name in ("paths", "registry", "quantize")),
+             *(REPO / "producer" / f"{name}.py" for name in ("derived", "evaluate", "phantoms"))]  # worker calibrate
+    stdlib = set(sys.stdlib_module_names) | {"worker", "models", "producer"}
+    imported = set().union(*(_top_level_imports(path) for path in files)) - stdlib
+    assert imported <= set(DISTRIBUTIONS), sorted(imported - set(DISTRIBUTIONS))
+    assert {DISTRIBUTIONS[name] for name in imported} <= declared, sorted(
+        {DISTRIBUTIONS[name] for name in imported} - declared)
