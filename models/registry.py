@@ -17,10 +17,6 @@ NORMALISATIONS = ("minmax",)
 BOX_CONVENTIONS = ("xyxy",)
 
 
-class ModelNotFound(LookupError):
-    pass
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything the engine needs to run one model; no OpenVINO objects here."""

@@ -12,7 +12,7 @@ EXPORT_VENV=${LITEMEDSAM_EXPORT_VENV:-$CACHE/export-venv}
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[worker,gateway,test,bench]"
+.venv/bin/python -m pip install -q -e ".[producer,worker,gateway,test,bench]"
 # RTSTRUCT output: rt-utils without its opencv-python requirement (cv2 comes from opencv-python-headless; two
 # OpenCV wheels in one venv overwrite each other's cv2). pyproject.toml says why.
 .venv/bin/python -m pip install -q --no-deps rt-utils==1.2.7

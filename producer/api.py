@@ -10,7 +10,7 @@
 Outputs are those of the embedded run (producer.outputs.OutputWriter). Without `out_dir`, `submit`/`results`
 keep each mask in memory (`StudyOutcome.labels`); with it, masks are written and not kept.
 The broker defaults to $LITEMEDSAM_BROKER; every other fleet setting comes from the environment too
-(worker.settings), or pass `settings=FleetSettings(...)`.
+(worker.contract.settings), or pass `settings=FleetSettings(...)`.
 """
 from __future__ import annotations
 
@@ -25,11 +25,10 @@ from producer.outcome import StudyOutcome
 from producer.output_context import OutputContext
 from producer.outputs import OutputWriter, parse_dicom_formats
 from producer.source_codec import source_from_json
-from worker.ledger import Progress
-from worker.messages import Outcome
-from worker.protocol import Study
-from worker.settings import FleetSettings
-from worker.store import StoreError
+from worker.contract.messages import Outcome, Progress
+from worker.contract.study import Study
+from worker.contract.settings import FleetSettings
+from worker.contract.arrays import StoreError
 
 
 class UnknownBatch(LookupError):
@@ -120,7 +119,7 @@ def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | P
 def submit_studies(studies: dict[str, Study], broker: str | None = None, *, wait: bool = True, force: bool = False,
                    queue: str | None = None, routes: dict[str, str] | None = None, timeout: float | None = None,
                    settings: FleetSettings | None = None) -> Batch:
-    """Enqueue studies already in memory ({name: worker.protocol.Study}); with `wait`, collect their masks
+    """Enqueue studies already in memory ({name: worker.contract.study.Study}); with `wait`, collect their masks
     (`outcome.labels`). No files: for back-ends that hold the arrays. Each study is checked by its worker."""
     client = client_for(broker, settings)
     options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}))
@@ -212,7 +211,7 @@ def _deliver(client: FleetClient, batch: Batch, manifest: _Manifest, outcome: Ou
     """Download one finished study's mask and write it (if the batch has an output folder)."""
     enqueued_at = manifest.entry(outcome.name).get("enqueued_at", outcome.finished_at)
     study = StudyOutcome(name=outcome.name, modality=outcome.modality, status=outcome.status, error=outcome.error,
-                         metrics=outcome.metrics, seconds=max(0.0, outcome.finished_at - enqueued_at))
+                         metrics=outcome.metrics.to_dict(), seconds=max(0.0, outcome.finished_at - enqueued_at))
     if outcome.ok:
         _download(client, outcome, study)
         study.context = manifest.context(outcome.name)
@@ -234,12 +233,12 @@ def _download(client: FleetClient, outcome: Outcome, study: StudyOutcome) -> Non
         study.status, study.error = "error", f"result {outcome.result_key[:12]} is no longer in the store (expired)"
         return
     metrics = record.metrics
-    if outcome.metrics.get("extra", {}).get("cached"):  # the stored metrics, plus this batch's cache note
-        metrics.setdefault("extra", {}).update(outcome.metrics["extra"])
+    if outcome.metrics.extra.cached:  # the stored metrics, plus this batch's cache note
+        metrics.note(**outcome.metrics.extra.model_dump(exclude_none=True))
     else:
-        metrics = outcome.metrics
-    metrics.setdefault("extra", {}).setdefault("transfer", {})["result_download"] = time.perf_counter() - started
-    study.labels, study.metrics = record.labels, metrics
+        metrics = outcome.metrics.model_copy(deep=True)
+    metrics.transfer().result_download = time.perf_counter() - started
+    study.labels, study.metrics = record.labels, metrics.to_dict()
 
 
 def state_of(outcome: Outcome | None, progress: Progress | None) -> str:
@@ -251,8 +250,8 @@ def state_of(outcome: Outcome | None, progress: Progress | None) -> str:
 def _study_status(name: str, entry: dict, outcome: Outcome | None, progress: Progress | None) -> StudyStatus:
     row = StudyStatus(name, state_of(outcome, progress), modality=entry.get("modality", ""))
     if outcome is not None:
-        extra = outcome.metrics.get("extra", {})
-        row.error, row.cached, row.node = outcome.error, bool(extra.get("cached")), extra.get("node", "")
+        extra = outcome.metrics.extra
+        row.error, row.cached, row.node = outcome.error, bool(extra.cached), extra.node or ""
         row.modality = outcome.modality or row.modality
     elif progress is not None:
         row.done, row.total, row.node = progress.done, progress.total, progress.node
@@ -275,4 +274,4 @@ def _record(outcome: Outcome, entry: dict) -> dict:
     enqueued_at = entry.get("enqueued_at", outcome.finished_at)
     return {"study": outcome.name, "modality": outcome.modality or entry.get("modality", ""),
             "status": outcome.status, "error": outcome.error,
-            "seconds": max(0.0, outcome.finished_at - enqueued_at), "metrics": outcome.metrics}
+            "seconds": max(0.0, outcome.finished_at - enqueued_at), "metrics": outcome.metrics.to_dict()}

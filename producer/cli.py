@@ -10,6 +10,7 @@ from producer.console import BatchProgress, console, print_notes, summary_table
 from producer.discovery import discover
 from producer.outcome import StudyOutcome
 from producer.outputs import OutputWriter
+from worker.contract.settings import CACHE_HELP, PRECISION_HELP, ROUTING_HELP
 
 SHARED_CASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cases"
 
@@ -19,13 +20,11 @@ def engine_options(command):
     options = [
         click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Exported models (default: $LITEMEDSAM_MODELS_DIR or ~/.cache/litemedsam-fleet/models)."),
-        click.option("--precision", default="f32", show_default=True,
-                     help="Precision profile of the routing table (f32, bf16, bf16-encoder, ...), an int8 profile, "
-                          "or `fast`: the fastest profile that passed `worker calibrate` on this host, else f32."),
+        click.option("--precision", default="f32", show_default=True, help=PRECISION_HELP),
         click.option("--threads", type=int, default=0, show_default=True, help="OpenVINO threads (0: all cores)."),
-        click.option("--cache-mb", type=int, default=2048, show_default=True, help="Embedding cache bound."),
+        click.option("--cache-mb", type=int, default=2048, show_default=True, help=CACHE_HELP),
         click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help="Routing table (default: worker/routing.toml or $LITEMEDSAM_ROUTING)."),
+                     help=ROUTING_HELP),
     ]
     for option in reversed(options):
         command = option(command)
@@ -33,13 +32,14 @@ def engine_options(command):
 
 
 def engine_settings(models_dir, precision, threads, cache_mb, routing):
+    """The in-process engine's settings: the command line's options over the environment's (EngineConfig, the
+    type a fleet worker builds its engine from too)."""
+    from worker.contract.settings import EngineConfig
     from worker.engine.engine import EngineSettings
 
-    base = EngineSettings()
-    return EngineSettings(
-        models_dir=models_dir or base.models_dir, precision=precision, threads=threads,
-        cache_bytes=cache_mb << 20, routing_file=routing,
-    )
+    config = EngineConfig.from_env().with_options(models_dir=models_dir, precision=precision, threads=threads,
+                                                  cache_mb=cache_mb, routing_file=routing)
+    return EngineSettings.from_config(config)
 
 
 def print_skipped(skipped) -> None:
@@ -182,7 +182,7 @@ def _submit_dicomweb(root, study_uid, series_uid, prompts_file, stow, credential
         from producer.gateway.series_source import fetch_series_folder, servers, stow_results
     except ImportError as error:
         raise click.ClickException(f"--dicomweb needs the gateway extra: pip install -e '.[gateway]' ({error})")
-    from worker.protocol import StudyError
+    from worker.contract.study import StudyError
 
     try:
         directory = servers(credentials_file)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from producer.phantoms import tight_boxes
-from worker.store import write_npz
+from worker.contract.arrays import write_npz
 
 MIN_PIXELS_2D = 20
 MIN_VOXELS_3D = 50

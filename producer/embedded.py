@@ -8,7 +8,7 @@ from typing import Callable
 from producer.discovery import StudySource
 from producer.loading import load_study_and_context
 from producer.outcome import StudyOutcome
-from worker.protocol import Study, StudyError
+from worker.contract.study import Study, StudyError
 
 log = logging.getLogger(__name__)
 SliceProgress = Callable[[str, int, int], None]

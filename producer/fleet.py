@@ -9,7 +9,7 @@ import logging
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -17,14 +17,19 @@ from producer.discovery import StudySource
 from producer.loading import load_study_and_context
 from producer.outputs import check_study_name
 from producer.source_codec import source_to_json
+from producer.sender import TaskSender
+from worker.contract.arrays import StoreError
+from worker.contract.budget import study_work
+from worker.contract.identity import EngineIdentity, image_digest
+from worker.contract.keys import Keys
+from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord, TaskMessage, pack_image
+from worker.contract.metrics import MetricsExtra, StudyMetrics, Transfer
+from worker.contract.routing import Route
+from worker.contract.settings import FleetSettings, redis_client
+from worker.contract.study import Study, StudyError
 from worker.directory import IdentityDirectory
-from worker.identity import EngineIdentity, image_digest
-from worker.keys import NAMESPACE_HEADER, Keys
-from worker.ledger import BatchLedger, Progress
-from worker.messages import Outcome, ResultRecord, TaskMessage, pack_image
-from worker.protocol import Study, StudyError
-from worker.settings import TASK_NAME, FleetSettings, redis_client
-from worker.store import StoreError, open_store
+from worker.ledger import BatchLedger
+from worker.store import open_store
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 5.0  # a full re-read of a batch's outcomes, in case a pub/sub message was missed
@@ -66,18 +71,24 @@ def new_batch_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
-def study_work(study: Study, identity: EngineIdentity | None) -> tuple[int, int, int]:
-    """(slices, boxes, views) of a study for its time budget; tri-view (or unknown routing of a 3D) counts 3."""
-    boxes = study.boxes
-    if not (study.image.ndim == 3 and boxes.ndim == 2 and boxes.shape[1] == 6):  # 2D (or malformed: the worker says)
-        return 1, len(boxes), 1
-    views = 3
-    if identity is not None:
-        try:
-            views = 3 if identity.route_identity(study.modality)["strategy_3d"] == "triview" else 1
-        except (LookupError, ValueError):
-            pass
-    return int(study.image.shape[0]), len(boxes), views
+@dataclass(frozen=True)
+class Staged:
+    """A study ready to send: its task message, the result key the queue's published engine gives it ("" if no
+    worker has published one), and its (soft, hard) time limits."""
+
+    message: TaskMessage
+    result_key: str
+    limits: tuple[int, int]
+
+
+def known_route(identity: EngineIdentity | None, modality: str) -> Route | None:
+    """The route a queue's published engine gives this modality; None if unknown (no engine, broken routing)."""
+    if identity is None:
+        return None
+    try:
+        return identity.route(modality)
+    except (LookupError, ValueError):
+        return None
 
 
 class FleetClient:
@@ -89,16 +100,19 @@ class FleetClient:
                                 self.redis if settings.store == settings.broker_url else None)
         self.ledger = BatchLedger(self.redis, self.keys, settings.batch_ttl)
         self.directory = IdentityDirectory(self.redis, self.keys)
-        self._app = None
+        self._sender: TaskSender | None = None
         self._identities: dict[str, EngineIdentity | None] = {}
 
     @property
-    def app(self):
-        if self._app is None:
-            from worker.app import make_app
+    def sender(self) -> TaskSender:
+        if self._sender is None:
+            self._sender = TaskSender(self.settings)
+        return self._sender
 
-            self._app = make_app(self.settings)
-        return self._app
+    @property
+    def app(self):
+        """The light Celery client's app (producer.sender)."""
+        return self.sender.app
 
     def identity(self, queue: str) -> EngineIdentity | None:
         if queue not in self._identities:
@@ -142,8 +156,8 @@ class FleetClient:
         """Seal what was enqueued, so `producer results` can still finish the batch; a study caught half-way
         gets an error outcome (resubmitting the folder reuses every stored result)."""
         for name in set(self.ledger.studies(batch.batch_id)) - set(batch.names):
-            self.ledger.record(batch.batch_id, Outcome(name, "error", error="submission interrupted while this "
-                                                       "study was being enqueued: submit it again"))
+            self.ledger.record(batch.batch_id, Outcome(name=name, status="error", error="submission interrupted "
+                                                       "while this study was being enqueued: submit it again"))
             batch.names.append(name)
         self.ledger.write_meta(batch.batch_id, {**meta, "sealed": True, "interrupted": True,
                                                 "total": len(batch.names), "submitted_at": time.time()})
@@ -166,42 +180,39 @@ class FleetClient:
         The study is checked by the worker that runs it, not here."""
         entry = dict(entry or {"enqueued_at": time.time()})
         try:
-            message, limits = self.stage(batch_id, name, study, options)
-            cached = self._is_stored(message, options)
+            staged = self.stage(batch_id, name, study, options)
+            message = staged.message
+            cached = self._is_stored(staged, options)
             if not cached:
-                message = replace(message, upload_seconds=self.upload(message.image_digest, study))
-        except (StudyError, StoreError) as error:
+                message = message.model_copy(update={"upload_seconds": self.upload(message.image_digest, study)})
+        except (StudyError, StoreError, MessageError) as error:
             return self._fail(batch_id, name, entry, str(error))
         except Exception as error:  # one study that cannot even be staged must not stop the batch
             log.exception("cannot enqueue %s", name)
             return self._fail(batch_id, name, entry, f"cannot enqueue: {type(error).__name__}: {error}")
         entry.update(modality=message.modality, image_digest=message.image_digest, queue=message.queue,
-                     result_key=message.expected_key, enqueued_at=message.enqueued_at)
+                     result_key=staged.result_key, enqueued_at=message.enqueued_at)
         if cached:
             self.ledger.add_study(batch_id, name, entry)
-            self.ledger.record(batch_id, cached_outcome(message))
+            self.ledger.record(batch_id, cached_outcome(message, staged.result_key))
             return "cached"
         entry["task_id"] = str(uuid.uuid4())
         self.ledger.add_study(batch_id, name, entry)
-        soft, hard = limits
-        self.app.send_task(TASK_NAME, args=[message.to_dict()], queue=message.queue, task_id=entry["task_id"],
-                           soft_time_limit=soft, time_limit=hard,
-                           headers={NAMESPACE_HEADER: self.settings.namespace})  # workers of others refuse it
+        self.sender.send(message, entry["task_id"], staged.limits)
         return "queued"
 
-    def _is_stored(self, message: TaskMessage, options: SubmitOptions) -> bool:
-        if not message.expected_key or options.force:
+    def _is_stored(self, staged: Staged, options: SubmitOptions) -> bool:
+        if not staged.result_key or options.force:
             return False
-        return self.store.touch(Keys.result_blob(message.expected_key), self.settings.result_ttl)
+        return self.store.touch(Keys.result_blob(staged.result_key), self.settings.result_ttl)
 
     def _fail(self, batch_id: str, name: str, entry: dict[str, Any], reason: str) -> str:
         self.ledger.add_study(batch_id, name, entry)
-        self.ledger.record(batch_id, Outcome(name, "error", error=reason))
+        self.ledger.record(batch_id, Outcome(name=name, status="error", error=reason))
         return "failed"
 
-    def stage(self, batch_id: str, name: str, study: Study,
-              options: SubmitOptions) -> tuple[TaskMessage, tuple[int, int]]:
-        """The task message of a study (its content digest and expected result key) and its time limits."""
+    def stage(self, batch_id: str, name: str, study: Study, options: SubmitOptions) -> Staged:
+        """The task message of a study (its content digest), its expected result key and its time limits."""
         queue = self.settings.queue_for(study.modality, options.explicit_queue(study.modality))
         identity = self.identity(queue)
         digest = image_digest(study.image)
@@ -211,13 +222,14 @@ class FleetClient:
                 key = identity.result_key(digest, study.boxes, study.modality)
             except (LookupError, ValueError) as error:
                 log.info("%s: no result key (%s); the worker will say what is wrong", name, error)
-        message = TaskMessage(
+        message = TaskMessage.create(
             batch_id=batch_id, name=name, study_id=study.study_id, modality=study.modality, image_digest=digest,
             image_shape=tuple(study.image.shape), boxes=study.boxes.tolist(), boxes_dtype=study.boxes.dtype.str,
-            boxes_shape=tuple(study.boxes.shape), spacing=study.spacing, expected_key=key, force=options.force,
+            boxes_shape=tuple(study.boxes.shape), spacing=study.spacing, force=options.force,
             queue=queue, enqueued_at=time.time(),
         )
-        return message, self.settings.budget.limits(*study_work(study, identity))
+        return Staged(message, key, self.settings.budget.limits(*study_work(study, known_route(identity,
+                                                                                                study.modality))))
 
     def upload(self, digest: str, study: Study) -> float:
         """Put the image in the store unless it is there already; seconds spent."""
@@ -285,8 +297,9 @@ class FleetClient:
         return ResultRecord.from_bytes(blob) if blob is not None else None
 
 
-def cached_outcome(message: TaskMessage) -> Outcome:
+def cached_outcome(message: TaskMessage, result_key: str) -> Outcome:
     """The producer found the result stored: no task; the full metrics come with the result blob."""
-    extra = {"cached": True, "cache_hit_by": "producer", "result_key": message.expected_key, "queue_wait": 0.0,
-             "transfer": {"upload": message.upload_seconds}}
-    return Outcome(message.name, "ok", message.modality, result_key=message.expected_key, metrics={"extra": extra})
+    extra = MetricsExtra(cached=True, cache_hit_by="producer", result_key=result_key, queue_wait=0.0,
+                         transfer=Transfer(upload=message.upload_seconds))
+    return Outcome(name=message.name, status="ok", modality=message.modality, result_key=result_key,
+                   metrics=StudyMetrics(extra=extra))

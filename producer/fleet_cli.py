@@ -17,6 +17,7 @@ from producer import api
 from producer.console import console, print_notes, summary_table
 from producer.fleet import SubmissionInterrupted
 from producer.outcome import StudyOutcome
+from worker.contract.metrics import StudyMetrics
 
 
 def _print_skipped(batch: api.Batch) -> None:
@@ -27,7 +28,7 @@ def _print_skipped(batch: api.Batch) -> None:
 def _summary(batch: api.Batch, out_dir: Path | None) -> None:
     console.print(summary_table(sorted(batch.outcomes, key=lambda o: o.name)))
     print_notes(sorted(batch.outcomes, key=lambda o: o.name))
-    cached = sum(bool(o.metrics.get("extra", {}).get("cached")) for o in batch.outcomes if o.ok)
+    cached = sum(bool(StudyMetrics.model_validate(o.metrics).extra.cached) for o in batch.outcomes if o.ok)
     where = f"; masks and metrics.jsonl in {out_dir}" if out_dir else ""
     console.print(f"batch {batch.batch_id}: {batch.ok} ok ({cached} from the store), {batch.failed} failed{where}")
 
@@ -35,7 +36,7 @@ def _summary(batch: api.Batch, out_dir: Path | None) -> None:
 def submit_to_fleet(study_dir: Path, out_dir: Path, broker: str, *, wait: bool, force: bool, queue: str | None,
                     routes: tuple[str, ...], timeout: float | None,
                     dicom_formats: tuple[str, ...] = ("seg",)) -> list[StudyOutcome]:
-    from worker.settings import parse_routes
+    from worker.contract.settings import parse_routes
 
     try:
         routing = parse_routes(",".join(routes))

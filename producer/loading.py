@@ -14,7 +14,7 @@ from producer.formats.nifti import reference_of as nifti_reference_of
 from producer.formats.npz import load_npz_study
 from producer.formats.sidecar import Prompts, read_prompts
 from producer.output_context import OutputContext, dicom_context
-from worker.protocol import Study, StudyError
+from worker.contract.study import Study, StudyError
 
 
 def _prompts(source: StudySource) -> Prompts:

@@ -29,7 +29,7 @@ from producer.formats.npz import write_segs
 from producer.formats.seg import check_labels, write_dicom_seg
 from producer.outcome import StudyOutcome
 from producer.output_context import OutputContext
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"

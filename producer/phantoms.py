@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from worker.store import write_npz
+from worker.contract.arrays import write_npz
 
 SEED = 20240617
 BOX_MARGIN_2D = 3  # px, like the challenge's slightly loose 2D boxes

@@ -15,6 +15,8 @@ from typing import Any, Iterable
 import numpy as np
 from rich.table import Table
 
+from worker.contract.metrics import MetricsExtra
+
 ENGINE_STAGES = ("load", "preprocess", "encode", "decode", "postprocess", "vote", "total")
 FLEET_STAGES = ("queue_wait",)
 TRANSFER_STAGES = ("upload", "input_download", "result_upload", "result_download")
@@ -70,12 +72,16 @@ class BatchReport:
                 "slices_per_second": self.slices_per_second}
 
 
+def _extra(record: dict[str, Any]) -> MetricsExtra:
+    return MetricsExtra.model_validate((record.get("metrics") or {}).get("extra") or {})
+
+
 def stage_times(record: dict[str, Any]) -> dict[str, float]:
     metrics = record.get("metrics") or {}
-    extra = metrics.get("extra") or {}
-    found: dict[str, Any] = dict(metrics.get("times") or {})
-    found.update(extra.get("transfer") or {})
-    found["queue_wait"] = extra.get("queue_wait")
+    extra = _extra(record)
+    found: dict[str, Any] = dict(metrics.get("times") or {})  # the stages this record has
+    found.update(extra.transfer.model_dump(exclude_none=True) if extra.transfer else {})
+    found["queue_wait"] = extra.queue_wait
     found["wall"] = record.get("seconds")
     return {s: float(found[s]) for s in STAGES if isinstance(found.get(s), (int, float)) and
             (s not in ("vote", "write") or found[s] > 0)}
@@ -96,7 +102,7 @@ def summarise(records: Iterable[dict[str, Any]], span_seconds: float | None = No
         row = counts.setdefault(modality, ModalityCounts(modality))
         row.studies += 1
         ok = record.get("status") == "ok"
-        cached = ok and bool(((record.get("metrics") or {}).get("extra") or {}).get("cached"))
+        cached = ok and bool(_extra(record).cached)
         row.ok, row.failed, row.cached = row.ok + ok, row.failed + (not ok), row.cached + cached
         if not ok or cached:
             continue

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 
 from dicom_factory import SeriesSpec, ramp_volume, write_series
-from worker.protocol import Study
+from worker.contract.study import Study
 
 RNG = np.random.default_rng(2024)
 GOOD_2D = "2DBox_CT_good"

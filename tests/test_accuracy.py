@@ -21,8 +21,8 @@ from conftest import SHARED_CASES
 from producer.evaluate import score_case
 from producer.formats.npz import load_npz_study
 from producer.phantoms import write_phantoms
-from worker.identity import routing_data
-from worker.routing import RoutingTable
+from worker.contract.identity import routing_data
+from worker.contract.routing import RoutingTable
 
 pytestmark = pytest.mark.model
 TOLERANCE = 0.01  # DSC points below the baseline a 3D case may land

@@ -13,8 +13,8 @@ import pytest
 
 from worker.calibration import (MIN_SPEEDUP, choose_profile, fastest_passed, host_fingerprint, host_key,
                                 profile_definition, read_record, record_path, write_verdict)
-from worker.precision import FAST, PartPrecision, PrecisionProfile, PrecisionTable
-from worker.routing import RoutingTable
+from worker.contract.precision import FAST, PartPrecision, PrecisionProfile, PrecisionTable
+from worker.contract.routing import RoutingTable
 
 ROUTING = {"precision": {"bf16": {"encoder": "bf16", "decoder": "bf16"},
                          "bf16-encoder": {"encoder": "bf16", "decoder": "f32"},
@@ -143,7 +143,7 @@ class _FakeSpec:
 def test_engine_runs_each_strategy_at_its_parts_and_says_so(echo_models_dir):
     from worker.engine.engine import Engine, EngineSettings
     from worker.process import engine_identity
-    from worker.protocol import Study
+    from worker.contract.study import Study
 
     engine = Engine(EngineSettings(models_dir=echo_models_dir, precision="bf16-encoder-3d"))
     volume = np.random.default_rng(1).integers(0, 255, (8, 64, 64), dtype=np.uint8)
@@ -158,14 +158,14 @@ def test_engine_runs_each_strategy_at_its_parts_and_says_so(echo_models_dir):
     f32 = engine_identity(Engine(EngineSettings(models_dir=echo_models_dir)))
     assert f32.route_identity("CT")["parts"]["propagate"]["encoder"] == "f32"
     assert identity.result_key("i", np.zeros((1, 6)), "CT") != f32.result_key("i", np.zeros((1, 6)), "CT")
-    assert type(identity).from_json(identity.to_json()) == identity
+    assert type(identity).model_validate_json(identity.model_dump_json()) == identity
 
 
 def test_embedding_cache_key_is_the_encoders_precision(echo_models_dir):
     # bf16-encoder (f32 decoder) and bf16 (bf16 decoder) share a process's embeddings; f32's encoder does not
     from worker.engine.engine import Engine, EngineSettings
     from worker.engine.slices import SliceSegmenter, SliceSettings, StageClock
-    from worker.protocol import StageTimes
+    from worker.contract.metrics import StageTimes
 
     engine = Engine(EngineSettings(models_dir=echo_models_dir))
     image = np.zeros((32, 32, 3), np.uint8)

@@ -226,7 +226,7 @@ def _run_on_fleet(tmp_path: Path, real_models_dir: Path, layouts: list[list[str]
     watch the pool processes while both run; returns the Watch and the batch."""
     from producer import api
     from worker.app import make_app
-    from worker.settings import FleetSettings
+    from worker.contract.settings import FleetSettings
 
     slot = claim_redis()
     if slot is None:

@@ -20,7 +20,7 @@ from producer.formats.hospital import prepare_image
 from producer.loading import load_study
 from producer.outcome import StudyOutcome
 from producer.outputs import OutputWriter, output_path
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 OBLIQUE_ROW = (np.cos(0.3), np.sin(0.3), 0.0)
 OBLIQUE_COL = (-np.sin(0.3) * np.cos(0.4), np.cos(0.3) * np.cos(0.4), np.sin(0.4))

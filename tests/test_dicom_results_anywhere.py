@@ -16,7 +16,7 @@ import pytest
 
 from dicom_factory import SeriesSpec, write_series
 from fleet_support import REPO, WorkerProcess, claim_redis, fleet_env, wait_for_nodes
-from worker.settings import FleetSettings
+from worker.contract.settings import FleetSettings
 
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 TIMEOUT = 300

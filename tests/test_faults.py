@@ -26,9 +26,9 @@ import pytest
 from fleet_support import (REPO, RedisServer, WorkerProcess, fleet_env, many_boxes, read_segs, study_folder, wait_for_nodes,
                            wait_until)
 from producer import api
-from worker.keys import Keys
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
-from worker.settings import FleetSettings, redis_client
+from worker.contract.settings import FleetSettings, redis_client
 
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 VISIBILITY = 5

@@ -21,7 +21,7 @@ import pytest
 from conftest import SHARED_CASES
 from producer.derived import from_image, from_volume
 from producer.phantoms import build_phantoms
-from worker.protocol import Study
+from worker.contract.study import Study
 
 pytestmark = pytest.mark.model
 
@@ -154,7 +154,7 @@ def test_engine_2d_masks_equal_the_baseline_exactly(engines, twin_labels, name):
     assert expected.any(), "the twin segmented nothing: not a useful comparison"
     differ = int(np.count_nonzero(result.labels != expected))
     assert differ == 0, f"{name} {image.shape}: {differ} pixels differ from the baseline twin"
-    assert result.metrics.extra["interpolation"] == "area" and result.metrics.extra["box_rounding"] == "truncate"
+    assert result.metrics.extra.interpolation == "area" and result.metrics.extra.box_rounding == "truncate"
 
 
 def test_the_old_linear_fractional_2d_path_does_not_match(engines, twin_labels):

@@ -25,9 +25,10 @@ from fleet_support import (REPO, RedisSlot, WorkerProcess, claim_redis, fleet_en
                            read_segs, wait_for_nodes)
 from producer import api
 from producer.discovery import find_studies
-from worker.keys import Keys
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
-from worker.settings import FleetSettings, TimeBudget
+from worker.contract.budget import TimeBudget
+from worker.contract.settings import FleetSettings
 
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 THREADS = 1  # per worker process, and for the embedded reference run
@@ -162,7 +163,7 @@ def fleet(slot, real_models_dir, tmp_path_factory) -> Fleet:
         from worker.app import make_app
 
         wait_for_nodes(make_app(settings), [w.node for w in workers], workers)
-        from worker.settings import redis_client
+        from worker.contract.settings import redis_client
 
         yield Fleet(slot, settings, env, workers, port,
                     BatchLedger(redis_client(slot.url), Keys(slot.namespace), settings.batch_ttl))

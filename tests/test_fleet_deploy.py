@@ -56,13 +56,13 @@ def test_workers_scale_and_use_the_broker_with_its_password(compose):
 
 
 def test_flower_uses_the_fleets_key_prefix(compose, tmp_path):
-    """The Flower image has no project: its mounted celeryconfig.py, beside worker/keys.py, must give the prefix
+    """The Flower image has no project: its mounted celeryconfig.py, beside worker/contract/keys.py, must give the prefix
     the workers' app uses (run here as the container would import it)."""
     import shutil
     import sys
 
     from worker.app import celery_config
-    from worker.settings import FleetSettings
+    from worker.contract.settings import FleetSettings
 
     flower = compose["services"]["flower"]
     mounts = dict(volume.split(":")[:2] for volume in flower["volumes"])

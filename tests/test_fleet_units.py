@@ -16,14 +16,17 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from fleet_support import claim_redis
 from producer.fleet import FleetClient, SubmitOptions
 from producer.report import read_metrics_file, summarise
-from worker.identity import EngineIdentity, image_digest
+from worker.contract.identity import EngineIdentity, image_digest
 from worker.job import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext, run_study
-from worker.keys import Keys
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
-from worker.messages import Outcome, ResultRecord, TaskMessage, pack_image
-from worker.protocol import Study
-from worker.settings import FleetSettings, TimeBudget, parse_routes
-from worker.store import FileStore, StoreError, open_store, unpack_arrays
+from worker.contract.metrics import StudyMetrics
+from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord, TaskMessage, pack_image
+from worker.contract.study import Study
+from worker.contract.budget import TimeBudget
+from worker.contract.settings import FleetSettings, parse_routes
+from worker.contract.arrays import StoreError, unpack_arrays
+from worker.store import FileStore, open_store
 
 RNG = np.random.default_rng(11)
 
@@ -78,7 +81,7 @@ def _identity(**changes) -> EngineIdentity:
     base = EngineIdentity(precision="f32", package_version="0.1.0", models={"litemedsam": "a" * 64},
                           routing={"default": {"models": ["litemedsam"], "margin": 3.0},
                                    "modality": {"PET": {"strategy_3d": "triview"}, "MR": {}}})
-    return replace(base, **changes)
+    return base.model_copy(update=changes)
 
 
 def test_result_key_changes_with_everything_that_changes_masks():
@@ -111,7 +114,7 @@ def test_engine_identity_survives_json_and_names_the_weights_that_run(echo_engin
     from worker.process import engine_identity
 
     identity = engine_identity(echo_engine)
-    assert EngineIdentity.from_json(identity.to_json()) == identity
+    assert EngineIdentity.model_validate_json(identity.model_dump_json()) == identity
     spec = load_registry(echo_engine.settings.models_dir)["litemedsam"]
     assert identity.models == {"litemedsam": spec.sha256} and identity.precision == "f32"
     assert identity.route_identity("Microscope")["model"] == "litemedsam"  # efficientvit-sam not registered
@@ -123,11 +126,32 @@ def test_task_message_keeps_boxes_bit_exact_through_json():
     message = TaskMessage(batch_id="b", name="n", study_id="n", modality="CT", image_digest="d",
                           image_shape=(8, 8, 3), boxes=boxes.tolist(), boxes_dtype=boxes.dtype.str,
                           boxes_shape=boxes.shape, spacing=(1.0, 1.0, 2.5))
-    back = TaskMessage.from_dict(json.loads(json.dumps(message.to_dict())))
+    back = TaskMessage.from_wire(json.loads(json.dumps(message.to_wire())))
     assert back == message
     assert back.boxes_array().dtype == np.float32 and back.boxes_array().tobytes() == boxes.tobytes()
-    with pytest.raises(ValueError, match="version"):
-        TaskMessage.from_dict({**message.to_dict(), "version": 99})
+    with pytest.raises(MessageError, match="version"):
+        TaskMessage.from_wire({**message.to_wire(), "version": 99})
+
+
+@pytest.mark.parametrize("payload, message", [
+    ("not an object", "a task message is a JSON object"),
+    ({"version": 1}, "batch_id: Field required"),
+    ({"version": 1, "batch_id": "b", "name": "n", "study_id": "n", "modality": "CT", "image_digest": "d",
+      "image_shape": [8, "x"], "boxes": [[1, 2, 3, 4]], "boxes_dtype": "<i8", "boxes_shape": [1, 4]},
+     "image_shape.1: Input should be a valid integer"),
+    ({"version": 1, "batch_id": "b", "name": "n", "study_id": "n", "modality": "CT", "image_digest": "d",
+      "image_shape": [8], "boxes": [], "boxes_dtype": "<i8", "boxes_shape": [0, 4], "colour": "red"},
+     "colour: Extra inputs are not permitted"),
+])
+def test_a_malformed_task_message_is_one_clear_line(payload, message):
+    with pytest.raises(MessageError, match=message) as raised:
+        TaskMessage.from_wire(payload)
+    assert "\n" not in str(raised.value)
+
+
+def test_progress_reads_the_positional_form_written_before_it_was_an_object():
+    assert Progress.from_json("[3, 9, \"w@h\", 1.5]") == Progress(done=3, total=9, node="w@h", updated_at=1.5)
+    assert Progress.from_json(Progress(done=1, total=2).model_dump_json()) == Progress(done=1, total=2)
 
 
 def test_time_budget_scales_with_the_study_and_stays_below_its_ceiling():
@@ -179,7 +203,7 @@ def _request(**fields):
 
 
 def test_a_retried_message_keeps_its_namespace_header():
-    from worker.keys import NAMESPACE_HEADER
+    from worker.contract.keys import NAMESPACE_HEADER
     from worker.tasks import segment
 
     request = _request(**{NAMESPACE_HEADER: "tenantA"})
@@ -192,7 +216,7 @@ def test_a_foreign_message_that_cannot_be_handed_back_is_kept_aside(slot, monkey
 
     from worker import misrouted
     from worker.app import make_app
-    from worker.keys import NAMESPACE_HEADER
+    from worker.contract.keys import NAMESPACE_HEADER
 
     keys = Keys(f"{slot.namespace}-parked")
     app = make_app(FleetSettings(broker_url=slot.url, namespace=keys.namespace))
@@ -232,10 +256,10 @@ def test_queue_routes():
 def test_studies_go_to_their_modality_queue(job):
     client, _ = job
     study = _study()
-    routed, _ = client.stage("b", "s", study, SubmitOptions(routes={"us": "ultrasound"}))
-    default, _ = client.stage("b", "s", study, SubmitOptions())
-    assert (routed.queue, default.queue) == ("ultrasound", client.settings.default_queue)
-    assert routed.expected_key == ""  # no worker has announced itself on that queue: no cache lookup
+    routed = client.stage("b", "s", study, SubmitOptions(routes={"us": "ultrasound"}))
+    default = client.stage("b", "s", study, SubmitOptions())
+    assert (routed.message.queue, default.message.queue) == ("ultrasound", client.settings.default_queue)
+    assert routed.result_key == ""  # no worker has announced itself on that queue: no cache lookup
 
 
 def test_source_round_trips_through_the_manifest(tmp_path):
@@ -276,7 +300,7 @@ def test_child_metrics_reach_the_parent_even_if_prometheus_was_imported_first(tm
     from prometheus_client import values
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from worker.messages import Outcome
+    from worker.contract.messages import Outcome
     from worker.telemetry import ChildTelemetry, HitRatioCollector
 
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # in-memory mode now; restored after the test
@@ -285,8 +309,8 @@ def test_child_metrics_reach_the_parent_even_if_prometheus_was_imported_first(tm
     child = ChildTelemetry()
     metrics = {"times": {"encode": 0.5, "total": 1.0}, "counts": {"cache_hits": 3, "cache_misses": 1},
                "extra": {"queue_wait": 0.2, "transfer": {"input_download": 0.01}}}
-    child.observe(Outcome("a", "ok", "CT", metrics=metrics))
-    child.observe(Outcome("b", "error", "CT", error="bad"))
+    child.observe(Outcome(name="a", status="ok", modality="CT", metrics=metrics))
+    child.observe(Outcome(name="b", status="error", modality="CT", error="bad"))
     merged = MultiProcessCollector(None, path=str(tmp_path))
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in merged.collect() for s in f.samples}
     assert samples[("litemedsam_studies_total", (("modality", "CT"), ("status", "ok")))] == 1
@@ -336,10 +360,15 @@ def _study(boxes=((10, 10, 60, 50), (30, 20, 90, 70))) -> Study:
 
 
 def _message(client: FleetClient, study: Study, batch="b1", force=False, upload=True) -> TaskMessage:
-    message, _ = client.stage(batch, study.study_id, study, SubmitOptions(force=force))
+    message = client.stage(batch, study.study_id, study, SubmitOptions(force=force)).message
     if upload:
         client.upload(message.image_digest, study)
     return message
+
+
+def _key(client: FleetClient, message: TaskMessage) -> str:
+    """The result key the producer expects (from the queue's published engine identity)."""
+    return client.identity(message.queue).result_key(message.image_digest, message.boxes_array(), message.modality)
 
 
 def test_job_computes_stores_once_and_ignores_a_duplicate_delivery(job):
@@ -347,27 +376,28 @@ def test_job_computes_stores_once_and_ignores_a_duplicate_delivery(job):
     study = _study()
     message = _message(client, study)
     outcome = run_study(ctx, message, Delivery("t1"))
-    assert outcome.ok and outcome.result_key == message.expected_key  # producer and worker agree on the key
+    assert outcome.ok and outcome.result_key == _key(client, message)  # producer and worker agree on the key
     record = client.fetch(outcome.result_key)
     assert record.labels.dtype == np.uint16 and record.labels.max() == 2
     assert np.array_equal(record.labels, ctx.engine.segment(study).labels)
-    extra = outcome.metrics["extra"]
-    assert extra["cached"] is False and extra["node"] == "unit@test" and extra["queue_wait"] >= 0
-    assert set(extra["transfer"]) == {"upload", "input_download", "result_upload"}
+    extra = outcome.metrics.extra
+    assert extra.cached is False and extra.node == "unit@test" and extra.queue_wait >= 0
+    assert set(extra.transfer.model_dump(exclude_none=True)) == {"upload", "input_download", "result_upload"}
     assert client.ledger.outcome("b1", study.study_id).to_json() == outcome.to_json()
     assert run_study(ctx, message, Delivery("t1")).to_json() == outcome.to_json()  # duplicate: no second run
     assert client.ledger.executions() == {"unit@test": 1}
     assert client.ledger.runs("b1") == {study.study_id: 1}
     assert client.ledger.progress("b1") == {}
-    again = run_study(ctx, replace(message, batch_id="b2"), Delivery("t2"))  # same content, new batch
-    assert again.metrics["extra"]["cached"] is True and client.ledger.executions() == {"unit@test": 1}
+    again = run_study(ctx, message.model_copy(update={"batch_id": "b2"}), Delivery("t2"))  # same content, new batch
+    assert again.metrics.extra.cached is True and client.ledger.executions() == {"unit@test": 1}
 
 
 def test_job_keeps_the_first_stored_result_when_a_second_delivery_finishes_later(job):
     client, ctx = job
     study = _study()
     message = _message(client, study)
-    sentinel = ResultRecord(np.full(study.image.shape[:2], 7, np.uint16), {"extra": {"sentinel": True}})
+    sentinel = ResultRecord(np.full(study.image.shape[:2], 7, np.uint16),
+                            StudyMetrics.model_validate({"extra": {"sentinel": True}}))
 
     class RacingStore:  # another delivery stores its result while this one computes
         def __getattr__(self, name):
@@ -378,8 +408,8 @@ def test_job_keeps_the_first_stored_result_when_a_second_delivery_finishes_later
             return client.store.put_once(key, blob, ttl)
 
     outcome = run_study(replace(ctx, store=RacingStore()), message, Delivery("t1"))
-    assert outcome.ok and outcome.metrics["extra"]["sentinel"] is True
-    assert outcome.metrics["extra"]["duplicate_of_stored"] is True
+    assert outcome.ok and outcome.metrics.extra.sentinel is True
+    assert outcome.metrics.extra.duplicate_of_stored is True
     assert (client.fetch(outcome.result_key).labels == 7).all()
 
 
@@ -390,7 +420,7 @@ def test_a_run_overtaken_by_another_delivery_stops_and_adds_nothing(job):
     client, ctx = job
     study = _study()
     message = _message(client, study)
-    theirs = Outcome(message.name, "ok", message.modality, result_key=message.expected_key,
+    theirs = Outcome(name=message.name, status="ok", modality=message.modality, result_key=_key(client, message),
                      metrics={"extra": {"node": "other@host"}})
     reported = []
 
@@ -415,25 +445,26 @@ def test_a_run_overtaken_by_another_delivery_stops_and_adds_nothing(job):
     assert reported == [1]  # the engine reached its progress report, and stopped there
     assert outcome.to_json() == theirs.to_json()
     assert client.ledger.outcome(message.batch_id, message.name).to_json() == theirs.to_json()
-    assert not client.store.exists(Keys.result_blob(message.expected_key))
+    assert not client.store.exists(Keys.result_blob(_key(client, message)))
     assert telemetry.seen == [] and client.ledger.progress(message.batch_id) == {}
     assert client.ledger.runs(message.batch_id) == {message.name: 1}
     # without another outcome the same engine runs through and stores its result
-    again = run_study(ctx, replace(message, batch_id="b-alone"), Delivery("t-alone"))
-    assert again.ok and again.metrics["extra"]["node"] == ctx.node
-    assert client.store.exists(Keys.result_blob(message.expected_key))
+    again = run_study(ctx, message.model_copy(update={"batch_id": "b-alone"}), Delivery("t-alone"))
+    assert again.ok and again.metrics.extra.node == ctx.node
+    assert client.store.exists(Keys.result_blob(_key(client, message)))
 
 
 def test_forced_job_replaces_the_result_once_per_task(job):
     client, ctx = job
     study = _study()
     message = _message(client, study, force=True)
-    stale = ResultRecord(np.zeros(study.image.shape[:2], np.uint16), {"extra": {}})
-    client.store.put(Keys.result_blob(message.expected_key), stale.to_bytes(), 600)
+    stale = ResultRecord(np.zeros(study.image.shape[:2], np.uint16), StudyMetrics())
+    client.store.put(Keys.result_blob(_key(client, message)), stale.to_bytes(), 600)
     outcome = run_study(ctx, message, Delivery("forced-1"))
-    assert outcome.metrics["extra"]["cached"] is False and client.fetch(outcome.result_key).labels.max() == 2
-    client.store.put(Keys.result_blob(message.expected_key), stale.to_bytes(), 600)
-    run_study(ctx, replace(message, batch_id="redelivered"), Delivery("forced-1"))  # same task delivered again
+    assert outcome.metrics.extra.cached is False and client.fetch(outcome.result_key).labels.max() == 2
+    client.store.put(Keys.result_blob(_key(client, message)), stale.to_bytes(), 600)
+    redelivered = message.model_copy(update={"batch_id": "redelivered"})
+    run_study(ctx, redelivered, Delivery("forced-1"))  # same task delivered again
     assert client.fetch(outcome.result_key).labels.max() == 0
 
 
@@ -441,9 +472,9 @@ def test_job_replaces_an_unreadable_stored_result(job):
     client, ctx = job
     study = _study()
     message = _message(client, study)
-    client.store.put(Keys.result_blob(message.expected_key), b"not an npz", 600)
+    client.store.put(Keys.result_blob(_key(client, message)), b"not an npz", 600)
     outcome = run_study(ctx, message, Delivery("t1"))
-    assert outcome.ok and outcome.metrics["extra"]["cached"] is False
+    assert outcome.ok and outcome.metrics.extra.cached is False
     assert client.fetch(outcome.result_key).labels.max() == 2
 
 
@@ -465,9 +496,9 @@ def test_job_ends_a_bad_study_with_its_reason(job, problem, reason):
         ctx = replace(ctx, engine=FakeEngine(RuntimeError("boom") if problem == "engine" else SoftTimeLimitExceeded()))
     outcome = run_study(ctx, message, Delivery("t", soft_limit=7))
     assert outcome.status == "error" and reason in outcome.error
-    assert outcome.metrics["extra"]["node"] == "unit@test"  # which worker judged it
+    assert outcome.metrics.extra.node == "unit@test"  # which worker judged it
     assert client.ledger.outcome(message.batch_id, message.name).error == outcome.error
-    assert client.fetch(message.expected_key) is None
+    assert client.fetch(_key(client, message)) is None
 
 
 def test_hard_time_limit_is_recorded_as_the_study_error(job, monkeypatch):
@@ -481,7 +512,7 @@ def test_hard_time_limit_is_recorded_as_the_study_error(job, monkeypatch):
     tasks._ledger.cache_clear()
     try:
         tasks.on_task_failure(sender=tasks.segment, task_id="t", exception=TimeLimitExceeded(61),
-                              args=[message.to_dict()])
+                              args=[message.to_wire()])
     finally:
         tasks._ledger.cache_clear()
     outcome = client.ledger.outcome(message.batch_id, message.name)
@@ -517,7 +548,7 @@ def test_a_study_that_cannot_fit_is_refused_before_the_engine_runs(job):
     assert client.ledger.runs(message.batch_id) == {message.name: 1}
     assert "unit@test" not in client.ledger.executions()  # the engine never ran
     roomy = replace(ctx, memory=MemoryGuard(rss_bytes() + 4 * engine.memory_needed(study)))
-    assert run_study(roomy, replace(message, batch_id="b-roomy"), Delivery("t-mem2")).ok
+    assert run_study(roomy, message.model_copy(update={"batch_id": "b-roomy"}), Delivery("t-mem2")).ok
 
 
 class Ballooning:
@@ -567,7 +598,7 @@ def test_study_names_cannot_escape_the_output_folder(tmp_path, name):
     from producer.discovery import StudySource
     from producer.outcome import StudyOutcome
     from producer.outputs import OutputWriter
-    from worker.protocol import StudyError
+    from worker.contract.study import StudyError
 
     writer = OutputWriter(tmp_path / "out")
     outcome = StudyOutcome(name=name, modality="CT", labels=np.ones((4, 4), np.uint16), metrics={})
@@ -587,7 +618,7 @@ def test_result_keys_follow_content_not_names_or_batches(job):
     assert client.ledger.outcome("batch-1", first.study_id).result_key == one.result_key
     assert client.ledger.outcome("batch-2", second.study_id).result_key == two.result_key
     again = run_study(ctx, _message(client, first, batch="batch-3"), Delivery("k3"))  # same content, new batch
-    assert again.result_key == one.result_key and again.metrics["extra"]["cached"] is True
+    assert again.result_key == one.result_key and again.metrics.extra.cached is True
 
 
 def test_ctrl_c_while_enqueuing_seals_the_batch_with_what_was_enqueued(job, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 
 from worker.engine.engine import Engine, EngineSettings
 from worker.engine.footprint import MODEL_TENSORS
-from worker.protocol import Study
+from worker.contract.study import Study
 
 RNG = np.random.default_rng(5)
 

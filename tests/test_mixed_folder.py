@@ -16,7 +16,7 @@ from producer.discovery import discover, find_studies
 from producer.loading import load_study
 from producer.outcome import StudyOutcome
 from producer.outputs import OutputWriter, output_path
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 
 def write_npz(path: Path) -> Path:

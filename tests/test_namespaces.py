@@ -23,10 +23,10 @@ import pytest
 from fleet_support import REPO, RedisServer, WorkerProcess, fleet_env, many_boxes, study_folder, wait_for_nodes
 from producer import api
 from producer.fleet import FleetClient, SubmitOptions
-from worker.keys import Keys
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
-from worker.protocol import Study
-from worker.settings import TASK_NAME, FleetSettings, redis_client
+from worker.contract.study import Study
+from worker.contract.settings import TASK_NAME, FleetSettings, redis_client
 
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 TIMEOUT = 300
@@ -169,15 +169,12 @@ def test_two_namespaces_on_one_database_run_their_own_batches_only(fleets, tmp_p
 def test_a_message_of_another_namespace_is_handed_back_to_its_owner_not_run(fleets):
     """tenantB's producer, misconfigured to publish into tenantA's queue: tenantA's worker does not run it, and
     it completes on tenantB's worker, for tenantB's waiting producer."""
-    from worker.app import make_app
-
     a, b = fleets.tenants["tenantA"], fleets.tenants["tenantB"]
     before_a, before_b = a.ledger.executions(), b.ledger.executions()
-    misdirected = make_app(b.settings)
+    client = FleetClient(b.settings)
+    misdirected = client.app  # the producer's light client, publishing under tenantA's key prefix
     misdirected.conf.broker_transport_options = {**misdirected.conf.broker_transport_options,
                                                  "global_keyprefix": a.keys.broker_prefix}
-    client = FleetClient(b.settings)
-    client._app = misdirected
     name = "2DBox_CT_misdirected"
     study = _study(many_boxes(fleets.studies["2DBox_CT_ns0"], fleets.logs / f"{name}.npz", copies=2, shift=91))
     enqueued = client.submit_studies({name: study}, SubmitOptions())
@@ -202,10 +199,11 @@ def test_a_message_naming_no_namespace_is_kept_aside_not_run_nor_lost(fleets):
     client = FleetClient(a.settings)
     name = "2DBox_CT_unlabelled"
     study = _study(many_boxes(fleets.studies["2DBox_CT_ns1"], fleets.logs / f"{name}.npz", copies=2, shift=93))
-    message, (soft, hard) = client.stage("unlabelled-batch", name, study, SubmitOptions())
+    staged = client.stage("unlabelled-batch", name, study, SubmitOptions())
+    message, (soft, hard) = staged.message, staged.limits
     client.upload(message.image_digest, study)
     task_id = str(uuid.uuid4())
-    client.app.send_task(TASK_NAME, args=[message.to_dict()], queue=message.queue, task_id=task_id,
+    client.app.send_task(TASK_NAME, args=[message.to_wire()], queue=message.queue, task_id=task_id,
                          soft_time_limit=soft, time_limit=hard)  # no namespace header: a hand-made message
 
     deadline = time.monotonic() + TIMEOUT
@@ -216,7 +214,7 @@ def test_a_message_naming_no_namespace_is_kept_aside_not_run_nor_lost(fleets):
 
     (entry,) = [json.loads(raw) for raw in a.ledger.client.lrange(a.keys.misrouted(), 0, -1)]
     assert entry["task_id"] == task_id and entry["namespace"] is None and entry["queue"] == message.queue
-    assert entry["payload"] == json.loads(json.dumps(message.to_dict()))  # kept whole, to be re-sent
+    assert entry["payload"] == json.loads(json.dumps(message.to_wire()))  # kept whole, to be re-sent
     assert entry["timelimit"] == [hard, soft]
     assert a.ledger.executions() == before and not a.ledger.outcomes("unlabelled-batch")
     assert a.ledger.client.llen(a.keys.queue(message.queue)) == 0  # acknowledged, not looping in the queue

@@ -14,7 +14,7 @@ from producer.formats.nifti import load_nifti_volume
 from producer.loading import load_study
 from producer.outcome import StudyOutcome
 from producer.outputs import OutputWriter, output_path
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 
 def oblique_flipped_affine(zooms=(0.9, 1.1, 3.0)) -> np.ndarray:

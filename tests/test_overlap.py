@@ -8,9 +8,9 @@ import pytest
 
 from worker.engine.engine import Engine, EngineSettings
 from worker.engine.overlap import ViewMasks, box_sizes, priorities
-from worker.identity import EngineIdentity
-from worker.protocol import Study
-from worker.routing import RoutingTable
+from worker.contract.identity import EngineIdentity
+from worker.contract.study import Study
+from worker.contract.routing import RoutingTable
 
 RNG = np.random.default_rng(13)
 BIG_2D, SMALL_2D = (20, 20, 220, 200), (80, 60, 140, 120)  # the small box lies inside the big one
@@ -204,8 +204,8 @@ def test_overlap_rule_is_a_routing_setting_per_modality_and_validated():
 
 def test_overlap_rule_enters_the_result_key():
     def identity(rule):
-        return EngineIdentity("f32", "1.0", {"litemedsam": "ab" * 32},
-                              {"default": {"models": ["litemedsam"], "overlap": rule}, "modality": {}})
+        return EngineIdentity(precision="f32", package_version="1.0", models={"litemedsam": "ab" * 32},
+                              routing={"default": {"models": ["litemedsam"], "overlap": rule}, "modality": {}})
 
     boxes = np.array([[1, 2, 30, 40]])
     smaller, later = identity("smaller"), identity("later")
@@ -226,7 +226,8 @@ def test_resize_and_box_rounding_are_routing_settings_per_dimension():
 
 def test_per_dimension_settings_enter_the_result_key():
     def key(default):
-        identity = EngineIdentity("f32", "1.0", {"litemedsam": "ab" * 32}, {"default": default, "modality": {}})
+        identity = EngineIdentity(precision="f32", package_version="1.0", models={"litemedsam": "ab" * 32},
+                                  routing={"default": default, "modality": {}})
         return identity.result_key("d" * 64, np.array([[1, 2, 30, 40]]), "CT")
 
     base = {"models": ["litemedsam"]}

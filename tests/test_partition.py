@@ -26,9 +26,9 @@ from conftest import SHARED_CASES
 from fleet_support import RedisServer, WorkerProcess, fleet_env, many_boxes, wait_for_nodes, wait_until
 from netns_support import PrivateNetwork
 from producer import api
-from worker.keys import Keys
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
-from worker.settings import FleetSettings, redis_client
+from worker.contract.settings import FleetSettings, redis_client
 from worker.store import open_store
 
 pytestmark = pytest.mark.timeout(600, method="signal")  # signal: the fixtures' clean-up still runs
@@ -167,9 +167,9 @@ def test_a_partitioned_host_loses_its_study_to_the_other_and_comes_back(fleet, t
     assert fleet.net.reachable(other, hub, REDIS_PORT), "the other host lost Redis too"
 
     outcome = fleet.wait_for(lambda: fleet.ledger.outcome(batch.batch_id, name), "the study's outcome")
-    extra = outcome.metrics["extra"]
+    extra = outcome.metrics.extra
     assert outcome.ok, outcome.error
-    assert extra["node"] == other_worker.node and extra["delivery"] == 2, extra
+    assert extra.node == other_worker.node and extra.delivery == 2, extra
     assert fleet.ledger.runs(batch.batch_id) == {name: 2}
     assert cut_worker.alive() and other_worker.alive(), fleet.tails()
     assert not fleet.net.reachable(cut, hub, REDIS_PORT, timeout=2)  # the study completed while the host was still cut off
@@ -179,7 +179,7 @@ def test_a_partitioned_host_loses_its_study_to_the_other_and_comes_back(fleet, t
     # --- plug it back in: the cut worker's own run resumes, finds the outcome recorded, and stops there
     fleet.net.restore(cut)
     assert fleet.net.reachable(cut, hub, REDIS_PORT)
-    task_id = extra["task_id"]  # a redelivery keeps its task id: the cut worker held the same task
+    task_id = extra.task_id  # a redelivery keeps its task id: the cut worker held the same task
     returned = fleet.wait_for(lambda: _task_result(cut_worker.log_path.read_text(errors="replace"), task_id),
                               "the cut worker to end its own run of the study")
     assert returned["status"] == "ok" and returned["result_key"] == outcome.result_key, returned

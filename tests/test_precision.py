@@ -20,7 +20,7 @@ from models.quantize import ProfileError, profile_encoder, profile_status
 from producer.phantoms import build_phantoms
 from worker.engine.engine import Engine, EngineSettings
 from worker.engine.runtime import runtime_precisions
-from worker.protocol import Study
+from worker.contract.study import Study
 
 REAL_DIR = default_models_dir() / "litemedsam"
 QUANTIZE_CMD = ".venv/bin/python -m models.quantize"

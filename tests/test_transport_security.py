@@ -15,9 +15,9 @@ import redis
 
 from fleet_support import RedisServer, WorkerProcess, fleet_env, wait_for_nodes
 from producer import api
-from worker.keys import Keys
-from worker.protocol import Study
-from worker.settings import FleetSettings
+from worker.contract.keys import Keys
+from worker.contract.study import Study
+from worker.contract.settings import FleetSettings
 
 pytestmark = pytest.mark.fleet
 TIMEOUT = 120

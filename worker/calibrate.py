@@ -27,8 +27,8 @@ from producer.derived import DerivedCase, derive_cases
 from producer.evaluate import dsc_case
 from worker.calibration import (GATE_DSC, MIN_SPEEDUP, eligible, fastest_passed, host_fingerprint, int8_weights,
                                 now_iso, profile_definition, write_verdict)
-from worker.precision import DEFAULT_PROFILE, STRATEGIES
-from worker.protocol import Study
+from worker.contract.precision import DEFAULT_PROFILE, STRATEGIES
+from worker.contract.study import Study
 
 log = logging.getLogger(__name__)
 SHARED_CASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cases"

@@ -11,7 +11,7 @@ definition (and INT8 encoder weights) are still what was calibrated. Otherwise f
     {"format": 1, "hosts": {"<host key>": {"host": {...}, "calibrated_at": ..., "gate": {...}, "cases": [...],
                                            "profiles": {"<name>": {"passed": ..., "speedup": ..., ...}}}}}
 
-Only the standard library (and worker.precision): the worker's parent resolves `fast` before any fork.
+Only the standard library (and worker.contract.precision): the worker's parent resolves `fast` before any fork.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from worker.precision import DEFAULT_PROFILE, FAST, PrecisionProfile, PrecisionTable, ProfileChoice
+from worker.contract.precision import DEFAULT_PROFILE, FAST, PrecisionProfile, PrecisionTable, ProfileChoice
 
 RECORD_NAME = "precision-calibration.json"
 RECORD_FORMAT = 1
@@ -151,7 +151,7 @@ def select_profile(requested: str, table: PrecisionTable, models_dir: Path, mode
 
 def choose_profile(requested: str, routing, models_dir: Path, registry: dict) -> ProfileChoice:
     """The profile a worker or embedded run with `--precision requested` runs, from its routing table (a
-    worker.routing.RoutingTable) and model registry (name -> models.registry.ModelSpec); no OpenVINO needed."""
+    worker.contract.routing.RoutingTable) and model registry (name -> models.registry.ModelSpec); no OpenVINO needed."""
     encoder_weights = int8_weights(registry)
     table = routing.precision.with_quantized(encoder_weights)
     return select_profile(requested, table, models_dir, {name: spec.sha256 for name, spec in registry.items()},

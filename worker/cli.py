@@ -1,6 +1,6 @@
 """`worker start` (a thin wrapper over `celery worker` with the fleet's app) and `worker ping`.
 
-Every option becomes the environment variable the app reads (worker.settings), so `worker start ...` and
+Every option becomes the environment variable the app reads (worker.contract.settings), so `worker start ...` and
 `LITEMEDSAM_...=... celery -A worker.app worker ...` start the same worker.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from worker.cpu_affinity import plan
-from worker.settings import DEFAULT_BROKER, DEFAULT_QUEUE, available_cores, default_threads
+from worker.contract.settings import (CACHE_HELP, DEFAULT_BROKER, DEFAULT_QUEUE, PRECISION_HELP, ROUTING_HELP,
+                                      thread_plan)
 
 
 def _export(name: str, value) -> None:
@@ -25,7 +26,7 @@ def check_models(models_dir: Path, routing: Path | None, precision: str = "f32")
     this host, saying which and why); exits with a clear message if none can run."""
     from models.registry import load_registry
     from worker.calibration import choose_profile
-    from worker.routing import RoutingTable
+    from worker.contract.routing import RoutingTable
 
     registry = load_registry(models_dir)
     if not registry:
@@ -57,15 +58,12 @@ def cli() -> None:
                    "Default: none; OpenVINO pinning off, the kernel places threads.")
 @click.option("--queues", "-Q", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to consume.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--precision", default="f32", show_default=True,
-              help="A precision profile of the routing table (f32: reproducible; bf16, bf16-encoder, ...), an int8 "
-                   "profile made by `python -m models.quantize`, or `fast`: the fastest profile that passed "
-                   "`worker calibrate` on this host, else f32.")
-@click.option("--cache-mb", type=click.IntRange(0), default=2048, show_default=True,
-              help="Embedding cache bound per process.")
+@click.option("--precision", default="f32", show_default=True, help=PRECISION_HELP)
+@click.option("--cache-mb", type=click.IntRange(0), default=2048, show_default=True, help=CACHE_HELP)
 @click.option("--memory-mb", type=click.IntRange(0), default=None,
               help="Memory guard per process in MB (default: 80% of RAM / concurrency; 0: off).")
-@click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help=ROUTING_HELP)
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--hostname", "-n", default=None, help="Node name (default: litemedsam-<pid>@<host>).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
@@ -79,9 +77,9 @@ def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads
 
     models_dir = models_dir or default_models_dir()
     models, running = check_models(models_dir, routing, precision)
-    threads = threads or default_threads(concurrency)
-    if threads * concurrency > available_cores():
-        click.echo(f"warning: {threads} threads x {concurrency} processes > {available_cores()} cores", err=True)
+    threads, warning = thread_plan(concurrency, threads)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     try:
         bindings = [plan(cpus, slot, threads).describe() for slot in range(concurrency)]
     except ValueError as error:
@@ -110,7 +108,8 @@ def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads
 @click.option("--threads", type=click.IntRange(0), default=0, help="OpenVINO threads (0: all cores).")
 @click.option("--quick", is_flag=True, help="Only the smallest few cases (a smoke run, not a verdict to trust).")
 @click.option("--max-cases", type=click.IntRange(1), default=None, help="At most this many (smallest) cases.")
-@click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help=ROUTING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 def calibrate(models_dir: Path | None, cases: Path | None, profiles: str, threads: int, quick: bool,
               max_cases: int | None, routing: Path | None, as_json: bool) -> None:
@@ -144,9 +143,9 @@ def ping(broker: str, timeout: float, node: str | None) -> None:
     """Ping the workers on the broker; list the engines published per queue. Exit 1 if none answers."""
     from worker.app import make_app
     from worker.directory import IdentityDirectory
-    from worker.keys import Keys
-    from worker.settings import redis_client
-    from worker.settings import FleetSettings
+    from worker.contract.keys import Keys
+    from worker.contract.settings import redis_client
+    from worker.contract.settings import FleetSettings
 
     settings = FleetSettings.from_env(broker)
     app = make_app(settings)

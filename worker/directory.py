@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from typing import Any
 
-from worker.identity import EngineIdentity
-from worker.keys import Keys
+from pydantic import BaseModel, field_validator
+
+from worker.contract.identity import EngineIdentity
+from worker.contract.keys import Keys
 
 
-@dataclass(frozen=True)
-class Published:
+class Published(BaseModel):
     identity: EngineIdentity
     node: str
     published_at: float
+
+    @field_validator("identity", mode="before")
+    @classmethod
+    def _identity_as_text(cls, value: Any) -> Any:
+        """Entries published before this was a model hold the identity as a JSON string."""
+        return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 class IdentityDirectory:
@@ -27,7 +34,7 @@ class IdentityDirectory:
         self.keys = keys
 
     def publish(self, queues: list[str], identity: EngineIdentity, node: str) -> None:
-        entry = json.dumps({"identity": identity.to_json(), "node": node, "published_at": time.time()})
+        entry = Published(identity=identity, node=node, published_at=time.time()).model_dump_json()
         with self.client.pipeline() as pipe:
             for queue in queues:
                 pipe.hset(self.keys.identities(queue), identity.fingerprint(), entry)
@@ -37,8 +44,7 @@ class IdentityDirectory:
         """Newest first."""
         entries = []
         for raw in self.client.hvals(self.keys.identities(queue)):
-            data = json.loads(raw)
-            entries.append(Published(EngineIdentity.from_json(data["identity"]), data["node"], data["published_at"]))
+            entries.append(Published.model_validate_json(raw))
         return sorted(entries, key=lambda p: p.published_at, reverse=True)
 
     def latest(self, queue: str) -> EngineIdentity | None:

@@ -16,13 +16,15 @@ from typing import Any, Protocol
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.identity import EngineIdentity, image_digest
-from worker.keys import Keys
-from worker.ledger import BatchLedger, Progress
+from worker.contract.identity import EngineIdentity, image_digest
+from worker.contract.keys import Keys
+from worker.ledger import BatchLedger
 from worker.memory import LIMIT_ENV, MemoryGuard, mb
-from worker.messages import Outcome, ResultRecord, TaskMessage, unpack_image
-from worker.protocol import Study, StudyError
-from worker.store import BlobStore, StoreError
+from worker.contract.messages import Outcome, Progress, ResultRecord, TaskMessage, unpack_image
+from worker.contract.metrics import MetricsExtra, StudyMetrics, Transfer
+from worker.contract.study import Study, StudyError
+from worker.contract.arrays import StoreError
+from worker.store import BlobStore
 
 log = logging.getLogger(__name__)
 MAX_DELIVERIES = 3  # a study whose worker process died this many times is not started again
@@ -92,7 +94,8 @@ class ProgressPublisher:
         try:
             finished = self.ledger.has_outcome(self.batch_id, self.name)
             if not finished:
-                self.ledger.set_progress(self.batch_id, self.name, Progress(done, total, self.node, now))
+                self.ledger.set_progress(self.batch_id, self.name,
+                                         Progress(done=done, total=total, node=self.node, updated_at=now))
         except Exception as error:  # progress is best effort: never fail a study over it
             log.warning("progress for %s not published: %s", self.name, error)
             return
@@ -118,8 +121,8 @@ def run_study(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery) -> Outco
 
 def _finish(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, runs: int, outcome: Outcome) -> Outcome:
     if not outcome.ok:  # say which worker judged the study, for whoever reads the error
-        outcome.metrics = {"extra": {"node": ctx.node, "host": socket.gethostname(), "pid": os.getpid(),
-                                     "task_id": delivery.task_id, "delivery": runs}}
+        outcome.metrics = StudyMetrics(extra=MetricsExtra(node=ctx.node, host=socket.gethostname(),
+                                                          pid=os.getpid(), task_id=delivery.task_id, delivery=runs))
     ctx.telemetry.observe(outcome)  # before the outcome is visible: whoever sees it sees it counted
     ctx.ledger.record(msg.batch_id, outcome)
     return outcome
@@ -151,7 +154,8 @@ def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str,
     refusal = ctx.memory.refusal(ctx.engine.memory_needed(study))
     if refusal is not None:
         return _error(msg, refusal)
-    ctx.ledger.set_progress(msg.batch_id, msg.name, Progress(0, 0, ctx.node, time.time()))
+    ctx.ledger.set_progress(msg.batch_id, msg.name,
+                            Progress(done=0, total=0, node=ctx.node, updated_at=time.time()))
     ctx.ledger.count_execution(ctx.node)
 
     def outgrown(rss: int) -> None:  # the watchdog's last act before it ends this process
@@ -173,14 +177,14 @@ def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str,
     except Exception as error:  # the engine failed on this study's data: a final error, the worker lives on
         log.exception("study %s/%s failed in the engine", msg.batch_id, msg.name)
         return _error(msg, f"engine error: {type(error).__name__}: {error}")
-    metrics = result.metrics.to_dict()
-    metrics["extra"].update(_fleet_extra(ctx, msg, delivery, key, started, runs))
-    metrics["extra"]["transfer"]["input_download"] = fetched
+    metrics = result.metrics
+    metrics.note(**_fleet_extra(ctx, msg, delivery, key, started, runs))
+    metrics.transfer().input_download = fetched
     return _store_result(ctx, msg, delivery, key, result.labels, metrics)
 
 
 def _store_result(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, labels: np.ndarray,
-                  metrics: dict[str, Any]) -> Outcome:
+                  metrics: StudyMetrics) -> Outcome:
     upload_started = time.perf_counter()
     blob_key = Keys.result_blob(key)
     record = ResultRecord(labels, metrics).to_bytes()
@@ -189,10 +193,10 @@ def _store_result(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key:
     elif not ctx.store.put_once(blob_key, record, ctx.result_ttl):
         existing = _stored(ctx, key)  # another delivery stored first: report what is stored, never a second result
         if existing is not None:
-            existing.metrics.setdefault("extra", {})["duplicate_of_stored"] = True
-            return Outcome(msg.name, "ok", msg.modality, result_key=key, metrics=existing.metrics)
-    metrics["extra"]["transfer"]["result_upload"] = time.perf_counter() - upload_started
-    return Outcome(msg.name, "ok", msg.modality, result_key=key, metrics=metrics)
+            existing.metrics.extra.duplicate_of_stored = True
+            return _ok(msg, key, existing.metrics)
+    metrics.transfer().result_upload = time.perf_counter() - upload_started
+    return _ok(msg, key, metrics)
 
 
 def _fetch_study(ctx: WorkerContext, msg: TaskMessage) -> Study:
@@ -222,9 +226,8 @@ def _cached_outcome(ctx: WorkerContext, msg: TaskMessage, key: str, record: Resu
                     started: float) -> Outcome:
     ctx.store.touch(Keys.result_blob(key), ctx.result_ttl)
     metrics = record.metrics
-    metrics.setdefault("extra", {}).update({"cached": True, "cache_hit_by": ctx.node,
-                                            "queue_wait": max(0.0, started - msg.enqueued_at)})
-    return Outcome(msg.name, "ok", msg.modality, result_key=key, metrics=metrics)
+    metrics.note(cached=True, cache_hit_by=ctx.node, queue_wait=max(0.0, started - msg.enqueued_at))
+    return _ok(msg, key, metrics)
 
 
 def _fleet_extra(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, started: float,
@@ -242,10 +245,14 @@ def _fleet_extra(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: 
         "enqueued_at": msg.enqueued_at,
         "started_at": started,
         "queue_wait": max(0.0, started - msg.enqueued_at),
-        "transfer": {"upload": msg.upload_seconds},
+        "transfer": Transfer(upload=msg.upload_seconds),
     }
 
 
+def _ok(msg: TaskMessage, key: str, metrics: StudyMetrics) -> Outcome:
+    return Outcome(name=msg.name, status="ok", modality=msg.modality, result_key=key, metrics=metrics)
+
+
 def _error(msg: TaskMessage, reason: str) -> Outcome:
-    return Outcome(msg.name, "error", msg.modality, error=reason)
+    return Outcome(name=msg.name, status="error", modality=msg.modality, error=reason)
 

@@ -20,7 +20,7 @@ import time
 from celery import bootsteps
 from celery.worker import state
 
-from worker.settings import FleetSettings, redis_client
+from worker.contract.settings import FleetSettings, redis_client
 
 log = logging.getLogger(__name__)
 LEASE_RENEW_CONF = "litemedsam_lease_renew"  # the app's setting: seconds between renewals

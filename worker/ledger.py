@@ -7,19 +7,10 @@ batch's pub/sub channel so a waiting producer wakes up at once instead of pollin
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Iterable
 
-from worker.keys import Keys
-from worker.messages import Outcome
-
-
-@dataclass(frozen=True)
-class Progress:
-    done: int
-    total: int
-    node: str = ""
-    updated_at: float = 0.0
+from worker.contract.keys import Keys
+from worker.contract.messages import Outcome, Progress
 
 
 class BatchLedger:
@@ -79,13 +70,12 @@ class BatchLedger:
 
     # progress and runs ----------------------------------------------------------------------------------
     def set_progress(self, batch_id: str, name: str, progress: Progress) -> None:
-        value = json.dumps([progress.done, progress.total, progress.node, progress.updated_at])
-        self.client.hset(self.keys.batch_progress(batch_id), name, value)
+        self.client.hset(self.keys.batch_progress(batch_id), name, progress.model_dump_json())
         self.announce(batch_id, "progress", name)
 
     def progress(self, batch_id: str) -> dict[str, Progress]:
         raw = self.client.hgetall(self.keys.batch_progress(batch_id))
-        return {name.decode(): Progress(*json.loads(value)) for name, value in raw.items()}
+        return {name.decode(): Progress.from_json(value) for name, value in raw.items()}
 
     def count_run(self, batch_id: str, name: str) -> int:
         """One more delivery of this study started; returns how many have started."""

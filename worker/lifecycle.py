@@ -13,7 +13,7 @@ import signal
 from celery import signals
 
 from worker import memory, process, telemetry
-from worker.settings import available_cores, default_threads
+from worker.contract.settings import available_cores, environment, thread_plan
 
 log = logging.getLogger(__name__)
 THREADS_ENV = "LITEMEDSAM_THREADS"
@@ -21,12 +21,10 @@ THREADS_ENV = "LITEMEDSAM_THREADS"
 
 def threads_for(concurrency: int) -> int:
     """The OpenVINO thread count children will use; sets the default in the environment if none is given."""
-    configured = int(os.environ.get(THREADS_ENV) or 0)
-    threads = configured or default_threads(concurrency)
+    threads, warning = thread_plan(concurrency, environment().threads)
     os.environ[THREADS_ENV] = str(threads)
-    if threads * concurrency > available_cores():
-        log.warning("%d threads x %d processes > %d cores: OpenVINO will oversubscribe the CPU",
-                    threads, concurrency, available_cores())
+    if warning:
+        log.warning("%s", warning)
     return threads
 
 

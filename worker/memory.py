@@ -17,8 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from worker.contract.settings import environment
+
 log = logging.getLogger(__name__)
-LIMIT_ENV = "LITEMEDSAM_TASK_MEMORY_MB"
+LIMIT_ENV = "LITEMEDSAM_TASK_MEMORY_MB"  # Environment.task_memory_mb (set by the worker's parent)
 EXIT_CODE = 75  # what the process exits with when the guard stops it
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -63,11 +65,8 @@ class MemoryGuard:
 
     @classmethod
     def from_env(cls) -> "MemoryGuard":
-        raw = os.environ.get(LIMIT_ENV, "")
-        try:
-            return cls(int(float(raw)) << 20 if raw else 0)
-        except ValueError:
-            raise ValueError(f"{LIMIT_ENV}={raw!r} is not a number of MB") from None
+        megabytes = environment().task_memory_mb  # a bad value: a ValueError naming the variable
+        return cls(int(megabytes) << 20 if megabytes else 0)
 
     def refusal(self, needed: int) -> str | None:
         """Why a study needing `needed` more bytes cannot start here, or None if it fits."""

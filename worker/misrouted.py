@@ -1,6 +1,6 @@
 """A task message of another namespace that reached this worker: never run, handed back to its owner.
 
-Every message carries the producer's namespace in a header (worker.keys.NAMESPACE_HEADER). The queues of
+Every message carries the producer's namespace in a header (worker.contract.keys.NAMESPACE_HEADER). The queues of
 each namespace are separate Redis lists (worker.app's `global_keyprefix`), so a foreign message only arrives
 through a fault: a message copied between queues by hand, a producer or tool with hand-made transport options,
 a version before namespaced queues. The worker must not run it (the study's image and ledger live in the other
@@ -20,8 +20,8 @@ import logging
 import time
 from typing import Any
 
-from worker.keys import NAMESPACE_HEADER, Keys, check_namespace
-from worker.settings import TASK_NAME
+from worker.contract.keys import NAMESPACE_HEADER, Keys, check_namespace
+from worker.contract.settings import TASK_NAME
 
 log = logging.getLogger(__name__)
 MAX_PARKED = 10_000

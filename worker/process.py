@@ -11,12 +11,12 @@ import time
 
 from worker.cpu_affinity import CoreBinding, plan
 from worker.directory import IdentityDirectory
-from worker.identity import EngineIdentity, routing_data
+from worker.contract.identity import EngineIdentity, routing_data
 from worker.job import WorkerContext
-from worker.keys import Keys
+from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
 from worker.memory import MemoryGuard
-from worker.settings import EngineConfig, FleetSettings, redis_client
+from worker.contract.settings import EngineConfig, FleetSettings, redis_client
 from worker.store import open_store
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,11 @@ def core_binding(config: EngineConfig) -> CoreBinding:
 
 
 def build_context(node: str, settings: FleetSettings, config: EngineConfig, telemetry) -> WorkerContext:
-    from worker.engine.engine import Engine  # OpenVINO is imported here, in the child, and only here
+    from worker.engine.engine import Engine, EngineSettings  # OpenVINO is imported here, in the child, and only here
 
     started = time.perf_counter()
     binding = core_binding(config)
-    engine = Engine(config.engine_settings(binding.cores))
+    engine = Engine(EngineSettings.from_config(config, binding.cores))
     engine.warm_up()
     log.info("%s: %d model(s) compiled in %.1f s (precision %s: %s%s, %d thread(s), %s)", node,
              len(engine.registry), time.perf_counter() - started, engine.precision.name,

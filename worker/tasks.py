@@ -1,6 +1,6 @@
 """The Celery task: one study per message, JSON in, a small JSON summary out (the result lives in the store).
 
-A message sent in another namespace (its header, worker.keys.NAMESPACE_HEADER) is not run: it goes back to
+A message sent in another namespace (its header, worker.contract.keys.NAMESPACE_HEADER) is not run: it goes back to
 its owner's queue or is kept aside (worker.misrouted), before anything touches this namespace's ledger.
 
 Retry policy: only transient faults of Redis (connection lost, timeouts) are retried, with exponential
@@ -19,10 +19,10 @@ from celery.exceptions import Reject, TimeLimitExceeded
 
 from worker import misrouted, process
 from worker.job import Delivery, run_study
-from worker.keys import NAMESPACE_CONF, Keys
+from worker.contract.keys import NAMESPACE_CONF, Keys
 from worker.ledger import BatchLedger
-from worker.messages import Outcome, TaskMessage
-from worker.settings import TASK_NAME, FleetSettings, redis_client
+from worker.contract.messages import MessageError, Outcome, TaskMessage
+from worker.contract.settings import TASK_NAME, FleetSettings, redis_client
 
 log = logging.getLogger(__name__)
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -46,8 +46,8 @@ def segment(self, payload: dict) -> dict:
         return misrouted.refuse(self.app, Keys(own_namespace(self)), ledger.client, ledger.ttl, payload,
                                 self.request, self.request.hostname or "")
     try:
-        msg = TaskMessage.from_dict(payload)
-    except (TypeError, ValueError, KeyError) as error:
+        msg = TaskMessage.from_wire(payload)
+    except MessageError as error:
         log.error("malformed task message dropped: %s", error)
         return {"status": "error", "error": f"malformed message: {error}"}
     ctx = process.context()
@@ -91,8 +91,8 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_) -
         log.error("task %s of namespace %r failed while being refused; not recorded here", task_id, sent_in)
         return
     try:
-        msg = TaskMessage.from_dict(args[0])
-        outcome = Outcome(msg.name, "error", msg.modality, error=failure_reason(exception))
+        msg = TaskMessage.from_wire(args[0])
+        outcome = Outcome(name=msg.name, status="error", modality=msg.modality, error=failure_reason(exception))
         if _ledger().record(msg.batch_id, outcome):
             log.error("%s/%s: %s", msg.batch_id, msg.name, outcome.error)
     except Exception:

@@ -16,7 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from worker.messages import Outcome
+from worker.contract.messages import Outcome
+from worker.contract.metrics import StudyMetrics
+from worker.contract.settings import environment
 
 log = logging.getLogger(__name__)
 PORT_ENV = "LITEMEDSAM_METRICS_PORT"
@@ -27,8 +29,7 @@ BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 6
 
 
 def metrics_port() -> int | None:
-    raw = os.environ.get(PORT_ENV)
-    return int(raw) if raw else None
+    return environment().metrics_port
 
 
 def prepare_parent() -> Path:
@@ -107,17 +108,16 @@ class ChildTelemetry:
     def observe(self, outcome: Outcome) -> None:
         if not self.enabled:
             return
-        extra = outcome.metrics.get("extra", {})
-        status = outcome.status if not (outcome.ok and extra.get("cached")) else "cached"
+        status = outcome.status if not (outcome.ok and outcome.metrics.extra.cached) else "cached"
         self.studies.labels(status=status, modality=outcome.modality or "unknown").inc()
         if status != "ok":
             return
         for stage, seconds in stage_seconds(outcome.metrics).items():
             self.stages.labels(stage=stage).observe(seconds)
-        counts = outcome.metrics.get("counts", {})
-        self.hits.inc(counts.get("cache_hits", 0))
-        self.misses.inc(counts.get("cache_misses", 0))
-        self.slices.inc(counts.get("slices_encoded", 0))
+        counts = outcome.metrics.counts
+        self.hits.inc(counts.cache_hits)
+        self.misses.inc(counts.cache_misses)
+        self.slices.inc(counts.slices_encoded)
 
 
 def _use_multiprocess_values() -> None:
@@ -126,10 +126,10 @@ def _use_multiprocess_values() -> None:
     values.ValueClass = values.get_value_class()  # reads PROMETHEUS_MULTIPROC_DIR now
 
 
-def stage_seconds(metrics: dict) -> dict[str, float]:
+def stage_seconds(metrics: StudyMetrics) -> dict[str, float]:
     """The stages of STAGES present in a study's metrics (engine times plus the fleet's transfer/wait)."""
-    extra = metrics.get("extra", {})
-    found = dict(metrics.get("times", {}))
-    found["queue_wait"] = extra.get("queue_wait")
-    found.update(extra.get("transfer", {}))
+    found: dict[str, object] = dict(metrics.times.model_dump())
+    found["queue_wait"] = metrics.extra.queue_wait
+    if metrics.extra.transfer is not None:
+        found.update(metrics.extra.transfer.model_dump(exclude_none=True))
     return {stage: float(found[stage]) for stage in STAGES if isinstance(found.get(stage), (int, float))}

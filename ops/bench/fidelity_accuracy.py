@@ -54,7 +54,7 @@ def load_cases(cases: common.CaseSet):
             gts, spacing = data["gts"], (tuple(data["spacing"]) if "spacing" in data.files else None)
         study = load_npz_study(cases.image(name))
         found.append((name, study, gts, spacing if study.is_3d else None, "dev"))
-    from worker.protocol import Study
+    from worker.contract.study import Study
 
     for case in derive_cases(cases.root):
         modality = case.name.split("_")[1]
@@ -68,8 +68,8 @@ def load_cases(cases: common.CaseSet):
 def run(args) -> dict:
     from producer.evaluate import score_case
     from worker.engine.engine import Engine, EngineSettings
-    from worker.identity import routing_data
-    from worker.routing import RoutingTable
+    from worker.contract.identity import routing_data
+    from worker.contract.routing import RoutingTable
 
     cases = common.case_set()
     base = routing_data(None)

@@ -32,9 +32,9 @@ sys.path.insert(0, str(BENCH.parents[1]))
 import common  # noqa: E402
 from fleet_bench import _sources, _variant, claim_db, local_fleet  # noqa: E402
 from producer import api  # noqa: E402
-from worker.keys import Keys  # noqa: E402
+from worker.contract.keys import Keys  # noqa: E402
 from worker.ledger import BatchLedger  # noqa: E402
-from worker.settings import FleetSettings, redis_client  # noqa: E402
+from worker.contract.settings import FleetSettings, redis_client  # noqa: E402
 
 RESULTS_JSON = common.BENCH / "results" / "load.json"
 PLOT = common.BENCH / "results" / "load.png"
@@ -85,17 +85,17 @@ def run(studies: int, workers: int, threads: int) -> dict:
 
 
 def summarise(batch, outcomes, runs, executions, studies, workers, threads, wall, started) -> dict:
-    ok = [o for o in outcomes.values() if o.ok and not o.metrics["extra"].get("cached")]
-    cached = sum(o.ok and bool(o.metrics["extra"].get("cached")) for o in outcomes.values())
-    extras = [o.metrics["extra"] for o in ok]
-    in_system = [o.finished_at - e["enqueued_at"] for o, e in zip(ok, extras)]
-    queue_wait = [e["queue_wait"] for e in extras]
-    service = [o.finished_at - e["started_at"] for o, e in zip(ok, extras)]
-    engine = [o.metrics["times"]["total"] for o in ok]
+    ok = [o for o in outcomes.values() if o.ok and not o.metrics.extra.cached]
+    cached = sum(o.ok and bool(o.metrics.extra.cached) for o in outcomes.values())
+    extras = [o.metrics.extra for o in ok]
+    in_system = [o.finished_at - e.enqueued_at for o, e in zip(ok, extras)]
+    queue_wait = [e.queue_wait for e in extras]
+    service = [o.finished_at - e.started_at for o, e in zip(ok, extras)]
+    engine = [o.metrics.times.total for o in ok]
     result_keys = {o.result_key for o in ok}
     per_node: dict[str, int] = {}
     for e in extras:
-        per_node[e["node"]] = per_node.get(e["node"], 0) + 1
+        per_node[e.node] = per_node.get(e.node, 0) + 1
     return {
         "studies": studies, "workers": workers, "threads_per_worker": threads, "wall_s": wall,
         "throughput_per_min": 60 * len(ok) / wall if wall else 0.0,

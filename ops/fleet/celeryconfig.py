@@ -2,7 +2,7 @@
 
 Celery's default loader imports `celeryconfig` from the Python path. The fleet keeps its queues and event
 channels under its namespace's key prefix, so Flower must use the same prefix to see its workers, tasks and
-queue lengths. compose.yaml mounts this file and worker/keys.py (the one place the prefix is decided) side by
+queue lengths. compose.yaml mounts this file and worker/contract/keys.py (the one place the prefix is decided) side by
 side on PYTHONPATH.
 """
 import os

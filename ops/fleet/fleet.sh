@@ -12,7 +12,7 @@
 # Environment: LITEMEDSAM_BROKER (default redis://127.0.0.1:6379/0; a password in it is given to the Redis
 # this script starts), FLEET_DIR (pid files, logs, Redis data; default <repo>/.fleet), WORKER_THREADS
 # (OpenVINO threads per worker; default cores // N), FLEET_PIN (1: own cores per worker), and every LITEMEDSAM_*
-# setting (worker/settings.py).
+# setting (worker/contract/settings.py).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -65,7 +65,7 @@ start_redis() {
 start_workers() {
   local count=$1; shift
   local cores threads
-  cores=$("$BIN/python" -c "from worker.settings import available_cores; print(available_cores())")
+  cores=$("$BIN/python" -c "from worker.contract.settings import available_cores; print(available_cores())")
   threads=${WORKER_THREADS:-$(( cores / count > 0 ? cores / count : 1 ))}
   for i in $(seq "$count"); do
     local pidfile="$FLEET_DIR/worker-$i.pid"

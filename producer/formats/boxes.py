@@ -15,7 +15,7 @@ import numpy as np
 
 from producer.formats.sidecar import BoxPrompt
 from producer.formats.volume import Geometry
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 
 def _name(index: int, box: BoxPrompt) -> str:

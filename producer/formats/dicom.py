@@ -31,7 +31,7 @@ from pydicom.uid import UID
 from producer.formats.dicom_files import CorruptDicomError, NotDicomError, read_dataset, sop_instance_uid_of
 from producer.formats.dicom_geometry import Plane, stack_planes
 from producer.formats.volume import Geometry, ImageVolume
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 
 @dataclass(frozen=True)

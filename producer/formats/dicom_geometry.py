@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from producer.formats.volume import Geometry
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines
 SPACING_RTOL = 0.01  # relative spread of slice gaps

@@ -16,7 +16,7 @@ from producer.formats.boxes import resolve_boxes
 from producer.formats.intensity import Window, to_uint8
 from producer.formats.sidecar import Prompts
 from producer.formats.volume import ImageVolume
-from worker.protocol import Study, StudyError
+from worker.contract.study import Study, StudyError
 
 
 def resolve_modality(prompts: Prompts, volume: ImageVolume, fallback: str | None, where: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 PERCENTILES = (0.5, 99.5)
 

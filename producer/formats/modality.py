@@ -19,7 +19,7 @@ its prompts sidecar. Overrides accept a routing name (any case) or one of the DI
 """
 from __future__ import annotations
 
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 ROUTING_MODALITIES = ("CT", "MR", "PET", "US", "X-Ray", "Dermoscopy", "Endoscopy", "Fundus", "Microscope",
                       "Mammography", "OCT")

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from producer.formats.volume import Geometry, ImageVolume
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 SUFFIXES = (".nii.gz", ".nii")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
-from worker.protocol import Study, StudyError
-from worker.validation import DEFAULT_MAX_VOXELS
+from worker.contract.study import Study, StudyError
+from worker.contract.validation import DEFAULT_MAX_VOXELS
 
 MAX_VOXELS_ENV = "LITEMEDSAM_MAX_VOXELS"
 

@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from producer.formats.dicom_reference import DicomReference
 from producer.formats.seg import ALGORITHM_NAME, SERIES_NUMBER_OFFSET, check_fits, check_labels, output_uids
 from worker import __version__
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
 

@@ -31,7 +31,7 @@ from pydicom.uid import generate_uid
 
 from producer.formats.dicom_reference import DicomReference
 from worker import __version__
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 ALGORITHM_NAME = "litemedsam-fleet"
 SERIES_NUMBER_OFFSET = 1000

@@ -29,15 +29,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator, model_validator
 
 from producer.formats.intensity import Window
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 DICOM_SIDECAR = "prompts.json"
 NIFTI_SIDECAR_SUFFIX = ".prompts.json"
-ENTRY_KEYS = {"modality", "window", "boxes", "comment"}
-BOX_KEYS = {"label", "voxel", "mm", "comment"}
 SECTIONS = ("series", "instances")
 
 
@@ -68,6 +68,144 @@ class SidecarRef:
     uid: str = ""
     shared: bool = False  # the file serves several studies: it must be keyed
 
+
+# --- the entry's schema (pydantic): what each key may hold, and the message when it does not ----------------------
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+class WindowEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level: Annotated[float, BeforeValidator(lambda v: _finite(v, "window level"))]
+    width: Annotated[float, BeforeValidator(lambda v: _finite(v, "window width"))]
+    comment: Any = None
+
+
+class BoxEntry(BaseModel):
+    """One box prompt: exactly one of `voxel` (inclusive indices) and `mm` (two opposite world corners)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str | None = None
+    voxel: tuple[int, ...] | None = None
+    mm: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    comment: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_box(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or set(value) - set(cls.model_fields):
+            raise ValueError(f'must be an object with "voxel" or "mm" (and optional "label"), got {value!r}')
+        if ("voxel" in value) == ("mm" in value):
+            raise ValueError('give exactly one of "voxel" and "mm"')
+        return value
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"label must be a non-empty string, got {value!r}")
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("voxel", mode="before")
+    @classmethod
+    def _voxel(cls, value: Any) -> Any:
+        if not isinstance(value, list) or len(value) not in (4, 6):
+            raise ValueError(f'"voxel" must be [x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1], got {value!r}')
+        numbers = [_finite(v, "voxel index") for v in value]
+        if any(not n.is_integer() for n in numbers):
+            raise ValueError(f"voxel indices must be integers, got {value!r}")
+        return tuple(int(n) for n in numbers)
+
+    @field_validator("mm", mode="before")
+    @classmethod
+    def _mm(cls, value: Any) -> Any:
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(c, list) and len(c) == 3
+                                                                   for c in value)):
+            raise ValueError(f'"mm" must be two opposite corners [[x, y, z], [x, y, z]], got {value!r}')
+        return tuple(tuple(_finite(v, "mm coordinate") for v in corner) for corner in value)
+
+    def prompt(self, index: int) -> BoxPrompt:
+        return BoxPrompt(self.label or f"box {index + 1}", voxel=self.voxel, mm=self.mm)
+
+
+class SidecarEntry(BaseModel):
+    """One study's entry: its boxes (at least one), and optionally its modality and an 8-bit window."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    modality: str | None = None
+    window: WindowEntry | None = None
+    boxes: list[BoxEntry]
+    comment: Any = None
+
+    @field_validator("boxes", mode="before")
+    @classmethod
+    def _some_boxes(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise ValueError('"boxes" must be a non-empty list of box prompts')
+        return value
+
+    @field_validator("modality", mode="before")
+    @classmethod
+    def _modality(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f'"modality" must be a string, got {value!r}')
+        return value
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        keys = set(value) if isinstance(value, dict) else set()
+        if not isinstance(value, dict) or keys - {"level", "width", "comment"} or not {"level", "width"} <= keys:
+            raise ValueError(f'"window" must be {{"level": L, "width": W}}, got {value!r}')
+        return value
+
+    def prompts(self) -> Prompts:
+        window = Window(self.window.level, self.window.width) if self.window is not None else None
+        return Prompts(tuple(box.prompt(i) for i, box in enumerate(self.boxes)), self.modality, window)
+
+
+def _where(error: dict[str, Any], entry: dict[str, Any], where: str) -> str:
+    """`<file>` or `<file>: box #2 (lesion)` for an error at `error["loc"]`."""
+    loc = error["loc"]
+    if len(loc) < 2 or loc[0] != "boxes" or not isinstance(loc[1], int):
+        return where
+    what = f"{where}: box #{loc[1] + 1}"
+    box = entry["boxes"][loc[1]]
+    label = box.get("label", f"box {loc[1] + 1}") if isinstance(box, dict) else None
+    if len(loc) > 2 and loc[2] in ("voxel", "mm") and isinstance(label, str) and label.strip():
+        what += f" ({label.strip()})"
+    return what
+
+
+def _study_error(error: ValidationError, entry: dict[str, Any], where: str) -> StudyError:
+    problems = error.errors()
+    unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden" and len(p["loc"]) == 1)
+    if unknown:
+        return StudyError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(SidecarEntry.model_fields)}")
+    first = problems[0]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing" and first["loc"] == ("boxes",):
+        message = '"boxes" must be a non-empty list of box prompts'
+    separator = " " if message.startswith("must be an object") else ": "
+    return StudyError(f"{_where(first, entry, where)}{separator}{message}")
+
+
+def parse_entry(entry: Any, where: str) -> Prompts:
+    if not isinstance(entry, dict):
+        raise StudyError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+    try:
+        return SidecarEntry.model_validate(entry).prompts()
+    except ValidationError as error:
+        raise _study_error(error, entry, where) from None
+
+
+# --- the file: one entry, or entries keyed by series / instance UID ---------------------------------------------
 
 def _load_json(path: Path) -> Any:
     if not path.is_file():
@@ -111,64 +249,3 @@ def lists(ref: SidecarRef) -> bool:
         return True
     section = document.get(ref.section)
     return isinstance(section, dict) and ref.uid in section
-
-
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise StudyError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _window(value: Any, where: str) -> Window:
-    keys = set(value) if isinstance(value, dict) else set()
-    if not isinstance(value, dict) or keys - {"level", "width", "comment"} or not {"level", "width"} <= keys:
-        raise StudyError(f'{where}: "window" must be {{"level": L, "width": W}}, got {value!r}')
-    return Window(_number(value["level"], f"{where}: window level"),
-                  _number(value["width"], f"{where}: window width"))
-
-
-def _voxel(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or len(value) not in (4, 6):
-        raise StudyError(f'{what}: "voxel" must be [x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1], got {value!r}')
-    numbers = [_number(v, f"{what}: voxel index") for v in value]
-    if any(not n.is_integer() for n in numbers):
-        raise StudyError(f"{what}: voxel indices must be integers, got {value!r}")
-    return tuple(int(n) for n in numbers)
-
-
-def _corners(value: Any, what: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(c, list) and len(c) == 3 for c in value)):
-        raise StudyError(f'{what}: "mm" must be two opposite corners [[x, y, z], [x, y, z]], got {value!r}')
-    first, second = (tuple(_number(v, f"{what}: mm coordinate") for v in corner) for corner in value)
-    return first, second
-
-
-def _box(value: Any, index: int, where: str) -> BoxPrompt:
-    what = f"{where}: box #{index + 1}"
-    if not isinstance(value, dict) or set(value) - BOX_KEYS:
-        raise StudyError(f'{what} must be an object with "voxel" or "mm" (and optional "label"), got {value!r}')
-    if ("voxel" in value) == ("mm" in value):
-        raise StudyError(f'{what}: give exactly one of "voxel" and "mm"')
-    label = value.get("label", f"box {index + 1}")
-    if not isinstance(label, str) or not label.strip():
-        raise StudyError(f"{what}: label must be a non-empty string, got {label!r}")
-    what = f"{what} ({label})"
-    if "voxel" in value:
-        return BoxPrompt(label.strip(), voxel=_voxel(value["voxel"], what))
-    return BoxPrompt(label.strip(), mm=_corners(value["mm"], what))
-
-
-def parse_entry(entry: Any, where: str) -> Prompts:
-    if not isinstance(entry, dict):
-        raise StudyError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-    unknown = set(entry) - ENTRY_KEYS
-    if unknown:
-        raise StudyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(ENTRY_KEYS)}")
-    boxes = entry.get("boxes")
-    if not isinstance(boxes, list) or not boxes:
-        raise StudyError(f'{where}: "boxes" must be a non-empty list of box prompts')
-    modality = entry.get("modality")
-    if modality is not None and (not isinstance(modality, str) or not modality.strip()):
-        raise StudyError(f'{where}: "modality" must be a string, got {modality!r}')
-    window = _window(entry["window"], where) if "window" in entry else None
-    return Prompts(tuple(_box(box, i, where) for i, box in enumerate(boxes)), modality, window)

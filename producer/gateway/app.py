@@ -41,7 +41,7 @@ from producer.gateway.queue import JobQueue
 from producer.gateway.segmenters import make_segmenter
 from producer.gateway.telemetry import GatewayTelemetry
 from worker import __version__
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 MEDIA_TYPES = {"seg": "application/dicom", "nifti": "application/gzip", "npz": "application/octet-stream"}

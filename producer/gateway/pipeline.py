@@ -30,7 +30,7 @@ from producer.formats.nifti import write_label_nifti
 from producer.formats.npz import write_segs
 from producer.loading import load_study_and_context
 from producer.outputs import OutputWriter, output_path
-from worker.protocol import StudyError
+from worker.contract.study import StudyError
 
 log = logging.getLogger(__name__)
 FORMAT_FILES = {"npz": "labels.npz", "nifti_of_dicom": "labels.nii.gz", "thumbnail": "thumbnail.png"}

@@ -2,7 +2,7 @@
 
 Both take a loaded Study and return a producer.outcome.StudyOutcome (labels + metrics, or an error), reporting
 slice progress as they go. Both reuse stored results: the fleet by its content-addressed store (producer.api), the
-embedded one by a write-once folder of result records keyed the same way (worker.identity), so running a job again
+embedded one by a write-once folder of result records keyed the same way (worker.contract.identity), so running a job again
 costs no engine time.
 """
 from __future__ import annotations
@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from producer.outcome import StudyOutcome
-from worker.protocol import Study, StudyError
+from worker.contract.study import Study, StudyError
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int], None]  # (slices done, slices in all)
+ProgressFn = Callable[[int, int], None]  # (slices done, slices in all)
 STATUS_POLL_SECONDS = 0.5
 
 
 class Segmenter(Protocol):
     mode: str
 
-    def segment(self, name: str, study: Study, progress: Progress) -> StudyOutcome: ...
+    def segment(self, name: str, study: Study, progress: ProgressFn) -> StudyOutcome: ...
 
 
 class EmbeddedSegmenter:
@@ -45,30 +45,30 @@ class EmbeddedSegmenter:
         self._lock = threading.Lock()  # one engine: one study at a time, whatever calls it
 
     def _key(self, study: Study) -> str | None:
-        from worker.identity import image_digest
+        from worker.contract.identity import image_digest
 
         try:
             return self.identity.result_key(image_digest(study.image), study.boxes, study.modality)
         except (LookupError, ValueError):
             return None  # the engine says what is wrong
 
-    def segment(self, name: str, study: Study, progress: Progress) -> StudyOutcome:
-        from worker.messages import ResultRecord
+    def segment(self, name: str, study: Study, progress: ProgressFn) -> StudyOutcome:
+        from worker.contract.messages import ResultRecord
+        from worker.contract.metrics import StudyMetrics
 
         key = self._key(study)
         path = self.results_dir / f"{key}.npz" if key else None
         if path is not None and path.is_file():
             record = ResultRecord.from_bytes(path.read_bytes())
-            metrics = record.metrics
-            metrics.setdefault("extra", {}).update(cached=True, result_key=key)
+            record.metrics.note(cached=True, result_key=key)
             progress(1, 1)
-            return StudyOutcome(name, study.modality, labels=record.labels, metrics=metrics)
+            return StudyOutcome(name, study.modality, labels=record.labels, metrics=record.metrics.to_dict())
         with self._lock:
             outcome = self.runner.run_study(name, study, lambda _name, done, total: progress(done, total))
         if outcome.ok and path is not None:
             outcome.metrics.setdefault("extra", {}).update(cached=False, result_key=key)
             partial = path.with_name(f".{path.name}.{threading.get_ident()}.partial")
-            partial.write_bytes(ResultRecord(outcome.labels, outcome.metrics).to_bytes())
+            partial.write_bytes(ResultRecord(outcome.labels, StudyMetrics.model_validate(outcome.metrics)).to_bytes())
             os.replace(partial, path)
         return outcome
 
@@ -82,7 +82,7 @@ class FleetSegmenter:
         self.broker = broker
         self.timeout = timeout
 
-    def segment(self, name: str, study: Study, progress: Progress) -> StudyOutcome:
+    def segment(self, name: str, study: Study, progress: ProgressFn) -> StudyOutcome:
         from producer import api
 
         batch = api.submit_studies({name: study}, self.broker, wait=False)

@@ -23,10 +23,12 @@ from worker.engine.runtime import CompiledSam, RuntimeSettings
 from worker.engine.slices import ProgressFn, SliceSegmenter, SliceSettings, StageClock
 from worker.engine.strategies import STRATEGIES_3D, segment_2d
 from worker.calibration import choose_profile
-from worker.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
-from worker.protocol import Segmentation, Study, StudyMetrics
-from worker.routing import Route, RoutingTable
-from worker.validation import DEFAULT_MAX_VOXELS, check_study
+from worker.contract.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
+from worker.contract.metrics import StudyMetrics
+from worker.contract.settings import EngineConfig
+from worker.contract.study import Segmentation, Study, is_3d
+from worker.contract.routing import Route, RoutingTable
+from worker.contract.validation import DEFAULT_MAX_VOXELS, check_study
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,14 @@ class EngineSettings:
     routing_file: Path | None = None
     max_voxels: int = DEFAULT_MAX_VOXELS
     cores: tuple[int, ...] = ()  # explicit cores of this process (worker.cpu_affinity.plan); empty: not pinned
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, cores: tuple[int, ...] = ()) -> "EngineSettings":
+        """The settings of an engine built from the shared engine config (both CLIs, a fleet worker's process);
+        `cores`: this process's core binding (worker.cpu_affinity.plan)."""
+        return cls(models_dir=config.models_dir or default_models_dir(), precision=config.precision,
+                   threads=config.threads, cache_bytes=config.cache_mb << 20, routing_file=config.routing_file,
+                   max_voxels=config.max_voxels, cores=cores)
 
 
 def study_key(study: Study) -> str:
@@ -113,14 +123,12 @@ class Engine:
     def memory_needed(self, study: Study) -> int:
         """Bytes this study may add to the process: its arrays at their peak plus the embedding cache's headroom."""
         image, boxes = np.asarray(study.image), np.asarray(study.boxes)
-        is_3d = image.ndim == 3 and boxes.ndim == 2 and boxes.shape[1] == 6  # malformed: segment() says why
-        views = 1
-        if is_3d:
-            try:
-                views = 3 if self.routing.route(study.modality).strategy(True) == "triview" else 1
-            except (LookupError, ValueError):
-                pass
-        needed = study_bytes(image.shape, image.itemsize, boxes, is_3d, views)
+        volume = is_3d(image, boxes)  # malformed: segment() says why
+        try:
+            views = self.routing.route(study.modality).views(volume)
+        except (LookupError, ValueError):
+            views = 1
+        needed = study_bytes(image.shape, image.itemsize, boxes, volume, views)
         return needed + max(0, self.cache.max_bytes - self.cache.nbytes)
 
     @staticmethod
@@ -155,6 +163,6 @@ class Engine:
         metrics.provenance.overlap = route.overlap
         if spec.name != preferred:
             metrics.provenance.note = f"{preferred} is not registered; ran {spec.name} instead"
-        metrics.extra["margin"] = route.margin
-        metrics.extra["interpolation"] = seg.settings.interpolation
-        metrics.extra["box_rounding"] = seg.settings.box_rounding
+        metrics.extra.margin = route.margin
+        metrics.extra.interpolation = seg.settings.interpolation
+        metrics.extra.box_rounding = seg.settings.box_rounding

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.routing import OVERLAP_RULES
+from worker.contract.routing import OVERLAP_RULES
 
 # Bytes a kept mask costs beyond its packed bits (the Python tuple, the ndarray object and their references).
 ENTRY_OVERHEAD_BYTES = 320

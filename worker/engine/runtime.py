@@ -3,7 +3,7 @@
 This CPU defaults to bf16 inference when nothing is said, so the precision is always set explicitly.
 Outputs are copied out of the infer request: its output buffer is reused by the next call.
 
-Each model part compiles at its own precision (worker.precision.PartPrecision, chosen per strategy by a profile):
+Each model part compiles at its own precision (worker.contract.precision.PartPrecision, chosen per strategy by a profile):
 "f32" (default, reproducible), "bf16" (OpenVINO's hint; a CPU without AVX512-BF16 or AMX runs it as f32, which
 runtime_precisions shows), and, for the encoder, "int8*" (an NNCF-quantized encoder written by
 `python -m models.quantize --profile NAME` and listed in the model's manifest, checked against its sha256; its
@@ -22,7 +22,7 @@ import openvino as ov
 from models.quantize import PROFILE_PREFIX, profile_encoder
 from models.registry import ModelSpec, combined_sha256
 from worker.cpu_affinity import CoreBinding
-from worker.precision import PartPrecision
+from worker.contract.precision import PartPrecision
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}
 

@@ -16,7 +16,7 @@ import numpy as np
 from worker.engine.cache import EmbeddingCache
 from worker.engine.preprocess import Geometry, to_model_input
 from worker.engine.runtime import CompiledSam
-from worker.protocol import StageTimes
+from worker.contract.metrics import StageTimes
 
 ProgressFn = Callable[[int, int], None]
 

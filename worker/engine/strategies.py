@@ -133,7 +133,7 @@ class Propagation:
         return after_middle
 
 
-class Progress:
+class ProgressTicker:
     """Counts slice steps across views and reports them."""
 
     def __init__(self, total: int, report: ProgressFn | None):
@@ -152,7 +152,7 @@ def propagate_views(volume: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, 
     for view in views:
         axes, box_order = VIEWS[view]
         runs.append((axes, Propagation(volume.transpose(axes), boxes[:, box_order], seg, view, margin, overlap)))
-    tick = Progress(sum(run.total_steps for _, run in runs), progress)
+    tick = ProgressTicker(sum(run.total_steps for _, run in runs), progress)
     return [run.run(tick).transpose(np.argsort(axes)) for axes, run in runs]
 
 

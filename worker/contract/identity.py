@@ -6,7 +6,7 @@ can take, the precision each model part runs at, strategy and its settings, pack
 (worker.directory), so the producer, which has no models, computes the same key and finds a stored result
 before enqueuing.
 
-Only numpy and the standard library: the producer imports this.
+Only numpy, pydantic and the standard library: the producer imports this.
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import hashlib
 import json
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from worker.routing import DEFAULT_ROUTING, ENV_VAR as ROUTING_ENV, RoutingTable
+from worker.contract.routing import DEFAULT_ROUTING, ENV_VAR as ROUTING_ENV, Route, RoutingTable
 
 KEY_VERSION = 1
 
@@ -30,7 +30,7 @@ def image_digest(image: np.ndarray) -> str:
     digest = hashlib.sha256()
     digest.update(f"{image.dtype.str}|{image.shape}|".encode())
     if image.size:  # a zero-size array has no buffer to view (the worker then says the image is empty)
-        digest.update(memoryview(np.ascontiguousarray(image)).cast("B"))
+        digest.update(np.ascontiguousarray(image).data.cast("B"))
     return digest.hexdigest()
 
 
@@ -43,21 +43,26 @@ def _canonical(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
-@dataclass(frozen=True)
-class EngineIdentity:
-    """Everything about a worker's engine that changes its masks."""
+class EngineIdentity(BaseModel):
+    """Everything about a worker's engine that changes its masks (JSON: model_dump_json / model_validate_json)."""
+
+    model_config = ConfigDict(frozen=True)
 
     precision: str
     package_version: str
     models: dict[str, str]  # registered model name -> sha256
-    routing: dict[str, Any] = field(default_factory=dict)  # {"default": {...}, "modality": {...}} as in routing.toml
+    routing: dict[str, Any] = Field(default_factory=dict)  # {"default": {...}, "modality": {...}} as in routing.toml
     # model -> strategy -> {"encoder": precision, "decoder": precision, "sha256": weights that run}
     # (Engine.precision_identity); empty in identities published before per-part precision existed
-    parts: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    parts: dict[str, dict[str, dict[str, str]]] = Field(default_factory=dict)
+
+    def route(self, modality: str) -> Route:
+        """The route a study of this modality takes on this engine (ValueError if the routing is broken)."""
+        return RoutingTable(self.routing.get("default", {}), self.routing.get("modality", {})).route(modality)
 
     def route_identity(self, modality: str) -> dict[str, Any]:
         """What segments a study of this modality; raises LookupError if its routed models are all missing."""
-        route = RoutingTable(self.routing.get("default", {}), self.routing.get("modality", {})).route(modality)
+        route = self.route(modality)
         model = route.pick_model(self.models)
         identity = {
             "model": model, "model_sha256": self.models[model], "precision": self.precision,
@@ -76,17 +81,7 @@ class EngineIdentity:
         return hashlib.sha256(_canonical(payload)).hexdigest()
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(_canonical(asdict(self))).hexdigest()[:16]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> "EngineIdentity":
-        data = json.loads(text)
-        return cls(precision=data["precision"], package_version=data["package_version"],
-                   models=dict(data["models"]), routing=dict(data.get("routing", {})),
-                   parts=dict(data.get("parts", {})))
+        return hashlib.sha256(_canonical(self.model_dump())).hexdigest()[:16]
 
 
 def routing_data(routing_file: Path | None) -> dict[str, Any]:

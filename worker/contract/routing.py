@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from worker.precision import PrecisionTable
+from worker.contract.precision import PrecisionTable
 
-DEFAULT_ROUTING = Path(__file__).with_name("routing.toml")
+DEFAULT_ROUTING = Path(__file__).parents[1] / "routing.toml"  # worker/routing.toml, the file users edit
 ENV_VAR = "LITEMEDSAM_ROUTING"
 STRATEGIES_3D = ("propagate", "triview")
+VIEWS = {"box2d": 1, "propagate": 1, "triview": 3}  # how many views (slice directions) each strategy runs
+MAX_VIEWS = max(VIEWS.values())  # what a study whose route is unknown may take
 INTERPOLATIONS = ("linear", "area")
 BOX_ROUNDINGS = ("truncate", "fractional")  # truncate: int(coord * S / max(h, w)), the official baseline's
 OVERLAP_RULES = ("smaller", "later")  # worker/engine/overlap.py says what each means
@@ -38,6 +40,10 @@ class Route:
 
     def strategy(self, is_3d: bool) -> str:
         return self.strategy_3d if is_3d else "box2d"
+
+    def views(self, is_3d: bool) -> int:
+        """How many views (axial; coronal and sagittal too for tri-view) a study of this route runs."""
+        return VIEWS[self.strategy(is_3d)]
 
     def interpolation(self, is_3d: bool) -> str:
         """The longest-side resize of the image (or of each slice)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.protocol import Study, StudyError
+from worker.contract.study import BOX_WIDTH_2D, BOX_WIDTH_3D, Study, StudyError, has_3d_boxes
 
 MAX_BOXES = 65535  # labels are uint16 and 0 is background
 DEFAULT_MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels of uint8 input; configurable by callers
@@ -23,7 +23,7 @@ def check_image(image: np.ndarray, max_voxels: int = DEFAULT_MAX_VOXELS) -> None
 
 
 def check_boxes(boxes: np.ndarray, image_shape: tuple[int, ...], is_3d: bool) -> None:
-    width = 6 if is_3d else 4
+    width = BOX_WIDTH_3D if is_3d else BOX_WIDTH_2D
     if not isinstance(boxes, np.ndarray) or boxes.dtype.kind not in "iuf":
         raise StudyError("boxes must be a numeric array")
     if boxes.ndim != 2 or boxes.shape[1] != width:
@@ -56,7 +56,7 @@ def _check_one_box(index: int, lo: np.ndarray, hi: np.ndarray, limits: np.ndarra
 
 def check_study(study: Study, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
     check_image(study.image, max_voxels)
-    is_3d = study.boxes.ndim == 2 and study.boxes.shape[1] == 6
+    is_3d = has_3d_boxes(study.boxes)  # the boxes say which; the image must agree (Study.is_3d once checked)
     if is_3d and study.image.ndim != 3:
         raise StudyError(f"3D boxes given for an image of shape {study.image.shape}")
     if not is_3d and study.image.ndim == 3 and study.image.shape[-1] != 3:

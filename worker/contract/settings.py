@@ -1,0 +1,279 @@
+"""Every LITEMEDSAM_* setting in one typed table (`Environment`, pydantic-settings), and what is built from it.
+
+The producer, the gateway and the workers read the environment through `Environment` only (12-factor style):
+FleetSettings (broker, store, namespace, lifetimes, leases, time budget, queues) and EngineConfig (what a worker
+process or an in-process run builds its engine from). README.md's settings table is generated from `Environment`
+(`python -m worker.contract.settings`), and a test checks that they agree.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.contract.budget import TimeBudget
+from worker.contract.keys import check_namespace
+from worker.contract.validation import DEFAULT_MAX_VOXELS
+
+if TYPE_CHECKING:  # redis is imported when a client is made, not with the contract
+    import redis
+
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+DEFAULT_QUEUE = "litemedsam"
+TASK_NAME = "litemedsam.segment"
+PREFIX = "LITEMEDSAM_"
+ENGINE_PRECISIONS = "f32 (reproducible), bf16, bf16-encoder, ... (routing table profiles), int8* (models.quantize), " \
+    "fast"
+# the engine options' help, the same in `producer submit` (in-process) and `worker start`
+PRECISION_HELP = ("A precision profile of the routing table (f32: reproducible; bf16, bf16-encoder, ...), an int8 "
+                  "profile made by `python -m models.quantize`, or `fast`: the fastest profile that passed "
+                  "`worker calibrate` on this host, else f32.")
+CACHE_HELP = "Embedding cache bound per engine process (MB)."
+ROUTING_HELP = "Routing table (default: worker/routing.toml or $LITEMEDSAM_ROUTING)."
+
+
+class Environment(BaseSettings):
+    """The LITEMEDSAM_* variables. `default` in the README is the field's `shown` note where the default is computed."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
+
+    broker: str = Field(DEFAULT_BROKER, description="Celery broker (Redis)")
+    store: str = Field("", description="blob store: `redis://...` or `file:///shared/path`",
+                       json_schema_extra={"shown": "the broker URL"})
+    namespace: str = Field("lms", description="prefix of every key this project and Celery use in Redis or the "
+                                              "file store; 1-64 letters, digits, `_`, `.` or `-`")
+    input_ttl: float = Field(86400, description="seconds an uploaded study image is kept")
+    result_ttl: float = Field(30 * 86400, description="seconds a content-addressed result is kept (30 days)")
+    batch_ttl: float = Field(7 * 86400, description="seconds a batch's manifest, progress and outcomes are kept "
+                                                    "(7 days)")
+    visibility_timeout: float = Field(300, description="seconds after which Redis gives a study back to the queue "
+                                                       "unless the worker holding it renewed its lease")
+    lease_renew: float = Field(0.0, description="seconds between a live worker's lease renewals",
+                               json_schema_extra={"shown": "visibility / 5"})
+    time_base: float = Field(300.0, description="time budget per study: base seconds ...")
+    time_per_slice: float = Field(15.0, description="... plus seconds per encoded slice (per view) ...")
+    time_per_box_slice: float = Field(0.5, description="... plus seconds per box and slice (decoder calls)")
+    time_ceiling: float = Field(21600.0, description="the most any study may run (hard time limit cap, 6 h)")
+    default_queue: str = Field(DEFAULT_QUEUE, description="queue used when a study is not routed elsewhere")
+    queue_routes: str = Field("", description="modality routes, e.g. `PET=pet,MR=big`",
+                              json_schema_extra={"shown": "(none)"})
+    models_dir: str = Field("", description="exported models (read by models.paths)",
+                            json_schema_extra={"shown": "~/.cache/litemedsam-fleet/models"})
+    precision: str = Field("f32", description="engine precision profile: " + ENGINE_PRECISIONS)
+    threads: int = Field(0, description="OpenVINO threads per engine process",
+                         json_schema_extra={"shown": "cores / processes"})
+    cpus: str = Field("", description="cores a worker owns (`all` or a list like `0-3,6`); none: not pinned",
+                      json_schema_extra={"shown": "(none)"})
+    cache_mb: int = Field(2048, description="embedding cache bound per engine process (MB)")
+    routing: str = Field("", description="routing table file", json_schema_extra={"shown": "worker/routing.toml"})
+    max_voxels: int = Field(DEFAULT_MAX_VOXELS, description="largest image accepted (voxels; checked from the file "
+                                                            "header where the format allows, and by the engine)",
+                            json_schema_extra={"shown": "512 Mi"})
+    task_memory_mb: float | None = Field(None, description="memory guard per worker process (MB; 0: off)",
+                                         json_schema_extra={"shown": "80 % of RAM / concurrency"})
+    metrics_port: int | None = Field(None, description="serve a worker's Prometheus metrics on this port",
+                                     json_schema_extra={"shown": "(off)"})
+    api_tokens: str = Field("", description="the gateway's API tokens, comma-separated", repr=False,
+                            json_schema_extra={"shown": "(none)"})
+    worker_queues: str = Field("", description="internal: the queues a worker's parent hands its children",
+                               json_schema_extra={"shown": "(set by the worker)"})
+    export_venv: str = Field("", description="ops/setup.sh: the venv with torch used for the one-off export",
+                             json_schema_extra={"shown": "~/.cache/litemedsam-fleet/export-venv"})
+
+
+def environment() -> Environment:
+    """The settings as the environment gives them now (a bad value: a ValueError naming the variable)."""
+    from pydantic import ValidationError
+
+    try:
+        return Environment()
+    except ValidationError as error:
+        problems = "; ".join(f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors())
+        raise ValueError(problems) from None
+
+
+def settings_table() -> str:
+    """The README's settings table, from Environment."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, info in Environment.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        shown = extra.get("shown")
+        if shown is None:
+            default = info.default
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+        rows.append(f"| `{PREFIX}{name.upper()}` | {shown} | {info.description} |")
+    return "\n".join(rows)
+
+
+def parse_routes(text: str) -> dict[str, str]:
+    """`PET=pet, MR=big` -> {"pet": "pet", "mr": "big"} (modality names are case-insensitive)."""
+    routes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        modality, sep, queue = item.partition("=")
+        if not sep or not modality.strip() or not queue.strip():
+            raise ValueError(f"queue route {item!r} is not MODALITY=QUEUE")
+        routes[modality.strip().lower()] = queue.strip()
+    return routes
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    broker_url: str = DEFAULT_BROKER
+    store_url: str = ""  # empty: the broker's Redis
+    namespace: str = "lms"
+    input_ttl: int = 86400
+    result_ttl: int = 30 * 86400
+    batch_ttl: int = 7 * 86400
+    visibility_timeout: int = 300
+    lease_renew: float = 0.0  # 0: visibility_timeout / 5
+    budget: TimeBudget = field(default_factory=TimeBudget)
+    default_queue: str = DEFAULT_QUEUE
+    queue_routes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_namespace(self.namespace)  # a bad LITEMEDSAM_NAMESPACE stops a worker or producer at start
+
+    @property
+    def lease_renew_interval(self) -> float:
+        return self.lease_renew or max(1.0, self.visibility_timeout / 5)
+
+    @property
+    def store(self) -> str:
+        return self.store_url or self.broker_url
+
+    def queue_for(self, modality: str, explicit: str | None = None) -> str:
+        """An explicit queue wins; else the modality's route; else the default queue."""
+        return explicit or self.queue_routes.get(modality.lower(), self.default_queue)
+
+    def with_broker(self, broker_url: str | None) -> FleetSettings:
+        return replace(self, broker_url=broker_url) if broker_url else self
+
+    @classmethod
+    def from_env(cls, broker_url: str | None = None) -> FleetSettings:
+        env = environment()
+        return cls(
+            broker_url=broker_url or env.broker,
+            store_url=env.store,
+            namespace=env.namespace,
+            input_ttl=int(env.input_ttl),
+            result_ttl=int(env.result_ttl),
+            batch_ttl=int(env.batch_ttl),
+            visibility_timeout=int(env.visibility_timeout),
+            lease_renew=env.lease_renew,
+            budget=TimeBudget(base=env.time_base, per_slice=env.time_per_slice,
+                              per_box_slice=env.time_per_box_slice, ceiling=env.time_ceiling),
+            default_queue=env.default_queue,
+            queue_routes=parse_routes(env.queue_routes),
+        )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine's options, as both CLIs offer them and a worker process builds its engine from
+    (worker.engine.engine.EngineSettings.from_config, in the process that runs the engine)."""
+
+    models_dir: Path | None = None  # None: models.paths.default_models_dir()
+    precision: str = "f32"
+    threads: int = 0  # 0: every core this process may use (a fleet worker: cores // its processes)
+    cache_mb: int = 2048
+    routing_file: Path | None = None
+    cpus: str = ""  # cores the worker owns ("" none, "all", or a cpu list): worker.cpu_affinity.plan
+    max_voxels: int = DEFAULT_MAX_VOXELS
+
+    @classmethod
+    def from_env(cls) -> EngineConfig:
+        env = environment()
+        return cls(
+            models_dir=Path(env.models_dir).expanduser() if env.models_dir else None,
+            precision=env.precision,
+            threads=env.threads,
+            cache_mb=env.cache_mb,
+            routing_file=Path(env.routing) if env.routing else None,
+            cpus=env.cpus,
+            max_voxels=env.max_voxels,
+        )
+
+    def with_options(self, **options: Any) -> EngineConfig:
+        """This config with the options a command line gave (None: not given, the environment's value stays)."""
+        return replace(self, **{name: value for name, value in options.items() if value is not None})
+
+
+
+RECONNECT_SECONDS = 120.0  # how long a Redis command keeps retrying through a broker restart
+
+
+def redis_client(url: str, reconnect_seconds: float = RECONNECT_SECONDS) -> redis.Redis:
+    """A Redis client for the fleet's own keys (the broker connection is Celery's).
+
+    Every command retries on connection loss and timeouts with exponential backoff (0.1 s doubling to 5 s) for
+    about `reconnect_seconds`, so a restarted broker costs a pause, not a study.
+    """
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    attempts = _attempts_within(reconnect_seconds, base=0.1, cap=5.0)
+    retry = Retry(ExponentialBackoff(cap=5.0, base=0.1), attempts)
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=60, health_check_interval=30,
+                                retry=retry, retry_on_error=[redis.exceptions.ConnectionError,
+                                                             redis.exceptions.TimeoutError])
+
+
+def _attempts_within(seconds: float, base: float, cap: float) -> int:
+    """Retries of a doubling backoff (base, 2 base, ... capped) whose sleeps add up to `seconds`."""
+    attempts, slept, delay = 0, 0.0, base
+    while slept < seconds:
+        slept += delay
+        delay = min(cap, delay * 2)
+        attempts += 1
+    return attempts
+
+
+def _cgroup_cpu_limit() -> int | None:
+    """CPUs allowed by a container's CPU quota (cgroup v2 cpu.max or v1 cfs files), None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
+            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    return max(1, -(-int(quota) // int(period)))  # ceil
+
+
+def available_cores() -> int:
+    """Cores this process may use: CPU affinity, bounded by a container's CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return min(cores, limit) if limit else cores
+
+
+def default_threads(concurrency: int) -> int:
+    """OpenVINO threads per worker process so that threads x concurrency <= cores."""
+    return max(1, available_cores() // max(1, concurrency))
+
+
+def thread_plan(concurrency: int, threads: int = 0) -> tuple[int, str | None]:
+    """(threads per process, a warning if threads x concurrency oversubscribes the cores, else None);
+    `threads` 0 takes the default."""
+    threads = threads or default_threads(concurrency)
+    cores = available_cores()
+    if threads * concurrency > cores:
+        return threads, (f"{threads} threads x {concurrency} processes > {cores} cores: OpenVINO will "
+                         "oversubscribe the CPU")
+    return threads, None
+
+
+if __name__ == "__main__":  # the README's settings table
+    sys.stdout.write(settings_table() + "\n")
