@@ -37,6 +37,7 @@ class TaskMessage:
     enqueued_at: float = 0.0  # epoch seconds
     upload_seconds: float = 0.0
     version: int = MESSAGE_VERSION
+    split: bool = True  # False (`producer submit --split off`): never split this study across workers
 
     def boxes_array(self) -> np.ndarray:
         return np.asarray(self.boxes, dtype=np.dtype(self.boxes_dtype)).reshape(self.boxes_shape)

@@ -19,6 +19,13 @@ reads it before any model is loaded.
 | LITEMEDSAM_TIME_PER_BOX_SLICE | 0.5 | ... plus seconds per box and slice (decoder calls) |
 | LITEMEDSAM_DEFAULT_QUEUE | litemedsam | queue used when a study is not routed elsewhere |
 | LITEMEDSAM_QUEUE_ROUTES | (none) | modality routes, e.g. `PET=pet,MR=big` |
+| LITEMEDSAM_SPLIT | on | `off`: no worker splits a study across the fleet (worker.fanout); `producer submit --split off` per batch |
+| LITEMEDSAM_SPLIT_MIN_SLICES | 40 | a 3D study splits only if it needs at least this many slice encodings (all views) |
+| LITEMEDSAM_SPLIT_MAX_PARTS | 8 | at most this many slice-range parts per study |
+| LITEMEDSAM_SPLIT_PART_SLICES | 12 | at least this many needed slices per part |
+| LITEMEDSAM_SPLIT_CLAIM_TTL | 20 | seconds a claim on a slice (or a PET view, renewed while it runs) lasts: the lease of a part's work |
+| LITEMEDSAM_SPLIT_BLOB_TTL | 1800 | seconds an embedding or PET view blob is kept in the store (deleted when its study ends) |
+| LITEMEDSAM_SPLIT_PREFETCH | 4 | embeddings the coordinator fetches ahead of use |
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from worker.keys import check_namespace
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "litemedsam"
 TASK_NAME = "litemedsam.segment"
+PART_TASK_NAME = "litemedsam.part"  # a part of a split study (worker.parts)
 
 
 def _env(name: str, default: str) -> str:
@@ -77,6 +85,32 @@ class TimeBudget:
 
 
 @dataclass(frozen=True)
+class SplitSettings:
+    """When and how one study is fanned out across the fleet (worker.fanout decides with these)."""
+
+    enabled: bool = True
+    min_slices: int = 40  # 3DBox_CT_tsup needs 90, the demo CT phantom 24
+    max_parts: int = 8
+    part_slices: int = 12
+    claim_ttl: float = 20.0
+    blob_ttl: int = 1800
+    prefetch: int = 4
+
+    @classmethod
+    def from_env(cls) -> "SplitSettings":
+        switch = (os.environ.get("LITEMEDSAM_SPLIT") or "on").strip().lower()
+        if switch not in ("on", "off"):
+            raise ValueError(f"LITEMEDSAM_SPLIT={switch!r}: use on or off")
+        return cls(enabled=switch == "on",
+                   min_slices=max(1, int(_env_float("LITEMEDSAM_SPLIT_MIN_SLICES", 40))),
+                   max_parts=max(1, int(_env_float("LITEMEDSAM_SPLIT_MAX_PARTS", 8))),
+                   part_slices=max(1, int(_env_float("LITEMEDSAM_SPLIT_PART_SLICES", 12))),
+                   claim_ttl=max(0.5, _env_float("LITEMEDSAM_SPLIT_CLAIM_TTL", 20.0)),
+                   blob_ttl=max(60, int(_env_float("LITEMEDSAM_SPLIT_BLOB_TTL", 1800))),
+                   prefetch=max(0, int(_env_float("LITEMEDSAM_SPLIT_PREFETCH", 4))))
+
+
+@dataclass(frozen=True)
 class FleetSettings:
     broker_url: str = DEFAULT_BROKER
     store_url: str = ""  # empty: the broker's Redis
@@ -89,6 +123,7 @@ class FleetSettings:
     budget: TimeBudget = field(default_factory=TimeBudget)
     default_queue: str = DEFAULT_QUEUE
     queue_routes: dict[str, str] = field(default_factory=dict)
+    split: SplitSettings = field(default_factory=SplitSettings)
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)  # a bad LITEMEDSAM_NAMESPACE stops a worker or producer at start
@@ -127,6 +162,7 @@ class FleetSettings:
             ),
             default_queue=_env("LITEMEDSAM_DEFAULT_QUEUE", DEFAULT_QUEUE),
             queue_routes=parse_routes(os.environ.get("LITEMEDSAM_QUEUE_ROUTES", "")),
+            split=SplitSettings.from_env(),
         )
 
 
