@@ -178,13 +178,18 @@ def main() -> None:
     parser.add_argument("--pet", type=Path, default=None, help="the PET study (default: the PET phantom)")
     parser.add_argument("--ct-configs", default="2x1,1x1,1x2", help="WORKERSxTHREADS, comma-separated ('' skips)")
     parser.add_argument("--pet-configs", default="3x1,1x1", help="WORKERSxTHREADS, comma-separated ('' skips)")
+    parser.add_argument("--min-slices", type=int, default=None,
+                        help="LITEMEDSAM_SPLIT_MIN_SLICES for the workers (and part size min-slices // 2), e.g. to "
+                             "split a small study in a smoke run")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args()
     info = machine_info()
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp:
         scratch = Path(tmp)
         ct, pet, fallback = sources(args.ct, args.pet, scratch)
-        env = {"LITEMEDSAM_SPLIT_MIN_SLICES": "8", "LITEMEDSAM_SPLIT_PART_SLICES": "4"} if fallback else {}
+        low = args.min_slices or (8 if fallback else None)
+        env = {"LITEMEDSAM_SPLIT_MIN_SLICES": str(low), "LITEMEDSAM_SPLIT_PART_SLICES": str(max(1, low // 2))
+               } if low else {}
         workloads = {name: (path, [c for c in configs.split(",") if c.strip()])
                      for name, path, configs in (("ct", ct, args.ct_configs), ("pet", pet, args.pet_configs))}
         workloads = {k: v for k, v in workloads.items() if v[1]}
@@ -193,7 +198,8 @@ def main() -> None:
     report = render(results)
     header = (f"`ops/bench/fanout_bench.py --reps {args.reps} --ct-configs {args.ct_configs} --pet-configs "
               f"{args.pet_configs}`; CT: {ct.name}{' (phantom fallback, split threshold lowered)' if fallback else ''}"
-              f", PET: {pet.name}. Split runs submit with the split on, baselines with `--split off`.")
+              f", PET: {pet.name}{f'; LITEMEDSAM_SPLIT_MIN_SLICES={low}' if low else ''}. Split runs submit "
+              "with the split on, baselines with `--split off`.")
     block = "\n".join([f"### {info['date']}", "", *machine_lines(info), f"- {header}", "", report])
     print(block)
     if not args.no_write:
