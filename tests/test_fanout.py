@@ -197,6 +197,30 @@ def test_the_vote_triggers_once_when_the_third_view_lands(slot):
     assert board.set_view_progress("axial", 5) == 5 and board.set_view_progress("coronal", 2) == 7
 
 
+def test_the_coordinator_encodes_alone_when_the_store_fails(slot):
+    import redis
+
+    from worker.cooperative import CooperativeSource
+
+    class DownStore:  # the store's Redis is gone for longer than its client retries
+        def get(self, key):
+            raise redis.exceptions.ConnectionError("store down")
+
+        def exists(self, key):
+            raise redis.exceptions.ConnectionError("store down")
+
+    client = redis.Redis.from_url(slot.url)
+    keys = Keys(slot.namespace)
+    source = CooperativeSource(EmbeddingBlobs(DownStore(), "space", 60), Claims(client, 5), keys,
+                               SplitBoard(client, keys, "down-run", 60), {"axial": [3, 4, 5]}, "c", prefetch=2,
+                               wait_max=1)
+    try:
+        value = source.embedding("axial", 3, lambda: np.full((1, 2), 7, np.float32))
+    finally:
+        source.close()
+    assert value.tolist() == [[7, 7]] and source.stats.store_errors == 1 and source.stats.encoded == 1
+
+
 # ---------------------------------------------------------------------- the coordinator, in this process
 
 @pytest.fixture()

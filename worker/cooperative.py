@@ -33,12 +33,21 @@ class SourceStats:
     wait_seconds: float = 0.0
     fetch_seconds: float = 0.0  # time the propagation spent getting stored embeddings (not prefetched)
     gave_up_waiting: int = 0  # waits that hit wait_max: encoded here anyway
+    store_errors: int = 0  # slices encoded here because Redis or the store failed
 
     def as_dict(self) -> dict:
         data = asdict(self)
         data["wait_seconds"] = round(self.wait_seconds, 3)
         data["fetch_seconds"] = round(self.fetch_seconds, 3)
         return data
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    from worker.store import StoreError
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, StoreError, OSError)
 
 
 class CooperativeSource:
@@ -58,6 +67,15 @@ class CooperativeSource:
         if position is None:  # not a slice of the plan (cannot happen with the same boxes): plain encode
             self.stats.encoded += 1
             return encode()
+        try:
+            return self._cooperate(view, index, position, encode)
+        except _store_errors() as error:  # Redis or the store away for longer than its retries: work alone
+            log.warning("slice %s/%d: store or claims unavailable (%s): encoded here", view, index, error)
+            self.stats.store_errors += 1
+            self.stats.encoded += 1
+            return encode()
+
+    def _cooperate(self, view: str, index: int, position: int, encode: Callable[[], np.ndarray]) -> np.ndarray:
         self.board.set_cursor(view, position)
         self._prefetch_after(view, position)
         self._served.add((view, index))

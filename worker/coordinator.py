@@ -82,14 +82,26 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
         result = ctx.engine.segment(study, progress=progress, source=source)
     finally:
         source.close()
-        board.finish()
-        blobs.delete("axial", order)
-    reports = board.part_reports()
+        _end_run(board, blobs, order)
+    try:
+        reports = board.part_reports()
+    except Exception as error:  # the masks are done: metrics without the parts' reports rather than no result
+        log.warning("%s/%s: parts' reports unavailable (%s)", msg.batch_id, msg.name, error)
+        reports = {}
     result.metrics.extra["split"] = {
         **decision.describe(), "run": run, "coordinator": {"node": ctx.node, **source.stats.as_dict()},
         "parts": [reports.get(p.index, {"part": p.index, "state": "not started when the study ended"})
                   for p in parts]}
     return result
+
+
+def _end_run(board, blobs: EmbeddingBlobs, order: list[int]) -> None:
+    """Late parts stop at once; the run's embeddings leave the store (else their TTL ends them)."""
+    try:
+        board.finish()
+        blobs.delete("axial", order)
+    except Exception as error:
+        log.warning("split run %s not cleaned up (%s): its keys expire by themselves", board.run, error)
 
 
 def _by_views(ctx, msg, delivery, study, key, progress, decision, run) -> Segmentation:
