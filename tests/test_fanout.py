@@ -455,12 +455,14 @@ def fan_cases(tmp_path_factory) -> dict[str, Path]:
     with np.load(phantoms["3DBox_PET_phantom"], allow_pickle=False) as data:
         np.savez_compressed(root / "pet.npz", imgs=data["imgs"], boxes=data["boxes"][1:], spacing=data["spacing"])
     with np.load(phantoms["3DBox_CT_phantom"], allow_pickle=False) as data:
-        image = data["imgs"].copy()
-        image.flat[0] ^= 1
-        np.savez_compressed(root / "poison.npz", imgs=image, boxes=data["boxes"], spacing=data["spacing"])
+        for name, voxel in (("poison", 0), ("killed", 1)):  # new content: no worker's embedding cache holds it
+            image = data["imgs"].copy()
+            image.flat[voxel] ^= 1
+            np.savez_compressed(root / f"{name}.npz", imgs=image, boxes=data["boxes"], spacing=data["spacing"])
     return {"ct": study_folder(root / "ct", {"3DBox_CT_fan": phantoms["3DBox_CT_phantom"]}),
             "pet": study_folder(root / "pet", {"3DBox_PET_fan": root / "pet.npz"}),
             "poison": study_folder(root / "poison", {"3DBox_CT_poison": root / "poison.npz"}),
+            "killed": study_folder(root / "killed", {"3DBox_CT_killed": root / "killed.npz"}),
             "2d": study_folder(root / "2d", {"2DBox_CT_fan": phantoms["2DBox_CT_phantom"]})}
 
 
@@ -476,7 +478,7 @@ def fan_expected(real_models_dir, fan_cases):
         from worker.engine.engine import EngineSettings
 
         runner = EmbeddedRunner(EngineSettings(models_dir=real_models_dir, threads=1))
-        return {s.name: runner.run_one(s).labels for k in ("ct", "pet") for s in find_studies(fan_cases[k])}
+        return {s.name: runner.run_one(s).labels for k in ("ct", "pet", "killed") for s in find_studies(fan_cases[k])}
 
     pool = ThreadPoolExecutor(1)
     future = pool.submit(run)
@@ -548,7 +550,7 @@ def test_a_worker_killed_mid_part_delays_nothing_and_the_study_completes_once(sp
     from producer import api
 
     before = set(split_fleet.part_reports())
-    batch = api.submit(fan_cases["ct"], wait=False, force=True, settings=split_fleet.settings)
+    batch = api.submit(fan_cases["killed"], wait=False, settings=split_fleet.settings)
 
     def a_running_part():
         for run, reports in split_fleet.part_reports().items():
