@@ -92,19 +92,20 @@ def client_for(broker: str | None = None, settings: FleetSettings | None = None)
 def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | Path | None = None,
            wait: bool = True, force: bool = False, queue: str | None = None, routes: dict[str, str] | None = None,
            timeout: float | None = None, progress: bool = False, settings: FleetSettings | None = None,
-           dicom_formats: str | tuple[str, ...] = ("seg",)) -> Batch:
+           dicom_formats: str | tuple[str, ...] = ("seg",), split: bool = True) -> Batch:
     """Enqueue every study in `study_dir`; with `wait`, collect the results (and write them to `out_dir`).
 
     `queue` sends every study there; `routes` ({"PET": "pet"}) sends a modality's studies to its queue; else
     $LITEMEDSAM_QUEUE_ROUTES, else the default queue. `dicom_formats` ("seg", "rtstruct" or both) is what DICOM
-    studies are written as, here and by any later `results` of this batch."""
+    studies are written as, here and by any later `results` of this batch. `split=False`: no study of the batch
+    is split across workers (README, "Scaling one study")."""
     found = discover(Path(study_dir))
     sources = found.studies
     if not sources:
         raise FileNotFoundError(f"no studies found in {study_dir} ({len(found.skipped)} file(s) skipped)")
     client = client_for(broker, settings)
     options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}),
-                            dicom_formats=parse_dicom_formats(dicom_formats))
+                            dicom_formats=parse_dicom_formats(dicom_formats), split=split)
     enqueued = client.submit(sources, options, Path(study_dir))
     try:
         batch = _batch(enqueued, out_dir, options.dicom_formats)
@@ -118,11 +119,11 @@ def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | P
 
 def submit_studies(studies: dict[str, Study], broker: str | None = None, *, wait: bool = True, force: bool = False,
                    queue: str | None = None, routes: dict[str, str] | None = None, timeout: float | None = None,
-                   settings: FleetSettings | None = None) -> Batch:
+                   settings: FleetSettings | None = None, split: bool = True) -> Batch:
     """Enqueue studies already in memory ({name: worker.contract.study.Study}); with `wait`, collect their masks
     (`outcome.labels`). No files: for back-ends that hold the arrays. Each study is checked by its worker."""
     client = client_for(broker, settings)
-    options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}))
+    options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}), split=split)
     batch = _batch(client.submit_studies(studies, options), None)
     if wait:
         _collect(client, batch, set(batch.names), len(batch.names), timeout, False)

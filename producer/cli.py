@@ -115,6 +115,9 @@ def broker_required(broker: str | None) -> str:
 @click.option("--route", "routes", multiple=True, metavar="MODALITY=QUEUE",
               help="Fleet: send a modality's studies to a queue, e.g. --route PET=pet (repeatable).")
 @click.option("--timeout", type=float, default=None, help="Fleet: give up waiting after this many seconds.")
+@click.option("--split", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="Fleet: on: a big 3D study may be split across idle workers (README, \"Scaling one study\"); "
+                   "off: every study of this batch runs on one worker.")
 @click.option("--dicom-format", "dicom_format", default="seg", show_default=True, metavar="seg|rtstruct|seg,rtstruct",
               help="What DICOM studies are written as: a DICOM SEG, an RT Structure Set, or both.")
 @click.option("--dicomweb", default=None, metavar="URL", help="Take the series from this DICOMweb root instead of "
@@ -128,7 +131,7 @@ def broker_required(broker: str | None) -> str:
               help='DICOMweb: JSON {"<root>": {"username": .., "password": ..} or {"token": ..}}.')
 @engine_options
 def submit(study_dir: Path | None, out_dir: Path, broker: str | None, no_wait: bool, force: bool, queue: str | None,
-           routes: tuple[str, ...], timeout: float | None, dicom_format: str, dicomweb: str | None,
+           routes: tuple[str, ...], timeout: float | None, split: str, dicom_format: str, dicomweb: str | None,
            study_uid: str | None, series_uid: str | None, prompts_file: Path | None, stow: bool,
            dicomweb_credentials: Path | None, **engine) -> None:
     """Segment every study in STUDY_DIR (or one DICOMweb series) and write OUT/<study>.* plus OUT/metrics.jsonl.
@@ -143,7 +146,8 @@ def submit(study_dir: Path | None, out_dir: Path, broker: str | None, no_wait: b
         raise click.BadParameter(str(error), param_hint="--dicom-format") from None
 
     def run(folder: Path) -> list[StudyOutcome]:
-        return _submit(folder, out_dir, broker, no_wait, force, queue, routes, timeout, engine, dicom_formats)
+        return _submit(folder, out_dir, broker, no_wait, force, queue, routes, timeout, engine, dicom_formats,
+                       split == "on")
 
     if dicomweb:
         _submit_dicomweb(dicomweb, study_uid, series_uid, prompts_file, stow, dicomweb_credentials, study_dir,
@@ -157,12 +161,12 @@ def submit(study_dir: Path | None, out_dir: Path, broker: str | None, no_wait: b
 
 
 def _submit(study_dir, out_dir, broker, no_wait, force, queue, routes, timeout, engine,
-            dicom_formats) -> list[StudyOutcome]:
+            dicom_formats, split: bool = True) -> list[StudyOutcome]:
     if broker:
         from producer.fleet_cli import submit_to_fleet
 
         return submit_to_fleet(study_dir, out_dir, broker, wait=not no_wait, force=force, queue=queue,
-                               routes=routes, timeout=timeout, dicom_formats=dicom_formats)
+                               routes=routes, timeout=timeout, dicom_formats=dicom_formats, split=split)
     if no_wait or force or queue or routes:
         raise click.UsageError("--no-wait, --force, --queue and --route need a fleet: give --broker or set "
                                "LITEMEDSAM_BROKER")

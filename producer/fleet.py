@@ -41,6 +41,7 @@ class SubmitOptions:
     queue: str | None = None  # every study to this queue; else by modality route, else the default queue
     routes: dict[str, str] = field(default_factory=dict)  # modality -> queue, over LITEMEDSAM_QUEUE_ROUTES
     dicom_formats: tuple[str, ...] = ("seg",)  # what `results` writes for DICOM studies (stored in the batch meta)
+    split: bool = True  # False: no study of the batch is split across workers (worker.fanout)
 
     def explicit_queue(self, modality: str) -> str | None:
         return self.queue or {m.lower(): q for m, q in self.routes.items()}.get(modality.lower())
@@ -138,7 +139,8 @@ class FleetClient:
         batch = Enqueued(new_batch_id())
         meta = {"batch_id": batch.batch_id, "created_at": time.time(), "study_dir": study_dir,
                 "total": len(items), "sealed": False, "force": options.force, "queue": options.queue or "",
-                "producer": socket.gethostname(), "dicom_formats": list(options.dicom_formats)}
+                "producer": socket.gethostname(), "dicom_formats": list(options.dicom_formats),
+                "split": options.split}
         self.ledger.write_meta(batch.batch_id, meta)
         try:
             for name, submit_one in items:
@@ -226,7 +228,7 @@ class FleetClient:
             batch_id=batch_id, name=name, study_id=study.study_id, modality=study.modality, image_digest=digest,
             image_shape=tuple(study.image.shape), boxes=study.boxes.tolist(), boxes_dtype=study.boxes.dtype.str,
             boxes_shape=tuple(study.boxes.shape), spacing=study.spacing, force=options.force,
-            queue=queue, enqueued_at=time.time(),
+            queue=queue, enqueued_at=time.time(), split=options.split,
         )
         return Staged(message, key, self.settings.budget.limits(*study_work(study, known_route(identity,
                                                                                                 study.modality))))

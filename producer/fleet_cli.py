@@ -35,13 +35,13 @@ def _summary(batch: api.Batch, out_dir: Path | None) -> None:
 
 def submit_to_fleet(study_dir: Path, out_dir: Path, broker: str, *, wait: bool, force: bool, queue: str | None,
                     routes: tuple[str, ...], timeout: float | None,
-                    dicom_formats: tuple[str, ...] = ("seg",)) -> list[StudyOutcome]:
+                    dicom_formats: tuple[str, ...] = ("seg",), split: bool = True) -> list[StudyOutcome]:
     from worker.contract.settings import parse_routes
 
     try:
         routing = parse_routes(",".join(routes))
         batch = api.submit(study_dir, broker, wait=False, force=force, queue=queue, routes=routing,
-                           dicom_formats=dicom_formats)
+                           dicom_formats=dicom_formats, split=split)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--route") from None
     except FileNotFoundError as error:

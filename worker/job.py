@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
@@ -22,6 +22,7 @@ from worker.ledger import BatchLedger
 from worker.memory import LIMIT_ENV, MemoryGuard, mb
 from worker.contract.messages import Outcome, Progress, ResultRecord, TaskMessage, unpack_image
 from worker.contract.metrics import MetricsExtra, StudyMetrics, Transfer
+from worker.contract.settings import SplitSettings
 from worker.contract.study import Study, StudyError
 from worker.contract.arrays import StoreError
 from worker.store import BlobStore
@@ -59,6 +60,9 @@ class WorkerContext:
     telemetry: Telemetry = field(default_factory=NoTelemetry)
     keys: Keys = field(default_factory=Keys)
     memory: MemoryGuard = field(default_factory=lambda: MemoryGuard(0))
+    split: SplitSettings = field(default_factory=SplitSettings)
+    # sends a part of a split study (worker.fanout.PartMessage, queue) as a task; None: studies are never split
+    send_part: Callable[[Any, str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,10 +167,12 @@ def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str,
             f"memory guard: the worker process reached {mb(rss)} running this study, above its limit of "
             f"{mb(ctx.memory.limit)} ({LIMIT_ENV}); the process was replaced, the study not retried")))
 
+    from worker.coordinator import segment_study  # (it imports this module)
+
     try:
         with ctx.memory.watch(outgrown):
-            result = ctx.engine.segment(study, progress=ProgressPublisher(ctx.ledger, msg.batch_id, msg.name,
-                                                                         ctx.node))
+            result = segment_study(ctx, msg, delivery, study, key,
+                                   ProgressPublisher(ctx.ledger, msg.batch_id, msg.name, ctx.node))
     except StudyError as error:
         return _error(msg, str(error))
     except Superseded:
@@ -183,6 +189,14 @@ def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str,
     return _store_result(ctx, msg, delivery, key, result.labels, metrics)
 
 
+def finish_computed(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, started: float, runs: int,
+                    labels: np.ndarray, metrics: StudyMetrics) -> Outcome:
+    """Store a result computed outside this study's own task (the vote of a split PET study, worker.parts) once
+    and record the study's outcome, as the study's task does."""
+    metrics.note(**_fleet_extra(ctx, msg, delivery, key, started, runs))
+    return _finish(ctx, msg, delivery, runs, _store_result(ctx, msg, delivery, key, labels, metrics))
+
+
 def _store_result(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, labels: np.ndarray,
                   metrics: StudyMetrics) -> Outcome:
     upload_started = time.perf_counter()
@@ -197,6 +211,11 @@ def _store_result(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key:
             return _ok(msg, key, existing.metrics)
     metrics.transfer().result_upload = time.perf_counter() - upload_started
     return _ok(msg, key, metrics)
+
+
+def fetch_study(ctx: WorkerContext, msg: TaskMessage) -> Study:
+    """The study's image from the store (checked against its digest) with its boxes."""
+    return _fetch_study(ctx, msg)
 
 
 def _fetch_study(ctx: WorkerContext, msg: TaskMessage) -> Study:

@@ -54,13 +54,15 @@ def hand_back(app, owner: str, payload: Any, request, queue: str) -> None:
     """Publish the message unchanged to `queue` of namespace `owner` (no task-sent event: this namespace's
     monitors must not list another namespace's study)."""
     hard, soft = request.timelimit or (None, None)
+    task_name = getattr(request, "task", None)  # a study, or a part of a split study (worker.fanout)
+    task_name = task_name if isinstance(task_name, str) and task_name else TASK_NAME
     message = app.amqp.create_task_message(
-        request.id, TASK_NAME, [payload], {}, retries=request.retries or 0, time_limit=hard,
+        request.id, task_name, [payload], {}, retries=request.retries or 0, time_limit=hard,
         soft_time_limit=soft, create_sent_event=False, root_id=request.root_id, parent_id=request.parent_id)
     options = {"global_keyprefix": Keys(owner).broker_prefix}
     with app.connection_for_write(transport_options=options) as connection:
         producer = app.amqp.Producer(connection, auto_declare=False)
-        app.amqp.send_task_message(producer, TASK_NAME, message, queue=queue, headers={NAMESPACE_HEADER: owner},
+        app.amqp.send_task_message(producer, task_name, message, queue=queue, headers={NAMESPACE_HEADER: owner},
                                    retry=True, retry_policy=app.conf.task_publish_retry_policy)
 
 

@@ -60,7 +60,8 @@ def build_context(node: str, settings: FleetSettings, config: EngineConfig, tele
     store = open_store(settings.store, settings.namespace, client if settings.store == settings.broker_url else None)
     return WorkerContext(engine=engine, identity=engine_identity(engine), store=store,
                          ledger=BatchLedger(client, keys, settings.batch_ttl), result_ttl=settings.result_ttl,
-                         node=node, telemetry=telemetry, keys=keys, memory=MemoryGuard.from_env())
+                         node=node, telemetry=telemetry, keys=keys, memory=MemoryGuard.from_env(),
+                         split=settings.split)
 
 
 def start(node: str, telemetry) -> None:

@@ -19,10 +19,10 @@ from celery.exceptions import Reject, TimeLimitExceeded
 
 from worker import misrouted, process
 from worker.job import Delivery, run_study
-from worker.contract.keys import NAMESPACE_CONF, Keys
+from worker.contract.keys import NAMESPACE_CONF, NAMESPACE_HEADER, Keys
 from worker.ledger import BatchLedger
 from worker.contract.messages import MessageError, Outcome, TaskMessage
-from worker.contract.settings import TASK_NAME, FleetSettings, redis_client
+from worker.contract.settings import PART_TASK_NAME, TASK_NAME, FleetSettings, redis_client
 
 log = logging.getLogger(__name__)
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -54,8 +54,48 @@ def segment(self, payload: dict) -> dict:
     if ctx is None:  # this child could not build its engine and is shutting the worker down: give it back
         raise Reject(f"engine unavailable: {process.failure()}", requeue=True)
     _, soft = self.request.timelimit or (None, None)
+    if ctx.send_part is None:
+        ctx.send_part = PartSender(self.app, own_namespace(self))
     outcome = run_study(ctx, msg, Delivery(self.request.id, self.request.retries, soft))
     return {"name": outcome.name, "status": outcome.status, "error": outcome.error, "result_key": outcome.result_key}
+
+
+class PartSender:
+    """Sends the parts of a split study (worker.fanout) to the study's queue, in this namespace, with time limits
+    sized to their work."""
+
+    def __init__(self, app, namespace: str):
+        self.app, self.namespace = app, namespace
+        self.budget = FleetSettings.from_env().budget
+
+    def __call__(self, part, queue: str) -> None:
+        work = len(part.slices) if part.slices else max(1, part.steps // 3)
+        soft, hard = self.budget.limits(work, len(part.study.get("boxes") or ()), 1)
+        self.app.send_task(PART_TASK_NAME, args=[part.to_wire()], queue=queue, soft_time_limit=soft,
+                           time_limit=hard, headers={NAMESPACE_HEADER: self.namespace})
+
+
+@shared_task(bind=True, base=SegmentTask, name=PART_TASK_NAME)
+def part(self, payload: dict) -> dict:
+    """One part of a split study (worker.parts): a range of slices to encode, or one PET view."""
+    from worker.fanout import PartMessage
+    from worker.parts import run_part
+
+    if not is_own(self):
+        ledger = _ledger()
+        return misrouted.refuse(self.app, Keys(own_namespace(self)), ledger.client, ledger.ttl, payload,
+                                self.request, self.request.hostname or "")
+    try:
+        message = PartMessage.from_wire(payload)
+        TaskMessage.from_wire(message.study)
+    except MessageError as error:
+        log.error("malformed part message dropped: %s", error)
+        return {"state": f"malformed message: {error}"}
+    ctx = process.context()
+    if ctx is None:
+        raise Reject(f"engine unavailable: {process.failure()}", requeue=True)
+    _, soft = self.request.timelimit or (None, None)
+    return run_part(ctx, message, Delivery(self.request.id, self.request.retries, soft))
 
 
 def own_namespace(task: Task) -> str:
@@ -84,6 +124,9 @@ def failure_reason(exception: BaseException) -> str:
 
 @signals.task_failure.connect
 def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_) -> None:
+    if getattr(sender, "name", None) == PART_TASK_NAME and args:
+        _part_failed(sender, task_id, exception, args[0])
+        return
     if getattr(sender, "name", None) != TASK_NAME or not args:
         return
     sent_in = misrouted.sender_namespace(sender.request)  # None in the parent (hard time limit): no request
@@ -97,3 +140,22 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_) -
             log.error("%s/%s: %s", msg.batch_id, msg.name, outcome.error)
     except Exception:
         log.exception("could not record the failure of task %s", task_id)
+
+
+def _part_failed(sender, task_id, exception, payload) -> None:
+    """A part that failed for good (its retries spent, its hard time limit) fails its study with the reason."""
+    sent_in = misrouted.sender_namespace(sender.request)
+    if sent_in is not None and sent_in != own_namespace(sender):
+        return
+    try:
+        from worker.fanout import PartMessage, SplitBoard
+
+        part = PartMessage.from_wire(payload)
+        msg = TaskMessage.from_wire(part.study)
+        ledger = _ledger()
+        error = f"{part.label()} failed: {failure_reason(exception)}"
+        if ledger.record(msg.batch_id, Outcome(name=msg.name, status="error", modality=msg.modality, error=error)):
+            log.error("%s/%s: %s", msg.batch_id, msg.name, error)
+        SplitBoard(ledger.client, ledger.keys, part.run, FleetSettings.from_env().split.blob_ttl).finish()
+    except Exception:
+        log.exception("could not record the failure of part task %s", task_id)

@@ -72,6 +72,49 @@ class Keys:
     def result_blob(result_key: str) -> str:
         return f"result/{result_key}"
 
+    @staticmethod
+    def embedding_blob(space: str, view: str, index: int) -> str:
+        """One slice's embedding, encoded by a part of a split study (worker.embedding_store); `space` names the
+        study content, model, encoder precision and interpolation, so it is what any worker would compute."""
+        return f"embedding/{space}/{view}/{int(index)}"
+
+    @staticmethod
+    def view_blob(run: str, view: str) -> str:
+        """One tri-view view's labels of a split PET study (worker.parts)."""
+        return f"view/{run}/{view}"
+
+    # split studies (worker.fanout): `space` is content-addressed (shared by identical studies), `run` is one
+    # coordinator's delivery
+    def slice_claim(self, space: str, view: str, index: int) -> str:
+        """SET NX with a TTL: who encodes this slice now (the lease of that piece of work)."""
+        return self._key("split", space, "claim", view, str(int(index)))
+
+    def split_state(self, run: str) -> str:
+        """Hash: the coordinator's position per view (`cursor:<view>`), `finished`, views' `progress:<view>`."""
+        return self._key("split", run, "state")
+
+    def split_parts(self, run: str) -> str:
+        """Hash: part index -> its report (node, seconds, slices encoded, state), for the study's metrics."""
+        return self._key("split", run, "parts")
+
+    def split_part_runs(self, run: str) -> str:
+        """Hash: part index -> deliveries started (a part whose worker keeps dying is abandoned)."""
+        return self._key("split", run, "runs")
+
+    def view_claim(self, run: str, view: str) -> str:
+        return self._key("split", run, "view", view)
+
+    def views_landed(self, run: str) -> str:
+        """Set of the tri-view views whose labels are stored."""
+        return self._key("split", run, "landed")
+
+    def vote_claim(self, run: str) -> str:
+        return self._key("split", run, "vote")
+
+    def split_run_keys(self, run: str) -> tuple[str, ...]:
+        return (self.split_state(run), self.split_parts(run), self.split_part_runs(run), self.views_landed(run),
+                self.vote_claim(run))
+
     def forced(self, task_id: str) -> str:
         """Marks that a forced recomputation already replaced its result (a duplicate delivery must not again)."""
         return self._key("forced", task_id)

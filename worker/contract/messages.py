@@ -60,6 +60,7 @@ class TaskMessage(BaseModel):
     enqueued_at: float = 0.0  # epoch seconds
     upload_seconds: float = 0.0
     version: int = MESSAGE_VERSION
+    split: bool = True  # False (`producer submit --split off`): never split this study across workers
 
     @field_validator("boxes", mode="before")
     @classmethod

@@ -87,6 +87,8 @@ class MetricsExtra(BaseModel):
     started_at: float | None = None
     queue_wait: float | None = None
     transfer: Transfer | None = None
+    # a study split across workers (worker.fanout): mode, reason, the parts (node, seconds, slices encoded)
+    split: dict[str, Any] | None = None
 
 
 def _section_is_default(section: BaseModel) -> bool:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # redis is imported when a client is made, not with the contr
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "litemedsam"
 TASK_NAME = "litemedsam.segment"
+PART_TASK_NAME = "litemedsam.part"  # a part of a split study (worker.parts)
 PREFIX = "LITEMEDSAM_"
 ENGINE_PRECISIONS = "f32 (reproducible), bf16, bf16-encoder, ... (routing table profiles), int8* (models.quantize), " \
     "fast"
@@ -62,6 +63,17 @@ class Environment(BaseSettings):
     default_queue: str = Field(DEFAULT_QUEUE, description="queue used when a study is not routed elsewhere")
     queue_routes: str = Field("", description="modality routes, e.g. `PET=pet,MR=big`",
                               json_schema_extra={"shown": "(none)"})
+    split: str = Field("on", description="`off`: no worker splits a study across the fleet (worker.fanout); "
+                                         "`producer submit --split off` per batch")
+    split_min_slices: int = Field(40, description="a 3D study splits only if it needs at least this many slice "
+                                                  "encodings (all views)")
+    split_max_parts: int = Field(8, description="at most this many slice-range parts per study")
+    split_part_slices: int = Field(12, description="at least this many needed slices per part")
+    split_claim_ttl: float = Field(20.0, description="seconds a claim on a slice (or a PET view, renewed while it "
+                                                     "runs) lasts: the lease of a part's work")
+    split_blob_ttl: int = Field(1800, description="seconds an embedding or PET view blob is kept in the store "
+                                                  "(deleted when its study ends)")
+    split_prefetch: int = Field(4, description="embeddings the coordinator fetches ahead of use")
     models_dir: str = Field("", description="exported models (read by models.paths)",
                             json_schema_extra={"shown": "~/.cache/litemedsam-fleet/models"})
     precision: str = Field("f32", description="engine precision profile: " + ENGINE_PRECISIONS)
@@ -122,6 +134,30 @@ def parse_routes(text: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class SplitSettings:
+    """When and how one study is fanned out across the fleet (worker.fanout decides with these)."""
+
+    enabled: bool = True
+    min_slices: int = 40  # 3DBox_CT_tsup needs 90, the demo CT phantom 15
+    max_parts: int = 8
+    part_slices: int = 12
+    claim_ttl: float = 20.0
+    blob_ttl: int = 1800
+    prefetch: int = 4
+
+    @classmethod
+    def from_env(cls) -> SplitSettings:
+        env = environment()
+        switch = env.split.strip().lower()
+        if switch not in ("on", "off"):
+            raise ValueError(f"{PREFIX}SPLIT={env.split!r}: use on or off")
+        return cls(enabled=switch == "on", min_slices=max(1, env.split_min_slices),
+                   max_parts=max(1, env.split_max_parts), part_slices=max(1, env.split_part_slices),
+                   claim_ttl=max(0.5, env.split_claim_ttl), blob_ttl=max(60, env.split_blob_ttl),
+                   prefetch=max(0, env.split_prefetch))
+
+
+@dataclass(frozen=True)
 class FleetSettings:
     broker_url: str = DEFAULT_BROKER
     store_url: str = ""  # empty: the broker's Redis
@@ -134,6 +170,7 @@ class FleetSettings:
     budget: TimeBudget = field(default_factory=TimeBudget)
     default_queue: str = DEFAULT_QUEUE
     queue_routes: dict[str, str] = field(default_factory=dict)
+    split: SplitSettings = field(default_factory=SplitSettings)
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)  # a bad LITEMEDSAM_NAMESPACE stops a worker or producer at start
@@ -169,6 +206,7 @@ class FleetSettings:
                               per_box_slice=env.time_per_box_slice, ceiling=env.time_ceiling),
             default_queue=env.default_queue,
             queue_routes=parse_routes(env.queue_routes),
+            split=SplitSettings.from_env(),
         )
 
 

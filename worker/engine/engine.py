@@ -20,8 +20,8 @@ from worker.cpu_affinity import CoreBinding
 from worker.engine.cache import EmbeddingCache
 from worker.engine.footprint import study_bytes
 from worker.engine.runtime import CompiledSam, RuntimeSettings
-from worker.engine.slices import ProgressFn, SliceSegmenter, SliceSettings, StageClock
-from worker.engine.strategies import STRATEGIES_3D, segment_2d
+from worker.engine.slices import EmbeddingSource, ProgressFn, SliceSegmenter, SliceSettings, StageClock
+from worker.engine.strategies import STRATEGIES_3D, majority_vote, propagate_views, segment_2d
 from worker.calibration import choose_profile
 from worker.contract.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
 from worker.contract.metrics import StudyMetrics
@@ -101,9 +101,55 @@ class Engine:
                        for strategy in STRATEGIES}
                 for name in self.registry}
 
-    def segment(self, study: Study, progress: ProgressFn | None = None) -> Segmentation:
+    def segment(self, study: Study, progress: ProgressFn | None = None,
+                source: EmbeddingSource | None = None) -> Segmentation:
+        """The study's labels and metrics; `source` supplies embeddings the cache lacks (default: encode here)."""
         started = time.perf_counter()
         check_study(study, self.settings.max_voxels)
+        route, strategy, seg, metrics = self._prepare(study, source)
+        before = self._cache_snapshot()
+        labels = self._run(strategy, study, seg, route, progress)
+        self._account(metrics, seg, before, study, strategy, route)
+        metrics.times.total = time.perf_counter() - started
+        return Segmentation(study.study_id, labels, metrics)
+
+    def segment_view(self, study: Study, view: str, progress: ProgressFn | None = None) -> Segmentation:
+        """One view of a tri-view study (its labels in (z, y, x) order, overlaps resolved in the view), for a
+        study split by view (worker.parts); vote() joins three of them into what segment() returns."""
+        started = time.perf_counter()
+        check_study(study, self.settings.max_voxels)
+        route, strategy, seg, metrics = self._prepare(study, None)
+        if strategy != "triview":
+            raise ValueError(f"{study.modality} runs {strategy}, not triview: it has no views to split")
+        before = self._cache_snapshot()
+        labels = propagate_views(study.image, study.boxes, seg, (view,), route.margin, route.overlap, progress)[0]
+        self._account(metrics, seg, before, study, strategy, route)
+        metrics.note(view=view)
+        metrics.times.total = time.perf_counter() - started
+        return Segmentation(study.study_id, labels, metrics)
+
+    @staticmethod
+    def vote(views: list[np.ndarray], metrics: StudyMetrics) -> np.ndarray:
+        """The tri-view majority vote of the axial, coronal and sagittal labels (as segment() ends a triview)."""
+        with StageClock(metrics.times).stage("vote"):
+            return majority_vote(*views)
+
+    def slice_encoder(self, study: Study) -> SliceSegmenter:
+        """The slice segmenter segment() would use for this study (to encode its slices for another worker)."""
+        return self._prepare(study, None)[2]
+
+    def embedding_space(self, study: Study) -> str:
+        """A digest of everything a slice embedding of this study depends on: its content, the model's weights
+        and input size, the encoder's precision and the interpolation. Workers whose spaces agree compute the
+        same embeddings (at f32, same compiled model and thread count: bit for bit)."""
+        seg = self.slice_encoder(study)
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (seg.study_key, seg.model.spec.name, getattr(seg.model, "sha256", ""),
+                     seg.model.precision.encoder, seg.settings.interpolation, str(seg.size)):
+            digest.update(part.encode() + b"|")
+        return digest.hexdigest()
+
+    def _prepare(self, study: Study, source: EmbeddingSource | None):
         route = self.routing.route(study.modality)
         metrics = StudyMetrics()
         clock = StageClock(metrics.times)
@@ -113,12 +159,7 @@ class Engine:
             model = self.model(name, self.precision.profile.parts(strategy))
         settings = SliceSettings(route.interpolation(study.is_3d), self.settings.decode_chunk,
                                  route.box_rounding(study.is_3d))
-        seg = SliceSegmenter(model, self.cache, study_key(study), settings, clock)
-        before = self._cache_snapshot()
-        labels = self._run(strategy, study, seg, route, progress)
-        self._account(metrics, seg, before, study, strategy, route)
-        metrics.times.total = time.perf_counter() - started
-        return Segmentation(study.study_id, labels, metrics)
+        return route, strategy, SliceSegmenter(model, self.cache, study_key(study), settings, clock, source), metrics
 
     def memory_needed(self, study: Study) -> int:
         """Bytes this study may add to the process: its arrays at their peak plus the embedding cache's headroom."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import cv2
 import numpy as np
@@ -19,6 +19,20 @@ from worker.engine.runtime import CompiledSam
 from worker.contract.metrics import StageTimes
 
 ProgressFn = Callable[[int, int], None]
+
+
+class EmbeddingSource(Protocol):
+    """Where a slice's embedding comes from when the embedding cache does not hold it. `encode` computes it here;
+    a source may instead return the same embedding computed elsewhere (worker.cooperative: a split study)."""
+
+    def embedding(self, view: str, index: int, encode: Callable[[], np.ndarray]) -> np.ndarray: ...
+
+
+class LocalEncode:
+    """The default source: encode every slice in this process."""
+
+    def embedding(self, view: str, index: int, encode: Callable[[], np.ndarray]) -> np.ndarray:
+        return encode()
 
 
 @dataclass(frozen=True)
@@ -47,8 +61,9 @@ class SliceSegmenter:
     """Runs one model on slices of one study; counts encoder and decoder calls."""
 
     def __init__(self, model: CompiledSam, cache: EmbeddingCache, study_key: str, settings: SliceSettings,
-                 clock: StageClock):
+                 clock: StageClock, source: EmbeddingSource | None = None):
         self.model = model
+        self.source = source or LocalEncode()
         self.cache = cache
         self.study_key = study_key
         self.settings = settings
@@ -63,7 +78,11 @@ class SliceSegmenter:
     def embedding(self, view: str, index: int, image: np.ndarray) -> np.ndarray:
         key = (self.study_key, self.model.spec.name, self.model.precision.encoder, self.settings.interpolation,
                view, index)  # the encoder's precision: decoders at other precisions share the embedding
-        return self.cache.get_or_compute(key, lambda: self._encode(image))
+        return self.cache.get_or_compute(key, lambda: self.source.embedding(view, index, lambda: self._encode(image)))
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """One slice's embedding, computed here and not cached (a part of a split study stores it instead)."""
+        return np.array(self._encode(image), copy=True)
 
     def _encode(self, image: np.ndarray) -> np.ndarray:
         with self.clock.stage("preprocess"):

@@ -72,6 +72,33 @@ def sweep_steps(sweep: Sweep) -> int:
     return sum(1 for z in sweep.slices if _active(sweep, z).size)
 
 
+def z_ranges(boxes: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per box (in a view's box order): its first and last slice, clipped to the volume."""
+    return (np.clip(boxes[:, 2].astype(np.int64), 0, depth - 1), np.clip(boxes[:, 5].astype(np.int64), 0, depth - 1))
+
+
+def slice_order(z_lo: np.ndarray, z_hi: np.ndarray) -> list[int]:
+    """The slices a propagation encodes, in the order it first needs them: the up sweep, then the down sweep's
+    new ones (each once: the embedding cache serves the down sweep's repeats)."""
+    order: list[int] = []
+    seen: set[int] = set()
+    for sweep in sweeps(z_lo, z_hi):
+        for z in sweep.slices:
+            if z not in seen and _active(sweep, z).size:
+                seen.add(z)
+                order.append(z)
+    return order
+
+
+def view_plan(shape: tuple[int, ...], boxes: np.ndarray, view: str) -> tuple[list[int], int]:
+    """(the view's slices in the order its propagation needs them, its slice steps) for a (z, y, x) volume of
+    `shape` and 3D boxes in the challenge layout."""
+    axes, box_order = VIEWS[view]
+    z_lo, z_hi = z_ranges(np.asarray(boxes)[:, box_order], int(shape[axes[0]]))
+    up, down = sweeps(z_lo, z_hi)
+    return slice_order(z_lo, z_hi), sweep_steps(up) + sweep_steps(down)
+
+
 def _active(sweep: Sweep, z: int) -> np.ndarray:
     step = sweep.slices.step
     started = (sweep.first - z) * step <= 0  # z is at or past the box's first slice in this direction
@@ -91,9 +118,7 @@ class Propagation:
         self.overlap = overlap
         self.geo = geometry_for(volume.shape[1:], seg.size)
         self.original = scale_boxes(boxes[:, [0, 1, 3, 4]], self.geo, seg.settings.box_rounding)
-        depth = volume.shape[0]
-        self.z_lo = np.clip(boxes[:, 2].astype(np.int64), 0, depth - 1)
-        self.z_hi = np.clip(boxes[:, 5].astype(np.int64), 0, depth - 1)
+        self.z_lo, self.z_hi = z_ranges(boxes, volume.shape[0])
         self.up, self.down = sweeps(self.z_lo, self.z_hi)
         self.sizes = box_sizes(boxes)  # the same volume in every view (its axes are only permuted)
 

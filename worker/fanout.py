@@ -1,0 +1,248 @@
+"""Fan-out of one big study across the fleet: whether to split it, into which parts, and the parts' bookkeeping.
+
+Why this design (issue 12). The encoder is most of a 3D study's time and each slice's embedding can be
+computed anywhere; the propagation itself is sequential (each slice's prompt comes from the previous mask) and
+stays on one worker, the coordinator (the worker that took the study task). So:
+
+- 3D propagation (CT, MR): cooperative slice encoding with claims. Parts are tasks on the study's queue, each a
+  range of the needed slices in the order the propagation needs them (up sweep, then down sweep). A part walks
+  its range BACKWARDS, claiming each slice nobody holds (worker.embedding_store.Claims), encoding it and storing
+  its exact float32 embedding; the coordinator walks forward and takes each slice from its cache, the store, a
+  live claim's result (bounded wait) or encodes it itself (worker.cooperative). They meet in the middle without
+  waiting on each other; each slice is encoded once; a dead or slow part never blocks the study (its claim
+  lapses and the coordinator encodes that slice). A group/chord was not used: a chord's join would make the
+  study wait for its slowest part, and a part that never runs (busy fleet) would stall it.
+- PET tri-view: the three views are independent until the vote. The coordinator sends two view tasks and runs
+  views itself, claim per view: it runs any view nobody holds, so with one worker of concurrency 1 it runs all
+  three (the view tasks, queued behind it, then find the study done): no deadlock. Whoever lands the last
+  view votes, stores the result once and records the outcome (worker.parts).
+- Split only when it helps and never starves a busy queue: enough slices to encode (LITEMEDSAM_SPLIT_MIN_SLICES),
+  no message waiting on the study's queue when the coordinator starts (a busy fleet keeps one study per worker),
+  the batch did not say `--split off`, the worker's LITEMEDSAM_SPLIT is on. Parts that arrive after their study
+  is done, or find every slice of their range done or claimed, finish at once.
+
+This module holds the pure decisions (unit-tested without Redis or a model), the part message, and the
+run's shared state in Redis (SplitBoard).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from worker.contract.keys import Keys
+from worker.contract.messages import MessageError
+from worker.contract.settings import SplitSettings
+
+PART_MESSAGE_VERSION = 1
+SLICES, VIEWS_MODE, NONE = "slices", "views", "none"
+TRIVIEW_VIEWS = ("axial", "coronal", "sagittal")
+COORDINATOR_VIEW = "axial"  # the view the coordinator starts with; view tasks are sent for the others
+
+
+@dataclass(frozen=True)
+class SplitDecision:
+    mode: str  # NONE, SLICES or VIEWS_MODE
+    reason: str
+    orders: dict[str, list[int]] = field(default_factory=dict)  # view -> needed slices in need order
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # SLICES: [start, stop) positions per part
+    steps: int = 0  # slice steps of the whole study (progress total)
+
+    @property
+    def split(self) -> bool:
+        return self.mode != NONE
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "reason": self.reason,
+                "needed_slices": sum(len(order) for order in self.orders.values())}
+
+
+def study_views(strategy: str) -> tuple[str, ...]:
+    return TRIVIEW_VIEWS if strategy == "triview" else ("axial",)
+
+
+def study_orders(strategy: str, shape: tuple[int, ...], boxes: np.ndarray) -> tuple[dict[str, list[int]], int]:
+    """Per view the needed slices in need order, and the study's slice steps (what its progress counts)."""
+    from worker.engine.strategies import view_plan
+
+    orders, steps = {}, 0
+    for view in study_views(strategy):
+        orders[view], view_steps = view_plan(shape, boxes, view)
+        steps += view_steps
+    return orders, steps
+
+
+def part_ranges(needed: int, max_parts: int, part_slices: int) -> list[tuple[int, int]]:
+    """[start, stop) positions of min(max_parts, needed // part_slices) contiguous parts covering the order."""
+    count = min(max_parts, needed // max(1, part_slices))
+    if count < 1:
+        return []
+    bounds = [round(i * needed / count) for i in range(count + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(count)]
+
+
+def decide(strategy: str, shape: tuple[int, ...], boxes: np.ndarray, settings: SplitSettings, requested: bool,
+           waiting: int) -> SplitDecision:
+    """Whether and how to split a study, when its coordinator starts (`waiting`: messages on its queue)."""
+    if strategy not in ("propagate", "triview"):
+        return SplitDecision(NONE, f"{strategy}: one image, nothing to split")
+    orders, steps = study_orders(strategy, shape, boxes)
+    needed = sum(len(order) for order in orders.values())
+    if not settings.enabled:
+        return SplitDecision(NONE, "split off on this worker (LITEMEDSAM_SPLIT=off)", orders, steps=steps)
+    if not requested:
+        return SplitDecision(NONE, "split off for this batch (--split off)", orders, steps=steps)
+    if needed < settings.min_slices:
+        return SplitDecision(NONE, f"{needed} slices to encode, below LITEMEDSAM_SPLIT_MIN_SLICES="
+                                   f"{settings.min_slices}", orders, steps=steps)
+    if waiting > 0:
+        return SplitDecision(NONE, f"queue busy: {waiting} message(s) waiting, one study per worker", orders,
+                             steps=steps)
+    if strategy == "triview":
+        return SplitDecision(VIEWS_MODE, f"{needed} slices in 3 views: views run as tasks", orders, steps=steps)
+    ranges = part_ranges(len(orders["axial"]), settings.max_parts, settings.part_slices)
+    if len(ranges) < 1:
+        return SplitDecision(NONE, f"{needed} slices make no part of LITEMEDSAM_SPLIT_PART_SLICES="
+                                   f"{settings.part_slices}", orders, steps=steps)
+    return SplitDecision(SLICES, f"{needed} slices in {len(ranges)} part(s)", orders, ranges, steps)
+
+
+def run_id(batch_id: str, name: str, task_id: str) -> str:
+    """One coordinator delivery's split run (its parts, claims on views, progress)."""
+    return hashlib.blake2b(f"{batch_id}\0{name}\0{task_id}".encode(), digest_size=12).hexdigest()
+
+
+def walk_backwards(start: int, stop: int) -> range:
+    """The positions a part visits: from the slice needed last down to its first."""
+    return range(stop - 1, start - 1, -1)
+
+
+class PartMessage(BaseModel):
+    """The JSON argument of a part task (worker.tasks.part): a typed message like the study's TaskMessage."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["slices", "views"]  # SLICES: encode a range of slices; VIEWS_MODE: run one tri-view view
+    run: str
+    index: int  # the part's number in its study, 0-based
+    parts: int
+    view: str
+    study: dict[str, Any]  # the study's TaskMessage (worker.contract.messages), as sent
+    result_key: str
+    coordinator: str  # node of the coordinator
+    coordinator_task: str  # its task id (a forced study's one write)
+    space: str = ""  # SLICES: the embedding space (Engine.embedding_space)
+    start: int = 0  # SLICES: positions [start, stop) of the view's order
+    stop: int = 0
+    slices: list[int] = Field(default_factory=list)  # SLICES: the view's slice indices at those positions
+    steps: int = 0  # the whole study's slice steps (views: the progress total)
+    enqueued_at: float = 0.0
+    version: int = PART_MESSAGE_VERSION
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_wire(cls, data: Any) -> PartMessage:
+        """A part message as received; MessageError if it is not one this worker reads."""
+        if not isinstance(data, dict) or data.get("version") != PART_MESSAGE_VERSION:
+            raise MessageError(f"part message version {data.get('version') if isinstance(data, dict) else None!r}, "
+                               f"this worker reads {PART_MESSAGE_VERSION}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise MessageError(f"part message: {error.error_count()} problem(s): "
+                               + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
+
+    def label(self) -> str:
+        if self.kind == VIEWS_MODE:
+            return f"view {self.view} (part {self.index + 1} of {self.parts})"
+        first, last = (self.slices[0], self.slices[-1]) if self.slices else ("-", "-")
+        return f"part {self.index + 1} of {self.parts} (slices {first}..{last} of view {self.view})"
+
+
+class SplitBoard:
+    """The shared state of one split run in Redis: the coordinator's position, done flag, the parts' reports and
+    deliveries, the views landed, and per-view progress. Every key expires with the blobs' TTL."""
+
+    def __init__(self, client, keys: Keys, run: str, ttl: int):
+        self.client, self.keys, self.run, self.ttl = client, keys, run, int(ttl)
+
+    def _hset(self, field_name: str, value) -> None:
+        with self.client.pipeline() as pipe:
+            pipe.hset(self.keys.split_state(self.run), field_name, value)
+            pipe.expire(self.keys.split_state(self.run), self.ttl)
+            pipe.execute()
+
+    def set_cursor(self, view: str, position: int) -> None:
+        self._hset(f"cursor:{view}", int(position))
+
+    def cursor(self, view: str) -> int:
+        value = self.client.hget(self.keys.split_state(self.run), f"cursor:{view}")
+        return int(value) if value is not None else -1
+
+    def finish(self) -> None:
+        self._hset("finished", 1)
+
+    def finished(self) -> bool:
+        return bool(self.client.hexists(self.keys.split_state(self.run), "finished"))
+
+    def report_part(self, index: int, report: dict[str, Any]) -> None:
+        with self.client.pipeline() as pipe:
+            pipe.hset(self.keys.split_parts(self.run), str(index), json.dumps(report))
+            pipe.expire(self.keys.split_parts(self.run), self.ttl)
+            pipe.execute()
+
+    def part_reports(self) -> dict[int, dict[str, Any]]:
+        raw = self.client.hgetall(self.keys.split_parts(self.run))
+        return {int(k): json.loads(v) for k, v in raw.items()}
+
+    def count_part_run(self, index: int) -> int:
+        with self.client.pipeline() as pipe:
+            pipe.hincrby(self.keys.split_part_runs(self.run), str(index), 1)
+            pipe.expire(self.keys.split_part_runs(self.run), self.ttl)
+            return int(pipe.execute()[0])
+
+    def set_view_progress(self, view: str, done: int) -> int:
+        """Record a view's slice steps done; returns the steps done over all views."""
+        with self.client.pipeline() as pipe:
+            pipe.hset(self.keys.split_state(self.run), f"progress:{view}", int(done))
+            pipe.expire(self.keys.split_state(self.run), self.ttl)
+            pipe.hgetall(self.keys.split_state(self.run))
+            state = pipe.execute()[2]
+        return sum(int(v) for k, v in state.items() if k.decode().startswith("progress:"))
+
+    def land(self, view: str) -> int:
+        """Mark a view's labels stored; returns how many views are landed now (atomically with this one)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.sadd(self.keys.views_landed(self.run), view)
+            pipe.scard(self.keys.views_landed(self.run))
+            pipe.expire(self.keys.views_landed(self.run), self.ttl)
+            return int(pipe.execute()[1])
+
+    def unland(self, view: str) -> None:
+        self.client.srem(self.keys.views_landed(self.run), view)
+
+    def landed(self) -> set[str]:
+        return {v.decode() for v in self.client.smembers(self.keys.views_landed(self.run))}
+
+
+def all_landed(landed: set[str] | int) -> bool:
+    """The vote trigger: the three views' labels are stored."""
+    count = landed if isinstance(landed, int) else len(set(landed) & set(TRIVIEW_VIEWS))
+    return count >= len(TRIVIEW_VIEWS)
+
+
+def part_report(message: PartMessage, node: str, state: str, started: float, **counts: Any) -> dict[str, Any]:
+    """What a part tells its study's metrics."""
+    import os
+    import socket
+
+    return {"part": message.index, "kind": message.kind, "view": message.view, "node": node,
+            "host": socket.gethostname(), "pid": os.getpid(), "state": state, "started_at": started,
+            "seconds": round(time.time() - started, 3), **counts}
