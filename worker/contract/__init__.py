@@ -1,0 +1,1 @@
+"""The contract between producer and worker: what both sides import, and nothing heavy (standard library here)."""
