@@ -9,9 +9,10 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from producer.discovery import StudySource
 from producer.loading import load_study_and_context
