@@ -9,10 +9,9 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from producer.discovery import StudySource
 from producer.loading import load_study_and_context

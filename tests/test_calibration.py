@@ -11,17 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.calibration import (
-    MIN_SPEEDUP,
-    choose_profile,
-    fastest_passed,
-    host_fingerprint,
-    host_key,
-    profile_definition,
-    read_record,
-    record_path,
-    write_verdict,
-)
+from worker.calibration import (MIN_SPEEDUP, choose_profile, fastest_passed, host_fingerprint, host_key,
+                                profile_definition, read_record, record_path, write_verdict)
 from worker.precision import FAST, PartPrecision, PrecisionProfile, PrecisionTable
 from worker.routing import RoutingTable
 

@@ -23,17 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet_support import (
-    REPO,
-    RedisServer,
-    WorkerProcess,
-    fleet_env,
-    many_boxes,
-    read_segs,
-    study_folder,
-    wait_for_nodes,
-    wait_until,
-)
+from fleet_support import (REPO, RedisServer, WorkerProcess, fleet_env, many_boxes, read_segs, study_folder, wait_for_nodes,
+                           wait_until)
 from producer import api
 from worker.keys import Keys
 from worker.ledger import BatchLedger

@@ -21,17 +21,8 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_CASES
-from fleet_support import (
-    REPO,
-    RedisSlot,
-    WorkerProcess,
-    claim_redis,
-    fleet_env,
-    many_boxes,
-    mirrored_copy,
-    read_segs,
-    wait_for_nodes,
-)
+from fleet_support import (REPO, RedisSlot, WorkerProcess, claim_redis, fleet_env, many_boxes, mirrored_copy,
+                           read_segs, wait_for_nodes)
 from producer import api
 from producer.discovery import find_studies
 from worker.keys import Keys

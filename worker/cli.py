@@ -145,7 +145,8 @@ def ping(broker: str, timeout: float, node: str | None) -> None:
     from worker.app import make_app
     from worker.directory import IdentityDirectory
     from worker.keys import Keys
-    from worker.settings import FleetSettings, redis_client
+    from worker.settings import redis_client
+    from worker.settings import FleetSettings
 
     settings = FleetSettings.from_env(broker)
     app = make_app(settings)

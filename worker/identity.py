@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
-from worker.routing import DEFAULT_ROUTING, RoutingTable
-from worker.routing import ENV_VAR as ROUTING_ENV
+from worker.routing import DEFAULT_ROUTING, ENV_VAR as ROUTING_ENV, RoutingTable
 
 KEY_VERSION = 1
 
@@ -83,7 +82,7 @@ class EngineIdentity:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> EngineIdentity:
+    def from_json(cls, text: str | bytes) -> "EngineIdentity":
         data = json.loads(text)
         return cls(precision=data["precision"], package_version=data["package_version"],
                    models=dict(data["models"]), routing=dict(data.get("routing", {})),

@@ -7,9 +7,8 @@ batch's pub/sub channel so a waiting producer wakes up at once instead of pollin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from worker.keys import Keys
 from worker.messages import Outcome

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 LIMIT_ENV = "LITEMEDSAM_TASK_MEMORY_MB"
@@ -62,7 +62,7 @@ class MemoryGuard:
     interval: float = 0.1  # seconds between RSS samples while a study runs
 
     @classmethod
-    def from_env(cls) -> MemoryGuard:
+    def from_env(cls) -> "MemoryGuard":
         raw = os.environ.get(LIMIT_ENV, "")
         try:
             return cls(int(float(raw)) << 20 if raw else 0)

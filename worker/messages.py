@@ -45,7 +45,7 @@ class TaskMessage:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TaskMessage:
+    def from_dict(cls, data: dict[str, Any]) -> "TaskMessage":
         if data.get("version") != MESSAGE_VERSION:
             raise ValueError(f"task message version {data.get('version')!r}, this worker reads {MESSAGE_VERSION}")
         fields = dict(data)
@@ -74,7 +74,7 @@ class Outcome:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> Outcome:
+    def from_json(cls, text: str | bytes) -> "Outcome":
         return cls(**json.loads(text))
 
 
@@ -88,7 +88,7 @@ class ResultRecord:
         return pack_arrays(segs=self.labels.astype(np.uint16, copy=False), metrics=metrics)
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> ResultRecord:
+    def from_bytes(cls, blob: bytes) -> "ResultRecord":
         arrays = unpack_arrays(blob)
         if "segs" not in arrays or "metrics" not in arrays:
             raise StoreError(f"result blob lacks segs/metrics (has {sorted(arrays)})")

@@ -83,7 +83,7 @@ class StudyMetrics:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StudyMetrics:
+    def from_dict(cls, data: dict[str, Any]) -> "StudyMetrics":
         return cls(
             times=StageTimes(**data.get("times", {})),
             counts=Counts(**data.get("counts", {})),

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import tomllib
+from typing import Any, Iterable
 
 from worker.precision import PrecisionTable
 
@@ -82,7 +80,7 @@ class RoutingTable:
             self.route(name or "default")  # validate every entry up front
 
     @classmethod
-    def load(cls, path: Path | None = None) -> RoutingTable:
+    def load(cls, path: Path | None = None) -> "RoutingTable":
         path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_ROUTING)
         data = tomllib.loads(path.read_text())
         return cls(data.get("default", {}), data.get("modality", {}), data.get("precision", {}))

@@ -105,11 +105,11 @@ class FleetSettings:
         """An explicit queue wins; else the modality's route; else the default queue."""
         return explicit or self.queue_routes.get(modality.lower(), self.default_queue)
 
-    def with_broker(self, broker_url: str | None) -> FleetSettings:
+    def with_broker(self, broker_url: str | None) -> "FleetSettings":
         return replace(self, broker_url=broker_url) if broker_url else self
 
     @classmethod
-    def from_env(cls, broker_url: str | None = None) -> FleetSettings:
+    def from_env(cls, broker_url: str | None = None) -> "FleetSettings":
         return cls(
             broker_url=broker_url or _env("LITEMEDSAM_BROKER", DEFAULT_BROKER),
             store_url=os.environ.get("LITEMEDSAM_STORE", ""),
@@ -142,7 +142,7 @@ class EngineConfig:
     cpus: str = ""  # cores the worker owns ("" none, "all", or a cpu list): worker.cpu_affinity.plan
 
     @classmethod
-    def from_env(cls) -> EngineConfig:
+    def from_env(cls) -> "EngineConfig":
         from models.paths import default_models_dir
 
         routing = os.environ.get("LITEMEDSAM_ROUTING")

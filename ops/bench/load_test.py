@@ -31,7 +31,6 @@ sys.path.insert(0, str(BENCH.parents[1]))
 
 import common  # noqa: E402
 from fleet_bench import _sources, _variant, claim_db, local_fleet  # noqa: E402
-
 from producer import api  # noqa: E402
 from worker.keys import Keys  # noqa: E402
 from worker.ledger import BatchLedger  # noqa: E402

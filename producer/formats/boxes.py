@@ -9,7 +9,7 @@ area, as the engine requires), z1 >= z0.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from producer.outcome import StudyOutcome
 from worker.contract.files import write_bytes_atomic

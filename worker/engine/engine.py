@@ -16,13 +16,13 @@ import numpy as np
 from models.paths import compile_cache_dir, default_models_dir
 from models.registry import ModelSpec, load_registry
 from worker import __version__
-from worker.calibration import choose_profile
 from worker.cpu_affinity import CoreBinding
 from worker.engine.cache import EmbeddingCache
 from worker.engine.footprint import study_bytes
 from worker.engine.runtime import CompiledSam, RuntimeSettings
 from worker.engine.slices import ProgressFn, SliceSegmenter, SliceSettings, StageClock
 from worker.engine.strategies import STRATEGIES_3D, segment_2d
+from worker.calibration import choose_profile
 from worker.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
 from worker.protocol import Segmentation, Study, StudyMetrics
 from worker.routing import Route, RoutingTable

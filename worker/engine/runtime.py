@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,7 @@ class RuntimeSettings:
         return config
 
 
-@cache
+@lru_cache(maxsize=None)
 def _core(cache_dir: str | None) -> ov.Core:
     core = ov.Core()
     if cache_dir:
