@@ -155,7 +155,7 @@ def case_slice(name: str) -> tuple[np.ndarray, np.ndarray, str]:
 
 def parity_inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """images (K,3,256,256) f32, boxes (K,M,4) f32 in input coordinates, sources (K,) unicode."""
-    from worker.engine.preprocess import scale_boxes, to_model_input
+    from models.preprocess import scale_boxes, to_model_input
 
     images, boxes, sources = [], [], []
     for seed, name in enumerate(PARITY_CASES):

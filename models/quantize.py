@@ -145,7 +145,7 @@ def calibration_images(sources: list[Path], total: int) -> tuple[list[np.ndarray
 
 
 def model_inputs(images: list[np.ndarray], size: int, interpolation: str = "linear") -> list[np.ndarray]:
-    from worker.engine.preprocess import to_model_input
+    from models.preprocess import to_model_input
 
     return [to_model_input(np.ascontiguousarray(image), size, interpolation)[0] for image in images]
 

@@ -19,6 +19,7 @@ import click
 import numpy as np
 
 from producer.evaluate import load_array
+from worker.contract.files import atomic_path
 
 PALETTE = np.array([
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -37,11 +38,8 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     """uint8 (H, W, 3) -> RGB PNG (matplotlib's writer), written atomically."""
     from matplotlib import image as mpl_image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as handle:
+    with atomic_path(path) as partial, partial.open("xb") as handle:
         mpl_image.imsave(handle, np.ascontiguousarray(rgb, dtype=np.uint8), format="png")
-    partial.replace(path)
 
 
 def read_png(path: Path) -> np.ndarray:

@@ -14,13 +14,13 @@ Files are written with fixed zip timestamps, so every run produces identical byt
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from worker.contract.files import atomic_path
 from worker.contract.arrays import write_npz
 
 SEED = 20240617
@@ -145,9 +145,8 @@ def build_phantoms() -> list[Phantom]:
 
 def save_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Like np.savez_compressed, but with fixed zip timestamps (byte-identical reruns), written atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_npz(tmp, arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as partial:
+        write_npz(partial, arrays)
 
 
 def write_phantoms(out_dir: Path, with_gts: bool = True) -> list[Path]:

@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from producer.discovery import StudySource
+from producer.formats.base import StudySource
 
 
 def to_json(value: Any) -> Any:

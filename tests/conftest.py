@@ -15,6 +15,14 @@ from synthetic_ir import build_echo_pair  # noqa: E402
 SHARED_CASES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cases"
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that runs the real model is marked `model` (the fast lane leaves it out), whether or not its
+    module says so."""
+    for item in items:
+        if "real_models_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session")
 def echo_models_dir(tmp_path_factory) -> Path:
     """A models dir where 'litemedsam' is the 256-input box-echo pair (geometry and strategy tests)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +222,8 @@ def _pool_children(pid: int, count: int, timeout: float = 30.0) -> list[int]:
 
 def _run_on_fleet(tmp_path: Path, real_models_dir: Path, layouts: list[list[str]], concurrency_total: int):
     """Start workers (one per entry of `layouts`: its extra `worker start` args), submit two 3D studies at once,
-    watch the pool processes while both run; returns the Watch and the batch."""
+    watch the pool processes while both run; returns the Watch and the batch. The studies only have to run while
+    they are watched: the workers are then stopped without waiting for them to finish."""
     from producer import api
     from worker.app import make_app
     from worker.contract.settings import FleetSettings
@@ -243,17 +243,13 @@ def _run_on_fleet(tmp_path: Path, real_models_dir: Path, layouts: list[list[str]
         folder = tmp_path / "studies"
         subvolume(folder / "3DBox_CT_pinA.npz", 0)
         subvolume(folder / "3DBox_CT_pinB.npz", 12)
-        box: dict = {}
-        submitter = threading.Thread(target=lambda: box.setdefault(
-            "batch", api.submit(folder, out_dir=tmp_path / "out", settings=settings, timeout=600)))
-        submitter.start()
-        time.sleep(1.0)  # upload and queue; the studies then start within a poll
+        batch = api.submit(folder, settings=settings, wait=False)
+        time.sleep(1.0)  # the studies start within a poll
         result = watch(pids, seconds=8.0)
-        submitter.join(600)
-        return result, box.get("batch"), workers
+        return result, batch, workers
     finally:
         for worker in workers:
-            worker.stop()
+            worker.stop(grace=0)  # nothing to wait for: the watch is over
         slot.release()
 
 
@@ -268,8 +264,8 @@ def test_worker_processes_use_their_own_cores(tmp_path, real_models_dir, layouts
     _need_cases_and_cores()
     # WorkerProcess passes --concurrency 1 --threads 1; a later --concurrency overrides it (click: last wins)
     result, batch, workers = _run_on_fleet(tmp_path, real_models_dir, layouts, processes)
-    assert batch is not None and all(o.ok for o in batch.outcomes), [(o.name, o.error) for o in batch.outcomes]
-    assert_not_sharing_one_core(result)
+    assert sorted(batch.names) == ["3DBox_CT_pinA", "3DBox_CT_pinB"]
+    assert_not_sharing_one_core(result)  # also: both pool processes were busy together (the studies ran)
     if any("--cpus" in extra for extra in layouts):
         masks = [{s.allowed for s in result.samples[pid] if s is not None} for pid in result.pids]
         assert all(len(m) == 1 and len(next(iter(m))) == 1 for m in masks), report(result)
@@ -290,9 +286,10 @@ def test_two_embedded_runs_use_their_own_cores(tmp_path, real_models_dir):
                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         time.sleep(10.0)  # start-up and compile (from the compiled cache), then both segment
         result = watch([p.pid for p in procs], seconds=8.0)
-        for proc in procs:
-            _, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+        for proc in procs:  # still segmenting (the runs need not finish: the watch is what this test measures)
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
     finally:
         for proc in procs:
             if proc.poll() is None:

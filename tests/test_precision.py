@@ -30,10 +30,19 @@ def real_int8_ready() -> bool:
     return (REAL_DIR / "manifest.json").is_file() and profile_status(REAL_DIR, "int8") == "ok"
 
 
-needs_real = pytest.mark.skipif(not (REAL_DIR / "manifest.json").is_file(),
-                                reason=f"LiteMedSAM IR not exported in {REAL_DIR} (python -m models.export)")
-needs_int8 = pytest.mark.skipif(not real_int8_ready(),
-                                reason=f"INT8 profile not made in {REAL_DIR} (run: {QUANTIZE_CMD}, ~2 min on 2 cores)")
+_real_missing = pytest.mark.skipif(not (REAL_DIR / "manifest.json").is_file(),
+                                   reason=f"LiteMedSAM IR not exported in {REAL_DIR} (python -m models.export)")
+_int8_missing = pytest.mark.skipif(not real_int8_ready(),
+                                   reason=f"INT8 profile not made in {REAL_DIR} (run: {QUANTIZE_CMD}, ~2 min on 2 cores)")
+
+
+def needs_real(test):
+    """Runs the real LiteMedSAM: marker `model` (out of the fast lane); skipped with the reason without it."""
+    return pytest.mark.model(_real_missing(test))
+
+
+def needs_int8(test):
+    return pytest.mark.model(_int8_missing(test))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

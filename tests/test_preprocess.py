@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from worker.engine.preprocess import geometry_for, scale_boxes, to_model_input
+from models.preprocess import geometry_for, scale_boxes, to_model_input
 from worker.engine.slices import logits_to_mask
 
 

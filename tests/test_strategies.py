@@ -9,7 +9,7 @@ from models.registry import register_model
 from synthetic_ir import build_echo_pair
 from worker.engine.engine import Engine, EngineSettings
 from worker.engine.strategies import majority_vote, prompt_from_mask
-from worker.engine.preprocess import geometry_for
+from models.preprocess import geometry_for
 from worker.contract.study import Study
 
 RNG = np.random.default_rng(7)

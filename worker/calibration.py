@@ -18,15 +18,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import platform
 import re
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from worker.contract.files import write_text_atomic
 from worker.contract.precision import DEFAULT_PROFILE, FAST, PrecisionProfile, PrecisionTable, ProfileChoice
 
 RECORD_NAME = "precision-calibration.json"
@@ -89,15 +88,7 @@ def write_verdict(models_dir: Path, verdict: dict[str, Any]) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         record = read_record(models_dir)
         record["hosts"][host_key(verdict["host"])] = verdict
-        fd, tmp = tempfile.mkstemp(prefix=f".{RECORD_NAME}-", dir=models_dir)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(record, indent=1, sort_keys=True) + "\n")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n", mode=0o644)
     return path
 
 

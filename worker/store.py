@@ -12,13 +12,14 @@ never replace a stored result with a second one. Arrays are read with allow_pick
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from worker.contract.arrays import StoreError
+
+from worker.contract.files import atomic_path
 
 REDIS_VALUE_LIMIT = 500 << 20  # Redis refuses values above 512 MiB; keep a margin
 
@@ -73,6 +74,9 @@ class RedisStore:
         self.client.delete(self._key(key))
 
 
+STAGING_PREFIX = ".staging-"  # a blob being written (the sweep gives it an hour)
+
+
 class FileStore:
     def __init__(self, root: Path, prefix: str):
         self.root = Path(root) / prefix
@@ -83,30 +87,26 @@ class FileStore:
             raise ValueError(f"bad blob key {key!r}")
         return self.root / key
 
-    def _staged(self, path: Path, blob: bytes, ttl: int) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staged = tempfile.mkstemp(dir=path.parent, prefix=".staging-")
-        with os.fdopen(handle, "wb") as out:
+    @staticmethod
+    def _stage(staged: Path, blob: bytes, ttl: int) -> None:
+        with os.fdopen(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:  # owner only
             out.write(blob)
-        expires = time.time() + ttl
+        expires = time.time() + ttl  # the expiry is the blob's mtime
         os.utime(staged, (expires, expires))
-        return Path(staged)
 
     def put(self, key: str, blob: bytes, ttl: int) -> None:
-        path = self._path(key)
-        self._staged(path, blob, ttl).replace(path)
+        with atomic_path(self._path(key), prefix=STAGING_PREFIX) as staged:
+            self._stage(staged, blob, ttl)
 
     def put_once(self, key: str, blob: bytes, ttl: int) -> bool:
         path = self._path(key)
-        staged = self._staged(path, blob, ttl)
-        try:
-            self._expire_if_due(path)
-            os.link(staged, path)  # atomic and fails if the name exists: write-once on a shared folder
+        try:  # published with a hard link: atomic and fails if the name exists (write-once on a shared folder)
+            with atomic_path(path, exclusive=True, prefix=STAGING_PREFIX) as staged:
+                self._stage(staged, blob, ttl)
+                self._expire_if_due(path)
             return True
         except FileExistsError:
             return False
-        finally:
-            staged.unlink(missing_ok=True)
 
     @staticmethod
     def _expire_if_due(path: Path) -> bool:
@@ -148,7 +148,7 @@ class FileStore:
         for path in self.root.rglob("*"):
             try:
                 # a staging file is being written until its mtime is moved into the future: give it an hour
-                due = now - 3600 if path.name.startswith(".staging-") else now
+                due = now - 3600 if path.name.startswith(STAGING_PREFIX) else now
                 if path.is_file() and path.stat().st_mtime < due:
                     path.unlink()
                     removed += 1

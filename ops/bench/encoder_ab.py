@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.paths import default_models_dir
     from models.registry import load_registry
-    from worker.engine.preprocess import to_model_input
+    from models.preprocess import to_model_input
     from worker.engine.runtime import CompiledSam, RuntimeSettings
 
     spec = load_registry(default_models_dir())["litemedsam"]

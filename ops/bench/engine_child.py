@@ -80,7 +80,7 @@ def real_slices(study, limit: int):
 def model_latency(model, study, decode_log: list[tuple[int, float]], repeats: int, interpolation: str) -> dict:
     import numpy as np
 
-    from worker.engine.preprocess import geometry_for, scale_boxes, to_model_input
+    from models.preprocess import geometry_for, scale_boxes, to_model_input
 
     tensors = [to_model_input(np.ascontiguousarray(s), model.spec.input_size, interpolation)[0]
                for s in real_slices(study, repeats)]
@@ -123,7 +123,7 @@ def replay(model, study, events: list[tuple[str, int]], interpolation: str) -> f
     """
     import numpy as np
 
-    from worker.engine.preprocess import geometry_for, scale_boxes, to_model_input
+    from models.preprocess import geometry_for, scale_boxes, to_model_input
 
     tensors = [to_model_input(np.ascontiguousarray(s), model.spec.input_size, interpolation)[0]
                for s in real_slices(study, 20)]

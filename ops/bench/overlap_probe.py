@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.paths import default_models_dir
     from models.registry import load_registry
     from producer.formats.npz import load_npz_study
-    from worker.engine.preprocess import geometry_for, scale_boxes, to_model_input
+    from models.preprocess import geometry_for, scale_boxes, to_model_input
     from worker.engine.runtime import CompiledSam, RuntimeSettings
 
     cases = common.case_set()

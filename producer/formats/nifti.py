@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from producer.formats.volume import Geometry, ImageVolume
+from worker.contract.files import atomic_path
 from worker.contract.study import StudyError
 
 SUFFIXES = (".nii.gz", ".nii")
@@ -142,7 +142,5 @@ def write_label_nifti(path: Path, labels: np.ndarray, reference: NiftiReference,
     out.header.set_slope_inter(1.0, 0.0)
     out.header.set_intent("label")
     out.header["cal_min"], out.header["cal_max"] = 0, int(data.max(initial=0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(".partial-" + path.name)  # keeps the suffix nibabel picks compression by
-    nib.save(out, str(partial))
-    os.replace(partial, path)
+    with atomic_path(path) as partial:  # keeps the suffix nibabel picks compression by
+        nib.save(out, str(partial))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
+from worker.contract.files import atomic_path
 from worker.contract.study import Study, StudyError
 from worker.contract.validation import DEFAULT_MAX_VOXELS
 
@@ -72,8 +73,5 @@ def load_npz_study(path: Path) -> Study:
 
 def write_segs(path: Path, labels: np.ndarray) -> None:
     """Write `segs` (uint16, compressed) atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as handle:
+    with atomic_path(path) as partial, partial.open("xb") as handle:
         np.savez_compressed(handle, segs=labels.astype(np.uint16, copy=False))
-    partial.replace(path)

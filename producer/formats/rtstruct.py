@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,6 +29,7 @@ from pydicom.dataset import Dataset
 from producer.formats.dicom_reference import DicomReference
 from producer.formats.seg import ALGORITHM_NAME, SERIES_NUMBER_OFFSET, check_fits, check_labels, output_uids
 from worker import __version__
+from worker.contract.files import atomic_path
 from worker.contract.study import StudyError
 
 GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
@@ -81,7 +81,5 @@ def write_rtstruct(path: Path, reference: DicomReference, labels: np.ndarray, se
                    provenance: Mapping[str, Any]) -> None:
     """Build and write atomically (a reader never sees half a file)."""
     ds = build_rtstruct(reference, labels, segment_labels, provenance)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    ds.save_as(partial, enforce_file_format=True)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        ds.save_as(partial, enforce_file_format=True)

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +30,7 @@ from pydicom.uid import generate_uid
 
 from producer.formats.dicom_reference import DicomReference
 from worker import __version__
+from worker.contract.files import atomic_path
 from worker.contract.study import StudyError
 
 ALGORITHM_NAME = "litemedsam-fleet"
@@ -131,7 +131,5 @@ def write_dicom_seg(path: Path, reference: DicomReference, labels: np.ndarray, s
                     provenance: Mapping[str, Any]) -> None:
     """Build and write atomically (a reader never sees half a file)."""
     seg = build_segmentation(reference, labels, segment_labels, provenance)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    seg.save_as(partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        seg.save_as(partial)

@@ -11,7 +11,6 @@ its outputs (`result/`: the SEG or label map the producer writes, `labels.npz`, 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -19,6 +18,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from worker.contract.files import write_text_atomic
 
 STATES = ("queued", "running", "ok", "error")
 UNFINISHED = ("queued", "running")
@@ -115,6 +116,4 @@ class JobStore:
 
     def _write(self, job: Job) -> None:
         path = self.folder(job.id) / "job.json"
-        partial = path.with_name(f".job.json.{threading.get_ident()}.partial")
-        partial.write_text(json.dumps(asdict(job)), encoding="utf-8")
-        os.replace(partial, path)
+        write_text_atomic(path, json.dumps(asdict(job)))

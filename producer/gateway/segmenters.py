@@ -8,13 +8,13 @@ costs no engine time.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Protocol
 
 from producer.outcome import StudyOutcome
+from worker.contract.files import write_bytes_atomic
 from worker.contract.study import Study, StudyError
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,7 @@ class EmbeddedSegmenter:
             outcome = self.runner.run_study(name, study, lambda _name, done, total: progress(done, total))
         if outcome.ok and path is not None:
             outcome.metrics.setdefault("extra", {}).update(cached=False, result_key=key)
-            partial = path.with_name(f".{path.name}.{threading.get_ident()}.partial")
-            partial.write_bytes(ResultRecord(outcome.labels, StudyMetrics.model_validate(outcome.metrics)).to_bytes())
-            os.replace(partial, path)
+            write_bytes_atomic(path, ResultRecord(outcome.labels, StudyMetrics.model_validate(outcome.metrics)).to_bytes())
         return outcome
 
 

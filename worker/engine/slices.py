@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from worker.engine.cache import EmbeddingCache
-from worker.engine.preprocess import Geometry, to_model_input
+from models.preprocess import Geometry, to_model_input
 from worker.engine.runtime import CompiledSam
 from worker.contract.metrics import StageTimes
 

@@ -1,4 +1,8 @@
-"""Image and box pre-processing for SAM-family models (REFERENCE.md, "The models").
+"""The model's input contract: image and box pre-processing for SAM-family models (REFERENCE.md, "The models").
+
+It belongs to the model (what its encoder and decoder were trained on, what export's parity fixture checks), so it
+lives in models/: the worker's engine (worker/engine/slices.py, strategies.py), the export and the quantization
+calibration all import this one module.
 
 Per 2D image or slice: resize the longest side to S with new = int(old * S / max(h, w) + 0.5), min-max
 normalise the resized image to [0, 1], zero-pad bottom/right to S x S; a grey slice is repeated to 3 channels.
