@@ -25,10 +25,10 @@ from producer.outcome import StudyOutcome
 from producer.output_context import OutputContext
 from producer.outputs import OutputWriter, parse_dicom_formats
 from producer.source_codec import source_from_json
-from worker.contract.messages import Outcome, Progress
-from worker.contract.study import Study
-from worker.contract.settings import FleetSettings
 from worker.contract.arrays import StoreError
+from worker.contract.messages import Outcome, Progress
+from worker.contract.settings import FleetSettings
+from worker.contract.study import Study
 
 
 class UnknownBatch(LookupError):

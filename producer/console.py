@@ -1,7 +1,7 @@
 """What the person at the terminal sees: a progress bar per batch and per running study, and a summary table."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,7 +23,7 @@ class BatchProgress:
         self._batch = self._progress.add_task("studies", total=total_studies)
         self._current: dict[str, int] = {}
 
-    def __enter__(self) -> "BatchProgress":
+    def __enter__(self) -> BatchProgress:
         self._progress.start()
         return self
 

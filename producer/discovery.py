@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 from producer.formats.base import Skipped, StudySource
 from producer.formats.registry import FORMATS

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from producer.discovery import StudySource
 from producer.loading import load_study_and_context

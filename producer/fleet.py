@@ -9,15 +9,16 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from producer.discovery import StudySource
 from producer.loading import load_study_and_context
 from producer.outputs import check_study_name
-from producer.source_codec import source_to_json
 from producer.sender import TaskSender
+from producer.source_codec import source_to_json
 from worker.contract.arrays import StoreError
 from worker.contract.budget import study_work
 from worker.contract.identity import EngineIdentity, image_digest

@@ -41,7 +41,7 @@ class OutputContext:
                 "nifti": vars(self.nifti) if self.nifti else None, "notes": list(self.notes)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "OutputContext":
+    def from_json(cls, data: dict[str, Any]) -> OutputContext:
         nifti = data.get("nifti")
         return cls(data["kind"], tuple(data.get("segment_labels", ())),
                    DicomReference.from_json(data["dicom"]) if data.get("dicom") else None,

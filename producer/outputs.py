@@ -25,7 +25,6 @@ from producer.formats.base import OutputFolder, StudySource, check_study_name
 from producer.formats.dicom_kind import DICOM_FORMATS, parse_dicom_formats
 from producer.formats.registry import FORMATS, format_of
 from producer.outcome import StudyOutcome
-from producer.output_context import OutputContext
 from worker.contract.study import StudyError
 
 __all__ = ["DICOM_FORMATS", "METRICS_FILE", "SUFFIXES", "OutputWriter", "check_study_name", "output_path",

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from worker.contract.files import atomic_path
 from worker.contract.arrays import write_npz
+from worker.contract.files import atomic_path
 
 SEED = 20240617
 BOX_MARGIN_2D = 3  # px, like the challenge's slightly loose 2D boxes

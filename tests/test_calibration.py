@@ -11,8 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.calibration import (MIN_SPEEDUP, choose_profile, fastest_passed, host_fingerprint, host_key,
-                                profile_definition, read_record, record_path, write_verdict)
+from worker.calibration import (
+    MIN_SPEEDUP,
+    choose_profile,
+    fastest_passed,
+    host_fingerprint,
+    host_key,
+    profile_definition,
+    read_record,
+    record_path,
+    write_verdict,
+)
 from worker.contract.precision import FAST, PartPrecision, PrecisionProfile, PrecisionTable
 from worker.contract.routing import RoutingTable
 
@@ -141,9 +150,9 @@ class _FakeSpec:
 # ---------------------------------------------------------------- the engine: parts, provenance, content keys
 
 def test_engine_runs_each_strategy_at_its_parts_and_says_so(echo_models_dir):
+    from worker.contract.study import Study
     from worker.engine.engine import Engine, EngineSettings
     from worker.process import engine_identity
-    from worker.contract.study import Study
 
     engine = Engine(EngineSettings(models_dir=echo_models_dir, precision="bf16-encoder-3d"))
     volume = np.random.default_rng(1).integers(0, 255, (8, 64, 64), dtype=np.uint8)
@@ -163,9 +172,9 @@ def test_engine_runs_each_strategy_at_its_parts_and_says_so(echo_models_dir):
 
 def test_embedding_cache_key_is_the_encoders_precision(echo_models_dir):
     # bf16-encoder (f32 decoder) and bf16 (bf16 decoder) share a process's embeddings; f32's encoder does not
+    from worker.contract.metrics import StageTimes
     from worker.engine.engine import Engine, EngineSettings
     from worker.engine.slices import SliceSegmenter, SliceSettings, StageClock
-    from worker.contract.metrics import StageTimes
 
     engine = Engine(EngineSettings(models_dir=echo_models_dir))
     image = np.zeros((32, 32, 3), np.uint8)

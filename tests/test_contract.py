@@ -15,7 +15,7 @@ from worker.contract.budget import TimeBudget, study_work
 from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord, TaskMessage
 from worker.contract.metrics import MetricsExtra, StudyMetrics, Transfer
 from worker.contract.routing import MAX_VIEWS, RoutingTable
-from worker.contract.settings import Environment, EngineConfig, FleetSettings, settings_table, thread_plan
+from worker.contract.settings import EngineConfig, Environment, FleetSettings, settings_table, thread_plan
 from worker.contract.study import Study, StudyError, is_3d
 from worker.contract.validation import check_study
 

@@ -11,8 +11,16 @@ import pytest
 from pydicom.pixels import get_encoder
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from dicom_factory import (SeriesSpec, ramp_volume, write_colour_photo, write_enhanced_ct, write_jpeg_photo,
-                           write_raw_dataset, write_series, write_xray)
+from dicom_factory import (
+    SeriesSpec,
+    ramp_volume,
+    write_colour_photo,
+    write_enhanced_ct,
+    write_jpeg_photo,
+    write_raw_dataset,
+    write_series,
+    write_xray,
+)
 from producer.discovery import find_studies
 from producer.formats import intensity, modality
 from producer.formats.dicom import load_dicom_volume, read_layout

@@ -191,10 +191,11 @@ def test_odd_but_valid_series_of_the_corpus_are_read_correctly(tmp_path, name):
 
 def test_a_2d_ct_image_without_frame_of_reference_or_geometry_still_gets_its_seg(tmp_path):
     """A CT Image object (whose IOD requires a frame of reference) holding a lone 2D image without one."""
+    from pydicom.uid import CTImageStorage
+
     from dicom_factory import write_xray
     from producer.outcome import StudyOutcome
     from producer.outputs import OutputWriter
-    from pydicom.uid import CTImageStorage
 
     (tmp_path / "in").mkdir()
     path = write_xray(tmp_path / "in" / "scout.dcm", np.arange(600, dtype=np.uint16).reshape(30, 20), modality="CT")

@@ -22,15 +22,25 @@ import pytest
 
 from fleet_support import claim_redis
 from producer.fleet import FleetClient, SubmitOptions
-from worker.embedding_store import Claims, EmbeddingBlobs, pack_exact, unpack_exact
-from worker.fanout import (NONE, SLICES, TRIVIEW_VIEWS, VIEWS_MODE, PartMessage, SplitBoard, all_landed, decide,
-                           part_ranges, walk_backwards)
-from worker.job import Delivery, WorkerContext, run_study
+from worker.contract.arrays import StoreError
 from worker.contract.keys import Keys
-from worker.contract.study import Study
 from worker.contract.messages import MessageError
 from worker.contract.settings import FleetSettings, SplitSettings
-from worker.contract.arrays import StoreError
+from worker.contract.study import Study
+from worker.embedding_store import Claims, EmbeddingBlobs, pack_exact, unpack_exact
+from worker.fanout import (
+    NONE,
+    SLICES,
+    TRIVIEW_VIEWS,
+    VIEWS_MODE,
+    PartMessage,
+    SplitBoard,
+    all_landed,
+    decide,
+    part_ranges,
+    walk_backwards,
+)
+from worker.job import Delivery, WorkerContext, run_study
 
 RNG = np.random.default_rng(12)
 
@@ -414,8 +424,8 @@ FLEET_TIMEOUT = 300
 class SplitFleet:
     def __init__(self, slot, env, workers, settings):
         from worker.app import make_app
-        from worker.ledger import BatchLedger
         from worker.contract.settings import redis_client
+        from worker.ledger import BatchLedger
 
         self.slot, self.env, self.workers, self.settings = slot, env, workers, settings
         self.a, self.b = workers

@@ -23,12 +23,21 @@ from pathlib import Path
 
 import pytest
 
-from fleet_support import (REPO, RedisServer, WorkerProcess, fleet_env, many_boxes, read_segs, study_folder, wait_for_nodes,
-                           wait_until)
+from fleet_support import (
+    REPO,
+    RedisServer,
+    WorkerProcess,
+    fleet_env,
+    many_boxes,
+    read_segs,
+    study_folder,
+    wait_for_nodes,
+    wait_until,
+)
 from producer import api
 from worker.contract.keys import Keys
-from worker.ledger import BatchLedger
 from worker.contract.settings import FleetSettings, redis_client
+from worker.ledger import BatchLedger
 
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 VISIBILITY = 5

@@ -21,14 +21,23 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_CASES
-from fleet_support import (REPO, RedisSlot, WorkerProcess, claim_redis, fleet_env, many_boxes, mirrored_copy,
-                           read_segs, wait_for_nodes)
+from fleet_support import (
+    REPO,
+    RedisSlot,
+    WorkerProcess,
+    claim_redis,
+    fleet_env,
+    many_boxes,
+    mirrored_copy,
+    read_segs,
+    wait_for_nodes,
+)
 from producer import api
 from producer.discovery import find_studies
-from worker.contract.keys import Keys
-from worker.ledger import BatchLedger
 from worker.contract.budget import TimeBudget
+from worker.contract.keys import Keys
 from worker.contract.settings import FleetSettings
+from worker.ledger import BatchLedger
 
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 THREADS = 1  # per worker process, and for the embedded reference run

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 yaml = pytest.importorskip("yaml")
 REPO = Path(__file__).resolve().parents[1]

@@ -16,16 +16,16 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from fleet_support import claim_redis
 from producer.fleet import FleetClient, SubmitOptions
 from producer.report import read_metrics_file, summarise
-from worker.contract.identity import EngineIdentity, image_digest
-from worker.job import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext, run_study
-from worker.contract.keys import Keys
-from worker.ledger import BatchLedger
-from worker.contract.metrics import StudyMetrics
-from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord, TaskMessage, pack_image
-from worker.contract.study import Study
-from worker.contract.budget import TimeBudget
-from worker.contract.settings import FleetSettings, parse_routes
 from worker.contract.arrays import StoreError, unpack_arrays
+from worker.contract.budget import TimeBudget
+from worker.contract.identity import EngineIdentity, image_digest
+from worker.contract.keys import Keys
+from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord, TaskMessage, pack_image
+from worker.contract.metrics import StudyMetrics
+from worker.contract.settings import FleetSettings, parse_routes
+from worker.contract.study import Study
+from worker.job import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext, run_study
+from worker.ledger import BatchLedger
 from worker.store import FileStore, open_store
 
 RNG = np.random.default_rng(11)

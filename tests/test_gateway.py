@@ -19,8 +19,15 @@ import pytest
 import requests
 
 from dicom_factory import SeriesSpec
-from orthanc_support import (REJECT_SEG_PATIENT, GatewayProcess, Orthanc, free_port, make_series, orthanc_available,
-                             phantom)
+from orthanc_support import (
+    REJECT_SEG_PATIENT,
+    GatewayProcess,
+    Orthanc,
+    free_port,
+    make_series,
+    orthanc_available,
+    phantom,
+)
 from producer.formats.dicom import read_layout
 
 pytestmark = [pytest.mark.model, pytest.mark.skipif(not orthanc_available(), reason="Orthanc is not installed")]

@@ -10,8 +10,15 @@ import pytest
 
 from orthanc_support import free_port
 from producer.gateway.config import TokenCheck, read_tokens
-from producer.gateway.dicomweb import (ClientSettings, Credentials, DicomwebError, DicomwebServer, load_credentials,
-                                       normalise_root, redact)
+from producer.gateway.dicomweb import (
+    ClientSettings,
+    Credentials,
+    DicomwebError,
+    DicomwebServer,
+    load_credentials,
+    normalise_root,
+    redact,
+)
 from producer.gateway.jobs import Job, JobStore, new_job_id
 from producer.gateway.queue import JobQueue
 

@@ -6,9 +6,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from worker.contract.study import Study
 from worker.engine.engine import Engine, EngineSettings
 from worker.engine.footprint import MODEL_TENSORS
-from worker.contract.study import Study
 
 RNG = np.random.default_rng(5)
 

@@ -24,9 +24,9 @@ from fleet_support import REPO, RedisServer, WorkerProcess, fleet_env, many_boxe
 from producer import api
 from producer.fleet import FleetClient, SubmitOptions
 from worker.contract.keys import Keys
-from worker.ledger import BatchLedger
-from worker.contract.study import Study
 from worker.contract.settings import TASK_NAME, FleetSettings, redis_client
+from worker.contract.study import Study
+from worker.ledger import BatchLedger
 
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 TIMEOUT = 300

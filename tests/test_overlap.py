@@ -6,11 +6,11 @@ decoder returns exactly the prompt box, so nested boxes give nested masks of kno
 import numpy as np
 import pytest
 
+from worker.contract.identity import EngineIdentity
+from worker.contract.routing import RoutingTable
+from worker.contract.study import Study
 from worker.engine.engine import Engine, EngineSettings
 from worker.engine.overlap import ViewMasks, box_sizes, priorities
-from worker.contract.identity import EngineIdentity
-from worker.contract.study import Study
-from worker.contract.routing import RoutingTable
 
 RNG = np.random.default_rng(13)
 BIG_2D, SMALL_2D = (20, 20, 220, 200), (80, 60, 140, 120)  # the small box lies inside the big one

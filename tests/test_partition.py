@@ -27,8 +27,8 @@ from fleet_support import RedisServer, WorkerProcess, fleet_env, many_boxes, wai
 from netns_support import PrivateNetwork
 from producer import api
 from worker.contract.keys import Keys
-from worker.ledger import BatchLedger
 from worker.contract.settings import FleetSettings, redis_client
+from worker.ledger import BatchLedger
 from worker.store import open_store
 
 pytestmark = pytest.mark.timeout(600, method="signal")  # signal: the fixtures' clean-up still runs

@@ -58,9 +58,10 @@ def test_demo_falls_back_to_phantoms_and_scores_them(echo_models_dir, tmp_path, 
 
 
 def test_huge_image_is_rejected_from_its_header_before_loading(tmp_path, monkeypatch):
+    import pytest
+
     from producer.formats import npz as npz_format
     from worker.contract.study import StudyError
-    import pytest
 
     path = write_npz(tmp_path / "3DBox_CT_big.npz", imgs=np.zeros((10, 100, 100), np.uint8),
                      boxes=np.array([[1, 1, 1, 5, 5, 5]]))

@@ -5,12 +5,12 @@ The echo decoder returns exactly the prompt box, so the expected masks are known
 import numpy as np
 import pytest
 
+from models.preprocess import geometry_for
 from models.registry import register_model
 from synthetic_ir import build_echo_pair
+from worker.contract.study import Study
 from worker.engine.engine import Engine, EngineSettings
 from worker.engine.strategies import majority_vote, prompt_from_mask
-from models.preprocess import geometry_for
-from worker.contract.study import Study
 
 RNG = np.random.default_rng(7)
 

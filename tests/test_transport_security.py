@@ -16,8 +16,8 @@ import redis
 from fleet_support import RedisServer, WorkerProcess, fleet_env, wait_for_nodes
 from producer import api
 from worker.contract.keys import Keys
-from worker.contract.study import Study
 from worker.contract.settings import FleetSettings
+from worker.contract.study import Study
 
 pytestmark = pytest.mark.fleet
 TIMEOUT = 120

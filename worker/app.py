@@ -15,8 +15,8 @@ from celery import Celery
 
 from worker import lifecycle  # noqa: F401  (connects the worker's signal handlers)
 from worker.contract.broker import client_config
-from worker.lease import LEASE_RENEW_CONF, LeaseKeeper
 from worker.contract.settings import FleetSettings
+from worker.lease import LEASE_RENEW_CONF, LeaseKeeper
 
 
 def celery_config(settings: FleetSettings) -> dict[str, Any]:

@@ -18,15 +18,24 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from producer.derived import DerivedCase, derive_cases
 from producer.evaluate import dsc_case
-from worker.calibration import (GATE_DSC, MIN_SPEEDUP, eligible, fastest_passed, host_fingerprint, int8_weights,
-                                now_iso, profile_definition, write_verdict)
+from worker.calibration import (
+    GATE_DSC,
+    MIN_SPEEDUP,
+    eligible,
+    fastest_passed,
+    host_fingerprint,
+    int8_weights,
+    now_iso,
+    profile_definition,
+    write_verdict,
+)
 from worker.contract.precision import DEFAULT_PROFILE, STRATEGIES
 from worker.contract.study import Study
 

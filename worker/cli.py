@@ -11,9 +11,15 @@ from pathlib import Path
 
 import click
 
+from worker.contract.settings import (
+    CACHE_HELP,
+    DEFAULT_BROKER,
+    DEFAULT_QUEUE,
+    PRECISION_HELP,
+    ROUTING_HELP,
+    thread_plan,
+)
 from worker.cpu_affinity import plan
-from worker.contract.settings import (CACHE_HELP, DEFAULT_BROKER, DEFAULT_QUEUE, PRECISION_HELP, ROUTING_HELP,
-                                      thread_plan)
 
 
 def _export(name: str, value) -> None:
@@ -142,10 +148,9 @@ def calibrate(models_dir: Path | None, cases: Path | None, profiles: str, thread
 def ping(broker: str, timeout: float, node: str | None) -> None:
     """Ping the workers on the broker; list the engines published per queue. Exit 1 if none answers."""
     from worker.app import make_app
-    from worker.directory import IdentityDirectory
     from worker.contract.keys import Keys
-    from worker.contract.settings import redis_client
-    from worker.contract.settings import FleetSettings
+    from worker.contract.settings import FleetSettings, redis_client
+    from worker.directory import IdentityDirectory
 
     settings = FleetSettings.from_env(broker)
     app = make_app(settings)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
+from worker.contract.keys import Keys
 from worker.embedding_store import Claims, EmbeddingBlobs
 from worker.fanout import SplitBoard
-from worker.contract.keys import Keys
 
 log = logging.getLogger(__name__)
 POLL = 0.02  # seconds between looks at a claimed slice

@@ -16,14 +16,22 @@ from __future__ import annotations
 import logging
 import time
 
+from worker.contract.messages import TaskMessage
+from worker.contract.study import Segmentation, Study
 from worker.cooperative import CooperativeSource
 from worker.embedding_store import Claims, EmbeddingBlobs
-from worker.fanout import (SLICES, TRIVIEW_VIEWS, VIEWS_MODE, PartMessage, SplitDecision, decide, run_id,
-                           COORDINATOR_VIEW, all_landed)
+from worker.fanout import (
+    COORDINATOR_VIEW,
+    SLICES,
+    TRIVIEW_VIEWS,
+    VIEWS_MODE,
+    PartMessage,
+    SplitDecision,
+    all_landed,
+    decide,
+    run_id,
+)
 from worker.job import Delivery, ProgressPublisher, Superseded, WorkerContext
-from worker.contract.messages import TaskMessage
-from worker.contract.metrics import StudyMetrics
-from worker.contract.study import Segmentation, Study
 
 log = logging.getLogger(__name__)
 WAIT_POLL = 0.2

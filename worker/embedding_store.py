@@ -18,8 +18,8 @@ import logging
 
 import numpy as np
 
-from worker.contract.keys import Keys
 from worker.contract.arrays import StoreError
+from worker.contract.keys import Keys
 from worker.store import BlobStore
 
 log = logging.getLogger(__name__)

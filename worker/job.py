@@ -10,21 +10,22 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
+from worker.contract.arrays import StoreError
 from worker.contract.identity import EngineIdentity, image_digest
 from worker.contract.keys import Keys
-from worker.ledger import BatchLedger
-from worker.memory import LIMIT_ENV, MemoryGuard, mb
 from worker.contract.messages import Outcome, Progress, ResultRecord, TaskMessage, unpack_image
 from worker.contract.metrics import MetricsExtra, StudyMetrics, Transfer
 from worker.contract.settings import SplitSettings
 from worker.contract.study import Study, StudyError
-from worker.contract.arrays import StoreError
+from worker.ledger import BatchLedger
+from worker.memory import LIMIT_ENV, MemoryGuard, mb
 from worker.store import BlobStore
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ batch's pub/sub channel so a waiting producer wakes up at once instead of pollin
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from worker.contract.keys import Keys
 from worker.contract.messages import Outcome, Progress

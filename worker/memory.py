@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from worker.contract.settings import environment
 
@@ -64,7 +64,7 @@ class MemoryGuard:
     interval: float = 0.1  # seconds between RSS samples while a study runs
 
     @classmethod
-    def from_env(cls) -> "MemoryGuard":
+    def from_env(cls) -> MemoryGuard:
         megabytes = environment().task_memory_mb  # a bad value: a ValueError naming the variable
         return cls(int(megabytes) << 20 if megabytes else 0)
 

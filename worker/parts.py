@@ -20,15 +20,21 @@ from typing import Any
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.embedding_store import Claims, EmbeddingBlobs, pack_exact, unpack_exact
-from worker.fanout import (SLICES, TRIVIEW_VIEWS, PartMessage, SplitBoard, all_landed, part_report,
-                           walk_backwards)
-from worker.job import (MAX_DELIVERIES, Delivery, ProgressPublisher, Superseded, WorkerContext, fetch_study,
-                        finish_computed)
+from worker.contract.arrays import StoreError
 from worker.contract.messages import Outcome, TaskMessage
 from worker.contract.metrics import StudyMetrics
 from worker.contract.study import Study, StudyError
-from worker.contract.arrays import StoreError
+from worker.embedding_store import Claims, EmbeddingBlobs, pack_exact, unpack_exact
+from worker.fanout import SLICES, TRIVIEW_VIEWS, PartMessage, SplitBoard, all_landed, part_report, walk_backwards
+from worker.job import (
+    MAX_DELIVERIES,
+    Delivery,
+    ProgressPublisher,
+    Superseded,
+    WorkerContext,
+    fetch_study,
+    finish_computed,
+)
 
 log = logging.getLogger(__name__)
 RENEW_EVERY = 1.0  # seconds between renewals of a view's claim while it runs

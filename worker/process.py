@@ -9,14 +9,14 @@ import logging
 import os
 import time
 
+from worker.contract.identity import EngineIdentity, routing_data
+from worker.contract.keys import Keys
+from worker.contract.settings import EngineConfig, FleetSettings, redis_client
 from worker.cpu_affinity import CoreBinding, plan
 from worker.directory import IdentityDirectory
-from worker.contract.identity import EngineIdentity, routing_data
 from worker.job import WorkerContext
-from worker.contract.keys import Keys
 from worker.ledger import BatchLedger
 from worker.memory import MemoryGuard
-from worker.contract.settings import EngineConfig, FleetSettings, redis_client
 from worker.store import open_store
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from worker.contract.arrays import StoreError
-
 from worker.contract.files import atomic_path
 
 REDIS_VALUE_LIMIT = 500 << 20  # Redis refuses values above 512 MiB; keep a margin

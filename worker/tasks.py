@@ -18,11 +18,11 @@ from celery import Task, shared_task, signals
 from celery.exceptions import Reject, TimeLimitExceeded
 
 from worker import misrouted, process
-from worker.job import Delivery, run_study
 from worker.contract.keys import NAMESPACE_CONF, NAMESPACE_HEADER, Keys
-from worker.ledger import BatchLedger
 from worker.contract.messages import MessageError, Outcome, TaskMessage
 from worker.contract.settings import PART_TASK_NAME, TASK_NAME, FleetSettings, redis_client
+from worker.job import Delivery, run_study
+from worker.ledger import BatchLedger
 
 log = logging.getLogger(__name__)
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)

@@ -38,8 +38,8 @@ CASES_3D = ("3DBox_CT_tssm", "3DBox_CT_tsup", "3DBox_MR_brats01646")
 def _child(threads: int) -> dict:
     """Runs in a fresh process: set-up per new batch size, cost per box, bit identity across batch sizes."""
     from models.paths import compile_cache_dir, default_models_dir
-    from models.registry import load_registry
     from models.preprocess import geometry_for, scale_boxes, to_model_input
+    from models.registry import load_registry
     from worker.engine.runtime import CompiledSam, RuntimeSettings
 
     models_dir = default_models_dir()

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from models.paths import default_models_dir
-    from models.registry import load_registry
     from models.preprocess import to_model_input
+    from models.registry import load_registry
     from worker.engine.runtime import CompiledSam, RuntimeSettings
 
     spec = load_registry(default_models_dir())["litemedsam"]

@@ -82,9 +82,9 @@ def speed_runs(cases: common.CaseSet, names: list[str], args, segs_dir: Path, re
 
 
 def accuracy_runs(cases: common.CaseSet, speed: dict, segs_dir: Path, ref_dir: Path, save, done: dict | None = None) -> dict:
-    from producer.evaluate import score_case
-
     import numpy as np
+
+    from producer.evaluate import score_case
 
     rows = dict(done or {})
     for name in cases.names():

@@ -67,9 +67,9 @@ def load_cases(cases: common.CaseSet):
 
 def run(args) -> dict:
     from producer.evaluate import score_case
-    from worker.engine.engine import Engine, EngineSettings
     from worker.contract.identity import routing_data
     from worker.contract.routing import RoutingTable
+    from worker.engine.engine import Engine, EngineSettings
 
     cases = common.case_set()
     base = routing_data(None)

@@ -45,8 +45,8 @@ from producer import api  # noqa: E402  (all project imports up front: a long ru
 from producer.discovery import find_studies  # noqa: E402
 from producer.embedded import EmbeddedRunner  # noqa: E402
 from producer.outputs import OutputWriter  # noqa: E402
-from worker.engine.engine import EngineSettings  # noqa: E402
 from worker.contract.settings import FleetSettings  # noqa: E402
+from worker.engine.engine import EngineSettings  # noqa: E402
 
 SHARED_IMGS = REPO.parent / "shared" / "data" / "cases" / "imgs"
 RESULTS_MD = REPO / "ops" / "bench" / "RESULTS.md"

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, loadavg, machine_info, machine_lines, md_table, replace_section, uptime_line  # noqa: E402
+
 from orthanc_support import GatewayProcess, Orthanc, make_series  # noqa: E402
 
 TOKEN = "gateway-bench-token-0123456789abcdef"

@@ -31,10 +31,11 @@ sys.path.insert(0, str(BENCH.parents[1]))
 
 import common  # noqa: E402
 from fleet_bench import _sources, _variant, claim_db, local_fleet  # noqa: E402
+
 from producer import api  # noqa: E402
 from worker.contract.keys import Keys  # noqa: E402
-from worker.ledger import BatchLedger  # noqa: E402
 from worker.contract.settings import FleetSettings, redis_client  # noqa: E402
+from worker.ledger import BatchLedger  # noqa: E402
 
 RESULTS_JSON = common.BENCH / "results" / "load.json"
 PLOT = common.BENCH / "results" / "load.png"

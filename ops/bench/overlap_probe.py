@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from models.paths import default_models_dir
+    from models.preprocess import geometry_for, scale_boxes, to_model_input
     from models.registry import load_registry
     from producer.formats.npz import load_npz_study
-    from models.preprocess import geometry_for, scale_boxes, to_model_input
     from worker.engine.runtime import CompiledSam, RuntimeSettings
 
     cases = common.case_set()

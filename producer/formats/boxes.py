@@ -9,7 +9,7 @@ area, as the engine requires), z1 >= z0.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -19,9 +19,9 @@ that high values are bright, as in MONOCHROME2.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset

@@ -14,9 +14,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from producer.formats.dicom_files import DicomHeader, derived_uid
 

@@ -13,14 +13,30 @@ the folder holds several studies, plus `_<n>` for the n-th separate 2D image of 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from producer.formats.base import (OUTPUT_MARK, Finder, OutputFolder, Skipped, StudyFormat, StudySource, prompts_of,
-                                   relative_name, slug)
+from producer.formats.base import (
+    OUTPUT_MARK,
+    Finder,
+    OutputFolder,
+    Skipped,
+    StudyFormat,
+    StudySource,
+    prompts_of,
+    relative_name,
+    slug,
+)
 from producer.formats.dicom import read_layout, volume_of
-from producer.formats.dicom_files import (CorruptDicomError, DicomHeader, NotDicomError, has_preamble, header_of,
-                                          non_image_reason, read_dataset)
+from producer.formats.dicom_files import (
+    CorruptDicomError,
+    DicomHeader,
+    NotDicomError,
+    has_preamble,
+    header_of,
+    non_image_reason,
+    read_dataset,
+)
 from producer.formats.dicom_groups import DicomGroup, group_headers
 from producer.formats.hospital import build_study
 from producer.formats.nifti import write_label_nifti

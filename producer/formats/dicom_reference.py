@@ -29,8 +29,8 @@ from typing import Any
 
 from pydicom import config
 from pydicom.dataset import Dataset
-from pydicom.valuerep import validate_value
 from pydicom.uid import generate_uid
+from pydicom.valuerep import validate_value
 
 from producer.formats.dicom import SeriesLayout
 from producer.formats.dicom_files import derived_uid, sop_class_of, sop_instance_uid_of
@@ -115,7 +115,7 @@ class DicomReference:
                 "derived": list(self.derived)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "DicomReference":
+    def from_json(cls, data: dict[str, Any]) -> DicomReference:
         return cls(data["header"], tuple(data["instances"]), tuple((int(i), f) for i, f in data["slices"]),
                    tuple(data.get("notes", ())), tuple(data.get("derived", ())))
 

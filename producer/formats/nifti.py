@@ -99,14 +99,14 @@ class NiftiReference:
     version: int = 1  # 1 or 2
 
     @classmethod
-    def of_image(cls, img) -> "NiftiReference":
+    def of_image(cls, img) -> NiftiReference:
         version = 2 if isinstance(img, nib.Nifti2Image) else 1
         return cls(base64.b64encode(img.header.binaryblock).decode("ascii"),
                    tuple(tuple(float(v) for v in row) for row in np.asarray(img.affine)),
                    tuple(int(n) for n in img.shape), version)
 
     @classmethod
-    def of_geometry(cls, affine_ras: np.ndarray, shape: tuple[int, ...]) -> "NiftiReference":
+    def of_geometry(cls, affine_ras: np.ndarray, shape: tuple[int, ...]) -> NiftiReference:
         """A fresh header for a label map on a grid known only by its RAS affine (a DICOM series' fallback)."""
         header = nib.Nifti1Header()
         header.set_data_shape(shape)

@@ -5,11 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from producer.formats.base import (OUTPUT_MARK, Finder, OutputFolder, Skipped, StudyFormat, StudySource, prompts_of,
-                                   relative_name)
+from producer.formats.base import (
+    OUTPUT_MARK,
+    Finder,
+    OutputFolder,
+    Skipped,
+    StudyFormat,
+    StudySource,
+    prompts_of,
+    relative_name,
+)
 from producer.formats.hospital import build_study
-from producer.formats.nifti import (bids_modality, is_nifti, load_nifti_volume, nifti_stem, reference_of,
-                                    write_label_nifti)
+from producer.formats.nifti import (
+    bids_modality,
+    is_nifti,
+    load_nifti_volume,
+    nifti_stem,
+    reference_of,
+    write_label_nifti,
+)
 from producer.formats.sidecar import NIFTI_SIDECAR_SUFFIX, Prompts, SidecarRef
 from producer.outcome import StudyOutcome
 from producer.output_context import OutputContext

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -50,8 +51,7 @@ def _contour_sources(reference: DicomReference) -> list[Dataset]:
 
 def build_rtstruct(reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str],
                    provenance: Mapping[str, Any]) -> Dataset:
-    from rt_utils import RTStruct
-    from rt_utils import ds_helper
+    from rt_utils import RTStruct, ds_helper
 
     volume = check_fits(reference, check_labels(labels, segment_labels))
     sources = _contour_sources(reference)

@@ -22,7 +22,7 @@ class Geometry:
     frame: str
 
     @classmethod
-    def from_components(cls, origin, axes, spacing, frame: str) -> "Geometry":
+    def from_components(cls, origin, axes, spacing, frame: str) -> Geometry:
         """origin: world position of voxel (0, 0, 0); axes: unit vectors of x, y, z as columns; spacing: (x, y, z)."""
         affine = np.eye(4)
         affine[:3, :3] = np.asarray(axes, float) * np.asarray(spacing, float)[None, :]

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -155,7 +156,7 @@ class DicomwebServer:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> "DicomwebServer":
+    def __enter__(self) -> DicomwebServer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -21,13 +21,12 @@ from typing import Any
 from pydicom import dcmread
 
 from producer.discovery import StudySource, discover
-from producer.formats.nifti import is_nifti, nifti_stem
+from producer.formats.nifti import is_nifti, nifti_stem, write_label_nifti
+from producer.formats.npz import write_segs
 from producer.formats.sidecar import DICOM_SIDECAR, NIFTI_SIDECAR_SUFFIX
 from producer.gateway import results
 from producer.gateway.dicomweb import DicomwebError, ServerDirectory
 from producer.gateway.jobs import Job, JobStore
-from producer.formats.nifti import write_label_nifti
-from producer.formats.npz import write_segs
 from producer.loading import load_study_and_context
 from producer.outputs import OutputWriter, output_path
 from worker.contract.study import StudyError

@@ -36,9 +36,9 @@ def write_npz(target: str | os.PathLike[str] | IO[bytes], arrays: dict[str, np.n
 def _set_level(info: zipfile.ZipInfo, level: int | None) -> None:
     """A ZipInfo written with archive.open() does not take the archive's compression level by itself."""
     try:
-        setattr(info, "compress_level", level)  # Python >= 3.13 (ZipInfo has slots: older ones refuse the name)
+        info.compress_level = level  # Python >= 3.13 (ZipInfo has slots: older ones refuse the name)
     except AttributeError:
-        setattr(info, "_compresslevel", level)
+        info._compresslevel = level
 
 
 def pack_arrays(**arrays: np.ndarray) -> bytes:

@@ -13,14 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.contract.routing import DEFAULT_ROUTING, ENV_VAR as ROUTING_ENV, Route, RoutingTable
+from worker.contract.routing import DEFAULT_ROUTING, Route, RoutingTable
+from worker.contract.routing import ENV_VAR as ROUTING_ENV
 
 KEY_VERSION = 1
 

@@ -19,8 +19,9 @@ Only the standard library: the producer and the worker's parent process read pro
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 PARTS = ("encoder", "decoder")
 STRATEGIES = ("box2d", "propagate", "triview")
@@ -90,7 +91,7 @@ class PrecisionProfile:
         return "; ".join(f"{s}: {self.parts(s).label()}" for s in STRATEGIES)
 
     @classmethod
-    def from_table(cls, name: str, entry: dict[str, Any]) -> "PrecisionProfile":
+    def from_table(cls, name: str, entry: dict[str, Any]) -> PrecisionProfile:
         where = f"routing table [precision.{name}]"
         unknown = set(entry) - set(PARTS) - set(STRATEGIES)
         if unknown:
@@ -110,12 +111,12 @@ class PrecisionTable:
             raise ValueError("routing table [precision.f32] must be f32 everywhere (it is the reproducible default)")
 
     @classmethod
-    def from_routing(cls, section: dict[str, Any]) -> "PrecisionTable":
+    def from_routing(cls, section: dict[str, Any]) -> PrecisionTable:
         if FAST in section:
             raise ValueError(f"routing table: [precision.{FAST}] is reserved (it selects a calibrated profile)")
         return cls({name: PrecisionProfile.from_table(name, dict(entry)) for name, entry in section.items()})
 
-    def with_quantized(self, encoders: Iterable[str]) -> "PrecisionTable":
+    def with_quantized(self, encoders: Iterable[str]) -> PrecisionTable:
         """Add a profile per INT8 encoder made by models.quantize (that encoder, f32 decoder) unless named."""
         extra = {name: PrecisionProfile(name, PartPrecision(name, "f32")) for name in encoders
                  if name not in self._profiles}

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
-import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+import tomllib
 
 from worker.contract.precision import PrecisionTable
 
@@ -86,7 +88,7 @@ class RoutingTable:
             self.route(name or "default")  # validate every entry up front
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "RoutingTable":
+    def load(cls, path: Path | None = None) -> RoutingTable:
         path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_ROUTING)
         data = tomllib.loads(path.read_text())
         return cls(data.get("default", {}), data.get("modality", {}), data.get("precision", {}))

@@ -6,8 +6,8 @@ One per process; keys name the study content, the model, the view and the slice,
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Callable, Hashable
 
 import numpy as np
 

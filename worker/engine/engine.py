@@ -16,19 +16,19 @@ import numpy as np
 from models.paths import compile_cache_dir, default_models_dir
 from models.registry import ModelSpec, load_registry
 from worker import __version__
+from worker.calibration import choose_profile
+from worker.contract.metrics import StudyMetrics
+from worker.contract.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
+from worker.contract.routing import Route, RoutingTable
+from worker.contract.settings import EngineConfig
+from worker.contract.study import Segmentation, Study, is_3d
+from worker.contract.validation import DEFAULT_MAX_VOXELS, check_study
 from worker.cpu_affinity import CoreBinding
 from worker.engine.cache import EmbeddingCache
 from worker.engine.footprint import study_bytes
 from worker.engine.runtime import CompiledSam, RuntimeSettings
 from worker.engine.slices import EmbeddingSource, ProgressFn, SliceSegmenter, SliceSettings, StageClock
 from worker.engine.strategies import STRATEGIES_3D, majority_vote, propagate_views, segment_2d
-from worker.calibration import choose_profile
-from worker.contract.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
-from worker.contract.metrics import StudyMetrics
-from worker.contract.settings import EngineConfig
-from worker.contract.study import Segmentation, Study, is_3d
-from worker.contract.routing import Route, RoutingTable
-from worker.contract.validation import DEFAULT_MAX_VOXELS, check_study
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class EngineSettings:
     cores: tuple[int, ...] = ()  # explicit cores of this process (worker.cpu_affinity.plan); empty: not pinned
 
     @classmethod
-    def from_config(cls, config: EngineConfig, cores: tuple[int, ...] = ()) -> "EngineSettings":
+    def from_config(cls, config: EngineConfig, cores: tuple[int, ...] = ()) -> EngineSettings:
         """The settings of an engine built from the shared engine config (both CLIs, a fleet worker's process);
         `cores`: this process's core binding (worker.cpu_affinity.plan)."""
         return cls(models_dir=config.models_dir or default_models_dir(), precision=config.precision,

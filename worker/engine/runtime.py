@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,8 @@ import openvino as ov
 
 from models.quantize import PROFILE_PREFIX, profile_encoder
 from models.registry import ModelSpec, combined_sha256
-from worker.cpu_affinity import CoreBinding
 from worker.contract.precision import PartPrecision
+from worker.cpu_affinity import CoreBinding
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}
 
@@ -60,7 +60,7 @@ class RuntimeSettings:
         return config
 
 
-@lru_cache(maxsize=None)
+@cache
 def _core(cache_dir: str | None) -> ov.Core:
     core = ov.Core()
     if cache_dir:

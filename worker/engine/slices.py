@@ -6,17 +6,18 @@ to the original size, threshold the logits at 0.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from worker.engine.cache import EmbeddingCache
 from models.preprocess import Geometry, to_model_input
-from worker.engine.runtime import CompiledSam
 from worker.contract.metrics import StageTimes
+from worker.engine.cache import EmbeddingCache
+from worker.engine.runtime import CompiledSam
 
 ProgressFn = Callable[[int, int], None]
 

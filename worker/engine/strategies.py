@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.engine.overlap import ViewMasks, box_sizes
 from models.preprocess import Geometry, geometry_for, scale_boxes
+from worker.engine.overlap import ViewMasks, box_sizes
 from worker.engine.slices import ProgressFn, SliceSegmenter
 
 # view name -> (axes permutation of the (z, y, x) volume, order of the 3D box's 6 numbers in that view)
