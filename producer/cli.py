@@ -90,7 +90,8 @@ def exit_if_all_failed(outcomes: list[StudyOutcome]) -> None:
 @click.group()
 @click.option("-v", "--verbose", is_flag=True)
 def cli(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
 def broker_option(command):
@@ -185,7 +186,8 @@ def _submit_dicomweb(root, study_uid, series_uid, prompts_file, stow, credential
         from producer.gateway.dicomweb import DicomwebError
         from producer.gateway.series_source import fetch_series_folder, servers, stow_results
     except ImportError as error:
-        raise click.ClickException(f"--dicomweb needs the gateway extra: pip install -e '.[gateway]' ({error})")
+        raise click.ClickException(f"--dicomweb needs the gateway extra: pip install -e '.[gateway]' ({error})") \
+            from error
     from worker.contract.study import StudyError
 
     try:

@@ -47,7 +47,8 @@ class BatchProgress:
 def summary_table(outcomes: Iterable[StudyOutcome]) -> Table:
     table = Table(title="Segmentation summary")
     for column in ("study", "modality", "strategy", "model", "boxes", "slices enc.", "engine s", "wall s", "status"):
-        table.add_column(column, justify="right" if column in ("boxes", "slices enc.", "engine s", "wall s") else "left")
+        numeric = column in ("boxes", "slices enc.", "engine s", "wall s")
+        table.add_column(column, justify="right" if numeric else "left")
     for o in outcomes:
         prov, counts, times = (o.metrics.get(k, {}) for k in ("provenance", "counts", "times"))
         table.add_row(

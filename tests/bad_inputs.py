@@ -146,7 +146,8 @@ def _odd_dicom_corpus(folder: Path) -> dict[str, str | None]:
 
 def _nifti_corpus(folder: Path) -> dict[str, str | None]:
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip, and no NIfTI header")
-    (folder / "broken.prompts.json").write_text(json.dumps({"modality": "MR", "boxes": [{"voxel": [1, 1, 0, 4, 4, 2]}]}))
+    prompts = {"modality": "MR", "boxes": [{"voxel": [1, 1, 0, 4, 4, 2]}]}
+    (folder / "broken.prompts.json").write_text(json.dumps(prompts))
     return {"broken": "unreadable NIfTI"}
 
 

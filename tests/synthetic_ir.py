@@ -2,7 +2,8 @@
 
 Encoder: (1, 3, S, S) -> (1, 256, 64, 64) (average pooling + a 1x1 convolution).
 Decoder: (embedding, boxes (B, 4) in model-input pixels) -> logits (B, 1, L, L) that are positive exactly
-inside the box (max corner inclusive), so a correct pre/post-processing gives back the prompt box at the original resolution.
+inside the box (max corner inclusive), so a correct pre/post-processing gives back the prompt box at the original
+resolution.
 """
 from __future__ import annotations
 

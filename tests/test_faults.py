@@ -207,7 +207,8 @@ def test_a_study_that_keeps_killing_its_worker_ends_failed_after_three_deliverie
     killed_at = 0.0
     for delivery in (1, 2, 3):  # the "OOM killer" takes the process running it, each time
 
-        def running():  # this delivery's own progress (the previous one's entry lingers until overwritten)
+        # this delivery's own progress (the previous one's entry lingers until overwritten)
+        def running(killed_at=killed_at, delivery=delivery):
             progress = faults.ledger.progress(batch.batch_id).get(name)
             fresh = progress is not None and progress.updated_at > killed_at
             return progress if fresh and faults.ledger.runs(batch.batch_id).get(name) == delivery else None

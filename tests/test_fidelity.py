@@ -133,7 +133,8 @@ def engines(real_models_dir, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("fidelity-routing")
     made = {}
-    for name, text in {"default-2d": "", "old-2d": 'interpolation_2d = "linear"\nbox_rounding_2d = "fractional"\n'}.items():
+    old_2d = 'interpolation_2d = "linear"\nbox_rounding_2d = "fractional"\n'
+    for name, text in {"default-2d": "", "old-2d": old_2d}.items():
         routing = folder / f"{name}.toml"
         routing.write_text(f'[default]\nmodels = ["litemedsam"]\noverlap = "later"\n{text}')
         made[name] = Engine(EngineSettings(models_dir=real_models_dir, routing_file=routing))

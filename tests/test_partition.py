@@ -172,7 +172,8 @@ def test_a_partitioned_host_loses_its_study_to_the_other_and_comes_back(fleet, t
     assert extra.node == other_worker.node and extra.delivery == 2, extra
     assert fleet.ledger.runs(batch.batch_id) == {name: 2}
     assert cut_worker.alive() and other_worker.alive(), fleet.tails()
-    assert not fleet.net.reachable(cut, hub, REDIS_PORT, timeout=2)  # the study completed while the host was still cut off
+    # the study completed while the host was still cut off
+    assert not fleet.net.reachable(cut, hub, REDIS_PORT, timeout=2)
     stored = fleet.store.get(Keys.result_blob(outcome.result_key))
     assert stored is not None
 

@@ -33,7 +33,8 @@ def real_int8_ready() -> bool:
 _real_missing = pytest.mark.skipif(not (REAL_DIR / "manifest.json").is_file(),
                                    reason=f"LiteMedSAM IR not exported in {REAL_DIR} (python -m models.export)")
 _int8_missing = pytest.mark.skipif(not real_int8_ready(),
-                                   reason=f"INT8 profile not made in {REAL_DIR} (run: {QUANTIZE_CMD}, ~2 min on 2 cores)")
+                                   reason=f"INT8 profile not made in {REAL_DIR} "
+                                          f"(run: {QUANTIZE_CMD}, ~2 min on 2 cores)")
 
 
 def needs_real(test):
@@ -90,7 +91,8 @@ def test_quantize_writes_profile_files_and_manifest_entry(quantized_echo):
     assert profile_status(model_dir, "int8") == "ok"
     compiled = Engine(EngineSettings(models_dir=quantized_echo, precision="int8")).model("litemedsam")
     assert compiled.encoder_xml.name == "encoder_int8.xml"
-    assert "i8" in runtime_precisions(compiled.compiled_encoder) or "u8" in runtime_precisions(compiled.compiled_encoder)
+    encoder = runtime_precisions(compiled.compiled_encoder)
+    assert "i8" in encoder or "u8" in encoder
 
 
 def test_int8_echo_engine_gives_the_f32_labels(quantized_echo):

@@ -83,7 +83,7 @@ def test_propagation_covers_each_box_z_range_and_encodes_each_slice_once(echo_mo
     study = volume_study(shape=(30, 256, 256))
     result = engine(echo_models_dir, routing_file=routing).segment(study)
     labels = result.labels
-    for k, (x0, y0, z0, x1, y1, z1) in enumerate(study.boxes):
+    for k, (_, _, z0, _, _, z1) in enumerate(study.boxes):
         present = np.flatnonzero((labels == k + 1).any(axis=(1, 2)))
         assert present[0] == z0 and present[-1] == z1  # inclusive at both ends
     for z in (5, 12, 15, 19, 25):  # the echoed box reproduces itself along the whole chain
@@ -125,7 +125,8 @@ def test_pet_triview_encodes_each_view_once_and_votes(echo_models_dir, tmp_path)
     routing.write_text('[default]\nmodels = ["litemedsam"]\nmargin = 2.0\n[modality.PET]\nstrategy_3d = "triview"\n')
     study = volume_study("PET", shape=(20, 40, 48), boxes=((10, 12, 4, 30, 28, 15),))
     progress = []
-    result = engine(echo_models_dir, routing_file=routing).segment(study, progress=lambda done, total: progress.append((done, total)))
+    result = engine(echo_models_dir, routing_file=routing).segment(
+        study, progress=lambda done, total: progress.append((done, total)))
     x0, y0, z0, x1, y1, z1 = study.boxes[0]
     assert result.metrics.provenance.strategy == "triview"
     assert result.metrics.counts.slices_encoded == (z1 - z0 + 1) + (y1 - y0 + 1) + (x1 - x0 + 1)

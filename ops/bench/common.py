@@ -22,7 +22,8 @@ RESULTS_MD = BENCH / "RESULTS.md"
 SHARED_CASES = REPO.parent / "shared" / "data" / "cases"
 RUNTIME_PY = REPO / ".venv" / "bin" / "python"
 EXPORT_VENV = Path(os.environ.get("LITEMEDSAM_EXPORT_VENV")
-                   or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litemedsam-fleet" / "export-venv")
+                   or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                   / "litemedsam-fleet" / "export-venv")
 EXPORT_PY = EXPORT_VENV / "bin" / "python"
 
 
@@ -36,7 +37,7 @@ def uptime_line() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "load average: %.2f, %.2f, %.2f" % loadavg()
+        return "load average: {:.2f}, {:.2f}, {:.2f}".format(*loadavg())
 
 
 def machine_info() -> dict:

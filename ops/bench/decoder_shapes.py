@@ -126,7 +126,8 @@ def main() -> None:
             "| --- | --- | --- | --- | --- |"]
     rows += [f"| {b} | {first[b]:.3f} | {steady[b]:.3f} | {revisit[b]:.3f} | {setup[b]:.3f} |" for b in SIZES]
     cases = ["", "| case | decoder calls | distinct sizes | set-up paid now s | padding to 1/2/4/8/16: set-ups s "
-             "| extra boxes decoded | padding cost s | net gain s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| extra boxes decoded | padding cost s | net gain s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for case in CASES_3D:
         if not (SHARED_CASES / "imgs" / f"{case}.npz").is_file():
             continue

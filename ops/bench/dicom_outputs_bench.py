@@ -45,7 +45,8 @@ def measure(case: str, scratch: Path, reps: int) -> list:
             writer(scratch / f"{case}.{kind}.dcm", context.dicom, labels, names, {"model": "litemedsam"})
             times[kind].append(time.perf_counter() - started)
     return [case, "x".join(map(str, labels.shape)), len(names), f"{context_bytes / 1024:.1f}",
-            f"{context_s:.3f}", f"{median(times['seg']):.2f}", f"{(scratch / f'{case}.seg.dcm').stat().st_size / 1024:.0f}",
+            f"{context_s:.3f}", f"{median(times['seg']):.2f}",
+            f"{(scratch / f'{case}.seg.dcm').stat().st_size / 1024:.0f}",
             f"{median(times['rtstruct']):.2f}", f"{(scratch / f'{case}.rtstruct.dcm').stat().st_size / 1024:.0f}"]
 
 

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             "rel_max": {p: max(f["rel"]) for p, f in fidelity.items()},
         }
         print(f"{Path(case).stem}: " + ", ".join(
-            f"{p} {out['cases'][Path(case).stem]['median_s'][p]:.3f}s cos {out['cases'][Path(case).stem]['cos_min'][p]:.4f}"
+            f"{p} {out['cases'][Path(case).stem]['median_s'][p]:.3f}s "
+            f"cos {out['cases'][Path(case).stem]['cos_min'][p]:.4f}"
             for p in profiles), file=sys.stderr, flush=True)
     print(json.dumps(out))
     return 0

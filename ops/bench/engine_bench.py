@@ -81,7 +81,8 @@ def speed_runs(cases: common.CaseSet, names: list[str], args, segs_dir: Path, re
     return runs
 
 
-def accuracy_runs(cases: common.CaseSet, speed: dict, segs_dir: Path, ref_dir: Path, save, done: dict | None = None) -> dict:
+def accuracy_runs(cases: common.CaseSet, speed: dict, segs_dir: Path, ref_dir: Path, save,
+                  done: dict | None = None) -> dict:
     import numpy as np
 
     from producer.evaluate import score_case
@@ -143,7 +144,8 @@ def speed_summary(entry: dict) -> dict:
     if ref:
         out.update({
             "ref_s": ref["seconds_scaled"], "ref_complete": ref["complete"], "ref_scaling": ref["scaling"],
-            "ref_wall_s": ref["wall_s"] if ref["complete"] else ref["wall_s"] - ref["seconds_measured"] + ref["seconds_scaled"],
+            "ref_wall_s": (ref["wall_s"] if ref["complete"]
+                           else ref["wall_s"] - ref["seconds_measured"] + ref["seconds_scaled"]),
             "ref_enc_calls": ref["encoder_calls_full"], "ref_enc_median_s": ref["encoder_median_s"],
             "ref_rss_mb": ref["peak_rss_mb"], "speedup": ref["seconds_scaled"] / eng_s,
         })
@@ -185,13 +187,14 @@ def speed_section(data: dict) -> str:
               "speed-up", "wall s ref / engine", "wall speed-up", "encoder calls ref / engine", "decoder calls",
               "median encoder s ref / engine", "median decoder s per box", "model-only limit s (median)",
               "engine / limit: median of per-run ratios; ratio of the medians", "peak RSS MB ref / engine"]
-    loads = [r.get("load_before") for e in speed.values() for r in e["engine"] + ([e["reference"]] if e["reference"] else [])]
+    loads = [r.get("load_before") for e in speed.values()
+             for r in e["engine"] + ([e["reference"]] if e["reference"] else [])]
     body = [
         f"Command: `{data['command']}`. Each number comes from its own fresh process; the engine runs "
         "(f32, OpenVINO threads = all cores) are interleaved around the PyTorch reference run (torch threads = 2), "
         "so both saw the same machine.",
         "",
-        *common.machine_lines(info, [tuple(l) for l in loads if l]),
+        *common.machine_lines(info, [tuple(load) for load in loads if load]),
         "",
         md_table(header, rows),
         "",
@@ -226,7 +229,8 @@ def accuracy_section(data: dict) -> str:
             fmt(base["wall_s"] / row["wall_s"], ".1f") + "x" if base.get("wall_s") else "–",
             f"{row['engine_s']:.2f}", row["counts"]["slices_encoded"], f"{row['peak_rss_mb']:.0f}",
         ])
-    scored = [r for r in data["accuracy"].values() if r.get("dsc") is not None and baseline.get(r["case"], {}).get("dsc") is not None]
+    scored = [r for r in data["accuracy"].values()
+              if r.get("dsc") is not None and baseline.get(r["case"], {}).get("dsc") is not None]
     mean_line = ""
     if scored:
         ours = sum(r["dsc"] for r in scored) / len(scored)
@@ -262,9 +266,11 @@ def plot(data: dict, path: Path = PLOT_OUT) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     x = range(len(names))
     width = 0.27
-    left.bar([i - width for i in x], [s.get("ref_s") or 0 for s in sums], width, label="PyTorch reference", color="#999")
+    left.bar([i - width for i in x], [s.get("ref_s") or 0 for s in sums], width, label="PyTorch reference",
+             color="#999")
     left.bar(list(x), [s["engine_s"] for s in sums], width, label="engine f32", color="#1f77b4")
-    left.bar([i + width for i in x], [s["limit_s"] or 0 for s in sums], width, label="model-only limit", color="#2ca02c")
+    left.bar([i + width for i in x], [s["limit_s"] or 0 for s in sums], width, label="model-only limit",
+             color="#2ca02c")
     for i, s in enumerate(sums):
         if s.get("speedup"):
             left.text(i, s["engine_s"] * 1.15, f"{s['speedup']:.1f}x", ha="center", fontsize=9)
@@ -302,7 +308,8 @@ def print_table(data: dict) -> None:
               f"engine/limit {fmt(s['limit_ratio'], '.3f')}  peak RSS ref {fmt(s.get('ref_rss_mb'), '.0f')} MB / "
               f"engine {s['engine_rss_mb']:.0f} MB")
     for name, row in data.get("accuracy", {}).items():
-        print(f"{name:32s} DSC {fmt(row.get('dsc'), '.4f')}  NSD {fmt(row.get('nsd'), '.4f')}  wall {row['wall_s']:.1f} s")
+        print(f"{name:32s} DSC {fmt(row.get('dsc'), '.4f')}  NSD {fmt(row.get('nsd'), '.4f')}  "
+              f"wall {row['wall_s']:.1f} s")
 
 
 def write_outputs(data: dict, write_md: bool) -> None:
@@ -324,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-repeats", type=int, default=20)
     parser.add_argument("--reference-boxes", default=None,
                         help="K or CASE=K,...: cap the PyTorch reference to the first K boxes, scale its time by pairs")
-    parser.add_argument("--cases-dir", type=Path, default=None, help="a dir with imgs/ (and gts/); default: shared cases")
+    parser.add_argument("--cases-dir", type=Path, default=None,
+                        help="a dir with imgs/ (and gts/); default: shared cases")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
@@ -363,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     segs_dir, ref_dir = scratch / "segs", scratch / "ref-segs"
     data["speed"] = speed_runs(cases, names, args, segs_dir, ref_dir, saver("speed"), data.get("speed"))
     if not args.no_accuracy:
-        data["accuracy"] = accuracy_runs(cases, data["speed"], segs_dir, ref_dir, saver("accuracy"), data.get("accuracy"))
+        data["accuracy"] = accuracy_runs(cases, data["speed"], segs_dir, ref_dir, saver("accuracy"),
+                                         data.get("accuracy"))
     data["machine"]["uptime_end"] = common.uptime_line()
     print_table(data)
     write_outputs(data, not args.no_write)

@@ -1,6 +1,7 @@
 """2D fidelity to the official baseline (issue 10) and the overlap rule (issue 13): DSC/NSD per case, f32.
 
-    .venv/bin/python ops/bench/fidelity_accuracy.py [--threads 2] [--skip-2d | --skip-3d] [--cases NAME ...] [--json PATH]
+    .venv/bin/python ops/bench/fidelity_accuracy.py [--threads 2] [--skip-2d | --skip-3d] [--cases NAME ...]
+        [--json PATH]
                                                     [--masks DIR] [--record] [--from-json PATH ...]
 
 Cases: every case with ground truth in ../shared/data/cases (else the project's phantoms) and every case
@@ -78,7 +79,8 @@ def run(args) -> dict:
     out = {"machine": info, "threads": args.threads, "synthetic": cases.synthetic, "cases": []}
     loads = []
     for name, study, gts, spacing, source in load_cases(cases):
-        if (study.is_3d and args.skip_3d) or (not study.is_3d and args.skip_2d) or (args.cases and name not in args.cases):
+        skipped = (study.is_3d and args.skip_3d) or (not study.is_3d and args.skip_2d)
+        if skipped or (args.cases and name not in args.cases):
             continue
         variants = VARIANTS_3D if study.is_3d else VARIANTS_2D
         row = {"case": name, "source": source, "shape": list(study.image.shape), "boxes": int(len(study.boxes)),
@@ -164,7 +166,8 @@ def render(out: dict) -> str:
                           f"{later['seconds']:.1f}", f"{smaller['seconds']:.1f}"])
         lines.append(common.md_table(header, table))
         lines.append("")
-        lines.append(f"- mean DSC over {len(rows3d)} 3D cases: later {_mean(r['variants']['later']['dsc'] for r in rows3d):.4f}, "
+        later_3d = _mean(r['variants']['later']['dsc'] for r in rows3d)
+        lines.append(f"- mean DSC over {len(rows3d)} 3D cases: later {later_3d:.4f}, "
                      f"smaller {_mean(r['variants']['smaller']['dsc'] for r in rows3d):.4f}")
         lines.append("- 's smaller' runs second with the slices' embeddings cached (decoder and post-processing only).")
     return "\n".join(lines)

@@ -367,13 +367,13 @@ def main() -> None:
     args = parser.parse_args()
     global CONFIGS
     CONFIGS = tuple(CONFIG_KEYS[key.strip()] for key in args.configs.split(","))
-    load_before = "%.2f %.2f %.2f" % os.getloadavg()
+    load_before = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         root = Path(tmp)
         folders = make_inputs(root / "in", args.small, args.reps_2d, args.reps_3d, len(CONFIGS), args.big,
                               args.batch_3d)
         runs = measure(folders, {"2d": args.reps_2d, "3d": args.reps_3d}, root / "out")
-    load_after = "%.2f %.2f %.2f" % os.getloadavg()
+    load_after = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     table = medians(runs)
     over = overheads(table)
     report = render(table, over, (load_before, load_after), args.small)

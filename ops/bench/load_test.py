@@ -122,7 +122,8 @@ def render(data: dict, loads: list[tuple[float, float, float]]) -> str:
             for name, key in (("time in system (enqueued -> outcome)", "in_system"), ("queue wait", "queue_wait"),
                               ("service (worker start -> outcome)", "service"), ("engine", "engine"))]
     lines = [
-        f"### {data['machine']['date']} — `ops/bench/load_test.py --studies {data['studies']} --workers {data['workers']}`",
+        f"### {data['machine']['date']} — "
+        f"`ops/bench/load_test.py --studies {data['studies']} --workers {data['workers']}`",
         "",
         *common.machine_lines(data["machine"], loads),
         "",

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     sc = {k: statistics.median(v) for k, v in scaling.items()}
     out = {"case": path.stem, "slices": args.slices, "boxes": args.boxes, "repeats": args.repeats, "median_s": med,
            "runs_s": results, "gain_vs_sequential": {k: med["sequential-2t"] / v for k, v in med.items()},
-           "per_call_s": sc, "thread_scaling": {"encoder": sc["enc-1t"] / sc["enc-2t"], "decoder": sc["dec-1t"] / sc["dec-2t"]},
+           "per_call_s": sc,
+           "thread_scaling": {"encoder": sc["enc-1t"] / sc["enc-2t"], "decoder": sc["dec-1t"] / sc["dec-2t"]},
            "loads": loads, "machine": common.machine_info()}
     for k, v in med.items():
         print(f"{k:16s} {v:7.2f} s  ({out['gain_vs_sequential'][k]:.3f}x vs sequential)", file=sys.stderr)

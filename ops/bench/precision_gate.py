@@ -61,7 +61,8 @@ def score(cases: common.CaseSet, name: str, segs: Path) -> tuple[float, float]:
 
 
 def f32_from_engine_bench() -> dict:
-    for path in (common.BENCH / "results" / "engine_bench.json", common.BENCH / "results" / "engine_bench.partial.json"):
+    results = common.BENCH / "results"
+    for path in (results / "engine_bench.json", results / "engine_bench.partial.json"):
         if path.is_file():
             rows = json.loads(path.read_text()).get("accuracy", {})
             return {n: {"dsc": r["dsc"], "nsd": r["nsd"], "engine_s": r["engine_s"], "wall_s": r["wall_s"],
@@ -230,7 +231,8 @@ def plot(data: dict) -> None:
         left.bar([k + i * width for k in range(len(names))], deltas, width, label=p)
     left.axhline(-GATE_DSC * 100, color="red", linestyle="--", linewidth=0.8)
     left.axhline(GATE_DSC * 100, color="red", linestyle="--", linewidth=0.8)
-    left.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], [n.replace("Box_", "\n") for n in names], fontsize=7)
+    left.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], [n.replace("Box_", "\n") for n in names],
+                    fontsize=7)
     left.set_ylabel("ΔDSC vs f32 (points)")
     left.set_title("per-case DSC change (red: ±0.5 point gate on the mean)")
     left.legend(fontsize=7)

@@ -119,7 +119,8 @@ def section(data: dict) -> str:
                         rows),
         "",
         "- Load = `Engine(...)` + compiling encoder and decoder (`CompiledSam`), with OpenVINO's CACHE_DIR "
-        "(<models_dir>/.ov-cache/<precision>; int8 also checks its encoder's sha256 against the manifest). Cold used a fresh models dir (symlinks to the same IR) with an empty cache.",
+        "(<models_dir>/.ov-cache/<precision>; int8 also checks its encoder's sha256 against the manifest). "
+        "Cold used a fresh models dir (symlinks to the same IR) with an empty cache.",
         "- The first inference of a freshly compiled model is slower than later ones (kernel set-up); a worker "
         "pays it once per process, a one-shot CLI run pays it per study.",
     ])

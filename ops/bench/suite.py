@@ -79,9 +79,11 @@ def tables() -> None:
         acc, ref = accuracy.get(name, {}), refs.get(name)
         ref_wall = None
         if ref:
-            ref_wall = ref["wall_s"] if ref["complete"] else ref["wall_s"] - ref["seconds_measured"] + ref["seconds_scaled"]
+            ref_wall = (ref["wall_s"] if ref["complete"]
+                        else ref["wall_s"] - ref["seconds_measured"] + ref["seconds_scaled"])
         f32_wall = acc.get("wall_s")
-        row = [name, acc.get("shape") or (ref and "x".join(map(str, ref["shape"]))), acc.get("boxes") or (ref and ref["boxes_total"]),
+        row = [name, acc.get("shape") or (ref and "x".join(map(str, ref["shape"]))),
+               acc.get("boxes") or (ref and ref["boxes_total"]),
                fmt(baseline.get(name, {}).get("wall_s"), ".1f"),
                fmt(ref_wall, ".1f") + ("" if not ref or ref["complete"] else " *"),
                fmt(f32_wall, ".1f") + f" ({fmt(acc.get('engine_s'), '.1f')})"]
@@ -94,7 +96,8 @@ def tables() -> None:
         rows.append(row)
         plot_rows.append((name, ref_wall, f32_wall, profile_walls))
     header = ["case", "size", "objects", "official baseline s (BASELINE.md)", "PyTorch reference s (this run)",
-              "OpenVINO f32 s (engine s)"] + [f"OpenVINO {p} s (engine s)" for p in profiles] + ["speed-up f32 vs PyTorch"]
+              "OpenVINO f32 s (engine s)"] + [f"OpenVINO {p} s (engine s)" for p in profiles] \
+        + ["speed-up f32 vs PyTorch"]
     lines = [
         "Paper's Table 5 shape. Seconds are whole-process wall times per case (start-up and model load included, "
         "as the challenge timed it); the engine's own time in brackets. PyTorch reference = ops/bench/"
@@ -116,9 +119,10 @@ def tables() -> None:
         for name, entry in speed.items():
             s = speed_summary(entry)
             if s.get("limit_s"):
-                lines.append(f"- Model-only limit, {name}: {s['enc_calls']} encoder calls x {s['enc_median_s']:.3f} s + "
-                             f"{s['dec_calls']} decoder calls (per batch size) = {s['limit_s']:.1f} s; engine "
-                             f"{s['engine_s']:.1f} s (medians of 3 runs) = {s['engine_s'] / s['limit_s']:.3f}x the limit "
+                lines.append(f"- Model-only limit, {name}: {s['enc_calls']} encoder calls x {s['enc_median_s']:.3f} s "
+                             f"+ {s['dec_calls']} decoder calls (per batch size) = {s['limit_s']:.1f} s; engine "
+                             f"{s['engine_s']:.1f} s (medians of 3 runs) = {s['engine_s'] / s['limit_s']:.3f}x the "
+                             "limit "
                              f"(median of the per-run ratios {s['limit_ratio']:.3f}; see 'Engine time vs the "
                              "model-only limit').")
         lines.append("")
@@ -135,7 +139,7 @@ def tables() -> None:
                     and k in gate["dsc"].get("f32", {})]
             row = [mod, f"{sum(b['dsc'] for b in base) / len(base):.4f} / {sum(b['nsd'] for b in base) / len(base):.4f}"
                    if base else "–"]
-            for p, s in summary.items():
+            for s in summary.values():
                 m = s["modalities"].get(mod)
                 row.append(f"{m['dsc']:.4f} / {m['nsd']:.4f}" if m else "–")
             rows.append(row)
@@ -174,14 +178,16 @@ def plot(rows, profiles) -> None:
 
     fig, ax = plt.subplots(figsize=(12, 4.5))
     width = 0.8 / (2 + len(profiles))
-    for i, (name, ref, f32, walls) in enumerate(rows):
+    for i, (_name, ref, f32, walls) in enumerate(rows):
         values = [ref, f32] + walls
         for j, v in enumerate(values):
             if v:
                 ax.bar(i + j * width, v, width, color=(["#999", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"] * 2)[j],
-                       label=(["PyTorch reference", "OpenVINO f32"] + [f"OpenVINO {p}" for p in profiles])[j] if i == 0 else None)
+                       label=(["PyTorch reference", "OpenVINO f32"] + [f"OpenVINO {p}" for p in profiles])[j]
+                       if i == 0 else None)
     ax.set_yscale("log")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r[0].replace("Box_", "\n") for r in rows], fontsize=7)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r[0].replace("Box_", "\n") for r in rows],
+                  fontsize=7)
     ax.set_ylabel("wall s per case (log)")
     ax.set_title("Per case wall time, start-up and model load included")
     ax.legend(fontsize=8)

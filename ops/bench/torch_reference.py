@@ -204,7 +204,8 @@ def run(case: Path, out_dir: Path | None, max_boxes: int | None, interpolation: 
         "complete": complete,
         "seconds_measured": seconds,
         "seconds_scaled": scaled,
-        "scaling": None if complete else f"first {len(run_boxes)} of {len(boxes)} boxes; x {all_pairs}/{done_pairs} (box, slice) pairs",
+        "scaling": None if complete else (f"first {len(run_boxes)} of {len(boxes)} boxes; "
+                                          f"x {all_pairs}/{done_pairs} (box, slice) pairs"),
         "encoder_calls": counter.encoder_calls,
         "encoder_calls_full": all_pairs if is_3d else 1,
         "decoder_calls": counter.decoder_calls,

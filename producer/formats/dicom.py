@@ -212,7 +212,7 @@ def _slices(layout: SeriesLayout) -> Iterator[tuple[Dataset, np.ndarray]]:
 def _assemble(layout: SeriesLayout) -> tuple[np.ndarray, Dataset]:
     """Fill one preallocated array (no second copy of a large volume): float32 grey, or colour."""
     values, ds = None, None
-    for z, (ds, plane) in enumerate(_slices(layout)):
+    for z, (ds, plane) in enumerate(_slices(layout)):  # noqa: B007 (the last slice's ds is used below)
         if values is None:
             colour = plane.ndim == 3
             if colour and len(layout.slices) > 1:

@@ -222,8 +222,9 @@ class DicomwebServer:
         except (requests.Timeout, requests.ConnectionError) as error:
             # urllib3 gives up on repeated read timeouts as a ConnectionError that says "Read timed out"
             if isinstance(error, requests.Timeout) or "read timed out" in str(error).lower():
+                attempts = self.settings.retries + 1
                 raise DicomwebError(f"{what}: the DICOMweb server {self.root} did not answer within "
-                                    f"{self.settings.read_timeout:g} s ({self.settings.retries + 1} attempts)") from None
+                                    f"{self.settings.read_timeout:g} s ({attempts} attempts)") from None
             raise DicomwebError(f"{what}: the DICOMweb server {self.root} is unreachable (connection failed, "
                                 f"{self.settings.retries + 1} attempts)") from None
         except requests.RequestException as error:

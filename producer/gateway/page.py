@@ -70,7 +70,8 @@ function render(jobs) {
     const t = job.timings || {};
     cell(row, ["fetch", "segment", "store", "total"].filter(k => t[k] != null)
                 .map(k => k + " " + seconds(t[k])).join(", "));
-    const stored = job.stored ? "SEG " + job.stored.sop_uid + (job.stored.already_present ? " (already stored)" : "") : "";
+    const stored = job.stored
+      ? "SEG " + job.stored.sop_uid + (job.stored.already_present ? " (already stored)" : "") : "";
     cell(row, job.error || stored, job.error ? "err error" : "err");
     const td = cell(row, "");
     if (job.state === "ok" && job.results && job.results.npz) thumbnail(job, td);
@@ -80,7 +81,11 @@ function render(jobs) {
     Object.entries(counts).map(([state, n]) => n + " " + state).join(", ");
 }
 async function refresh() {
-  if (!token()) { document.getElementById("auth").hidden = false; document.getElementById("summary").textContent = "a token is needed"; return; }
+  if (!token()) {
+    document.getElementById("auth").hidden = false;
+    document.getElementById("summary").textContent = "a token is needed";
+    return;
+  }
   try {
     const response = await fetch("/v1/jobs?limit=50", {headers: {Authorization: "Bearer " + token()}});
     if (response.status === 401) { sessionStorage.removeItem(KEY); document.getElementById("auth").hidden = false;

@@ -2,7 +2,8 @@
 
 A study's result key is the hash of its image content, its boxes, its modality, and the identity of the
 engine route that segments it (sha256 of the weights that run, the precision profile and, per strategy the route
-can take, the precision each model part runs at, strategy and its settings, package version). Each worker process computes it from the engine it built and publishes that identity to Redis
+can take, the precision each model part runs at, strategy and its settings, package version). Each worker process
+computes it from the engine it built and publishes that identity to Redis
 (worker.directory), so the producer, which has no models, computes the same key and finds a stored result
 before enqueuing.
 

@@ -1,9 +1,9 @@
 """The paper's strategies: 2D box prompts, slice-to-slice box propagation (CT/MR), tri-view voting (PET).
 
-Labels: box k -> k + 1, uint16. Where boxes' masks overlap, the routing's overlap rule decides (worker/engine/overlap.py:
-the smaller mask, or the later box), once every mask of the image or view is known, so the result does not depend
-on processing order. All boxes of a volume advance in lockstep, slice by slice, so one cached embedding serves
-every box there.
+Labels: box k -> k + 1, uint16. Where boxes' masks overlap, the routing's overlap rule decides
+(worker/engine/overlap.py: the smaller mask, or the later box), once every mask of the image or view is known, so
+the result does not depend on processing order. All boxes of a volume advance in lockstep, slice by slice, so one
+cached embedding serves every box there.
 """
 from __future__ import annotations
 
