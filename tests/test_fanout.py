@@ -356,7 +356,8 @@ def test_a_part_whose_input_is_unreadable_fails_its_study_with_the_reason(split_
     message = _staged(client, study)
     ctx.store.put(Keys.input_blob(message.image_digest), b"PK\x03\x04 not an npz", 60)
     part = PartMessage(kind=SLICES, run="run-bad", index=1, parts=2, view="axial", study=message.to_wire(),
-                       result_key="k", coordinator="c", coordinator_task="t", space="x", start=0, stop=4, slices=[0, 1, 2, 3])
+                       result_key="k", coordinator="c", coordinator_task="t", space="x", start=0, stop=4,
+                       slices=[0, 1, 2, 3])
     report = run_part(_part_ctx(ctx, engines[1]), part, Delivery("p"))
     outcome = client.ledger.outcome(message.batch_id, message.name)
     assert outcome.status == "error" and "part 2 of 2" in outcome.error and "unreadable npz" in outcome.error

@@ -56,8 +56,8 @@ def test_workers_scale_and_use_the_broker_with_its_password(compose):
 
 
 def test_flower_uses_the_fleets_key_prefix(compose, tmp_path):
-    """The Flower image has no project: its mounted celeryconfig.py, beside worker/contract/keys.py, must give the prefix
-    the workers' app uses (run here as the container would import it)."""
+    """The Flower image has no project: its mounted celeryconfig.py, beside worker/contract/keys.py, must give the
+    prefix the workers' app uses (run here as the container would import it)."""
     import shutil
     import sys
 

@@ -79,7 +79,8 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
     order = decision.orders["axial"]
     parts = [PartMessage(kind=SLICES, run=run, index=index, parts=len(decision.ranges), view="axial",
                          study=msg.to_wire(), result_key=key, coordinator=ctx.node,
-                         coordinator_task=delivery.task_id, space=space, start=start, stop=stop, slices=order[start:stop],
+                         coordinator_task=delivery.task_id, space=space, start=start, stop=stop,
+                         slices=order[start:stop],
                          steps=decision.steps, enqueued_at=time.time())
              for index, (start, stop) in enumerate(decision.ranges)]
     board = SplitBoard(ctx.ledger.client, ctx.keys, run, ctx.split.blob_ttl)

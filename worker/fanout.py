@@ -157,7 +157,8 @@ class PartMessage(BaseModel):
             return cls.model_validate(data)
         except ValidationError as error:
             raise MessageError(f"part message: {error.error_count()} problem(s): "
-                               + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
+                               + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) \
+                from None
 
     def label(self) -> str:
         if self.kind == VIEWS_MODE:

@@ -2,8 +2,8 @@
 
 Both take a loaded Study and return a producer.outcome.StudyOutcome (labels + metrics, or an error), reporting
 slice progress as they go. Both reuse stored results: the fleet by its content-addressed store (producer.api), the
-embedded one by a write-once folder of result records keyed the same way (worker.contract.identity), so running a job again
-costs no engine time.
+embedded one by a write-once folder of result records keyed the same way (worker.contract.identity), so running a
+job again costs no engine time.
 """
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ class EmbeddedSegmenter:
             outcome = self.runner.run_study(name, study, lambda _name, done, total: progress(done, total))
         if outcome.ok and path is not None:
             outcome.metrics.setdefault("extra", {}).update(cached=False, result_key=key)
-            write_bytes_atomic(path, ResultRecord(outcome.labels, StudyMetrics.model_validate(outcome.metrics)).to_bytes())
+            record = ResultRecord(outcome.labels, StudyMetrics.model_validate(outcome.metrics))
+            write_bytes_atomic(path, record.to_bytes())
         return outcome
 
 

@@ -36,9 +36,9 @@ def write_npz(target: str | os.PathLike[str] | IO[bytes], arrays: dict[str, np.n
 def _set_level(info: zipfile.ZipInfo, level: int | None) -> None:
     """A ZipInfo written with archive.open() does not take the archive's compression level by itself."""
     try:
-        info.compress_level = level  # Python >= 3.13 (ZipInfo has slots: older ones refuse the name)
+        setattr(info, "compress_level", level)  # noqa: B010  (Python >= 3.13; typeshed lacks the name)
     except AttributeError:
-        info._compresslevel = level
+        setattr(info, "_compresslevel", level)  # noqa: B010
 
 
 def pack_arrays(**arrays: np.ndarray) -> bytes:

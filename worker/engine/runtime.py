@@ -3,7 +3,8 @@
 This CPU defaults to bf16 inference when nothing is said, so the precision is always set explicitly.
 Outputs are copied out of the infer request: its output buffer is reused by the next call.
 
-Each model part compiles at its own precision (worker.contract.precision.PartPrecision, chosen per strategy by a profile):
+Each model part compiles at its own precision (worker.contract.precision.PartPrecision, chosen per strategy by a
+profile):
 "f32" (default, reproducible), "bf16" (OpenVINO's hint; a CPU without AVX512-BF16 or AMX runs it as f32, which
 runtime_precisions shows), and, for the encoder, "int8*" (an NNCF-quantized encoder written by
 `python -m models.quantize --profile NAME` and listed in the model's manifest, checked against its sha256; its
