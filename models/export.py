@@ -8,6 +8,7 @@ without torch) and manifest.json. Idempotent: an intact export is left alone unl
 
 Only the stdlib and numpy are imported at module level, so `is_up_to_date` works without torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,7 @@ BOXES_PER_IMAGE = 3
 
 # ---------------------------------------------------------------- up-to-date check (no torch)
 
+
 def is_up_to_date(model_dir: Path) -> bool:
     """True if model_dir holds a complete export whose files match the sha256 values in its manifest."""
     model_dir = Path(model_dir)
@@ -71,6 +73,7 @@ def is_up_to_date(model_dir: Path) -> bool:
 
 
 # ---------------------------------------------------------------- PyTorch model
+
 
 def verify_checkpoint(path: Path) -> None:
     size = path.stat().st_size
@@ -126,6 +129,7 @@ def box_decoder(model):
 
 
 # ---------------------------------------------------------------- parity inputs
+
 
 def synthetic_slice(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic grey slice: bright ellipses on a noisy dark background, with their boxes."""
@@ -185,6 +189,7 @@ def torch_reference(model, decoder, images: np.ndarray, boxes: np.ndarray) -> tu
 
 
 # ---------------------------------------------------------------- conversion and parity
+
 
 def convert(model, decoder, out_dir: Path) -> None:
     import openvino as ov
@@ -260,6 +265,7 @@ def check_gates(parity: dict) -> None:
 
 
 # ---------------------------------------------------------------- manifest and install
+
 
 def build_manifest(out_dir: Path, checkpoint: Path, parity: dict) -> dict:
     import importlib.metadata

@@ -1,4 +1,5 @@
 """Where exported models live: outside git, configurable, with a per-user default."""
+
 from __future__ import annotations
 
 import os

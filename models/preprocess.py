@@ -7,6 +7,7 @@ calibration all import this one module.
 Per 2D image or slice: resize the longest side to S with new = int(old * S / max(h, w) + 0.5), min-max
 normalise the resized image to [0, 1], zero-pad bottom/right to S x S; a grey slice is repeated to 3 channels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -19,6 +19,7 @@ Variants (which layers stay in floating point; see ops/bench/RESULTS.md for what
   transformer  NNCF's recipe for transformer models (model_type=TRANSFORMER)
   sensitive    transformer + the first convolution (raw image input), the patch embedding and the neck in f32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ PROFILE_PREFIX = "int8"
 
 
 # ---------------------------------------------------------------- manifest (stdlib + numpy only)
+
 
 def read_manifest(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / "manifest.json").read_text())
@@ -77,8 +79,10 @@ def profile_encoder(model_dir: Path, profile: str, verify: bool = True) -> Path:
         for kind in ("xml", "bin"):
             path = model_dir / encoder[kind]
             if not path.is_file() or file_sha256(path) != encoder[f"{kind}_sha256"]:
-                raise ProfileError(f"{path} is missing or does not match the sha256 in the manifest; "
-                                   f"re-run `python -m models.quantize --profile {profile} --force`")
+                raise ProfileError(
+                    f"{path} is missing or does not match the sha256 in the manifest; "
+                    f"re-run `python -m models.quantize --profile {profile} --force`"
+                )
     return model_dir / encoder["xml"]
 
 
@@ -89,8 +93,11 @@ def listed_profiles(model_dir: Path) -> dict[str, str]:
         profiles = read_manifest(model_dir).get("profiles", {})
     except (OSError, ValueError):
         return {}
-    return {name: entry["encoder"]["bin_sha256"] for name, entry in profiles.items()
-            if name.startswith(PROFILE_PREFIX) and isinstance(entry, dict) and "encoder" in entry}
+    return {
+        name: entry["encoder"]["bin_sha256"]
+        for name, entry in profiles.items()
+        if name.startswith(PROFILE_PREFIX) and isinstance(entry, dict) and "encoder" in entry
+    }
 
 
 def profile_status(model_dir: Path, profile: str) -> str:
@@ -112,6 +119,7 @@ def profile_status(model_dir: Path, profile: str) -> str:
 
 
 # ---------------------------------------------------------------- calibration slices
+
 
 def _volume_slices(imgs: np.ndarray, count: int) -> list[np.ndarray]:
     if imgs.ndim == 3 and imgs.shape[-1] != 3:  # (D, H, W) volume: spread over the depth
@@ -152,6 +160,7 @@ def model_inputs(images: list[np.ndarray], size: int, interpolation: str = "line
 
 # ---------------------------------------------------------------- quantization
 
+
 def ignored_scope(model, variant: str, patterns: list[str] | None = None):
     import nncf
 
@@ -161,13 +170,21 @@ def ignored_scope(model, variant: str, patterns: list[str] | None = None):
     names = []
     convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
     names += [op.get_friendly_name() for op in convs[:2]]  # patch embedding: the raw image goes in here
-    names += [op.get_friendly_name() for op in model.get_ordered_ops()
-              if op.get_type_name() == "Convolution" and "neck" in op.get_friendly_name()]
+    names += [
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Convolution" and "neck" in op.get_friendly_name()
+    ]
     return nncf.IgnoredScope(names=names, patterns=patterns, validate=False)
 
 
-def quantize_encoder(encoder_xml: Path, inputs: list[np.ndarray], variant: str, patterns: list[str] | None = None,
-                     preset: str = "performance"):
+def quantize_encoder(
+    encoder_xml: Path,
+    inputs: list[np.ndarray],
+    variant: str,
+    patterns: list[str] | None = None,
+    preset: str = "performance",
+):
     import nncf
     import openvino as ov
 
@@ -182,8 +199,15 @@ def quantize_encoder(encoder_xml: Path, inputs: list[np.ndarray], variant: str, 
     return nncf.quantize(model, nncf.Dataset(inputs), **options)
 
 
-def quantize(models_dir: Path, sources: list[Path], slices: int, variant: str, profile: str,
-             patterns: list[str] | None = None, preset: str = "performance") -> dict:
+def quantize(
+    models_dir: Path,
+    sources: list[Path],
+    slices: int,
+    variant: str,
+    profile: str,
+    patterns: list[str] | None = None,
+    preset: str = "performance",
+) -> dict:
     import nncf
     import openvino as ov
 
@@ -234,14 +258,27 @@ def quantize(models_dir: Path, sources: list[Path], slices: int, variant: str, p
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.quantize", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", type=Path, default=None)
-    parser.add_argument("--calibration", type=Path, action="append", default=[],
-                        help="challenge-format npz file or folder (repeatable); default: the project's phantoms")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        action="append",
+        default=[],
+        help="challenge-format npz file or folder (repeatable); default: the project's phantoms",
+    )
     parser.add_argument("--slices", type=int, default=DEFAULT_SLICES, help="calibration slices")
     parser.add_argument("--variant", choices=VARIANTS, default=DEFAULT_VARIANT)
-    parser.add_argument("--ignore-pattern", action="append", default=[],
-                        help="regex of op names kept in floating point (repeatable), on top of the variant")
-    parser.add_argument("--preset", choices=("performance", "mixed"), default="performance",
-                        help="NNCF preset: symmetric activations (performance) or asymmetric (mixed)")
+    parser.add_argument(
+        "--ignore-pattern",
+        action="append",
+        default=[],
+        help="regex of op names kept in floating point (repeatable), on top of the variant",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("performance", "mixed"),
+        default="performance",
+        help="NNCF preset: symmetric activations (performance) or asymmetric (mixed)",
+    )
     parser.add_argument("--profile", default=PROFILE_PREFIX, help="profile name (must start with 'int8')")
     parser.add_argument("--force", action="store_true", help="re-quantize even if the profile is up to date")
     parser.add_argument("--check", action="store_true", help="exit 0 if the profile is present and up to date")
@@ -260,12 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     if status == "ok" and not args.force:
         print(f"up to date: {args.profile} in {model_dir}")
         return 0
-    entry = quantize(models_dir, args.calibration, args.slices, args.variant, args.profile, args.ignore_pattern,
-                     args.preset)
+    entry = quantize(
+        models_dir, args.calibration, args.slices, args.variant, args.profile, args.ignore_pattern, args.preset
+    )
     size = (model_dir / entry["encoder"]["bin"]).stat().st_size / 1e6
-    print(f"wrote {args.profile} ({entry['variant']}) encoder to {model_dir} in {entry['seconds']} s: "
-          f"{entry['encoder']['bin']} {size:.1f} MB, calibrated on {entry['calibration']['slices']} slices "
-          f"({entry['calibration']['source']})")
+    print(
+        f"wrote {args.profile} ({entry['variant']}) encoder to {model_dir} in {entry['seconds']} s: "
+        f"{entry['encoder']['bin']} {size:.1f} MB, calibrated on {entry['calibration']['slices']} slices "
+        f"({entry['calibration']['source']})"
+    )
     return 0
 
 

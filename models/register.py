@@ -1,4 +1,5 @@
 """`python -m models.register`: add a model the user brings (e.g. EfficientViT-SAM as an OpenVINO IR pair)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,9 @@ from models.registry import register_model
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 def main(name: str, encoder_xml: Path, decoder_xml: Path, input_size: int, logits_size: int, models_dir: Path | None):
     spec = register_model(models_dir or default_models_dir(), name, encoder_xml, decoder_xml, input_size, logits_size)
-    click.echo(f"registered {spec.name}: input {spec.input_size}, sha256 {spec.sha256[:16]}… "
-               f"in {spec.encoder_xml.parent}")
+    click.echo(
+        f"registered {spec.name}: input {spec.input_size}, sha256 {spec.sha256[:16]}… in {spec.encoder_xml.parent}"
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 A model lives in `<models_dir>/<name>/` with a `manifest.json` (written by `python -m models.export` for the
 built-in LiteMedSAM, or by `python -m models.register` for a model a user brings, e.g. EfficientViT-SAM).
 """
+
 from __future__ import annotations
 
 import hashlib

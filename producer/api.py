@@ -12,6 +12,7 @@ keep each mask in memory (`StudyOutcome.labels`); with it, masks are written and
 The broker defaults to $LITEMEDSAM_BROKER; every other fleet setting comes from the environment too
 (worker.contract.settings), or pass `settings=FleetSettings(...)`.
 """
+
 from __future__ import annotations
 
 import time
@@ -89,10 +90,21 @@ def client_for(broker: str | None = None, settings: FleetSettings | None = None)
     return FleetClient((settings or FleetSettings.from_env()).with_broker(broker))
 
 
-def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | Path | None = None,
-           wait: bool = True, force: bool = False, queue: str | None = None, routes: dict[str, str] | None = None,
-           timeout: float | None = None, progress: bool = False, settings: FleetSettings | None = None,
-           dicom_formats: str | tuple[str, ...] = ("seg",), split: bool = True) -> Batch:
+def submit(
+    study_dir: str | Path,
+    broker: str | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    wait: bool = True,
+    force: bool = False,
+    queue: str | None = None,
+    routes: dict[str, str] | None = None,
+    timeout: float | None = None,
+    progress: bool = False,
+    settings: FleetSettings | None = None,
+    dicom_formats: str | tuple[str, ...] = ("seg",),
+    split: bool = True,
+) -> Batch:
     """Enqueue every study in `study_dir`; with `wait`, collect the results (and write them to `out_dir`).
 
     `queue` sends every study there; `routes` ({"PET": "pet"}) sends a modality's studies to its queue; else
@@ -104,8 +116,13 @@ def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | P
     if not sources:
         raise FileNotFoundError(f"no studies found in {study_dir} ({len(found.skipped)} file(s) skipped)")
     client = client_for(broker, settings)
-    options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}),
-                            dicom_formats=parse_dicom_formats(dicom_formats), split=split)
+    options = SubmitOptions(
+        force=force,
+        queue=queue,
+        routes=dict(routes or {}),
+        dicom_formats=parse_dicom_formats(dicom_formats),
+        split=split,
+    )
     enqueued = client.submit(sources, options, Path(study_dir))
     try:
         batch = _batch(enqueued, out_dir, options.dicom_formats)
@@ -117,9 +134,18 @@ def submit(study_dir: str | Path, broker: str | None = None, *, out_dir: str | P
     return batch
 
 
-def submit_studies(studies: dict[str, Study], broker: str | None = None, *, wait: bool = True, force: bool = False,
-                   queue: str | None = None, routes: dict[str, str] | None = None, timeout: float | None = None,
-                   settings: FleetSettings | None = None, split: bool = True) -> Batch:
+def submit_studies(
+    studies: dict[str, Study],
+    broker: str | None = None,
+    *,
+    wait: bool = True,
+    force: bool = False,
+    queue: str | None = None,
+    routes: dict[str, str] | None = None,
+    timeout: float | None = None,
+    settings: FleetSettings | None = None,
+    split: bool = True,
+) -> Batch:
     """Enqueue studies already in memory ({name: worker.contract.study.Study}); with `wait`, collect their masks
     (`outcome.labels`). No files: for back-ends that hold the arrays. Each study is checked by its worker."""
     client = client_for(broker, settings)
@@ -136,18 +162,31 @@ def status(batch_id: str, broker: str | None = None, *, settings: FleetSettings 
     studies, outcomes = client.ledger.studies(batch_id), client.ledger.outcomes(batch_id)
     running = client.ledger.progress(batch_id)
     rows = [_study_status(name, entry, outcomes.get(name), running.get(name)) for name, entry in studies.items()]
-    return BatchStatus(batch_id, meta["created_at"], bool(meta.get("sealed")), int(meta["total"]),
-                       sorted(rows, key=lambda r: r.name))
+    return BatchStatus(
+        batch_id, meta["created_at"], bool(meta.get("sealed")), int(meta["total"]), sorted(rows, key=lambda r: r.name)
+    )
 
 
-def results(batch_id: str, out_dir: str | Path | None = None, broker: str | None = None, *, wait: bool = True,
-            timeout: float | None = None, progress: bool = False, settings: FleetSettings | None = None) -> Batch:
+def results(
+    batch_id: str,
+    out_dir: str | Path | None = None,
+    broker: str | None = None,
+    *,
+    wait: bool = True,
+    timeout: float | None = None,
+    progress: bool = False,
+    settings: FleetSettings | None = None,
+) -> Batch:
     """Download a batch's results (writing them to `out_dir` if given); with `wait`, until every study is done."""
     client = client_for(broker, settings)
     meta = _meta(client, batch_id)
     manifest = _Manifest(client, batch_id)
-    batch = Batch(batch_id, sorted(manifest.entries), out_dir=Path(out_dir) if out_dir else None,
-                  dicom_formats=parse_dicom_formats(meta.get("dicom_formats") or ("seg",)))
+    batch = Batch(
+        batch_id,
+        sorted(manifest.entries),
+        out_dir=Path(out_dir) if out_dir else None,
+        dicom_formats=parse_dicom_formats(meta.get("dicom_formats") or ("seg",)),
+    )
     if wait:  # a batch still being submitted: follow() reads the full list once the submitter has sealed it
         names = set(manifest.entries) if meta.get("sealed") else None
         _collect(client, batch, names, int(meta["total"]), timeout, progress, manifest)
@@ -187,17 +226,31 @@ def _meta(client: FleetClient, batch_id: str) -> dict:
 
 
 def _batch(enqueued: Enqueued, out_dir, dicom_formats: tuple[str, ...] = ("seg",)) -> Batch:
-    return Batch(enqueued.batch_id, enqueued.names, queued=enqueued.queued, cached=enqueued.cached,
-                 failed_to_submit=enqueued.failed, out_dir=Path(out_dir) if out_dir else None,
-                 dicom_formats=dicom_formats, unserved_queues=enqueued.unserved_queues)
+    return Batch(
+        enqueued.batch_id,
+        enqueued.names,
+        queued=enqueued.queued,
+        cached=enqueued.cached,
+        failed_to_submit=enqueued.failed,
+        out_dir=Path(out_dir) if out_dir else None,
+        dicom_formats=dicom_formats,
+        unserved_queues=enqueued.unserved_queues,
+    )
 
 
-def _collect(client: FleetClient, batch: Batch, names: set[str] | None, total: int, timeout: float | None,
-             progress: bool, manifest: _Manifest | None = None) -> None:
+def _collect(
+    client: FleetClient,
+    batch: Batch,
+    names: set[str] | None,
+    total: int,
+    timeout: float | None,
+    progress: bool,
+    manifest: _Manifest | None = None,
+) -> None:
     from producer.console import BatchProgress
 
     manifest = manifest or _Manifest(client, batch.batch_id)
-    with (BatchProgress(total) if progress else nullcontext()) as bar:
+    with BatchProgress(total) if progress else nullcontext() as bar:
         for kind, item in client.follow(batch.batch_id, names, timeout):
             if kind == "progress" and bar is not None and item[1].total:
                 bar.slices(item[0], item[1].done, item[1].total)
@@ -211,8 +264,14 @@ def _collect(client: FleetClient, batch: Batch, names: set[str] | None, total: i
 def _deliver(client: FleetClient, batch: Batch, manifest: _Manifest, outcome: Outcome) -> StudyOutcome:
     """Download one finished study's mask and write it (if the batch has an output folder)."""
     enqueued_at = manifest.entry(outcome.name).get("enqueued_at", outcome.finished_at)
-    study = StudyOutcome(name=outcome.name, modality=outcome.modality, status=outcome.status, error=outcome.error,
-                         metrics=outcome.metrics.to_dict(), seconds=max(0.0, outcome.finished_at - enqueued_at))
+    study = StudyOutcome(
+        name=outcome.name,
+        modality=outcome.modality,
+        status=outcome.status,
+        error=outcome.error,
+        metrics=outcome.metrics.to_dict(),
+        seconds=max(0.0, outcome.finished_at - enqueued_at),
+    )
     if outcome.ok:
         _download(client, outcome, study)
         study.context = manifest.context(outcome.name)
@@ -273,6 +332,11 @@ def report(batch_id: str, broker: str | None = None, *, settings: FleetSettings 
 
 def _record(outcome: Outcome, entry: dict) -> dict:
     enqueued_at = entry.get("enqueued_at", outcome.finished_at)
-    return {"study": outcome.name, "modality": outcome.modality or entry.get("modality", ""),
-            "status": outcome.status, "error": outcome.error,
-            "seconds": max(0.0, outcome.finished_at - enqueued_at), "metrics": outcome.metrics.to_dict()}
+    return {
+        "study": outcome.name,
+        "modality": outcome.modality or entry.get("modality", ""),
+        "status": outcome.status,
+        "error": outcome.error,
+        "seconds": max(0.0, outcome.finished_at - enqueued_at),
+        "metrics": outcome.metrics.to_dict(),
+    }

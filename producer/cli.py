@@ -1,4 +1,5 @@
 """`producer`: find studies, segment them, write masks and metrics, evaluate."""
+
 from __future__ import annotations
 
 import logging
@@ -18,13 +19,18 @@ SHARED_CASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 def engine_options(command):
     """Options of the in-process engine (the embedded default)."""
     options = [
-        click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Exported models (default: $LITEMEDSAM_MODELS_DIR or ~/.cache/litemedsam-fleet/models)."),
+        click.option(
+            "--models-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Exported models (default: $LITEMEDSAM_MODELS_DIR or ~/.cache/litemedsam-fleet/models).",
+        ),
         click.option("--precision", default="f32", show_default=True, help=PRECISION_HELP),
         click.option("--threads", type=int, default=0, show_default=True, help="OpenVINO threads (0: all cores)."),
         click.option("--cache-mb", type=int, default=2048, show_default=True, help=CACHE_HELP),
-        click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help=ROUTING_HELP),
+        click.option(
+            "--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=ROUTING_HELP
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -37,8 +43,9 @@ def engine_settings(models_dir, precision, threads, cache_mb, routing):
     from worker.contract.settings import EngineConfig
     from worker.engine.engine import EngineSettings
 
-    config = EngineConfig.from_env().with_options(models_dir=models_dir, precision=precision, threads=threads,
-                                                  cache_mb=cache_mb, routing_file=routing)
+    config = EngineConfig.from_env().with_options(
+        models_dir=models_dir, precision=precision, threads=threads, cache_mb=cache_mb, routing_file=routing
+    )
     return EngineSettings.from_config(config)
 
 
@@ -47,8 +54,9 @@ def print_skipped(skipped) -> None:
         console.print(f"[yellow]skipped {note.path}: {note.reason}")
 
 
-def run_embedded(study_dir: Path, out_dir: Path, settings, dicom_formats: tuple[str, ...] = ("seg",)
-                 ) -> list[StudyOutcome]:
+def run_embedded(
+    study_dir: Path, out_dir: Path, settings, dicom_formats: tuple[str, ...] = ("seg",)
+) -> list[StudyOutcome]:
     from producer.embedded import EmbeddedRunner
 
     found = discover(study_dir)
@@ -76,8 +84,9 @@ def run_embedded(study_dir: Path, out_dir: Path, settings, dicom_formats: tuple[
     print_skipped(found.skipped)
     failed = sum(not o.ok for o in outcomes)
     skipped = f", {len(found.skipped)} file(s) skipped (listed above)" if found.skipped else ""
-    console.print(f"{len(outcomes) - failed} ok, {failed} failed{skipped}; masks and {writer.metrics_path.name} "
-                  f"in {out_dir}")
+    console.print(
+        f"{len(outcomes) - failed} ok, {failed} failed{skipped}; masks and {writer.metrics_path.name} in {out_dir}"
+    )
     return outcomes
 
 
@@ -90,13 +99,18 @@ def exit_if_all_failed(outcomes: list[StudyOutcome]) -> None:
 @click.group()
 @click.option("-v", "--verbose", is_flag=True)
 def cli(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def broker_option(command):
-    return click.option("--broker", envvar="LITEMEDSAM_BROKER", default=None,
-                        help="Redis broker of a worker fleet (env LITEMEDSAM_BROKER); none: run in-process.")(command)
+    return click.option(
+        "--broker",
+        envvar="LITEMEDSAM_BROKER",
+        default=None,
+        help="Redis broker of a worker fleet (env LITEMEDSAM_BROKER); none: run in-process.",
+    )(command)
 
 
 def broker_required(broker: str | None) -> str:
@@ -107,34 +121,79 @@ def broker_required(broker: str | None) -> str:
 
 @cli.command()
 @click.argument("study_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
-              show_default=True)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True
+)
 @broker_option
 @click.option("--no-wait", is_flag=True, help="Fleet: enqueue, print the batch id and return.")
 @click.option("--force", is_flag=True, help="Fleet: recompute even when the result is already stored.")
 @click.option("--queue", default=None, help="Fleet: send every study to this queue (default: by modality route).")
-@click.option("--route", "routes", multiple=True, metavar="MODALITY=QUEUE",
-              help="Fleet: send a modality's studies to a queue, e.g. --route PET=pet (repeatable).")
+@click.option(
+    "--route",
+    "routes",
+    multiple=True,
+    metavar="MODALITY=QUEUE",
+    help="Fleet: send a modality's studies to a queue, e.g. --route PET=pet (repeatable).",
+)
 @click.option("--timeout", type=float, default=None, help="Fleet: give up waiting after this many seconds.")
-@click.option("--split", type=click.Choice(["on", "off"]), default="on", show_default=True,
-              help="Fleet: on: a big 3D study may be split across idle workers (README, \"Scaling one study\"); "
-                   "off: every study of this batch runs on one worker.")
-@click.option("--dicom-format", "dicom_format", default="seg", show_default=True, metavar="seg|rtstruct|seg,rtstruct",
-              help="What DICOM studies are written as: a DICOM SEG, an RT Structure Set, or both.")
-@click.option("--dicomweb", default=None, metavar="URL", help="Take the series from this DICOMweb root instead of "
-              "STUDY_DIR (with --study, --series, --prompts).")
+@click.option(
+    "--split",
+    type=click.Choice(["on", "off"]),
+    default="on",
+    show_default=True,
+    help='Fleet: on: a big 3D study may be split across idle workers (README, "Scaling one study"); '
+    "off: every study of this batch runs on one worker.",
+)
+@click.option(
+    "--dicom-format",
+    "dicom_format",
+    default="seg",
+    show_default=True,
+    metavar="seg|rtstruct|seg,rtstruct",
+    help="What DICOM studies are written as: a DICOM SEG, an RT Structure Set, or both.",
+)
+@click.option(
+    "--dicomweb",
+    default=None,
+    metavar="URL",
+    help="Take the series from this DICOMweb root instead of STUDY_DIR (with --study, --series, --prompts).",
+)
 @click.option("--study", "study_uid", default=None, help="DICOMweb: StudyInstanceUID.")
 @click.option("--series", "series_uid", default=None, help="DICOMweb: SeriesInstanceUID.")
-@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="DICOMweb: the series' prompts.json.")
+@click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="DICOMweb: the series' prompts.json.",
+)
 @click.option("--stow", is_flag=True, help="DICOMweb: store the SEG back into the source study (STOW-RS).")
-@click.option("--dicomweb-credentials", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help='DICOMweb: JSON {"<root>": {"username": .., "password": ..} or {"token": ..}}.')
+@click.option(
+    "--dicomweb-credentials",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='DICOMweb: JSON {"<root>": {"username": .., "password": ..} or {"token": ..}}.',
+)
 @engine_options
-def submit(study_dir: Path | None, out_dir: Path, broker: str | None, no_wait: bool, force: bool, queue: str | None,
-           routes: tuple[str, ...], timeout: float | None, split: str, dicom_format: str, dicomweb: str | None,
-           study_uid: str | None, series_uid: str | None, prompts_file: Path | None, stow: bool,
-           dicomweb_credentials: Path | None, **engine) -> None:
+def submit(
+    study_dir: Path | None,
+    out_dir: Path,
+    broker: str | None,
+    no_wait: bool,
+    force: bool,
+    queue: str | None,
+    routes: tuple[str, ...],
+    timeout: float | None,
+    split: str,
+    dicom_format: str,
+    dicomweb: str | None,
+    study_uid: str | None,
+    series_uid: str | None,
+    prompts_file: Path | None,
+    stow: bool,
+    dicomweb_credentials: Path | None,
+    **engine,
+) -> None:
     """Segment every study in STUDY_DIR (or one DICOMweb series) and write OUT/<study>.* plus OUT/metrics.jsonl.
 
     Without a broker the studies run in this process; with one they go to the fleet's workers.
@@ -147,12 +206,14 @@ def submit(study_dir: Path | None, out_dir: Path, broker: str | None, no_wait: b
         raise click.BadParameter(str(error), param_hint="--dicom-format") from None
 
     def run(folder: Path) -> list[StudyOutcome]:
-        return _submit(folder, out_dir, broker, no_wait, force, queue, routes, timeout, engine, dicom_formats,
-                       split == "on")
+        return _submit(
+            folder, out_dir, broker, no_wait, force, queue, routes, timeout, engine, dicom_formats, split == "on"
+        )
 
     if dicomweb:
-        _submit_dicomweb(dicomweb, study_uid, series_uid, prompts_file, stow, dicomweb_credentials, study_dir,
-                         no_wait, run, out_dir)
+        _submit_dicomweb(
+            dicomweb, study_uid, series_uid, prompts_file, stow, dicomweb_credentials, study_dir, no_wait, run, out_dir
+        )
         return
     if study_dir is None:
         raise click.UsageError("give STUDY_DIR, or --dicomweb URL --study UID --series UID --prompts FILE")
@@ -161,21 +222,34 @@ def submit(study_dir: Path | None, out_dir: Path, broker: str | None, no_wait: b
     exit_if_all_failed(run(study_dir))
 
 
-def _submit(study_dir, out_dir, broker, no_wait, force, queue, routes, timeout, engine,
-            dicom_formats, split: bool = True) -> list[StudyOutcome]:
+def _submit(
+    study_dir, out_dir, broker, no_wait, force, queue, routes, timeout, engine, dicom_formats, split: bool = True
+) -> list[StudyOutcome]:
     if broker:
         from producer.fleet_cli import submit_to_fleet
 
-        return submit_to_fleet(study_dir, out_dir, broker, wait=not no_wait, force=force, queue=queue,
-                               routes=routes, timeout=timeout, dicom_formats=dicom_formats, split=split)
+        return submit_to_fleet(
+            study_dir,
+            out_dir,
+            broker,
+            wait=not no_wait,
+            force=force,
+            queue=queue,
+            routes=routes,
+            timeout=timeout,
+            dicom_formats=dicom_formats,
+            split=split,
+        )
     if no_wait or force or queue or routes:
-        raise click.UsageError("--no-wait, --force, --queue and --route need a fleet: give --broker or set "
-                               "LITEMEDSAM_BROKER")
+        raise click.UsageError(
+            "--no-wait, --force, --queue and --route need a fleet: give --broker or set LITEMEDSAM_BROKER"
+        )
     return run_embedded(study_dir, out_dir, engine_settings(**engine), dicom_formats)
 
 
-def _submit_dicomweb(root, study_uid, series_uid, prompts_file, stow, credentials_file, study_dir, no_wait, run,
-                     out_dir) -> None:
+def _submit_dicomweb(
+    root, study_uid, series_uid, prompts_file, stow, credentials_file, study_dir, no_wait, run, out_dir
+) -> None:
     import tempfile
 
     if study_dir is not None or no_wait:
@@ -186,8 +260,9 @@ def _submit_dicomweb(root, study_uid, series_uid, prompts_file, stow, credential
         from producer.gateway.dicomweb import DicomwebError
         from producer.gateway.series_source import fetch_series_folder, servers, stow_results
     except ImportError as error:
-        raise click.ClickException(f"--dicomweb needs the gateway extra: pip install -e '.[gateway]' ({error})") \
-            from error
+        raise click.ClickException(
+            f"--dicomweb needs the gateway extra: pip install -e '.[gateway]' ({error})"
+        ) from error
     from worker.contract.study import StudyError
 
     try:
@@ -217,8 +292,9 @@ def status(batch_id: str, broker: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("batch_id")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
-              show_default=True)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True
+)
 @broker_option
 @click.option("--no-wait", is_flag=True, help="Write what is finished now instead of waiting for the rest.")
 @click.option("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
@@ -242,8 +318,13 @@ def report(batch: str, broker: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-results"),
-              show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-results"),
+    show_default=True,
+)
 @engine_options
 def demo(out_dir: Path, **engine) -> None:
     """Segment the developer cases (../shared/data/cases) if present, else generated phantoms, and score them."""
@@ -266,8 +347,9 @@ def _register_optional_commands() -> None:
     cli.add_command(serve_command)
 
 
-@click.command("serve", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-               add_help_option=False)
+@click.command(
+    "serve", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False
+)
 @click.pass_context
 def serve_command(ctx: click.Context) -> None:
     """Serve the hospital gateway (HTTP jobs, DICOMweb in and out); `producer serve --help` for its options."""

@@ -1,4 +1,5 @@
 """What the person at the terminal sees: a progress bar per batch and per running study, and a summary table."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -17,8 +18,12 @@ class BatchProgress:
 
     def __init__(self, total_studies: int):
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         )
         self._batch = self._progress.add_task("studies", total=total_studies)
         self._current: dict[str, int] = {}
@@ -52,9 +57,15 @@ def summary_table(outcomes: Iterable[StudyOutcome]) -> Table:
     for o in outcomes:
         prov, counts, times = (o.metrics.get(k, {}) for k in ("provenance", "counts", "times"))
         table.add_row(
-            o.name, o.modality, prov.get("strategy", "-"), prov.get("model", "-"), str(counts.get("boxes", "-")),
-            str(counts.get("slices_encoded", "-")), f"{times['total']:.2f}" if "total" in times else "-",
-            f"{o.seconds:.2f}", "ok" if o.ok else f"[red]error: {o.error}",
+            o.name,
+            o.modality,
+            prov.get("strategy", "-"),
+            prov.get("model", "-"),
+            str(counts.get("boxes", "-")),
+            str(counts.get("slices_encoded", "-")),
+            f"{times['total']:.2f}" if "total" in times else "-",
+            f"{o.seconds:.2f}",
+            "ok" if o.ok else f"[red]error: {o.error}",
         )
     return table
 

@@ -13,6 +13,7 @@ wide / tall crops of the 2D cases. Everything is deterministic (no randomness), 
 Per derived case, labels keep only structures with at least MIN_PIXELS_2D pixels (MIN_VOXELS_3D voxels) inside,
 renumbered 1..n in their original order; boxes are their tight inclusive boxes, as in the dev cases.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,13 @@ def _case(name: str, imgs: np.ndarray, gts: np.ndarray, spacing, min_size: int) 
     labels = keep_labels(gts, min_size)
     if not labels.any():
         return None
-    return DerivedCase(name, np.ascontiguousarray(imgs), tight_boxes(labels), labels,
-                       None if spacing is None else np.asarray(spacing, dtype=np.float64))
+    return DerivedCase(
+        name,
+        np.ascontiguousarray(imgs),
+        tight_boxes(labels),
+        labels,
+        None if spacing is None else np.asarray(spacing, dtype=np.float64),
+    )
 
 
 def _z_range(gts: np.ndarray) -> tuple[int, int]:
@@ -70,8 +76,9 @@ def from_volume(stem: str, imgs: np.ndarray, gts: np.ndarray, spacing) -> list[D
     for fraction in SLICE_FRACTIONS:
         z = int(round(lo + fraction * (hi - lo)))
         grey = imgs[z]
-        cases.append(_case(f"2DBox_{stem}-z{z:03d}", np.repeat(grey[:, :, None], 3, axis=-1), gts[z], None,
-                           MIN_PIXELS_2D))
+        cases.append(
+            _case(f"2DBox_{stem}-z{z:03d}", np.repeat(grey[:, :, None], 3, axis=-1), gts[z], None, MIN_PIXELS_2D)
+        )
     depth = min(max(imgs.shape[0] // 2, 8), 24, imgs.shape[0])
     starts = sorted({lo, max(0, (lo + hi + 1 - depth) // 2), max(0, hi + 1 - depth)})
     starts = [min(start, imgs.shape[0] - depth) for start in starts]
@@ -81,8 +88,7 @@ def from_volume(stem: str, imgs: np.ndarray, gts: np.ndarray, spacing) -> list[D
     centre = slice(starts[len(starts) // 2], starts[len(starts) // 2] + depth)
     h, w = imgs.shape[1:]
     rows, cols = slice(h // 8, h - h // 8), slice(w // 8, w - w // 8)
-    cases.append(_case(f"3DBox_{stem}-crop", imgs[centre, rows, cols], gts[centre, rows, cols], spacing,
-                       MIN_VOXELS_3D))
+    cases.append(_case(f"3DBox_{stem}-crop", imgs[centre, rows, cols], gts[centre, rows, cols], spacing, MIN_VOXELS_3D))
     return [case for case in cases if case is not None]
 
 
@@ -95,8 +101,10 @@ def from_image(stem: str, imgs: np.ndarray, gts: np.ndarray) -> list[DerivedCase
         "left": (slice(0, h), slice(0, w - w // 3)),
         "right": (slice(0, h), slice(w // 3, w)),
     }
-    cases = [_case(f"2DBox_{stem}-{name}", imgs[rows, cols], gts[rows, cols], None, MIN_PIXELS_2D)
-             for name, (rows, cols) in crops.items()]
+    cases = [
+        _case(f"2DBox_{stem}-{name}", imgs[rows, cols], gts[rows, cols], None, MIN_PIXELS_2D)
+        for name, (rows, cols) in crops.items()
+    ]
     return [case for case in cases if case is not None]
 
 

@@ -17,6 +17,7 @@ searched folder with "/" -> "_" (the NIfTI file without suffix; the DICOM series
 `_<Modality><SeriesNumber>` when the folder holds several studies, plus `_<n>` for the n-th separate 2D image of
 a series); a clash gets a short hash of the UID or path appended.
 """
+
 from __future__ import annotations
 
 import hashlib

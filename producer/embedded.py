@@ -1,4 +1,5 @@
 """The embedded default: run every study in this process with the same engine the fleet workers run."""
+
 from __future__ import annotations
 
 import logging
@@ -25,12 +26,17 @@ class EmbeddedRunner:
         try:
             study, context = load_study_and_context(source)
         except StudyError as error:
-            return StudyOutcome(name=source.name, status="error", error=str(error),
-                                seconds=time.perf_counter() - started)
+            return StudyOutcome(
+                name=source.name, status="error", error=str(error), seconds=time.perf_counter() - started
+            )
         except Exception as error:  # one study's failure must not stop the batch
             log.exception("study %s failed", source.name)
-            return StudyOutcome(name=source.name, status="error", seconds=time.perf_counter() - started,
-                                error=f"internal error: {type(error).__name__}: {error}")
+            return StudyOutcome(
+                name=source.name,
+                status="error",
+                seconds=time.perf_counter() - started,
+                error=f"internal error: {type(error).__name__}: {error}",
+            )
         outcome = self.run_study(source.name, study, on_slices)
         outcome.context, outcome.notes = context, list(context.notes)
         outcome.seconds = time.perf_counter() - started

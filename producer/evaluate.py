@@ -9,6 +9,7 @@ Per case:
   a true 2D contour, 2DBox_CT_amos000475 would get NSD 0.71 instead of the 0.93 the official evaluation gives.)
 Leaderboard: the mean of the per-modality means (modality = second underscore token of the file name).
 """
+
 from __future__ import annotations
 
 import csv

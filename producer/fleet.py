@@ -3,6 +3,7 @@
 The producer has no models. It reads the engine identity the workers of a queue published, computes each
 study's content-addressed result key, and skips studies whose result is already stored (unless forced).
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,8 +99,9 @@ class FleetClient:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self.redis = redis_client(settings.broker_url)
-        self.store = open_store(settings.store, settings.namespace,
-                                self.redis if settings.store == settings.broker_url else None)
+        self.store = open_store(
+            settings.store, settings.namespace, self.redis if settings.store == settings.broker_url else None
+        )
         self.ledger = BatchLedger(self.redis, self.keys, settings.batch_ttl)
         self.directory = IdentityDirectory(self.redis, self.keys)
         self._sender: TaskSender | None = None
@@ -131,17 +133,28 @@ class FleetClient:
         """A batch of studies already in memory (a hospital back-end's arrays), by name (a plain file name)."""
         for name in studies:
             check_study_name(name)
-        items = [(name, lambda batch_id, n=name, s=study: self.submit_study(batch_id, n, s, options))
-                 for name, study in studies.items()]
+        items = [
+            (name, lambda batch_id, n=name, s=study: self.submit_study(batch_id, n, s, options))
+            for name, study in studies.items()
+        ]
         return self._submit_batch(items, options, "")
 
-    def _submit_batch(self, items: list[tuple[str, Callable[[str], str]]], options: SubmitOptions,
-                      study_dir: str) -> Enqueued:
+    def _submit_batch(
+        self, items: list[tuple[str, Callable[[str], str]]], options: SubmitOptions, study_dir: str
+    ) -> Enqueued:
         batch = Enqueued(new_batch_id())
-        meta = {"batch_id": batch.batch_id, "created_at": time.time(), "study_dir": study_dir,
-                "total": len(items), "sealed": False, "force": options.force, "queue": options.queue or "",
-                "producer": socket.gethostname(), "dicom_formats": list(options.dicom_formats),
-                "split": options.split}
+        meta = {
+            "batch_id": batch.batch_id,
+            "created_at": time.time(),
+            "study_dir": study_dir,
+            "total": len(items),
+            "sealed": False,
+            "force": options.force,
+            "queue": options.queue or "",
+            "producer": socket.gethostname(),
+            "dicom_formats": list(options.dicom_formats),
+            "split": options.split,
+        }
         self.ledger.write_meta(batch.batch_id, meta)
         try:
             for name, submit_one in items:
@@ -159,11 +172,19 @@ class FleetClient:
         """Seal what was enqueued, so `producer results` can still finish the batch; a study caught half-way
         gets an error outcome (resubmitting the folder reuses every stored result)."""
         for name in set(self.ledger.studies(batch.batch_id)) - set(batch.names):
-            self.ledger.record(batch.batch_id, Outcome(name=name, status="error", error="submission interrupted "
-                                                       "while this study was being enqueued: submit it again"))
+            self.ledger.record(
+                batch.batch_id,
+                Outcome(
+                    name=name,
+                    status="error",
+                    error="submission interrupted while this study was being enqueued: submit it again",
+                ),
+            )
             batch.names.append(name)
-        self.ledger.write_meta(batch.batch_id, {**meta, "sealed": True, "interrupted": True,
-                                                "total": len(batch.names), "submitted_at": time.time()})
+        self.ledger.write_meta(
+            batch.batch_id,
+            {**meta, "sealed": True, "interrupted": True, "total": len(batch.names), "submitted_at": time.time()},
+        )
 
     def _submit_one(self, batch_id: str, source: StudySource, options: SubmitOptions) -> str:
         entry: dict[str, Any] = {"source": source_to_json(source), "enqueued_at": time.time()}
@@ -177,8 +198,9 @@ class FleetClient:
             return self._fail(batch_id, source.name, entry, f"cannot load: {type(error).__name__}: {error}")
         return self.submit_study(batch_id, source.name, study, options, entry)
 
-    def submit_study(self, batch_id: str, name: str, study: Study, options: SubmitOptions,
-                     entry: dict[str, Any] | None = None) -> str:
+    def submit_study(
+        self, batch_id: str, name: str, study: Study, options: SubmitOptions, entry: dict[str, Any] | None = None
+    ) -> str:
         """Enqueue one loaded study into a batch (or record its stored result); "queued", "cached" or "failed".
         The study is checked by the worker that runs it, not here."""
         entry = dict(entry or {"enqueued_at": time.time()})
@@ -193,8 +215,13 @@ class FleetClient:
         except Exception as error:  # one study that cannot even be staged must not stop the batch
             log.exception("cannot enqueue %s", name)
             return self._fail(batch_id, name, entry, f"cannot enqueue: {type(error).__name__}: {error}")
-        entry.update(modality=message.modality, image_digest=message.image_digest, queue=message.queue,
-                     result_key=staged.result_key, enqueued_at=message.enqueued_at)
+        entry.update(
+            modality=message.modality,
+            image_digest=message.image_digest,
+            queue=message.queue,
+            result_key=staged.result_key,
+            enqueued_at=message.enqueued_at,
+        )
         if cached:
             self.ledger.add_study(batch_id, name, entry)
             self.ledger.record(batch_id, cached_outcome(message, staged.result_key))
@@ -226,13 +253,24 @@ class FleetClient:
             except (LookupError, ValueError) as error:
                 log.info("%s: no result key (%s); the worker will say what is wrong", name, error)
         message = TaskMessage.create(
-            batch_id=batch_id, name=name, study_id=study.study_id, modality=study.modality, image_digest=digest,
-            image_shape=tuple(study.image.shape), boxes=study.boxes.tolist(), boxes_dtype=study.boxes.dtype.str,
-            boxes_shape=tuple(study.boxes.shape), spacing=study.spacing, force=options.force,
-            queue=queue, enqueued_at=time.time(), split=options.split,
+            batch_id=batch_id,
+            name=name,
+            study_id=study.study_id,
+            modality=study.modality,
+            image_digest=digest,
+            image_shape=tuple(study.image.shape),
+            boxes=study.boxes.tolist(),
+            boxes_dtype=study.boxes.dtype.str,
+            boxes_shape=tuple(study.boxes.shape),
+            spacing=study.spacing,
+            force=options.force,
+            queue=queue,
+            enqueued_at=time.time(),
+            split=options.split,
         )
-        return Staged(message, key, self.settings.budget.limits(*study_work(study, known_route(identity,
-                                                                                                study.modality))))
+        return Staged(
+            message, key, self.settings.budget.limits(*study_work(study, known_route(identity, study.modality)))
+        )
 
     def upload(self, digest: str, study: Study) -> float:
         """Put the image in the store unless it is there already; seconds spent."""
@@ -243,8 +281,12 @@ class FleetClient:
         return time.perf_counter() - started
 
     # following a batch ------------------------------------------------------------------------------------
-    def follow(self, batch_id: str, names: set[str] | None = None, timeout: float | None = None,
-               ) -> Iterator[tuple[str, Outcome | Progress]]:
+    def follow(
+        self,
+        batch_id: str,
+        names: set[str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[tuple[str, Outcome | Progress]]:
         """Yield ("done", Outcome) once per finished study and ("progress", Progress-with-name) as studies run,
         until every study of the batch has an outcome (or `timeout` seconds pass: TimeoutError)."""
         deadline = time.monotonic() + timeout if timeout else None
@@ -302,7 +344,17 @@ class FleetClient:
 
 def cached_outcome(message: TaskMessage, result_key: str) -> Outcome:
     """The producer found the result stored: no task; the full metrics come with the result blob."""
-    extra = MetricsExtra(cached=True, cache_hit_by="producer", result_key=result_key, queue_wait=0.0,
-                         transfer=Transfer(upload=message.upload_seconds))
-    return Outcome(name=message.name, status="ok", modality=message.modality, result_key=result_key,
-                   metrics=StudyMetrics(extra=extra))
+    extra = MetricsExtra(
+        cached=True,
+        cache_hit_by="producer",
+        result_key=result_key,
+        queue_wait=0.0,
+        transfer=Transfer(upload=message.upload_seconds),
+    )
+    return Outcome(
+        name=message.name,
+        status="ok",
+        modality=message.modality,
+        result_key=result_key,
+        metrics=StudyMetrics(extra=extra),
+    )

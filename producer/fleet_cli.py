@@ -3,6 +3,7 @@
 Messages and tables go to stderr (producer.console); `submit --no-wait` prints only the batch id on stdout,
 so `BATCH=$(producer submit DIR --no-wait)` works.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,15 +34,33 @@ def _summary(batch: api.Batch, out_dir: Path | None) -> None:
     console.print(f"batch {batch.batch_id}: {batch.ok} ok ({cached} from the store), {batch.failed} failed{where}")
 
 
-def submit_to_fleet(study_dir: Path, out_dir: Path, broker: str, *, wait: bool, force: bool, queue: str | None,
-                    routes: tuple[str, ...], timeout: float | None,
-                    dicom_formats: tuple[str, ...] = ("seg",), split: bool = True) -> list[StudyOutcome]:
+def submit_to_fleet(
+    study_dir: Path,
+    out_dir: Path,
+    broker: str,
+    *,
+    wait: bool,
+    force: bool,
+    queue: str | None,
+    routes: tuple[str, ...],
+    timeout: float | None,
+    dicom_formats: tuple[str, ...] = ("seg",),
+    split: bool = True,
+) -> list[StudyOutcome]:
     from worker.contract.settings import parse_routes
 
     try:
         routing = parse_routes(",".join(routes))
-        batch = api.submit(study_dir, broker, wait=False, force=force, queue=queue, routes=routing,
-                           dicom_formats=dicom_formats, split=split)
+        batch = api.submit(
+            study_dir,
+            broker,
+            wait=False,
+            force=force,
+            queue=queue,
+            routes=routing,
+            dicom_formats=dicom_formats,
+            split=split,
+        )
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--route") from None
     except FileNotFoundError as error:
@@ -59,31 +78,42 @@ def submit_to_fleet(study_dir: Path, out_dir: Path, broker: str, *, wait: bool, 
 
 def _announce(batch: api.Batch, wait: bool) -> None:
     _print_skipped(batch)
-    console.print(f"batch {batch.batch_id}: {batch.queued} queued, {batch.cached} already stored, "
-                  f"{batch.failed_to_submit} could not be submitted")
+    console.print(
+        f"batch {batch.batch_id}: {batch.queued} queued, {batch.cached} already stored, "
+        f"{batch.failed_to_submit} could not be submitted"
+    )
     for queue in sorted(batch.unserved_queues):
-        console.print(f"[yellow]no worker has announced itself on queue {queue!r} of this broker yet: its studies "
-                      "wait until one starts (worker start --queues ...)")
+        console.print(
+            f"[yellow]no worker has announced itself on queue {queue!r} of this broker yet: its studies "
+            "wait until one starts (worker start --queues ...)"
+        )
     if not wait:
         click.echo(batch.batch_id)
-        console.print(f"follow it with: producer status {batch.batch_id}; "
-                      f"collect it with: producer results {batch.batch_id} --out DIR")
+        console.print(
+            f"follow it with: producer status {batch.batch_id}; "
+            f"collect it with: producer results {batch.batch_id} --out DIR"
+        )
 
 
 def _interrupted(batch_id: str, enqueued: int | None = None) -> NoReturn:
     """Ctrl-C: the batch goes on in the fleet; say how to collect it (and, if cut short, what is missing)."""
     if enqueued is None:
-        console.print(f"interrupted: batch {batch_id} goes on in the fleet; collect it with: "
-                      f"producer results {batch_id} --out DIR")
+        console.print(
+            f"interrupted: batch {batch_id} goes on in the fleet; collect it with: "
+            f"producer results {batch_id} --out DIR"
+        )
     else:
-        console.print(f"interrupted while enqueuing: batch {batch_id} holds the {enqueued} studies enqueued so far "
-                      f"(collect them with: producer results {batch_id} --out DIR); submit the folder again for "
-                      "the rest (stored results are reused)")
+        console.print(
+            f"interrupted while enqueuing: batch {batch_id} holds the {enqueued} studies enqueued so far "
+            f"(collect them with: producer results {batch_id} --out DIR); submit the folder again for "
+            "the rest (stored results are reused)"
+        )
     raise SystemExit(130)
 
 
-def fetch_results(batch_id: str, out_dir: Path, broker: str, *, wait: bool, timeout: float | None
-                  ) -> list[StudyOutcome]:
+def fetch_results(
+    batch_id: str, out_dir: Path, broker: str, *, wait: bool, timeout: float | None
+) -> list[StudyOutcome]:
     try:
         batch = api.results(batch_id, out_dir, broker, wait=wait, timeout=timeout, progress=True)
     except api.UnknownBatch as error:
@@ -121,8 +151,7 @@ def status_table(state: api.BatchStatus) -> Table:
         slices = f"{row.done}/{row.total}" if row.state == "running" and row.total else ""
         note = row.error if row.state == "error" else ("from the store" if row.cached else "")
         style = {"error": "red", "ok": "green", "running": "cyan"}.get(row.state, "")
-        table.add_row(row.name, row.modality, f"[{style}]{row.state}" if style else row.state, slices, row.node,
-                      note)
+        table.add_row(row.name, row.modality, f"[{style}]{row.state}" if style else row.state, slices, row.node, note)
     return table
 
 

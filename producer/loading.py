@@ -5,6 +5,7 @@ NIfTI read the prompts sidecar first (cheap, and a missing one fails before any 
 (DICOM headers are read once: the same layout gives the volume and the writers' DicomReference), then
 producer.formats.hospital builds the 8-bit Study.
 """
+
 from __future__ import annotations
 
 from producer.formats.base import StudySource

@@ -1,4 +1,5 @@
 """What the producer records for each study, however it was run (in-process or by the fleet)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

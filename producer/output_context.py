@@ -10,6 +10,7 @@ RTSTRUCT or NIfTI from any folder or machine with the sources gone. It holds:
   fallback label map (RAS affine from the series' LPS geometry);
 - `notes`: what discovery and the readers decided that the user should know (grouping, derived UIDs, ...).
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,18 +37,31 @@ class OutputContext:
     notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "segment_labels": list(self.segment_labels),
-                "dicom": self.dicom.to_json() if self.dicom else None,
-                "nifti": vars(self.nifti) if self.nifti else None, "notes": list(self.notes)}
+        return {
+            "kind": self.kind,
+            "segment_labels": list(self.segment_labels),
+            "dicom": self.dicom.to_json() if self.dicom else None,
+            "nifti": vars(self.nifti) if self.nifti else None,
+            "notes": list(self.notes),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OutputContext:
         nifti = data.get("nifti")
-        return cls(data["kind"], tuple(data.get("segment_labels", ())),
-                   DicomReference.from_json(data["dicom"]) if data.get("dicom") else None,
-                   NiftiReference(nifti["header"], tuple(tuple(row) for row in nifti["affine"]),
-                                  tuple(nifti["shape"]), int(nifti.get("version", 1))) if nifti else None,
-                   tuple(data.get("notes", ())))
+        return cls(
+            data["kind"],
+            tuple(data.get("segment_labels", ())),
+            DicomReference.from_json(data["dicom"]) if data.get("dicom") else None,
+            NiftiReference(
+                nifti["header"],
+                tuple(tuple(row) for row in nifti["affine"]),
+                tuple(nifti["shape"]),
+                int(nifti.get("version", 1)),
+            )
+            if nifti
+            else None,
+            tuple(data.get("notes", ())),
+        )
 
 
 def _grid_of(geometry: Geometry | None, depth: int, rows: int, columns: int) -> NiftiReference | None:
@@ -66,8 +80,10 @@ def dicom_context(layout: SeriesLayout, segment_labels, discovery_notes=()) -> O
         notes += reference.notes
     except Exception as error:  # malformed header values pydicom cannot convert: the label map still gets written
         log.warning("cannot keep the DICOM headers for the SEG: %s", error, exc_info=True)
-        notes.append("the source's DICOM headers hold values that cannot be copied into a DICOM SEG or RTSTRUCT "
-                     "(malformed attributes)")
+        notes.append(
+            "the source's DICOM headers hold values that cannot be copied into a DICOM SEG or RTSTRUCT "
+            "(malformed attributes)"
+        )
     header = layout.headers[0]
     grid = _grid_of(layout.geometry, len(layout.slices), int(header.Rows), int(header.Columns))
     return OutputContext("dicom", tuple(segment_labels), reference, grid, tuple(notes))

@@ -14,6 +14,7 @@ label map is written instead (`<study>.labels.nii.gz` on the series' grid when i
 `<study>.labels.npz`) and the study's notes say why; the study stays ok. Labels that do not fit the study (more
 labels than boxes, a wrong shape) and names that would leave the output folder are errors of that study alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ from producer.formats.registry import FORMATS, format_of
 from producer.outcome import StudyOutcome
 from worker.contract.study import StudyError
 
-__all__ = ["DICOM_FORMATS", "METRICS_FILE", "SUFFIXES", "OutputWriter", "check_study_name", "output_path",
-           "parse_dicom_formats"]
+__all__ = [
+    "DICOM_FORMATS",
+    "METRICS_FILE",
+    "SUFFIXES",
+    "OutputWriter",
+    "check_study_name",
+    "output_path",
+    "parse_dicom_formats",
+]
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -67,7 +75,9 @@ class OutputWriter:
                 outcome.status, outcome.error = "error", f"writing {target} failed: {error}"
             except Exception as error:  # one study's output failing must not stop the batch
                 log.exception("writing %s failed", target)
-                outcome.status, outcome.error = "error", (f"writing {target} failed: an internal error "
-                                                          f"({type(error).__name__}; details in the log)")
+                outcome.status, outcome.error = (
+                    "error",
+                    (f"writing {target} failed: an internal error ({type(error).__name__}; details in the log)"),
+                )
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(outcome.record()) + "\n")

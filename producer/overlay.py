@@ -11,6 +11,7 @@ blue where only the ground truth is. Background pixels show the image unchanged.
 the prediction); choose others with --slice. Files: OUT/<case>.png (2D) or OUT/<case>_z<index>.png (3D).
 PNGs are written with matplotlib (imported only when overlays are made).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,11 +22,31 @@ import numpy as np
 from producer.evaluate import load_array
 from worker.contract.files import atomic_path
 
-PALETTE = np.array([
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
-], dtype=np.uint8)
+PALETTE = np.array(
+    [
+        (0, 0, 0),
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+        (0, 128, 128),
+        (220, 190, 255),
+        (170, 110, 40),
+        (255, 250, 200),
+        (128, 0, 0),
+        (170, 255, 195),
+        (128, 128, 0),
+        (255, 215, 180),
+        (0, 0, 128),
+    ],
+    dtype=np.uint8,
+)
 AGREE, PRED_ONLY, GT_ONLY = (0, 200, 0), (230, 0, 0), (0, 90, 255)
 
 
@@ -99,8 +120,14 @@ def _load(path: Path, key: str) -> np.ndarray:
         raise click.ClickException(str(error)) from error
 
 
-def overlay_case(image_path: Path, segs_path: Path, gt_path: Path | None, out_dir: Path,
-                 slices: list[int] | None = None, alpha: float = 0.5) -> list[Path]:
+def overlay_case(
+    image_path: Path,
+    segs_path: Path,
+    gt_path: Path | None,
+    out_dir: Path,
+    slices: list[int] | None = None,
+    alpha: float = 0.5,
+) -> list[Path]:
     """Write the overlay PNG(s) of one case; returns their paths."""
     image, pred = _load(image_path, "imgs"), _load(segs_path, "segs")
     gt = _load(gt_path, "gts") if gt_path is not None else None
@@ -135,8 +162,15 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--case", "cases", multiple=True, help="Case name (file stem); repeatable. Default: every segs file.")
 @click.option("--slice", "slices", type=int, multiple=True, help="Axial slice index for 3D cases; repeatable.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Label opacity.")
-def overlay_command(imgs_dir: Path, segs_dir: Path, gts_dir: Path | None, out_dir: Path, cases: tuple[str, ...],
-                    slices: tuple[int, ...], alpha: float) -> None:
+def overlay_command(
+    imgs_dir: Path,
+    segs_dir: Path,
+    gts_dir: Path | None,
+    out_dir: Path,
+    cases: tuple[str, ...],
+    slices: tuple[int, ...],
+    alpha: float,
+) -> None:
     """Write PNG overlays of predicted (and ground-truth) masks for visual QA."""
     names = list(cases) or sorted(p.stem for p in segs_dir.glob("*.npz"))
     if not names:

@@ -12,6 +12,7 @@ Images are blurred label maps plus mild noise (smooth edges, strong contrast); g
 map, label k+1 for box k; boxes are the tight boxes of the labels (2D: plus a small margin, clipped).
 Files are written with fixed zip timestamps, so every run produces identical bytes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ Input is a list of study records shaped like StudyOutcome.record() (a fleet batc
 of a metrics.jsonl from any run). Studies served from the content-addressed store are counted but left out of
 the stage statistics: their timings belong to the run that computed them.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,12 @@ class BatchReport:
         return slices / self.span_seconds if self.span_seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "computed": self.computed, "throughput": self.throughput,
-                "slices_per_second": self.slices_per_second}
+        return {
+            **asdict(self),
+            "computed": self.computed,
+            "throughput": self.throughput,
+            "slices_per_second": self.slices_per_second,
+        }
 
 
 def _extra(record: dict[str, Any]) -> MetricsExtra:
@@ -84,14 +89,18 @@ def stage_times(record: dict[str, Any]) -> dict[str, float]:
     found.update(extra.transfer.model_dump(exclude_none=True) if extra.transfer else {})
     found["queue_wait"] = extra.queue_wait
     found["wall"] = record.get("seconds")
-    return {s: float(found[s]) for s in STAGES if isinstance(found.get(s), (int, float)) and
-            (s not in ("vote", "write") or found[s] > 0)}
+    return {
+        s: float(found[s])
+        for s in STAGES
+        if isinstance(found.get(s), (int, float)) and (s not in ("vote", "write") or found[s] > 0)
+    }
 
 
 def _stats(modality: str, stage: str, values: list[float]) -> StageStats:
     arr = np.asarray(values, dtype=np.float64)
-    return StageStats(modality, stage, len(arr), float(arr.mean()), float(np.percentile(arr, 50)),
-                      float(np.percentile(arr, 95)))
+    return StageStats(
+        modality, stage, len(arr), float(arr.mean()), float(np.percentile(arr, 50)), float(np.percentile(arr, 95))
+    )
 
 
 def summarise(records: Iterable[dict[str, Any]], span_seconds: float | None = None) -> BatchReport:
@@ -117,8 +126,15 @@ def summarise(records: Iterable[dict[str, Any]], span_seconds: float | None = No
     order = {s: i for i, s in enumerate(STAGES)}
     stages.sort(key=lambda st: (st.modality != "all", st.modality, order[st.stage]))
     rows = sorted(counts.values(), key=lambda r: r.modality)
-    return BatchReport(len(records), sum(r.ok for r in rows), sum(r.failed for r in rows),
-                       sum(r.cached for r in rows), span_seconds, rows, stages)
+    return BatchReport(
+        len(records),
+        sum(r.ok for r in rows),
+        sum(r.failed for r in rows),
+        sum(r.cached for r in rows),
+        span_seconds,
+        rows,
+        stages,
+    )
 
 
 def read_metrics_file(path: Path) -> list[dict[str, Any]]:
@@ -132,14 +148,17 @@ def read_metrics_file(path: Path) -> list[dict[str, Any]]:
 
 
 def report_tables(report: BatchReport, title: str) -> list[Table]:
-    head = Table(title=f"{title}: {report.studies} studies, {report.ok} ok ({report.cached} from the store), "
-                       f"{report.failed} failed; {report.throughput:.3f} computed studies/s, "
-                       f"{report.slices_per_second:.2f} slices/s over {report.span_seconds:.1f} s")
+    head = Table(
+        title=f"{title}: {report.studies} studies, {report.ok} ok ({report.cached} from the store), "
+        f"{report.failed} failed; {report.throughput:.3f} computed studies/s, "
+        f"{report.slices_per_second:.2f} slices/s over {report.span_seconds:.1f} s"
+    )
     for column in ("modality", "studies", "ok", "cached", "failed", "slices encoded"):
         head.add_column(column, justify="left" if column == "modality" else "right")
     for row in report.modalities:
-        head.add_row(row.modality, str(row.studies), str(row.ok), str(row.cached), str(row.failed),
-                     str(row.slices_encoded))
+        head.add_row(
+            row.modality, str(row.studies), str(row.ok), str(row.cached), str(row.failed), str(row.slices_encoded)
+        )
     stages = Table(title="seconds per stage (computed studies)")
     for column in ("modality", "stage", "n", "mean", "p50", "p95"):
         stages.add_column(column, justify="left" if column in ("modality", "stage") else "right")

@@ -4,6 +4,7 @@ A minimal Celery app (the broker URL, the namespace's key prefix, JSON, the publ
 worker.contract.broker shares with the workers). It imports no worker module: no signal handlers, no lease
 bootstep, no task code; the task is named (worker.contract.settings.TASK_NAME), not imported.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,6 +32,12 @@ class TaskSender:
         """Enqueue one study on its queue with its soft/hard time limits; headed with this namespace, so the
         workers of another refuse it."""
         soft, hard = limits
-        return self.app.send_task(TASK_NAME, args=[message.to_wire()], queue=message.queue, task_id=task_id,
-                                  soft_time_limit=soft, time_limit=hard,
-                                  headers={NAMESPACE_HEADER: self.settings.namespace})
+        return self.app.send_task(
+            TASK_NAME,
+            args=[message.to_wire()],
+            queue=message.queue,
+            task_id=task_id,
+            soft_time_limit=soft,
+            time_limit=hard,
+            headers={NAMESPACE_HEADER: self.settings.namespace},
+        )

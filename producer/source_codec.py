@@ -3,6 +3,7 @@
 Driven by the dataclass type hints (Path, tuples, optional nested dataclasses, plain values), so a field
 added to StudySource (or to a dataclass it holds) round-trips without changes here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,9 @@ def from_json(hint: Any, data: Any) -> Any:
         return Path(data)
     if dataclasses.is_dataclass(hint):
         hints = typing.get_type_hints(hint)
-        return hint(**{f.name: from_json(hints[f.name], data[f.name]) for f in dataclasses.fields(hint)
-                       if f.name in data})
+        return hint(
+            **{f.name: from_json(hints[f.name], data[f.name]) for f in dataclasses.fields(hint) if f.name in data}
+        )
     return data
 
 

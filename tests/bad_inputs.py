@@ -3,6 +3,7 @@
 `write_corpus(folder)` returns {study name: a fragment its error must contain} (None for the good ones).
 Used by the embedded run (tests/test_bad_inputs.py) and by real fleet workers (tests/test_faults.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,8 @@ def _npz_corpus(folder: Path) -> dict[str, str | None]:
     _npz(folder, "2DBox_CT_2dboxon3d", imgs=volume, boxes=box)
     _npz(folder, "3DBox_CT_huge", imgs=np.zeros((40, 512, 512), np.uint8), boxes=np.array([[1, 1, 1, 5, 5, 5]]))
     return {
-        GOOD_2D: None, GOOD_3D: None,
+        GOOD_2D: None,
+        GOOD_3D: None,
         "2DBox_CT_truncated": "corrupt or truncated",
         "2DBox_CT_notazip": "corrupt or truncated",
         "2DBox_CT_pickled": "unreadable",
@@ -158,8 +160,11 @@ def write_corpus(folder: Path) -> dict[str, str | None]:
 
 def expected_outputs(expected: dict[str, str | None]) -> set[str]:
     """The files a run of the corpus writes besides metrics.jsonl: one mask per good study."""
-    return {f"{name}.seg.dcm" if name.startswith("dicom_") else f"{name}.npz"
-            for name, fragment in expected.items() if fragment is None}
+    return {
+        f"{name}.seg.dcm" if name.startswith("dicom_") else f"{name}.npz"
+        for name, fragment in expected.items()
+        if fragment is None
+    }
 
 
 def bad_studies_in_memory() -> dict[str, tuple[Study, str | None]]:
@@ -177,7 +182,9 @@ def bad_studies_in_memory() -> dict[str, tuple[Study, str | None]]:
         "2dboxon3d": (Study("2dboxon3d", "MR", volume, box), "2D boxes given for a volume"),
         "emptyimage": (Study("emptyimage", "CT", np.zeros((0, 80, 3), np.uint8), box), "empty"),
         "fiveperbox": (Study("fiveperbox", "CT", image, np.array([[1, 2, 3, 4, 5]])), "expected (N, 4)"),
-        "fourdims": (Study("fourdims", "CT", np.zeros((2, 6, 32, 32), np.uint8), np.array([[1, 1, 0, 9, 9, 1]])),
-                     "image has 4 dimensions"),
+        "fourdims": (
+            Study("fourdims", "CT", np.zeros((2, 6, 32, 32), np.uint8), np.array([[1, 1, 0, 9, 9, 1]])),
+            "image has 4 dimensions",
+        ),
     }
     return cases

@@ -1,4 +1,5 @@
 """Shared fixtures: a registry holding the box-echo IR pair (fast, no weights) and the real exported LiteMedSAM."""
+
 from __future__ import annotations
 
 import sys

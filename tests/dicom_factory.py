@@ -3,6 +3,7 @@
 Geometry is explicit: slice k of a series sits at origin + k * step * (row x col), so a test knows exactly which
 stored slice a file holds, whatever order (file names, InstanceNumbers) it is written in.
 """
+
 from __future__ import annotations
 
 import random
@@ -101,8 +102,9 @@ def slice_dataset(spec: SeriesSpec, k: int, instance_number: int) -> Dataset:
     return ds
 
 
-def write_series(folder: Path, spec: SeriesSpec, shuffle_seed: int | None = 7,
-                 transfer_syntax: str | None = None, prefix: str = "IM") -> list[Path]:
+def write_series(
+    folder: Path, spec: SeriesSpec, shuffle_seed: int | None = 7, transfer_syntax: str | None = None, prefix: str = "IM"
+) -> list[Path]:
     """One file per slice. With a seed, file names and InstanceNumbers are a random permutation of slice order."""
     folder.mkdir(parents=True, exist_ok=True)
     order = list(range(spec.stored.shape[0]))
@@ -119,8 +121,9 @@ def write_series(folder: Path, spec: SeriesSpec, shuffle_seed: int | None = 7,
     return paths
 
 
-def write_enhanced_ct(path: Path, spec: SeriesSpec, frame_order: list[int],
-                      per_frame_intercepts: list[float] | None = None) -> Path:
+def write_enhanced_ct(
+    path: Path, spec: SeriesSpec, frame_order: list[int], per_frame_intercepts: list[float] | None = None
+) -> Path:
     """One Enhanced CT object; frame f holds slice frame_order[f], with per-frame positions.
 
     Rescale is shared (spec.slope/intercept) unless per_frame_intercepts[k] gives slice k its own intercept

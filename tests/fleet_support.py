@@ -1,4 +1,5 @@
 """Helpers for the fleet tests: a private Redis database, worker processes we start and stop, study variants."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,13 @@ def claim_redis() -> RedisSlot | None:
 
 
 def fleet_env(broker_url: str, namespace: str, models_dir: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "LITEMEDSAM_BROKER": broker_url, "LITEMEDSAM_NAMESPACE": namespace,
-           "LITEMEDSAM_MODELS_DIR": str(models_dir), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "LITEMEDSAM_BROKER": broker_url,
+        "LITEMEDSAM_NAMESPACE": namespace,
+        "LITEMEDSAM_MODELS_DIR": str(models_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("LITEMEDSAM_STORE", None)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update(extra)
@@ -62,10 +68,25 @@ class WorkerProcess:
         self.node = node
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        command = [*prefix, sys.executable, "-m", "worker.cli", "start", "--concurrency", "1", "--threads", "1",
-                   "--hostname", node, "--loglevel", "INFO", *args]
-        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        command = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "start",
+            "--concurrency",
+            "1",
+            "--threads",
+            "1",
+            "--hostname",
+            node,
+            "--loglevel",
+            "INFO",
+            *args,
+        ]
+        self.process = subprocess.Popen(
+            command, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -157,9 +178,16 @@ class RedisServer:
     By default on a free port of 127.0.0.1; `host`, `port` and a `prefix` that execs it (`ip netns exec NS`) put it
     on another address, e.g. in a network namespace of its own."""
 
-    def __init__(self, folder: Path, password: str = "fleet-test-password", tls: bool = False,
-                 host: str = "127.0.0.1", port: int | None = None, prefix: tuple[str, ...] = (),
-                 users: dict[str, tuple[str, list[str]]] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        password: str = "fleet-test-password",
+        tls: bool = False,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        prefix: tuple[str, ...] = (),
+        users: dict[str, tuple[str, list[str]]] | None = None,
+    ):
         import shutil
         import socket
 
@@ -185,22 +213,51 @@ class RedisServer:
     def url(self) -> str:
         if self.tls is None:
             return f"redis://:{self.password}@{self.host}:{self.port}/0"
-        return (f"rediss://:{self.password}@{self.host}:{self.port}/0"
-                f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls / 'ca.crt'}")
+        return (
+            f"rediss://:{self.password}@{self.host}:{self.port}/0"
+            f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls / 'ca.crt'}"
+        )
 
     def _listen(self) -> list[str]:
         if self.tls is None:
             return ["--port", str(self.port)]
-        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls / "server.crt"),
-                "--tls-key-file", str(self.tls / "server.key"), "--tls-ca-cert-file", str(self.tls / "ca.crt"),
-                "--tls-auth-clients", "no"]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.tls / "server.crt"),
+            "--tls-key-file",
+            str(self.tls / "server.key"),
+            "--tls-ca-cert-file",
+            str(self.tls / "ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def start(self, timeout: float = 20.0) -> None:
         import redis
 
-        command = [*self.prefix, self.binary, *self._listen(), "--bind", self.host, "--dir", str(self.folder),
-                   "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--requirepass", self.password,
-                   "--logfile", str(self.folder / "redis.log")]
+        command = [
+            *self.prefix,
+            self.binary,
+            *self._listen(),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.folder),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--requirepass",
+            self.password,
+            "--logfile",
+            str(self.folder / "redis.log"),
+        ]
         for user, (password, rules) in self.users.items():
             command += ["--user", user, "on", f">{password}", *rules]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -231,11 +288,40 @@ def make_certificates(folder: Path) -> Path:
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-            "-subj", "/CN=litemedsam-test-ca")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=litemedsam-test-ca",
+    )
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"
+    )
     (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.crt", "-days", "2", "-extfile", "san.cnf")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+    )
     return folder

@@ -12,6 +12,7 @@ which is what a real partition looks like to TCP. `restore(host)` sets it up aga
 The /24 is picked in 10.231.0.0/16 among those that no route or address of the root namespace touches, and
 nothing outside it is ever contacted. `PrivateNetwork.unavailable()` says why namespaces cannot be made here.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -41,8 +42,18 @@ def used_networks() -> list[ipaddress.IPv4Network]:
     words = []
     for line in _ip("-4", "route", "show", "table", "all").stdout.splitlines():
         parts = line.split()  # "10.0.0.0/8 via ...", "local 10.0.0.1 dev ...", "default via ..."
-        if parts and parts[0] in ("local", "broadcast", "unreachable", "blackhole", "prohibit", "throw",
-                                  "multicast", "anycast", "unicast", "nat"):
+        if parts and parts[0] in (
+            "local",
+            "broadcast",
+            "unreachable",
+            "blackhole",
+            "prohibit",
+            "throw",
+            "multicast",
+            "anycast",
+            "unicast",
+            "nat",
+        ):
             parts = parts[1:]
         if parts and parts[0] != "default":
             words.append(parts[0])
@@ -107,8 +118,20 @@ class PrivateNetwork:
         for host in self.hosts:
             namespace = self.namespace(host)
             self._namespace(namespace)
-            _ip("link", "add", "eth0", "netns", namespace, "type", "veth", "peer", "name", self._port(host),
-                "netns", self.hub)
+            _ip(
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                namespace,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self._port(host),
+                "netns",
+                self.hub,
+            )
             self._plug(self._port(host))
             _ip("addr", "add", f"{self.address(host)}/24", "dev", "eth0", netns=namespace)
             _ip("link", "set", "eth0", "up", netns=namespace)
@@ -158,15 +181,16 @@ class PrivateNetwork:
     def reachable(self, host: str, address: str, port: int, timeout: float = 10.0) -> bool:
         """Whether a TCP connection from `host` to address:port opens within `timeout` seconds, trying again every
         0.2 s (just after a restore the host may first have to resolve the address again)."""
-        probe = ("import socket,sys,time\n"
-                 f"deadline = time.monotonic() + {timeout}\n"
-                 "while True:\n"
-                 "    left = deadline - time.monotonic()\n"
-                 "    if left <= 0: sys.exit(1)\n"
-                 f"    try: socket.create_connection(({address!r}, {port}), min(1.0, left)).close(); sys.exit(0)\n"
-                 "    except OSError: time.sleep(0.2)\n")
-        done = subprocess.run([*self.prefix(host), "python3", "-c", probe], capture_output=True,
-                              timeout=timeout + 20)
+        probe = (
+            "import socket,sys,time\n"
+            f"deadline = time.monotonic() + {timeout}\n"
+            "while True:\n"
+            "    left = deadline - time.monotonic()\n"
+            "    if left <= 0: sys.exit(1)\n"
+            f"    try: socket.create_connection(({address!r}, {port}), min(1.0, left)).close(); sys.exit(0)\n"
+            "    except OSError: time.sleep(0.2)\n"
+        )
+        done = subprocess.run([*self.prefix(host), "python3", "-c", probe], capture_output=True, timeout=timeout + 20)
         return done.returncode == 0
 
     # teardown ---------------------------------------------------------------------------------------------

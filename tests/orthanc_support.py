@@ -4,6 +4,7 @@ authentication, its own storage folder and a free loopback port; plus a `produce
 Orthanc's Lua `ReceivedInstanceFilter` refuses SEG objects of patients whose ID is REJECT_SEG_PATIENT: a test can
 make a STOW-RS fail for real.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,17 +97,30 @@ class Orthanc:
         storage.mkdir(parents=True, exist_ok=True)
         (self.folder / "filter.lua").write_text(LUA_FILTER)
         config = {
-            "Name": "litemedsam-test-pacs", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
-            "HttpPort": self.port, "DicomServerEnabled": False, "DicomPort": free_port(),
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
-            "RegisteredUsers": {self.user: self.password}, "Plugins": [str(DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "LuaScripts": [str(self.folder / "filter.lua")],
-            "StorageCompression": False, "HttpThreadsCount": 8, "KeepAlive": True,
+            "Name": "litemedsam-test-pacs",
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "HttpPort": self.port,
+            "DicomServerEnabled": False,
+            "DicomPort": free_port(),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {self.user: self.password},
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "LuaScripts": [str(self.folder / "filter.lua")],
+            "StorageCompression": False,
+            "HttpThreadsCount": 8,
+            "KeepAlive": True,
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(self.folder / "orthanc.log", "wb")
-        self.process = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")], stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [ORTHANC, str(self.folder / "orthanc.json")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -137,8 +151,7 @@ class Orthanc:
 
     def upload(self, paths) -> None:
         for path in paths:
-            response = requests.post(f"{self.base}/instances", data=Path(path).read_bytes(), auth=self.auth,
-                                     timeout=30)
+            response = requests.post(f"{self.base}/instances", data=Path(path).read_bytes(), auth=self.auth, timeout=30)
             response.raise_for_status()
 
     def instance_count(self) -> int:
@@ -146,8 +159,9 @@ class Orthanc:
 
     def seg_series(self, study_uid: str) -> list[dict]:
         """QIDO-RS: the SEG series of a study."""
-        response = requests.get(f"{self.dicomweb}/studies/{study_uid}/series", params={"Modality": "SEG"},
-                                auth=self.auth, timeout=10)
+        response = requests.get(
+            f"{self.dicomweb}/studies/{study_uid}/series", params={"Modality": "SEG"}, auth=self.auth, timeout=10
+        )
         if response.status_code == 204:
             return []
         response.raise_for_status()
@@ -162,14 +176,25 @@ class GatewayProcess:
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         (folder / "credentials.json").write_text(json.dumps(credentials))
-        command = [sys.executable, "-m", "producer.cli", "serve", "--port", str(self.port),
-                   "--data-dir", str(folder / "data"), "--dicomweb-credentials", str(folder / "credentials.json"),
-                   *args]
+        command = [
+            sys.executable,
+            "-m",
+            "producer.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(folder / "data"),
+            "--dicomweb-credentials",
+            str(folder / "credentials.json"),
+            *args,
+        ]
         environment = {**os.environ, "LITEMEDSAM_API_TOKENS": token, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = folder / "gateway.log"
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, cwd=REPO, env=environment, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     @property
     def url(self) -> str:

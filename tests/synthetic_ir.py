@@ -5,6 +5,7 @@ Decoder: (embedding, boxes (B, 4) in model-input pixels) -> logits (B, 1, L, L) 
 inside the box (max corner inclusive), so a correct pre/post-processing gives back the prompt box at the original
 resolution.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,6 +9,7 @@ reaches it within 1 point. Without them: the project's own phantoms, whose struc
 well. A broken resize, box scaling, crop, threshold or propagation step drops these cases far below the bounds.
 In both: the default rule never scores below `later` on any case.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,8 +28,12 @@ from worker.contract.routing import RoutingTable
 pytestmark = pytest.mark.model
 TOLERANCE = 0.01  # DSC points below the baseline a 3D case may land
 PARITY_2D = 0.0001  # a 2D case's DSC against the baseline's, given to 4 decimals in BASELINE.md
-PHANTOM_MIN_DSC = {"2DBox_CT_phantom": 0.85, "3DBox_CT_phantom": 0.8, "3DBox_MR_phantom": 0.8,
-                   "3DBox_PET_phantom": 0.75}
+PHANTOM_MIN_DSC = {
+    "2DBox_CT_phantom": 0.85,
+    "3DBox_CT_phantom": 0.8,
+    "3DBox_MR_phantom": 0.8,
+    "3DBox_PET_phantom": 0.75,
+}
 
 
 def baseline_dsc(baseline_md: Path) -> dict[str, float]:
@@ -97,8 +102,11 @@ LOSS_TOLERANCE = 1e-4
 
 def test_the_default_overlap_rule_never_loses_to_later(scored):
     results, reference, _ = scored
-    losing = {name: (round(rules["smaller"][0][0], 7), round(rules["later"][0][0], 7))
-              for name, rules in results.items() if rules["smaller"][0][0] < rules["later"][0][0] - LOSS_TOLERANCE}
+    losing = {
+        name: (round(rules["smaller"][0][0], 7), round(rules["later"][0][0], 7))
+        for name, rules in results.items()
+        if rules["smaller"][0][0] < rules["later"][0][0] - LOSS_TOLERANCE
+    }
     assert not losing, f"'smaller' below 'later' (smaller, later): {losing}"
     for name, rules in results.items():
         assert rules["smaller"][1].metrics.counts.slices_encoded == 0, name  # the second run used the cache

@@ -1,4 +1,5 @@
 """worker.contract.files: a target is only ever absent, the old file, or the complete new file."""
+
 from __future__ import annotations
 
 import os

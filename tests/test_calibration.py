@@ -3,6 +3,7 @@
 The real-model tests run `worker calibrate`'s code on small derived phantom cases (quick mode, 1 thread) in a
 private models dir (a symlink to the exported LiteMedSAM), so the shared models dir is never written.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,13 @@ from worker.calibration import (
 from worker.contract.precision import FAST, PartPrecision, PrecisionProfile, PrecisionTable
 from worker.contract.routing import RoutingTable
 
-ROUTING = {"precision": {"bf16": {"encoder": "bf16", "decoder": "bf16"},
-                         "bf16-encoder": {"encoder": "bf16", "decoder": "f32"},
-                         "bf16-encoder-3d": {"propagate": {"encoder": "bf16"}, "triview": {"encoder": "bf16"}}}}
+ROUTING = {
+    "precision": {
+        "bf16": {"encoder": "bf16", "decoder": "bf16"},
+        "bf16-encoder": {"encoder": "bf16", "decoder": "f32"},
+        "bf16-encoder-3d": {"propagate": {"encoder": "bf16"}, "triview": {"encoder": "bf16"}},
+    }
+}
 
 
 def table() -> PrecisionTable:
@@ -35,6 +40,7 @@ def table() -> PrecisionTable:
 
 
 # ---------------------------------------------------------------- profiles in the routing table
+
 
 def test_profiles_resolve_per_part_and_per_strategy():
     profiles = table()
@@ -46,14 +52,17 @@ def test_profiles_resolve_per_part_and_per_strategy():
     assert three_d.distinct_parts() == [PartPrecision("f32", "f32"), PartPrecision("bf16", "f32")]
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"x": {"encoder": "fp8"}}, "not one of"),
-    ({"x": {"decoder": "int8"}}, "encoder only"),
-    ({"x": {"propagate": {"encoder": "bf16", "cores": 2}}}, "unknown key"),
-    ({"x": {"box3d": {"encoder": "bf16"}}}, "unknown key"),
-    ({"f32": {"encoder": "bf16"}}, "f32 everywhere"),
-    ({"fast": {"encoder": "bf16"}}, "reserved"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"x": {"encoder": "fp8"}}, "not one of"),
+        ({"x": {"decoder": "int8"}}, "encoder only"),
+        ({"x": {"propagate": {"encoder": "bf16", "cores": 2}}}, "unknown key"),
+        ({"x": {"box3d": {"encoder": "bf16"}}}, "unknown key"),
+        ({"f32": {"encoder": "bf16"}}, "f32 everywhere"),
+        ({"fast": {"encoder": "bf16"}}, "reserved"),
+    ],
+)
 def test_bad_profiles_are_refused_naming_the_section(section, message):
     with pytest.raises(ValueError, match=message):
         PrecisionTable.from_routing(section)
@@ -76,20 +85,30 @@ def test_shipped_routing_table_defines_the_documented_profiles():
 
 # ---------------------------------------------------------------- the record and `fast`
 
+
 def _verdict(fingerprint: dict, profiles: dict) -> dict:
     return {"host": fingerprint, "calibrated_at": "2026-11-30T00:00:00+00:00", "profiles": profiles}
 
 
 def _entry(profile: PrecisionProfile, passed=True, speedup=1.6, equivalent=False) -> dict:
-    return {"definition": profile_definition(profile, {}), "passed": passed, "speedup": speedup,
-            "equivalent_to_f32": equivalent}
+    return {
+        "definition": profile_definition(profile, {}),
+        "passed": passed,
+        "speedup": speedup,
+        "equivalent_to_f32": equivalent,
+    }
 
 
 def test_fast_takes_the_fastest_eligible_profile_and_says_so():
     profiles = table()
-    verdict = _verdict({}, {"bf16": _entry(profiles.get("bf16"), passed=False, speedup=2.0),
-                            "bf16-encoder": _entry(profiles.get("bf16-encoder"), speedup=1.5),
-                            "bf16-encoder-3d": _entry(profiles.get("bf16-encoder-3d"), speedup=1.3)})
+    verdict = _verdict(
+        {},
+        {
+            "bf16": _entry(profiles.get("bf16"), passed=False, speedup=2.0),
+            "bf16-encoder": _entry(profiles.get("bf16-encoder"), speedup=1.5),
+            "bf16-encoder-3d": _entry(profiles.get("bf16-encoder-3d"), speedup=1.3),
+        },
+    )
     name, reason = fastest_passed(profiles, verdict, {})
     assert name == "bf16-encoder" and "1.50x" in reason
 
@@ -120,8 +139,11 @@ def _models_dir_with_record(tmp_path: Path, fingerprint: dict, profiles: dict) -
 def test_record_of_another_instruction_set_is_not_used_here(tmp_path):
     models = {"litemedsam": "c" * 64}
     here = host_fingerprint(models)
-    elsewhere = {**here, "cpu": "Intel(R) Xeon(R) Platinum 8480+",
-                 "isa": sorted(set(here["isa"]) | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})}
+    elsewhere = {
+        **here,
+        "cpu": "Intel(R) Xeon(R) Platinum 8480+",
+        "isa": sorted(set(here["isa"]) | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+    }
     _models_dir_with_record(tmp_path, elsewhere, ["bf16-encoder"])
     registry = {"litemedsam": _FakeSpec("c" * 64, tmp_path)}
     choice = choose_profile(FAST, RoutingTable.load(), tmp_path, registry)
@@ -148,6 +170,7 @@ class _FakeSpec:
 
 
 # ---------------------------------------------------------------- the engine: parts, provenance, content keys
+
 
 def test_engine_runs_each_strategy_at_its_parts_and_says_so(echo_models_dir):
     from worker.contract.study import Study
@@ -180,14 +203,16 @@ def test_embedding_cache_key_is_the_encoders_precision(echo_models_dir):
     image = np.zeros((32, 32, 3), np.uint8)
     calls = []
     for parts in (PartPrecision("bf16", "f32"), PartPrecision("bf16", "bf16"), PartPrecision("f32", "f32")):
-        seg = SliceSegmenter(engine.model("litemedsam", parts), engine.cache, "study", SliceSettings(),
-                             StageClock(StageTimes()))
+        seg = SliceSegmenter(
+            engine.model("litemedsam", parts), engine.cache, "study", SliceSettings(), StageClock(StageTimes())
+        )
         seg.embedding("2d", 0, image)
         calls.append(seg.encoder_calls)
     assert calls == [1, 0, 1]
 
 
 # ---------------------------------------------------------------- `worker calibrate` with the real model
+
 
 @pytest.fixture()
 def private_models_dir(real_models_dir, tmp_path) -> Path:
@@ -210,8 +235,16 @@ def test_calibrate_records_a_per_case_verdict_and_fast_uses_it(private_models_di
     from worker.engine.engine import Engine, EngineSettings
 
     messages = []
-    verdict, path = run(private_models_dir, _phantom_cases(tmp_path), ["bf16-encoder"], threads=1, quick=True,
-                        max_cases=None, routing_file=None, report=messages.append)
+    verdict, path = run(
+        private_models_dir,
+        _phantom_cases(tmp_path),
+        ["bf16-encoder"],
+        threads=1,
+        quick=True,
+        max_cases=None,
+        routing_file=None,
+        report=messages.append,
+    )
     assert path == record_path(private_models_dir)
     record = json.loads(path.read_text())
     stored = record["hosts"][host_key(verdict["host"])]
@@ -243,15 +276,33 @@ def test_worker_calibrate_cli_and_fast_ignores_a_forged_record_of_another_cpu(pr
 
     repo = Path(__file__).resolve().parents[1]
     worker = Path(sys.executable).with_name("worker")
-    result = subprocess.run([str(worker), "calibrate", "--models-dir", str(private_models_dir), "--cases",
-                             str(_phantom_cases(tmp_path)), "--max-cases", "1", "--threads", "1", "--profiles", "bf16",
-                             "--json"], capture_output=True, text=True, timeout=1200, cwd=repo)
+    result = subprocess.run(
+        [
+            str(worker),
+            "calibrate",
+            "--models-dir",
+            str(private_models_dir),
+            "--cases",
+            str(_phantom_cases(tmp_path)),
+            "--max-cases",
+            "1",
+            "--threads",
+            "1",
+            "--profiles",
+            "bf16",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=repo,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     verdict = json.loads(result.stdout)
     assert "bf16" in verdict["profiles"] and "recorded in" in result.stderr
     # Forge this host's record to claim another instruction set with a fast, passing bf16 profile.
     record = read_record(private_models_dir)
-    (key, real), = record["hosts"].items()
+    ((key, real),) = record["hosts"].items()
     forged = json.loads(json.dumps(real))
     forged["host"]["cpu"] = "Intel(R) Xeon(R) Platinum 8480+"
     forged["host"]["isa"] = sorted(set(forged["host"]["isa"]) | {"amx_bf16", "amx_tile", "avx512_bf16"})
@@ -271,8 +322,12 @@ def test_an_int8_encoder_is_never_gated_on_the_data_it_was_quantized_on(tmp_path
     from worker.calibrate import PHANTOMS, tuned_on
 
     (tmp_path / "litemedsam").mkdir()
-    manifest = {"profiles": {"int8": {"calibration": {"source": "project phantoms (producer.phantoms...)"}},
-                             "int8-dev": {"calibration": {"source": "user npz: /data/cases/imgs (8 files)"}}}}
+    manifest = {
+        "profiles": {
+            "int8": {"calibration": {"source": "project phantoms (producer.phantoms...)"}},
+            "int8-dev": {"calibration": {"source": "user npz: /data/cases/imgs (8 files)"}},
+        }
+    }
     (tmp_path / "litemedsam" / "manifest.json").write_text(json.dumps(manifest))
     registry = {"litemedsam": _FakeSpec("c" * 64, tmp_path)}
     assert tuned_on(["int8", "int8-dev"], registry, PHANTOMS) == ["int8"]

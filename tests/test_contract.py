@@ -1,5 +1,6 @@
 """The contract between producer and worker (worker/contract/): light to import, each shared decision made once,
 typed messages that keep their wire form, and one table of settings that the README shows."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ def test_the_contract_imports_nothing_heavy():
     modules = sorted(p.stem for p in (REPO / "worker" / "contract").glob("*.py") if p.stem != "__init__")
     loaded = _imported_after("; ".join(f"import worker.contract.{name}" for name in modules))
     assert not {name.split(".")[0] for name in loaded} & set(HEAVY), sorted(loaded & set(HEAVY))
-    assert not any(name.startswith(("worker.", "producer.", "models.")) and not name.startswith("worker.contract")
-                   for name in loaded), sorted(n for n in loaded if n.startswith(("worker.", "producer.")))
+    assert not any(
+        name.startswith(("worker.", "producer.", "models.")) and not name.startswith("worker.contract")
+        for name in loaded
+    ), sorted(n for n in loaded if n.startswith(("worker.", "producer.")))
 
 
 def test_the_producers_client_builds_no_worker_app():
@@ -45,13 +48,17 @@ def test_the_producers_client_builds_no_worker_app():
 
 # ----------------------------------------------------------------------------------- decisions made once
 
-@pytest.mark.parametrize("image_shape, boxes, expected", [
-    ((8, 16, 16), [[1, 1, 0, 5, 5, 3]], True),
-    ((16, 16, 3), [[1, 1, 5, 5]], False),
-    ((8, 16, 16), [[1, 1, 5, 5]], False),  # 2D boxes on a volume: not run as 3D (validation says why)
-    ((16, 16), [[1, 1, 0, 5, 5, 3]], False),
-    ((8, 16, 16), [1, 1, 0, 5, 5, 3], False),  # malformed boxes
-])
+
+@pytest.mark.parametrize(
+    "image_shape, boxes, expected",
+    [
+        ((8, 16, 16), [[1, 1, 0, 5, 5, 3]], True),
+        ((16, 16, 3), [[1, 1, 5, 5]], False),
+        ((8, 16, 16), [[1, 1, 5, 5]], False),  # 2D boxes on a volume: not run as 3D (validation says why)
+        ((16, 16), [[1, 1, 0, 5, 5, 3]], False),
+        ((8, 16, 16), [1, 1, 0, 5, 5, 3], False),  # malformed boxes
+    ],
+)
 def test_is_3d_is_one_decision(image_shape, boxes, expected):
     image, boxes = np.zeros(image_shape, np.uint8), np.asarray(boxes)
     study = Study("s", "CT", image, boxes)
@@ -89,6 +96,7 @@ def test_thread_plan_warns_when_it_oversubscribes(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- messages
+
 
 def test_metrics_json_leaves_out_what_nothing_filled():
     assert StudyMetrics().to_dict() == {}
@@ -137,18 +145,25 @@ def test_progress_is_an_object_on_the_wire():
 
 # ------------------------------------------------------------------------------------------- settings
 
+
 def test_every_variable_the_code_reads_is_in_the_table():
     names = {f"LITEMEDSAM_{name.upper()}" for name in Environment.model_fields}
     used = set()
-    for path in [*REPO.glob("worker/**/*.py"), *REPO.glob("producer/**/*.py"), *REPO.glob("models/*.py"),
-                 REPO / "ops" / "setup.sh", REPO / "ops" / "fleet" / "fleet.sh"]:
+    for path in [
+        *REPO.glob("worker/**/*.py"),
+        *REPO.glob("producer/**/*.py"),
+        *REPO.glob("models/*.py"),
+        REPO / "ops" / "setup.sh",
+        REPO / "ops" / "fleet" / "fleet.sh",
+    ]:
         used |= set(re.findall(r"LITEMEDSAM_[A-Z][A-Z0-9_]*[A-Z0-9]", path.read_text()))
     assert used <= names, sorted(used - names)
 
 
 def test_the_readme_shows_the_settings_table():
-    assert settings_table() in (REPO / "README.md").read_text(), \
+    assert settings_table() in (REPO / "README.md").read_text(), (
         "README's settings table is out of date: paste `python -m worker.contract.settings`"
+    )
 
 
 def test_settings_come_from_the_environment(monkeypatch):
@@ -184,8 +199,16 @@ def test_max_voxels_reaches_the_engine(monkeypatch):
 
 
 def test_a_message_that_cannot_be_made_says_why_in_one_line():
-    fields = dict(batch_id="b", name="n", study_id="n", modality="CT", image_digest="d", image_shape=(8, 8, 3),
-                  boxes_dtype="<U1", boxes_shape=(1, 4))
+    fields = dict(
+        batch_id="b",
+        name="n",
+        study_id="n",
+        modality="CT",
+        image_digest="d",
+        image_shape=(8, 8, 3),
+        boxes_dtype="<U1",
+        boxes_shape=(1, 4),
+    )
     with pytest.raises(MessageError, match=r"^boxes: boxes must be a numeric array$"):
         TaskMessage.create(**fields, boxes=[["a", "b", "c", "d"]])
     with pytest.raises(MessageError, match="numeric"):
@@ -194,10 +217,22 @@ def test_a_message_that_cannot_be_made_says_why_in_one_line():
 
 
 # module -> the distribution that provides it, for what the worker image imports
-DISTRIBUTIONS = {"numpy": "numpy", "pydantic": "pydantic", "pydantic_settings": "pydantic-settings",
-                 "celery": "celery", "kombu": "celery", "redis": "redis", "click": "click", "openvino": "openvino",
-                 "cv2": "opencv-python-headless", "psutil": "psutil", "prometheus_client": "prometheus-client",
-                 "scipy": "scipy", "surface_distance": "surface-distance", "rich": "rich"}
+DISTRIBUTIONS = {
+    "numpy": "numpy",
+    "pydantic": "pydantic",
+    "pydantic_settings": "pydantic-settings",
+    "celery": "celery",
+    "kombu": "celery",
+    "redis": "redis",
+    "click": "click",
+    "openvino": "openvino",
+    "cv2": "opencv-python-headless",
+    "psutil": "psutil",
+    "prometheus_client": "prometheus-client",
+    "scipy": "scipy",
+    "surface_distance": "surface-distance",
+    "rich": "rich",
+}
 
 
 def _top_level_imports(path: Path) -> set[str]:
@@ -216,13 +251,17 @@ def test_the_worker_extra_installs_what_the_worker_imports():
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = {re.split(r"[<>=\[ ]", spec)[0] for spec in project["dependencies"] +
-                project["optional-dependencies"]["worker"]}
-    files = [*REPO.glob("worker/**/*.py"),
-             *(REPO / "models" / f"{name}.py" for name in ("paths", "registry", "quantize")),
-             *(REPO / "producer" / f"{name}.py" for name in ("derived", "evaluate", "phantoms"))]  # worker calibrate
+    declared = {
+        re.split(r"[<>=\[ ]", spec)[0] for spec in project["dependencies"] + project["optional-dependencies"]["worker"]
+    }
+    files = [
+        *REPO.glob("worker/**/*.py"),
+        *(REPO / "models" / f"{name}.py" for name in ("paths", "registry", "quantize")),
+        *(REPO / "producer" / f"{name}.py" for name in ("derived", "evaluate", "phantoms")),
+    ]  # worker calibrate
     stdlib = set(sys.stdlib_module_names) | {"worker", "models", "producer"}
     imported = set().union(*(_top_level_imports(path) for path in files)) - stdlib
     assert imported <= set(DISTRIBUTIONS), sorted(imported - set(DISTRIBUTIONS))
     assert {DISTRIBUTIONS[name] for name in imported} <= declared, sorted(
-        {DISTRIBUTIONS[name] for name in imported} - declared)
+        {DISTRIBUTIONS[name] for name in imported} - declared
+    )

@@ -13,6 +13,7 @@ gained. With OpenVINO's default pinning, both 1-thread processes were confined t
 (and so shared one core); the test fails if they were confined to one same core in more than a fifth of the
 samples, whatever other work loads the machine.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,6 +37,7 @@ SAME_CORE_LIMIT = 0.2  # the share of samples in which both processes may be con
 
 # ------------------------------------------------------------------------------------------- the decision
 
+
 def test_cpu_list_round_trip():
     assert parse_cpu_list("0-3,6, 8-9") == (0, 1, 2, 3, 6, 8, 9)
     assert format_cpu_list((0, 1, 2, 3, 6, 8, 9)) == "0-3,6,8-9"
@@ -53,19 +55,24 @@ def test_no_core_list_means_no_binding_and_no_openvino_pinning():
     assert plan("", 0, 2, allowed=(0, 1)).cores == ()
 
 
-@pytest.mark.parametrize("concurrency, threads, allowed, expected", [
-    (2, 1, (0, 1), [(0,), (1,)]),  # fleet.sh-like layout on 2 cores
-    (2, 2, (0, 1, 2, 3), [(0, 1), (2, 3)]),
-    (4, 1, (2, 3, 6, 7), [(2,), (3,), (6,), (7,)]),  # a container cpuset: the allowed cores, not 0..n
-    (3, 2, (0, 1, 2, 3), [(0, 1), (2, 3), (0, 1)]),  # oversubscribed: wraps round
-    (1, 0, (0, 1, 2), [(0, 1, 2)]),  # threads 0: one process, all cores
-    (1, 8, (0, 1), [(0, 1)]),  # more threads than cores
-])
+@pytest.mark.parametrize(
+    "concurrency, threads, allowed, expected",
+    [
+        (2, 1, (0, 1), [(0,), (1,)]),  # fleet.sh-like layout on 2 cores
+        (2, 2, (0, 1, 2, 3), [(0, 1), (2, 3)]),
+        (4, 1, (2, 3, 6, 7), [(2,), (3,), (6,), (7,)]),  # a container cpuset: the allowed cores, not 0..n
+        (3, 2, (0, 1, 2, 3), [(0, 1), (2, 3), (0, 1)]),  # oversubscribed: wraps round
+        (1, 0, (0, 1, 2), [(0, 1, 2)]),  # threads 0: one process, all cores
+        (1, 8, (0, 1), [(0, 1)]),  # more threads than cores
+    ],
+)
 def test_all_splits_the_allowed_cores_by_pool_index(concurrency, threads, allowed, expected):
     got = [plan("all", slot, threads, allowed=allowed).cores for slot in range(concurrency)]
     assert got == expected
-    assert all(plan("all", slot, threads, allowed=allowed).openvino_config() == {"ENABLE_CPU_PINNING": True}
-               for slot in range(concurrency))
+    assert all(
+        plan("all", slot, threads, allowed=allowed).openvino_config() == {"ENABLE_CPU_PINNING": True}
+        for slot in range(concurrency)
+    )
 
 
 def test_explicit_list_is_bounded_by_the_allowed_cores():
@@ -93,12 +100,14 @@ def test_binding_applies_to_every_thread_of_the_process():
         "CoreBinding((core,)).apply()\n"
         "masks = {tid: sorted(os.sched_getaffinity(int(tid))) for tid in os.listdir('/proc/self/task')}\n"
         "stop.set(); t.join()\n"
-        "print(len(masks), all(m == [core] for m in masks.values()))\n")
+        "print(len(masks), all(m == [core] for m in masks.values()))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["2", "True"]
 
 
 # ------------------------------------------------------------------------------------- real processes
+
 
 @dataclass
 class ThreadSample:
@@ -148,8 +157,7 @@ def watch(pids: list[int], seconds: float, interval: float = 0.1) -> Watch:
             gains = {tid: now[tid][0] - before[pid].get(tid, (0.0,))[0] for tid in now}
             busiest = max(gains, key=gains.get, default=None)
             busy = busiest is not None and gains[busiest] > 0
-            result.samples[pid].append(ThreadSample(now[busiest][2], now[busiest][1], gains[busiest])
-                                       if busy else None)
+            result.samples[pid].append(ThreadSample(now[busiest][2], now[busiest][1], gains[busiest]) if busy else None)
             before[pid] = now
     result.wall = time.monotonic() - started
     result.cpu_seconds = {pid: sum(cpu for cpu, _, _ in before[pid].values()) - first[pid] for pid in pids}
@@ -173,9 +181,11 @@ def report(result: Watch) -> str:
         cores: dict[int, float] = {}
         for sample in busy:
             cores[sample.core] = cores.get(sample.core, 0.0) + sample.cpu_gained
-        lines.append(f"pid {pid}: CPU {result.cpu_seconds[pid]:.1f} s ({result.cpu_seconds[pid] / result.wall:.2f} "
-                     f"core), busiest thread allowed on {sorted(masks)}, CPU s per core "
-                     f"{ {c: round(v, 1) for c, v in sorted(cores.items())} }")
+        lines.append(
+            f"pid {pid}: CPU {result.cpu_seconds[pid]:.1f} s ({result.cpu_seconds[pid] / result.wall:.2f} "
+            f"core), busiest thread allowed on {sorted(masks)}, CPU s per core "
+            f"{ {c: round(v, 1) for c, v in sorted(cores.items())} }"
+        )
     return "\n".join(lines)
 
 
@@ -184,14 +194,15 @@ def assert_not_sharing_one_core(result: Watch) -> None:
     detail = report(result)
     print(f"confined to one same core in {share:.0%} of {samples} samples\n{detail}")  # shown with -rP
     assert samples >= 20, f"the two processes hardly worked at the same time ({samples} samples)\n{detail}"
-    assert share <= SAME_CORE_LIMIT, (f"both engine processes were confined to one same core in {share:.0%} of "
-                                      f"{samples} samples\n{detail}")
+    assert share <= SAME_CORE_LIMIT, (
+        f"both engine processes were confined to one same core in {share:.0%} of {samples} samples\n{detail}"
+    )
 
 
 def subvolume(target: Path, start: int, depth: int = SUBVOLUME) -> Path:
     """Slices start .. start + depth - 1 of 3DBox_CT_tssm with the boxes that reach them (new content per start)."""
     with np.load(TSSM, allow_pickle=False) as data:
-        image, boxes, spacing = data["imgs"][start:start + depth], data["boxes"].copy(), data["spacing"]
+        image, boxes, spacing = data["imgs"][start : start + depth], data["boxes"].copy(), data["spacing"]
     lo, hi = np.maximum(boxes[:, 2], start) - start, np.minimum(boxes[:, 5], start + depth - 1) - start
     keep = lo <= hi
     boxes = boxes[keep]
@@ -235,8 +246,7 @@ def _run_on_fleet(tmp_path: Path, real_models_dir: Path, layouts: list[list[str]
     workers = []
     try:
         for index, extra in enumerate(layouts):
-            workers.append(WorkerProcess(f"pin{index}-{slot.namespace}@test", env, tmp_path / f"w{index}.log",
-                                         *extra))
+            workers.append(WorkerProcess(f"pin{index}-{slot.namespace}@test", env, tmp_path / f"w{index}.log", *extra))
         settings = FleetSettings(broker_url=slot.url, namespace=slot.namespace)
         wait_for_nodes(make_app(settings), [w.node for w in workers], workers, timeout=240)
         pids = [pid for w in workers for pid in _pool_children(w.process.pid, concurrency_total // len(workers))]
@@ -255,11 +265,14 @@ def _run_on_fleet(tmp_path: Path, real_models_dir: Path, layouts: list[list[str]
 
 @pytest.mark.fleet
 @pytest.mark.model
-@pytest.mark.parametrize("layouts, processes", [
-    pytest.param([["--concurrency", "1"], ["--concurrency", "1"]], 2, id="two-workers-x1"),
-    pytest.param([["--concurrency", "2"]], 2, id="one-worker-c2"),
-    pytest.param([["--concurrency", "2", "--cpus", "all"]], 2, id="one-worker-c2-cpus-all"),
-])
+@pytest.mark.parametrize(
+    "layouts, processes",
+    [
+        pytest.param([["--concurrency", "1"], ["--concurrency", "1"]], 2, id="two-workers-x1"),
+        pytest.param([["--concurrency", "2"]], 2, id="one-worker-c2"),
+        pytest.param([["--concurrency", "2", "--cpus", "all"]], 2, id="one-worker-c2-cpus-all"),
+    ],
+)
 def test_worker_processes_use_their_own_cores(tmp_path, real_models_dir, layouts, processes):
     _need_cases_and_cores()
     # WorkerProcess passes --concurrency 1 --threads 1; a later --concurrency overrides it (click: last wins)
@@ -280,10 +293,26 @@ def test_two_embedded_runs_use_their_own_cores(tmp_path, real_models_dir):
         for name, start in (("a", 0), ("b", 12)):
             folder = tmp_path / name
             subvolume(folder / f"3DBox_CT_pin{name}.npz", start, depth=16)  # outlasts start-up + the watch
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "producer.cli", "submit", str(folder), "--out", str(tmp_path / f"out-{name}"),
-                 "--threads", "1", "--models-dir", str(real_models_dir)],
-                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "producer.cli",
+                        "submit",
+                        str(folder),
+                        "--out",
+                        str(tmp_path / f"out-{name}"),
+                        "--threads",
+                        "1",
+                        "--models-dir",
+                        str(real_models_dir),
+                    ],
+                    cwd=REPO,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
         time.sleep(10.0)  # start-up and compile (from the compiled cache), then both segment
         result = watch([p.pid for p in procs], seconds=8.0)
         for proc in procs:  # still segmenting (the runs need not finish: the watch is what this test measures)

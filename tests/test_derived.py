@@ -1,4 +1,5 @@
 """Derived evaluation cases: deterministic, in the challenge layout, labels renumbered, boxes tight."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """DICOM in (series order, rescale, compression, multi-frame, 2D), intensity, modality, sidecar boxes, DICOM SEG out."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,13 @@ from worker.contract.study import StudyError
 OBLIQUE_ROW = (np.cos(0.3), np.sin(0.3), 0.0)
 OBLIQUE_COL = (-np.sin(0.3) * np.cos(0.4), np.cos(0.3) * np.cos(0.4), np.sin(0.4))
 SHA = "ab" * 32
-PROVENANCE = {"model": "litemedsam", "model_sha256": SHA, "precision": "f32", "strategy": "propagate",
-              "package_version": "0.1.0"}
+PROVENANCE = {
+    "model": "litemedsam",
+    "model_sha256": SHA,
+    "precision": "f32",
+    "strategy": "propagate",
+    "package_version": "0.1.0",
+}
 
 
 def prompts(folder: Path, boxes: list[dict], **extra) -> Path:
@@ -53,8 +59,12 @@ def slice_of(path: Path, spec: SeriesSpec) -> int:
 def world_of(spec: SeriesSpec, x: float, y: float, k: float) -> np.ndarray:
     """World position of column x, row y of stored slice k, straight from the DICOM definitions."""
     row_spacing, column_spacing = spec.pixel_spacing
-    return (spec.position(0) + k * spec.step * spec.normal + x * column_spacing * np.asarray(spec.row_dir)
-            + y * row_spacing * np.asarray(spec.col_dir))
+    return (
+        spec.position(0)
+        + k * spec.step * spec.normal
+        + x * column_spacing * np.asarray(spec.row_dir)
+        + y * row_spacing * np.asarray(spec.col_dir)
+    )
 
 
 # ---------------------------------------------------------------- reading series
@@ -111,8 +121,9 @@ def test_compressed_series_decode_losslessly(tmp_path: Path, syntax):
 
 
 def test_enhanced_multiframe_with_per_frame_positions_and_rescale(tmp_path: Path):
-    spec = SeriesSpec(stored=ramp_volume(6, 18, 20), row_dir=OBLIQUE_ROW, col_dir=OBLIQUE_COL, slope=1.5,
-                      intercept=-999.0)
+    spec = SeriesSpec(
+        stored=ramp_volume(6, 18, 20), row_dir=OBLIQUE_ROW, col_dir=OBLIQUE_COL, slope=1.5, intercept=-999.0
+    )
     order = [4, 1, 5, 0, 3, 2]
     intercepts = [-1000.0, -990.0, -980.0, -970.0, -960.0, -950.0]
     path = write_enhanced_ct(tmp_path / "enh.dcm", spec, order, per_frame_intercepts=intercepts)
@@ -148,13 +159,16 @@ def test_raw_dataset_without_preamble_is_read(tmp_path: Path):
     np.testing.assert_array_equal(load_dicom_volume(raw).values, spec.stored.astype(np.float32))
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("gap", "inconsistent slice spacing"),
-    ("orientation", "mixed orientations"),
-    ("size", "mixed image sizes"),
-    ("duplicate", "share a position"),
-    ("tilt", "not stacked along their normal"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("gap", "inconsistent slice spacing"),
+        ("orientation", "mixed orientations"),
+        ("size", "mixed image sizes"),
+        ("duplicate", "share a position"),
+        ("tilt", "not stacked along their normal"),
+    ],
+)
 def test_series_that_is_not_one_volume_is_a_clear_error(tmp_path: Path, problem: str, message: str):
     spec = SeriesSpec(stored=ramp_volume(5, 12, 12))
     paths = write_series(tmp_path / "s", spec, shuffle_seed=None)
@@ -228,10 +242,24 @@ def test_mr_series_study_uses_percentiles(tmp_path: Path):
     assert (study.image[:, :, :5] == 0).all() and study.image.max() == 255
 
 
-@pytest.mark.parametrize("tag, routed", [("CT", "CT"), ("MR", "MR"), ("PT", "PET"), ("US", "US"), ("CR", "X-Ray"),
-                                         ("DX", "X-Ray"), ("MG", "Mammography"), ("OP", "Fundus"),
-                                         ("ES", "Endoscopy"), ("SM", "Microscope"), ("XC", "Dermoscopy"),
-                                         ("OCT", "OCT"), ("OPT", "OCT")])
+@pytest.mark.parametrize(
+    "tag, routed",
+    [
+        ("CT", "CT"),
+        ("MR", "MR"),
+        ("PT", "PET"),
+        ("US", "US"),
+        ("CR", "X-Ray"),
+        ("DX", "X-Ray"),
+        ("MG", "Mammography"),
+        ("OP", "Fundus"),
+        ("ES", "Endoscopy"),
+        ("SM", "Microscope"),
+        ("XC", "Dermoscopy"),
+        ("OCT", "OCT"),
+        ("OPT", "OCT"),
+    ],
+)
 def test_modality_mapping(tag: str, routed: str):
     assert modality.from_dicom_tag(tag) == routed
 
@@ -300,19 +328,23 @@ def test_jpeg_baseline_ycbcr_photo_decodes_to_rgb(tmp_path: Path):
 
 
 def test_mm_boxes_on_oblique_reversed_geometry(tmp_path: Path):
-    spec = SeriesSpec(stored=ramp_volume(9, 30, 34), row_dir=OBLIQUE_ROW, col_dir=OBLIQUE_COL, step=-2.0,
-                      pixel_spacing=(0.9, 0.6))
+    spec = SeriesSpec(
+        stored=ramp_volume(9, 30, 34), row_dir=OBLIQUE_ROW, col_dir=OBLIQUE_COL, step=-2.0, pixel_spacing=(0.9, 0.6)
+    )
     folder = tmp_path / "obl"
     write_series(folder, spec)
     # volume slice z holds stored slice 8 - z (reversed); a box over volume x 3..20, y 4..25, z 2..6
     lo, hi = world_of(spec, 3, 4, 8 - 2), world_of(spec, 20, 25, 8 - 6)
     mixed_corner_a = world_of(spec, 20, 4, 8 - 6)
     mixed_corner_b = world_of(spec, 3, 25, 8 - 2)
-    prompts(folder, [
-        {"label": "liver", "mm": [hi.tolist(), lo.tolist()]},
-        {"label": "spleen", "mm": [mixed_corner_a.tolist(), mixed_corner_b.tolist()]},
-        {"label": "voxel", "voxel": [3, 4, 2, 20, 25, 6]},
-    ])
+    prompts(
+        folder,
+        [
+            {"label": "liver", "mm": [hi.tolist(), lo.tolist()]},
+            {"label": "spleen", "mm": [mixed_corner_a.tolist(), mixed_corner_b.tolist()]},
+            {"label": "voxel", "voxel": [3, 4, 2, 20, 25, 6]},
+        ],
+    )
     study = load_study(find_studies(tmp_path)[0])
     assert study.boxes.tolist() == [[3, 4, 2, 20, 25, 6]] * 3
     # a corner off a voxel centre by less than half a voxel rounds to it
@@ -321,18 +353,21 @@ def test_mm_boxes_on_oblique_reversed_geometry(tmp_path: Path):
     assert load_study(find_studies(tmp_path)[0]).boxes.tolist() == [[3, 4, 2, 20, 25, 6]]
 
 
-@pytest.mark.parametrize("box, message", [
-    ({"label": "lesion", "voxel": [3, 4, 2, 40, 25, 6]}, r"box #2 \(lesion\) .* outside the image"),
-    ({"label": "lesion", "voxel": [20, 4, 2, 3, 25, 6]}, r"box #2 \(lesion\) .* inverted or has no area"),
-    ({"label": "lesion", "voxel": [3, 4, 2, 3, 25, 6]}, r"box #2 \(lesion\) .* inverted or has no area"),
-    ({"label": "lesion", "voxel": [3, 4, 6, 20, 25, 2]}, r"box #2 \(lesion\) .* inverted along z"),
-    ({"label": "lesion", "voxel": [3, 4, 20, 25]}, r"box #2 \(lesion\): a 3D volume needs"),
-    ({"label": "lesion", "voxel": [3.5, 4, 2, 20, 25, 6]}, "must be integers"),
-    ({"label": "lesion", "mm": [[0, 0, 0]]}, "two opposite corners"),
-    ({"label": "lesion", "mm": [[0, 0, 500], [10, 10, 510]]}, r"box #2 \(lesion\) .* outside the image"),
-    ({"label": "lesion", "voxel": [3, 4, 2, 20, 25, 6], "colour": "red"}, "box #2 must be an object"),
-    ({"voxel": [1, 1, 1, 2, 2, 2], "mm": [[0, 0, 0], [1, 1, 1]]}, "exactly one of"),
-])
+@pytest.mark.parametrize(
+    "box, message",
+    [
+        ({"label": "lesion", "voxel": [3, 4, 2, 40, 25, 6]}, r"box #2 \(lesion\) .* outside the image"),
+        ({"label": "lesion", "voxel": [20, 4, 2, 3, 25, 6]}, r"box #2 \(lesion\) .* inverted or has no area"),
+        ({"label": "lesion", "voxel": [3, 4, 2, 3, 25, 6]}, r"box #2 \(lesion\) .* inverted or has no area"),
+        ({"label": "lesion", "voxel": [3, 4, 6, 20, 25, 2]}, r"box #2 \(lesion\) .* inverted along z"),
+        ({"label": "lesion", "voxel": [3, 4, 20, 25]}, r"box #2 \(lesion\): a 3D volume needs"),
+        ({"label": "lesion", "voxel": [3.5, 4, 2, 20, 25, 6]}, "must be integers"),
+        ({"label": "lesion", "mm": [[0, 0, 0]]}, "two opposite corners"),
+        ({"label": "lesion", "mm": [[0, 0, 500], [10, 10, 510]]}, r"box #2 \(lesion\) .* outside the image"),
+        ({"label": "lesion", "voxel": [3, 4, 2, 20, 25, 6], "colour": "red"}, "box #2 must be an object"),
+        ({"voxel": [1, 1, 1, 2, 2, 2], "mm": [[0, 0, 0], [1, 1, 1]]}, "exactly one of"),
+    ],
+)
 def test_invalid_boxes_are_named(tmp_path: Path, box: dict, message: str):
     spec = SeriesSpec(stored=ramp_volume(8, 30, 34))
     folder = tmp_path / "s"
@@ -342,14 +377,17 @@ def test_invalid_boxes_are_named(tmp_path: Path, box: dict, message: str):
         load_study(find_studies(tmp_path)[0])
 
 
-@pytest.mark.parametrize("document, message", [
-    (None, "no box prompts: write .*prompts.json"),
-    ("{not json", "not valid JSON"),
-    ({"boxes": []}, "non-empty list"),
-    ({"boxes": [{"voxel": [1, 1, 1, 5, 5, 5]}], "windw": {}}, r"unknown key\(s\) \['windw'\]"),
-    ({"boxes": [{"voxel": [1, 1, 1, 5, 5, 5]}], "window": {"level": 40, "width": 0}}, "width must be a positive"),
-    ({"boxes": [{"voxel": [1, 1, 1, 5, 5, 5]}], "modality": "sonar"}, "unknown modality"),
-])
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        (None, "no box prompts: write .*prompts.json"),
+        ("{not json", "not valid JSON"),
+        ({"boxes": []}, "non-empty list"),
+        ({"boxes": [{"voxel": [1, 1, 1, 5, 5, 5]}], "windw": {}}, r"unknown key\(s\) \['windw'\]"),
+        ({"boxes": [{"voxel": [1, 1, 1, 5, 5, 5]}], "window": {"level": 40, "width": 0}}, "width must be a positive"),
+        ({"boxes": [{"voxel": [1, 1, 1, 5, 5, 5]}], "modality": "sonar"}, "unknown modality"),
+    ],
+)
 def test_bad_sidecars_are_clear_errors(tmp_path: Path, document, message: str):
     folder = tmp_path / "s"
     write_series(folder, SeriesSpec(stored=ramp_volume(8, 30, 34)))
@@ -378,8 +416,7 @@ def label_volume(shape: tuple[int, int, int]) -> np.ndarray:
 
 def write_outcome(tmp_path: Path, labels: np.ndarray, study_name: str | None = None):
     source = find_studies(tmp_path / "in")[0]
-    outcome = StudyOutcome(name=source.name, modality="CT", labels=labels,
-                           metrics={"provenance": dict(PROVENANCE)})
+    outcome = StudyOutcome(name=source.name, modality="CT", labels=labels, metrics={"provenance": dict(PROVENANCE)})
     OutputWriter(tmp_path / "out").write(source, outcome)
     assert outcome.ok, outcome.error
     return source, output_path(tmp_path / "out", source)
@@ -389,8 +426,14 @@ def test_seg_round_trip_single_frame_series(tmp_path: Path):
     spec = SeriesSpec(stored=ramp_volume(7, 16, 18), row_dir=OBLIQUE_ROW, col_dir=OBLIQUE_COL, step=-2.5)
     folder = tmp_path / "in" / "ct"
     write_series(folder, spec)
-    prompts(folder, [{"label": "liver", "voxel": [3, 2, 1, 11, 8, 3]}, {"voxel": [0, 0, 0, 4, 4, 1]},
-                     {"label": "kidney", "voxel": [5, 10, 3, 8, 14, 5]}])
+    prompts(
+        folder,
+        [
+            {"label": "liver", "voxel": [3, 2, 1, 11, 8, 3]},
+            {"voxel": [0, 0, 0, 4, 4, 1]},
+            {"label": "kidney", "voxel": [5, 10, 3, 8, 14, 5]},
+        ],
+    )
     labels = label_volume((7, 16, 18))
     source, path = write_outcome(tmp_path, labels)
     assert path.name == "ct.seg.dcm"
@@ -401,8 +444,10 @@ def test_seg_round_trip_single_frame_series(tmp_path: Path):
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmName == "litemedsam-fleet" and algorithm.AlgorithmVersion == "0.1.0"
     assert SHA in str(algorithm.AlgorithmParameters)
-    source_headers = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID:
-                      pydicom.dcmread(p, stop_before_pixels=True) for p in source.files}
+    source_headers = {
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: pydicom.dcmread(p, stop_before_pixels=True)
+        for p in source.files
+    }
     first = next(iter(source_headers.values()))
     assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
     assert seg.StudyInstanceUID == first.StudyInstanceUID
@@ -419,11 +464,13 @@ def test_seg_round_trip_single_frame_series(tmp_path: Path):
         segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         z = z_of_uid[uid]
         position = item.PlanePositionSequence[0].ImagePositionPatient
-        np.testing.assert_allclose([float(v) for v in position],
-                                   [float(v) for v in source_headers[uid].ImagePositionPatient])
+        np.testing.assert_allclose(
+            [float(v) for v in position], [float(v) for v in source_headers[uid].ImagePositionPatient]
+        )
         np.testing.assert_array_equal(frames[index].astype(bool), labels[z] == segment)
-    assert {int(i.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-            for i in raw.PerFrameFunctionalGroupsSequence} == {1, 3}
+    assert {
+        int(i.SegmentIdentificationSequence[0].ReferencedSegmentNumber) for i in raw.PerFrameFunctionalGroupsSequence
+    } == {1, 3}
 
     decoded = seg.get_pixels_by_source_instance(list(layout.slice_uids), combine_segments=True)
     np.testing.assert_array_equal(decoded, labels)
@@ -434,8 +481,9 @@ def test_seg_round_trip_multiframe_source(tmp_path: Path):
     (tmp_path / "in" / "enh").mkdir(parents=True)
     order = [6, 2, 0, 5, 1, 4, 3]
     path = write_enhanced_ct(tmp_path / "in" / "enh" / "enh.dcm", spec, order)
-    prompts(path.parent, [{"voxel": [3, 2, 1, 11, 8, 3]}, {"voxel": [0, 0, 0, 4, 4, 1]},
-                          {"voxel": [5, 10, 3, 8, 14, 5]}])
+    prompts(
+        path.parent, [{"voxel": [3, 2, 1, 11, 8, 3]}, {"voxel": [0, 0, 0, 4, 4, 1]}, {"voxel": [5, 10, 3, 8, 14, 5]}]
+    )
     labels = label_volume((7, 16, 18))
     _, seg_path = write_outcome(tmp_path, labels)
     seg = hd.seg.segread(seg_path)
@@ -459,8 +507,10 @@ def test_seg_for_a_2d_radiograph(tmp_path: Path):
 
 def test_seg_uids_are_stable_across_rewrites(tmp_path: Path):
     write_series(tmp_path / "in" / "ct", SeriesSpec(stored=ramp_volume(7, 16, 18)))
-    prompts(tmp_path / "in" / "ct", [{"voxel": [3, 2, 1, 11, 8, 3]}, {"voxel": [0, 0, 0, 4, 4, 1]},
-                                     {"voxel": [5, 10, 3, 8, 14, 5]}])
+    prompts(
+        tmp_path / "in" / "ct",
+        [{"voxel": [3, 2, 1, 11, 8, 3]}, {"voxel": [0, 0, 0, 4, 4, 1]}, {"voxel": [5, 10, 3, 8, 14, 5]}],
+    )
     labels = label_volume((7, 16, 18))
     _, path = write_outcome(tmp_path, labels)
     first = pydicom.dcmread(path, stop_before_pixels=True)

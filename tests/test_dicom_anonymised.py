@@ -1,6 +1,7 @@
 """DICOM as it really arrives (issue 14, part 1): anonymised series without Study/Series/SOP UIDs in the data set,
 pydicom's own odd test files, and the odd-input corpus; every computed mask leaves an output, and no raw Python
 exception text reaches the user. Embedded runs with the box-echo model (geometry, not accuracy)."""
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,21 @@ from producer.discovery import discover
 from producer.formats.dicom import read_layout
 from producer.formats.dicom_files import read_dataset
 
-RAW_EXCEPTION_WORDS = ("Traceback", "AttributeError", "KeyError", "TypeError", "IndexError", "object has no attribute",
-                       "internal error")
+RAW_EXCEPTION_WORDS = (
+    "Traceback",
+    "AttributeError",
+    "KeyError",
+    "TypeError",
+    "IndexError",
+    "object has no attribute",
+    "internal error",
+)
 
 
 def run_submit(folder: Path, out: Path, models_dir: Path, *extra: str) -> dict[str, dict]:
-    result = CliRunner().invoke(cli, ["submit", str(folder), "--out", str(out), "--models-dir", str(models_dir),
-                                      *extra])
+    result = CliRunner().invoke(
+        cli, ["submit", str(folder), "--out", str(out), "--models-dir", str(models_dir), *extra]
+    )
     assert result.exit_code in (0, 1), result.output
     return {r["study"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
 
@@ -58,8 +67,9 @@ def test_anonymised_compressed_series_is_one_study_and_its_seg_matches_the_full_
         (folder / "prompts.json").write_text(json.dumps(box))
     assert pydicom.dcmread(anon / "IM0000").file_meta.TransferSyntaxUID == syntax
 
-    lines = {kind: run_submit(tmp_path / kind, tmp_path / f"out-{kind}", echo_models_dir)["ct"]
-             for kind in ("full", "anon")}
+    lines = {
+        kind: run_submit(tmp_path / kind, tmp_path / f"out-{kind}", echo_models_dir)["ct"] for kind in ("full", "anon")
+    }
     assert all(line["status"] == "ok" for line in lines.values()), lines  # one study each, not 20
     assert len(discover(tmp_path / "anon").studies) == 1
     notes = " ".join(lines["anon"]["notes"])
@@ -74,10 +84,13 @@ def test_anonymised_compressed_series_is_one_study_and_its_seg_matches_the_full_
     np.testing.assert_array_equal(anon_mask, full_mask)
 
     seg = pydicom.dcmread(tmp_path / "out-anon" / "ct.seg.dcm")
-    meta_uids = {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
-                 for p in found["anon"].files}
-    referenced = {str(item.ReferencedSOPInstanceUID)
-                  for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    meta_uids = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
+        for p in found["anon"].files
+    }
+    referenced = {
+        str(item.ReferencedSOPInstanceUID) for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
     assert referenced == meta_uids
     assert seg.StudyInstanceUID and seg.ReferencedSeriesSequence[0].SeriesInstanceUID
     assert "derived" in seg.SeriesDescription and "derived" in seg.ContentDescription
@@ -88,7 +101,7 @@ def test_anonymised_compressed_series_is_one_study_and_its_seg_matches_the_full_
     assert again["ct"]["status"] == "ok"
     second = pydicom.dcmread(tmp_path / "out2" / "ct.seg.dcm")
     assert second.StudyInstanceUID == seg.StudyInstanceUID
-    assert (second.ReferencedSeriesSequence[0].SeriesInstanceUID == seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    assert second.ReferencedSeriesSequence[0].SeriesInstanceUID == seg.ReferencedSeriesSequence[0].SeriesInstanceUID
 
 
 PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -112,8 +125,11 @@ def _centre_box_folder(source: Path, folder: Path) -> bool:
 
 
 def test_pydicom_test_files_are_segmented_or_refused_with_a_reason_and_no_mask_is_lost(echo_models_dir, tmp_path):
-    prepared = [path.stem for path in sorted(PYDICOM_TEST_FILES.glob("*.dcm"))
-                if _centre_box_folder(path, tmp_path / "in" / path.stem)]
+    prepared = [
+        path.stem
+        for path in sorted(PYDICOM_TEST_FILES.glob("*.dcm"))
+        if _centre_box_folder(path, tmp_path / "in" / path.stem)
+    ]
     assert len(prepared) > 30
     lines = run_submit(tmp_path / "in", tmp_path / "out", echo_models_dir)
     outputs = {p.name for p in (tmp_path / "out").iterdir()}
@@ -145,8 +161,9 @@ def test_a_seg_that_cannot_be_built_leaves_the_label_map_and_a_note(tmp_path):
     source = discover(tmp_path / "in").studies[0]
     labels = np.zeros((4, 12, 12), np.uint16)
     labels[1:3, 2:7, 3:9] = 1
-    context = replace(context_of(source), dicom=None, notes=("the source's DICOM headers hold values that cannot "
-                                                              "be copied",))
+    context = replace(
+        context_of(source), dicom=None, notes=("the source's DICOM headers hold values that cannot be copied",)
+    )
     outcome = StudyOutcome(name=source.name, labels=labels, context=context, notes=list(context.notes))
     OutputWriter(tmp_path / "out").write(source, outcome)
     assert outcome.ok and not (tmp_path / "out" / "ct.seg.dcm").exists()
@@ -160,8 +177,10 @@ def test_a_seg_that_cannot_be_built_leaves_the_label_map_and_a_note(tmp_path):
     np.testing.assert_allclose(back.affine[:3, 3], np.array(spec.origin) * [-1, -1, 1])
 
 
-@pytest.mark.parametrize("name", ["dicom_signed", "dicom_monochrome1", "dicom_nonsquare", "dicom_mixedsyntax",
-                                  "dicom_duplicate", "dicom_split"])
+@pytest.mark.parametrize(
+    "name",
+    ["dicom_signed", "dicom_monochrome1", "dicom_nonsquare", "dicom_mixedsyntax", "dicom_duplicate", "dicom_split"],
+)
 def test_odd_but_valid_series_of_the_corpus_are_read_correctly(tmp_path, name):
     """The corpus' real-world oddities that must be segmented: each is read back as the volume it stores."""
     from bad_inputs import _odd_dicom_corpus, odd_series_spec

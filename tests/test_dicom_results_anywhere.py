@@ -1,6 +1,7 @@
 """Results written anywhere (issue 14, part 2): a DICOM study submitted with a relative path from one folder, its
 sources deleted, `producer results` from another folder writes the same SEG (and RTSTRUCT) as the waiting submit.
 Real Redis (a claimed database), one real `worker start` process with the exported LiteMedSAM."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,16 @@ from worker.contract.settings import FleetSettings
 
 pytestmark = [pytest.mark.fleet, pytest.mark.model]
 TIMEOUT = 300
-VOLATILE = ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime", "StructureSetDate",
-            "StructureSetTime", "SeriesDate", "SeriesTime")
+VOLATILE = (
+    "ContentDate",
+    "ContentTime",
+    "InstanceCreationDate",
+    "InstanceCreationTime",
+    "StructureSetDate",
+    "StructureSetTime",
+    "SeriesDate",
+    "SeriesTime",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +44,7 @@ def fleet(real_models_dir, tmp_path_factory):
     try:
         from worker.app import make_app
 
-        wait_for_nodes(make_app(FleetSettings(broker_url=slot.url, namespace=slot.namespace)), [worker.node],
-                       [worker])
+        wait_for_nodes(make_app(FleetSettings(broker_url=slot.url, namespace=slot.namespace)), [worker.node], [worker])
         yield slot, env, worker
     finally:
         worker.stop()
@@ -44,8 +52,14 @@ def fleet(real_models_dir, tmp_path_factory):
 
 
 def producer(env, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "producer.cli", *args], env={**env, "PYTHONPATH": str(REPO)},
-                            cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, "-m", "producer.cli", *args],
+        env={**env, "PYTHONPATH": str(REPO)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 0, f"{args}: {result.stderr[-3000:]}"
     return result
 
@@ -68,11 +82,24 @@ def test_results_from_another_folder_with_the_sources_gone_equal_the_waiting_sub
     stored[:, 16:44, 20:48] += 400  # a bright block to segment
     site = tmp_path / "site"
     write_series(site / "studies" / "ct", SeriesSpec(stored=stored, intercept=-1024.0, pixel_spacing=(0.8, 0.6)))
-    (site / "studies" / "ct" / "prompts.json").write_text(json.dumps(
-        {"boxes": [{"label": "block", "voxel": [18, 14, 0, 50, 46, 4]}]}))
+    (site / "studies" / "ct" / "prompts.json").write_text(
+        json.dumps({"boxes": [{"label": "block", "voxel": [18, 14, 0, 50, 46, 4]}]})
+    )
 
-    submitted = producer(env, site, "submit", "studies", "--out", "waited", "--broker", slot.url,
-                         "--dicom-format", "seg,rtstruct", "--timeout", str(TIMEOUT))
+    submitted = producer(
+        env,
+        site,
+        "submit",
+        "studies",
+        "--out",
+        "waited",
+        "--broker",
+        slot.url,
+        "--dicom-format",
+        "seg,rtstruct",
+        "--timeout",
+        str(TIMEOUT),
+    )
     batch_id = submitted.stderr.split("batch ")[1].split(":")[0]
     assert (site / "waited" / "ct.seg.dcm").is_file() and (site / "waited" / "ct.rtstruct.dcm").is_file()
     shutil.rmtree(site / "studies")

@@ -1,4 +1,5 @@
 """The challenge metrics on analytic cases, and the `evaluate` command end to end."""
+
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,5 @@
 """The exported LiteMedSAM IR reproduces PyTorch (parity.npz, written at export time) in OpenVINO f32, no torch."""
+
 from __future__ import annotations
 
 import hashlib
@@ -107,18 +108,32 @@ class TestExportedModel:
 
 
 def test_up_to_date_check_notices_tampering(tmp_path):
-    files = {"encoder.xml": b"<net/>", "encoder.bin": b"\x01" * 64,
-             "decoder.xml": b"<net/>", "decoder.bin": b"\x02" * 32}
+    files = {
+        "encoder.xml": b"<net/>",
+        "encoder.bin": b"\x01" * 64,
+        "decoder.xml": b"<net/>",
+        "decoder.bin": b"\x02" * 32,
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     (tmp_path / "parity.npz").write_bytes(b"npz")
 
     def part(stem):
-        return {"xml": f"{stem}.xml", "bin": f"{stem}.bin", "xml_sha256": sha256(tmp_path / f"{stem}.xml"),
-                "bin_sha256": sha256(tmp_path / f"{stem}.bin")}
+        return {
+            "xml": f"{stem}.xml",
+            "bin": f"{stem}.bin",
+            "xml_sha256": sha256(tmp_path / f"{stem}.xml"),
+            "bin_sha256": sha256(tmp_path / f"{stem}.bin"),
+        }
 
-    manifest = {"format": 1, "name": "litemedsam", "encoder": part("encoder"), "decoder": part("decoder"),
-                "sha256": sha256(tmp_path / "encoder.bin", tmp_path / "decoder.bin"), "parity": {"file": "parity.npz"}}
+    manifest = {
+        "format": 1,
+        "name": "litemedsam",
+        "encoder": part("encoder"),
+        "decoder": part("decoder"),
+        "sha256": sha256(tmp_path / "encoder.bin", tmp_path / "decoder.bin"),
+        "parity": {"file": "parity.npz"},
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert is_up_to_date(tmp_path)
 

@@ -9,6 +9,7 @@ Fleet (marked fleet/model): two real `worker start` processes (1 thread each) wi
 split threshold lowered by env, masks compared bit for bit with the embedded run. Worker A consumes the default
 queue and `solo`, B only the default queue, so a study sent to `solo` has exactly one worker of concurrency 1.
 """
+
 from __future__ import annotations
 
 import queue
@@ -55,6 +56,7 @@ def slot():
 
 
 # ------------------------------------------------------------------------------------------ pure decisions
+
 
 def _volume_study(modality="CT", shape=(30, 48, 40), boxes=((5, 6, 0, 30, 40, 9), (10, 4, 4, 36, 30, 15))) -> Study:
     image = RNG.integers(0, 255, shape, dtype=np.uint8)
@@ -134,9 +136,23 @@ def test_the_split_decision_and_its_reasons():
 def test_part_messages_survive_json_and_refuse_other_versions():
     import json
 
-    part = PartMessage(kind=SLICES, run="run1", index=1, parts=3, view="axial", study={"batch_id": "b"},
-                       result_key="key", coordinator="node", coordinator_task="task", space="s", start=4, stop=8,
-                       slices=[7, 8, 9, 10], steps=20, enqueued_at=1.5)
+    part = PartMessage(
+        kind=SLICES,
+        run="run1",
+        index=1,
+        parts=3,
+        view="axial",
+        study={"batch_id": "b"},
+        result_key="key",
+        coordinator="node",
+        coordinator_task="task",
+        space="s",
+        start=4,
+        stop=8,
+        slices=[7, 8, 9, 10],
+        steps=20,
+        enqueued_at=1.5,
+    )
     assert PartMessage.from_wire(json.loads(json.dumps(part.to_wire()))) == part
     with pytest.raises(MessageError):
         PartMessage.from_wire({**part.to_wire(), "version": 99})
@@ -148,6 +164,7 @@ def test_part_messages_survive_json_and_refuse_other_versions():
 
 
 # ------------------------------------------------------------------------------------------------- codec
+
 
 def test_exact_arrays_round_trip_bit_for_bit_and_refuse_anything_else():
     embedding = RNG.standard_normal((1, 256, 64, 64)).astype(np.float32)
@@ -174,6 +191,7 @@ def test_exact_arrays_round_trip_bit_for_bit_and_refuse_anything_else():
 
 
 # ------------------------------------------------------------------------------------ claims and the vote
+
 
 def test_claims_are_leases_only_their_owner_renews_or_releases(slot):
     import redis
@@ -225,9 +243,16 @@ def test_the_coordinator_encodes_alone_when_the_store_fails(slot):
 
     client = redis.Redis.from_url(slot.url)
     keys = Keys(slot.namespace)
-    source = CooperativeSource(EmbeddingBlobs(DownStore(), "space", 60), Claims(client, 5), keys,
-                               SplitBoard(client, keys, "down-run", 60), {"axial": [3, 4, 5]}, "c", prefetch=2,
-                               wait_max=1)
+    source = CooperativeSource(
+        EmbeddingBlobs(DownStore(), "space", 60),
+        Claims(client, 5),
+        keys,
+        SplitBoard(client, keys, "down-run", 60),
+        {"axial": [3, 4, 5]},
+        "c",
+        prefetch=2,
+        wait_max=1,
+    )
     try:
         value = source.embedding("axial", 3, lambda: np.full((1, 2), 7, np.float32))
     finally:
@@ -237,6 +262,7 @@ def test_the_coordinator_encodes_alone_when_the_store_fails(slot):
 
 # ---------------------------------------------------------------------- the coordinator, in this process
 
+
 @pytest.fixture()
 def split_job(slot, echo_engines):
     """A worker context whose part sender is chosen by the test, and a producer client, on a fresh namespace."""
@@ -245,9 +271,16 @@ def split_job(slot, echo_engines):
     echo_engine = echo_engines[0]
     settings = FleetSettings(broker_url=slot.url, namespace=f"{slot.namespace}-{time.monotonic_ns()}")
     client = FleetClient(settings)
-    ctx = WorkerContext(engine=echo_engine, identity=engine_identity(echo_engine), store=client.store,
-                        ledger=client.ledger, result_ttl=600, node="coordinator@test", keys=client.keys,
-                        split=SplitSettings(min_slices=8, max_parts=3, part_slices=4, claim_ttl=5, prefetch=2))
+    ctx = WorkerContext(
+        engine=echo_engine,
+        identity=engine_identity(echo_engine),
+        store=client.store,
+        ledger=client.ledger,
+        result_ttl=600,
+        node="coordinator@test",
+        keys=client.keys,
+        split=SplitSettings(min_slices=8, max_parts=3, part_slices=4, claim_ttl=5, prefetch=2),
+    )
     client.directory.publish([settings.default_queue], ctx.identity, ctx.node)
     return client, ctx, echo_engines
 
@@ -335,9 +368,21 @@ def test_embeddings_a_part_stores_are_what_the_coordinator_would_compute(split_j
 
     decision = _decision(ctx, _staged(client, study), study)
     space = ctx.engine.embedding_space(study)
-    part = PartMessage(kind=SLICES, run="run-emb", index=0, parts=1, view="axial",
-                       study=_staged(client, study).to_wire(), result_key="k", coordinator="c", coordinator_task="t",
-                       space=space, start=0, stop=len(decision.orders["axial"]), slices=decision.orders["axial"])
+    part = PartMessage(
+        kind=SLICES,
+        run="run-emb",
+        index=0,
+        parts=1,
+        view="axial",
+        study=_staged(client, study).to_wire(),
+        result_key="k",
+        coordinator="c",
+        coordinator_task="t",
+        space=space,
+        start=0,
+        stop=len(decision.orders["axial"]),
+        slices=decision.orders["axial"],
+    )
     report = run_part(_part_ctx(ctx, engines[1]), part, Delivery("p"))
     assert report["encoded"] == len(part.slices)
     blobs, seg = EmbeddingBlobs(ctx.store, space, 60), ctx.engine.slice_encoder(study)
@@ -355,9 +400,21 @@ def test_a_part_whose_input_is_unreadable_fails_its_study_with_the_reason(split_
     study = _volume_study("CT")
     message = _staged(client, study)
     ctx.store.put(Keys.input_blob(message.image_digest), b"PK\x03\x04 not an npz", 60)
-    part = PartMessage(kind=SLICES, run="run-bad", index=1, parts=2, view="axial", study=message.to_wire(),
-                       result_key="k", coordinator="c", coordinator_task="t", space="x", start=0, stop=4,
-                       slices=[0, 1, 2, 3])
+    part = PartMessage(
+        kind=SLICES,
+        run="run-bad",
+        index=1,
+        parts=2,
+        view="axial",
+        study=message.to_wire(),
+        result_key="k",
+        coordinator="c",
+        coordinator_task="t",
+        space="x",
+        start=0,
+        stop=4,
+        slices=[0, 1, 2, 3],
+    )
     report = run_part(_part_ctx(ctx, engines[1]), part, Delivery("p"))
     outcome = client.ledger.outcome(message.batch_id, message.name)
     assert outcome.status == "error" and "part 2 of 2" in outcome.error and "unreadable npz" in outcome.error
@@ -417,8 +474,12 @@ def test_a_split_pet_study_equals_the_unsplit_run_with_or_without_helpers(split_
 
 # ------------------------------------------------------------------------------------------- the fleet
 
-SPLIT_ENV = {"LITEMEDSAM_SPLIT_MIN_SLICES": "8", "LITEMEDSAM_SPLIT_PART_SLICES": "4",
-             "LITEMEDSAM_SPLIT_MAX_PARTS": "3", "LITEMEDSAM_SPLIT_CLAIM_TTL": "4"}
+SPLIT_ENV = {
+    "LITEMEDSAM_SPLIT_MIN_SLICES": "8",
+    "LITEMEDSAM_SPLIT_PART_SLICES": "4",
+    "LITEMEDSAM_SPLIT_MAX_PARTS": "3",
+    "LITEMEDSAM_SPLIT_CLAIM_TTL": "4",
+}
 FLEET_TIMEOUT = 300
 
 
@@ -475,11 +536,13 @@ def fan_cases(tmp_path_factory) -> dict[str, Path]:
             image = data["imgs"].copy()
             image.flat[voxel] ^= 1
             np.savez_compressed(root / f"{name}.npz", imgs=image, boxes=data["boxes"], spacing=data["spacing"])
-    return {"ct": study_folder(root / "ct", {"3DBox_CT_fan": phantoms["3DBox_CT_phantom"]}),
-            "pet": study_folder(root / "pet", {"3DBox_PET_fan": root / "pet.npz"}),
-            "poison": study_folder(root / "poison", {"3DBox_CT_poison": root / "poison.npz"}),
-            "killed": study_folder(root / "killed", {"3DBox_CT_killed": root / "killed.npz"}),
-            "2d": study_folder(root / "2d", {"2DBox_CT_fan": phantoms["2DBox_CT_phantom"]})}
+    return {
+        "ct": study_folder(root / "ct", {"3DBox_CT_fan": phantoms["3DBox_CT_phantom"]}),
+        "pet": study_folder(root / "pet", {"3DBox_PET_fan": root / "pet.npz"}),
+        "poison": study_folder(root / "poison", {"3DBox_CT_poison": root / "poison.npz"}),
+        "killed": study_folder(root / "killed", {"3DBox_CT_killed": root / "killed.npz"}),
+        "2d": study_folder(root / "2d", {"2DBox_CT_fan": phantoms["2DBox_CT_phantom"]}),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -511,8 +574,10 @@ def split_fleet(slot, real_models_dir, tmp_path_factory, fan_expected):
     logs = tmp_path_factory.mktemp("fanout-logs")
     env = fleet_env(slot.url, slot.namespace, real_models_dir, **SPLIT_ENV)
     host = socket.gethostname()
-    workers = [WorkerProcess(f"fan-a-{slot.namespace}@{host}", env, logs / "a.log", "--queues", "litemedsam,solo"),
-               WorkerProcess(f"fan-b-{slot.namespace}@{host}", env, logs / "b.log")]
+    workers = [
+        WorkerProcess(f"fan-a-{slot.namespace}@{host}", env, logs / "a.log", "--queues", "litemedsam,solo"),
+        WorkerProcess(f"fan-b-{slot.namespace}@{host}", env, logs / "b.log"),
+    ]
     settings = FleetSettings(broker_url=slot.url, namespace=slot.namespace)
     try:
         fleet = SplitFleet(slot, env, workers, settings)
@@ -537,8 +602,9 @@ def _same_mask(out: Path, name: str, expected) -> None:
 
 @pytest.mark.fleet
 @pytest.mark.model
-def test_a_split_3d_study_matches_the_embedded_run_and_names_its_parts_on_both_workers(split_fleet, fan_cases,
-                                                                                       fan_expected, tmp_path):
+def test_a_split_3d_study_matches_the_embedded_run_and_names_its_parts_on_both_workers(
+    split_fleet, fan_cases, fan_expected, tmp_path
+):
     from producer import api
 
     batch = api.submit(fan_cases["ct"], out_dir=tmp_path, settings=split_fleet.settings, timeout=FLEET_TIMEOUT)
@@ -558,8 +624,9 @@ def test_a_split_3d_study_matches_the_embedded_run_and_names_its_parts_on_both_w
 
 @pytest.mark.fleet
 @pytest.mark.model
-def test_a_worker_killed_mid_part_delays_nothing_and_the_study_completes_once(split_fleet, fan_cases, fan_expected,
-                                                                              tmp_path):
+def test_a_worker_killed_mid_part_delays_nothing_and_the_study_completes_once(
+    split_fleet, fan_cases, fan_expected, tmp_path
+):
     import psutil
 
     from fleet_support import wait_until
@@ -588,8 +655,12 @@ def test_a_worker_killed_mid_part_delays_nothing_and_the_study_completes_once(sp
     assert split_fleet.ledger.runs(batch.batch_id) == {outcome.name: 1}  # the study itself ran once
     assert outcome.metrics["extra"]["node"] != node  # the coordinator was the other worker
     # the killed part's message came back (acks late, reject on worker lost) and ran again, on a new child
-    wait_until(lambda: split_fleet.part_reports()[run][index]["state"] != "running", "the part's redelivery",
-               FLEET_TIMEOUT, split_fleet.logs)
+    wait_until(
+        lambda: split_fleet.part_reports()[run][index]["state"] != "running",
+        "the part's redelivery",
+        FLEET_TIMEOUT,
+        split_fleet.logs,
+    )
     assert victim.alive() and all(w.alive() for w in split_fleet.workers)
 
 
@@ -605,9 +676,15 @@ def test_a_part_that_fails_fails_its_study_with_the_reason(split_fleet, fan_case
     digest = fleet.ledger.studies(batch.batch_id)[name]["image_digest"]
     fleet.consume(queue_name, fleet.a)  # A alone coordinates; its parts wait in the queue
     try:
-        wait_until(lambda: name in fleet.ledger.progress(batch.batch_id)
-                   and fleet.ledger.client.llen(fleet.ledger.keys.queue(queue_name)) >= 1,
-                   "the coordinator running with its parts queued", FLEET_TIMEOUT, fleet.logs)
+        wait_until(
+            lambda: (
+                name in fleet.ledger.progress(batch.batch_id)
+                and fleet.ledger.client.llen(fleet.ledger.keys.queue(queue_name)) >= 1
+            ),
+            "the coordinator running with its parts queued",
+            FLEET_TIMEOUT,
+            fleet.logs,
+        )
         fleet.client.store.put(Keys.input_blob(digest), b"PK\x03\x04 corrupted in the store", 600)
         fleet.consume(queue_name, fleet.b)  # B takes a part and cannot read its input
         outcome = _only(api.results(batch.batch_id, settings=fleet.settings, timeout=FLEET_TIMEOUT))
@@ -621,21 +698,28 @@ def test_a_part_that_fails_fails_its_study_with_the_reason(split_fleet, fan_case
 
 @pytest.mark.fleet
 @pytest.mark.model
-def test_a_split_pet_study_on_one_worker_and_on_two_matches_the_embedded_run(split_fleet, fan_cases, fan_expected,
-                                                                             tmp_path):
+def test_a_split_pet_study_on_one_worker_and_on_two_matches_the_embedded_run(
+    split_fleet, fan_cases, fan_expected, tmp_path
+):
     from producer import api
 
     fleet = split_fleet
-    alone = _only(api.submit(fan_cases["pet"], out_dir=tmp_path / "one", queue="solo", settings=fleet.settings,
-                             timeout=FLEET_TIMEOUT))  # only A consumes `solo`: one worker of concurrency 1
+    alone = _only(
+        api.submit(
+            fan_cases["pet"], out_dir=tmp_path / "one", queue="solo", settings=fleet.settings, timeout=FLEET_TIMEOUT
+        )
+    )  # only A consumes `solo`: one worker of concurrency 1
     assert alone.ok, f"{alone.error}\n{fleet.logs()}"
     _same_mask(tmp_path / "one", alone.name, fan_expected)
     split = alone.metrics["extra"]["split"]
     assert split["mode"] == "views" and {p["node"] for p in split["parts"]} == {fleet.a.node}
     assert sorted(p["view"] for p in split["parts"]) == sorted(TRIVIEW_VIEWS)
 
-    both = _only(api.submit(fan_cases["pet"], out_dir=tmp_path / "two", force=True, settings=fleet.settings,
-                            timeout=FLEET_TIMEOUT))
+    both = _only(
+        api.submit(
+            fan_cases["pet"], out_dir=tmp_path / "two", force=True, settings=fleet.settings, timeout=FLEET_TIMEOUT
+        )
+    )
     assert both.ok, f"{both.error}\n{fleet.logs()}"
     _same_mask(tmp_path / "two", both.name, fan_expected)
     split = both.metrics["extra"]["split"]
@@ -654,9 +738,27 @@ def test_split_off_and_a_busy_queue_never_split(split_fleet, fan_cases, fan_expe
     from producer import api
 
     fleet = split_fleet
-    result = subprocess.run([sys.executable, "-m", "producer.cli", "submit", str(fan_cases["ct"]), "--out",
-                             str(tmp_path / "off"), "--force", "--split", "off", "--broker", fleet.slot.url],
-                            env=fleet.env, cwd=REPO, capture_output=True, text=True, timeout=FLEET_TIMEOUT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "producer.cli",
+            "submit",
+            str(fan_cases["ct"]),
+            "--out",
+            str(tmp_path / "off"),
+            "--force",
+            "--split",
+            "off",
+            "--broker",
+            fleet.slot.url,
+        ],
+        env=fleet.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=FLEET_TIMEOUT,
+    )
     assert result.returncode == 0, result.stderr[-3000:] + fleet.logs()
     (line,) = [json.loads(text) for text in (tmp_path / "off" / "metrics.jsonl").read_text().splitlines()]
     split = line["metrics"]["extra"]["split"]

@@ -9,6 +9,7 @@ user confined to it (Keys.acl_rules): any key or channel that Celery, kombu (res
 messages, their mutex, bindings), the leases or the fleet touched outside `faults:*` would be refused by Redis
 and fail these tests. Only the tests' own observer connects as the default user.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,14 @@ class Faults:
         return "\n".join(f"--- {w.node}\n{w.log_tail()}" for w in self.workers)
 
     def producer(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "producer.cli", *args, "--broker", self.broker],
-                                env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "producer.cli", *args, "--broker", self.broker],
+            env=self.env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +103,24 @@ def faults(real_models_dir, tmp_path_factory):
 
     phantoms = {p.stem: p for p in write_phantoms(root / "phantoms", with_gts=False)}
     broker = server.user_url(NAMESPACE)
-    env = fleet_env(broker, NAMESPACE, real_models_dir, LITEMEDSAM_VISIBILITY_TIMEOUT=str(VISIBILITY),
-                    LITEMEDSAM_LEASE_RENEW="1", COLUMNS="200")
+    env = fleet_env(
+        broker,
+        NAMESPACE,
+        real_models_dir,
+        LITEMEDSAM_VISIBILITY_TIMEOUT=str(VISIBILITY),
+        LITEMEDSAM_LEASE_RENEW="1",
+        COLUMNS="200",
+    )
     settings = FleetSettings(broker_url=broker, namespace=NAMESPACE, visibility_timeout=VISIBILITY)
-    state = Faults(server, broker, settings, env, root, phantoms,
-                   BatchLedger(redis_client(server.url), Keys(NAMESPACE), settings.batch_ttl))
+    state = Faults(
+        server,
+        broker,
+        settings,
+        env,
+        root,
+        phantoms,
+        BatchLedger(redis_client(server.url), Keys(NAMESPACE), settings.batch_ttl),
+    )
     try:
         state.start_worker(), state.start_worker()
         state.wait_ready()
@@ -173,8 +193,9 @@ def test_a_worker_killed_with_its_host_hands_its_3d_study_to_the_other(faults, t
 
 def test_queued_studies_survive_a_redis_restart(faults, tmp_path):
     source = faults.phantoms["2DBox_CT_phantom"]
-    studies = {f"2DBox_CT_restart{i}": many_boxes(source, tmp_path / f"r{i}.npz", copies=8, shift=i + 1)
-               for i in range(6)}
+    studies = {
+        f"2DBox_CT_restart{i}": many_boxes(source, tmp_path / f"r{i}.npz", copies=8, shift=i + 1) for i in range(6)
+    }
     folder = study_folder(tmp_path / "in", studies)
     producer = faults.producer("submit", str(folder), "--out", str(tmp_path / "out"))
     queue_key = faults.ledger.keys.queue(faults.settings.default_queue)
@@ -206,7 +227,6 @@ def test_a_study_that_keeps_killing_its_worker_ends_failed_after_three_deliverie
     (name,) = batch.names
     killed_at = 0.0
     for delivery in (1, 2, 3):  # the "OOM killer" takes the process running it, each time
-
         # this delivery's own progress (the previous one's entry lingers until overwritten)
         def running(killed_at=killed_at, delivery=delivery):
             progress = faults.ledger.progress(batch.batch_id).get(name)
@@ -228,8 +248,9 @@ def test_a_study_that_keeps_killing_its_worker_ends_failed_after_three_deliverie
 
 def test_an_interrupted_producer_recovers_everything_with_results(faults, tmp_path):
     source = faults.phantoms["2DBox_CT_phantom"]
-    studies = {f"2DBox_CT_interrupted{i}": many_boxes(source, tmp_path / f"i{i}.npz", copies=8, shift=60 + i)
-               for i in range(3)}
+    studies = {
+        f"2DBox_CT_interrupted{i}": many_boxes(source, tmp_path / f"i{i}.npz", copies=8, shift=60 + i) for i in range(3)
+    }
     folder = study_folder(tmp_path / "in", studies)
     producer = faults.producer("submit", str(folder), "--out", str(tmp_path / "first"))
     _wait_for(lambda: _sealed_batch_of(faults, set(studies)), "the producer to enqueue its batch", faults)
@@ -238,9 +259,24 @@ def test_an_interrupted_producer_recovers_everything_with_results(faults, tmp_pa
     assert producer.returncode == 130, stderr
     batch_id = _batch_id(stderr)
     assert f"producer results {batch_id}" in " ".join(stderr.split())
-    collected = subprocess.run([sys.executable, "-m", "producer.cli", "results", batch_id, "--out",
-                                str(tmp_path / "later"), "--broker", faults.broker],
-                               env=faults.env, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    collected = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "producer.cli",
+            "results",
+            batch_id,
+            "--out",
+            str(tmp_path / "later"),
+            "--broker",
+            faults.broker,
+        ],
+        env=faults.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert collected.returncode == 0, collected.stderr[-3000:]
     for name in studies:
         assert read_segs(tmp_path / "later" / f"{name}.npz").max() > 0
@@ -267,8 +303,9 @@ def test_bad_studies_sent_straight_to_the_workers_are_judged_there(faults):
     from bad_inputs import bad_studies_in_memory
 
     cases = bad_studies_in_memory()
-    batch = api.submit_studies({name: study for name, (study, _) in cases.items()}, settings=faults.settings,
-                               timeout=TIMEOUT)
+    batch = api.submit_studies(
+        {name: study for name, (study, _) in cases.items()}, settings=faults.settings, timeout=TIMEOUT
+    )
     outcomes = {o.name: o for o in batch.outcomes}
     assert set(outcomes) == set(cases)
     assert faults.ledger.runs(batch.batch_id) == {name: 1 for name in cases}  # each reached a worker, once

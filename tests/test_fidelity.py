@@ -12,6 +12,7 @@ The engine runs with overlap = "later" (the baseline's convention) and its defau
 wide, tall, upscaled (longest side < S), downscaled, grey and true RGB; real cases from ../shared/data/cases when
 present, else the project's phantoms.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.model
 
 
 # ---------------------------------------------------------------- the baseline's 2D algorithm (twin)
+
 
 def baseline_preprocess(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int], float]:
     h, w = image.shape[:2]
@@ -46,7 +48,7 @@ def baseline_box(box: np.ndarray, original: tuple[int, int], size: int) -> np.nd
 def baseline_mask(logits: np.ndarray, size: int, resized: tuple[int, int], original: tuple[int, int]) -> np.ndarray:
     if logits.shape != (size, size):
         logits = cv2.resize(logits, (size, size), interpolation=cv2.INTER_LINEAR)
-    cropped = np.ascontiguousarray(logits[:resized[0], :resized[1]])
+    cropped = np.ascontiguousarray(logits[: resized[0], : resized[1]])
     return cv2.resize(cropped, (original[1], original[0]), interpolation=cv2.INTER_LINEAR) > 0
 
 
@@ -62,6 +64,7 @@ def baseline_2d(model, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- images of every kind
+
 
 def colourise(grey_rgb: np.ndarray) -> np.ndarray:
     """A true RGB image from a grey one: three different channels (a min-max over all of them matters)."""
@@ -85,13 +88,17 @@ def parity_images() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         for name in ("2DBox_CT_amos000475", "2DBox_Microscope_stardist2d", "2DBox_Mammography_demo"):
             case = _npz(imgs / f"{name}.npz")
             images[name] = (case["imgs"], case["boxes"])
-        crops = from_image("CT_amos000690", _npz(imgs / "2DBox_CT_amos000690.npz")["imgs"],
-                           _npz(gts / "2DBox_CT_amos000690.npz")["gts"])
+        crops = from_image(
+            "CT_amos000690",
+            _npz(imgs / "2DBox_CT_amos000690.npz")["imgs"],
+            _npz(gts / "2DBox_CT_amos000690.npz")["gts"],
+        )
         slices = []
         for stem in ("CT_tssm", "MR_brats01646"):
             volume = _npz(imgs / f"3DBox_{stem}.npz")["imgs"]
-            slices += [c for c in from_volume(stem, volume, _npz(gts / f"3DBox_{stem}.npz")["gts"], None)
-                       if not c.is_3d][:1]
+            slices += [
+                c for c in from_volume(stem, volume, _npz(gts / f"3DBox_{stem}.npz")["gts"], None) if not c.is_3d
+            ][:1]
     else:
         phantoms = {p.name: p for p in build_phantoms()}
         ct2d = phantoms["2DBox_CT_phantom"]
@@ -99,8 +106,11 @@ def parity_images() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         crops = from_image("CT_phantom", ct2d.imgs, ct2d.gts)
         slices = []
         for name in ("3DBox_CT_phantom", "3DBox_MR_phantom"):
-            slices += [c for c in from_volume(name.split("_", 1)[1], phantoms[name].imgs, phantoms[name].gts, None)
-                       if not c.is_3d][:1]
+            slices += [
+                c
+                for c in from_volume(name.split("_", 1)[1], phantoms[name].imgs, phantoms[name].gts, None)
+                if not c.is_3d
+            ][:1]
         big = np.repeat(np.repeat(ct2d.imgs, 3, axis=0), 2, axis=1)[:, :700]  # a large, tall image
         images["2DBox_CT_phantom-large"] = (big, ct2d.boxes * np.array([2, 3, 2, 3]) + np.array([0, 0, 1, 2]))
     for case in crops + slices:
@@ -126,6 +136,7 @@ def test_the_images_cover_every_kind():
 
 
 # ---------------------------------------------------------------- the engine against the twin
+
 
 @pytest.fixture(scope="module")
 def engines(real_models_dir, tmp_path_factory):

@@ -4,6 +4,7 @@ the real LiteMedSAM model, and the producer's API and CLI.
 Expected masks come from the embedded run (producer.embedded, same model, same thread count), computed in a
 background thread while the workers run, and must match bit for bit.
 """
+
 from __future__ import annotations
 
 import json
@@ -165,8 +166,10 @@ def slot() -> RedisSlot:
 def fleet(slot, real_models_dir, tmp_path_factory) -> Fleet:
     logs = tmp_path_factory.mktemp("fleet-logs")
     env, port, host = fleet_env(slot.url, slot.namespace, real_models_dir), _free_port(), socket.gethostname()
-    workers = [WorkerProcess(f"fleet-a-{slot.namespace}@{host}", env, logs / "a.log", "--metrics-port", str(port)),
-               WorkerProcess(f"fleet-b-{slot.namespace}@{host}", env, logs / "b.log")]
+    workers = [
+        WorkerProcess(f"fleet-a-{slot.namespace}@{host}", env, logs / "a.log", "--metrics-port", str(port)),
+        WorkerProcess(f"fleet-b-{slot.namespace}@{host}", env, logs / "b.log"),
+    ]
     settings = FleetSettings(broker_url=slot.url, namespace=slot.namespace)
     try:
         from worker.app import make_app
@@ -174,8 +177,14 @@ def fleet(slot, real_models_dir, tmp_path_factory) -> Fleet:
         wait_for_nodes(make_app(settings), [w.node for w in workers], workers)
         from worker.contract.settings import redis_client
 
-        yield Fleet(slot, settings, env, workers, port,
-                    BatchLedger(redis_client(slot.url), Keys(slot.namespace), settings.batch_ttl))
+        yield Fleet(
+            slot,
+            settings,
+            env,
+            workers,
+            port,
+            BatchLedger(redis_client(slot.url), Keys(slot.namespace), settings.batch_ttl),
+        )
     finally:
         for worker in workers:
             worker.stop()
@@ -198,8 +207,14 @@ def first_batch(expected, fleet, cases, tmp_path_factory):
 
 
 def _cli(fleet: Fleet, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "producer.cli", *args, "--broker", fleet.slot.url],
-                            env=fleet.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "producer.cli", *args, "--broker", fleet.slot.url],
+        env=fleet.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, f"{args}: {result.stderr[-3000:]}\n{fleet.logs()}"
     return result
 
@@ -228,8 +243,9 @@ def test_batch_on_two_workers_matches_the_embedded_run_bit_for_bit(expected, fle
     assert sum(after.values()) - sum(before.values()) == len(names)
     extras = [o.metrics["extra"] for o in outcomes.values()]
     assert {e["node"] for e in extras} == fleet.nodes, "both workers must have segmented studies"
-    manifest_sha = json.loads((Path(fleet.env["LITEMEDSAM_MODELS_DIR"]) / "litemedsam" / "manifest.json")
-                              .read_text())["sha256"]
+    manifest_sha = json.loads((Path(fleet.env["LITEMEDSAM_MODELS_DIR"]) / "litemedsam" / "manifest.json").read_text())[
+        "sha256"
+    ]
     for o in outcomes.values():
         extra, times, counts = o.metrics["extra"], o.metrics["times"], o.metrics["counts"]
         assert extra["cached"] is False and extra["queue_wait"] >= 0 and extra["pid"] > 0 and extra["host"]
@@ -243,16 +259,31 @@ def test_batch_on_two_workers_matches_the_embedded_run_bit_for_bit(expected, fle
 
 
 def test_workers_answer_pings_and_serve_prometheus_metrics(fleet, first_batch):
-    ping = subprocess.run([sys.executable, "-m", "worker.cli", "ping"], env=fleet.env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    ping = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "ping"],
+        env=fleet.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ping.returncode == 0 and all(f"{node}: pong" in ping.stdout for node in fleet.nodes), ping.stderr
     assert "queue litemedsam: engine" in ping.stdout
-    inspect = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "inspect", "ping"],
-                             env=fleet.env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    inspect = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker.app", "inspect", "ping"],
+        env=fleet.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert inspect.returncode == 0 and all(node in inspect.stdout for node in fleet.nodes), inspect.stderr
     text = urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/metrics", timeout=10).read().decode()
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-               for line in text.splitlines() if line and not line.startswith("#")}
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     done = sum(v for k, v in samples.items() if k.startswith("litemedsam_studies_total{") and 'status="ok"' in k)
     assert done >= 1, text
     assert samples['litemedsam_stage_seconds_count{stage="encode"}'] == done
@@ -289,8 +320,7 @@ def test_resubmission_is_served_from_the_store_and_force_recomputes(fleet, cases
     assert all(line["metrics"]["extra"]["cached"] is True and line["metrics"]["times"]["encode"] > 0 for line in lines)
 
     forced_names = sorted(s.name for s in find_studies(cases.force))
-    forced = api.submit(cases.force, out_dir=tmp_path / "forced", settings=fleet.settings, force=True,
-                        timeout=TIMEOUT)
+    forced = api.submit(cases.force, out_dir=tmp_path / "forced", settings=fleet.settings, force=True, timeout=TIMEOUT)
     assert forced.queued == len(forced_names)
     assert all(o.ok and o.metrics["extra"]["cached"] is False for o in forced.outcomes)
     assert fleet.ledger.runs(forced.batch_id) == {name: 1 for name in forced_names}

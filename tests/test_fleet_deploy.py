@@ -2,6 +2,7 @@
 
 Docker is not runnable here, so this is what can be checked without it.
 """
+
 from __future__ import annotations
 
 import re
@@ -70,9 +71,14 @@ def test_flower_uses_the_fleets_key_prefix(compose, tmp_path):
     assert set(mounts.values()) == {f"{folder}/celeryconfig.py", f"{folder}/keys.py"}
     for source, target in mounts.items():
         shutil.copy(REPO / source, tmp_path / Path(target).name)
-    read = subprocess.run([sys.executable, "-c", "import celeryconfig; print(celeryconfig.broker_transport_options)"],
-                          cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "LITEMEDSAM_NAMESPACE": "tenantA"},
-                          capture_output=True, text=True, check=True)
+    read = subprocess.run(
+        [sys.executable, "-c", "import celeryconfig; print(celeryconfig.broker_transport_options)"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "LITEMEDSAM_NAMESPACE": "tenantA"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     expected = celery_config(FleetSettings(namespace="tenantA"))["broker_transport_options"]["global_keyprefix"]
     assert read.stdout.strip() == str({"global_keyprefix": expected})
 

@@ -2,6 +2,7 @@
 
 Tests touching Redis use a private database (claimed empty, flushed after); the job runs the box-echo engine.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,6 +43,7 @@ def slot():
 
 # ----------------------------------------------------------------------------------------------- store
 
+
 def test_blobs_refuse_pickled_arrays():
     buffer = io.BytesIO()
     np.savez(buffer, evil=np.array([{"a": 1}], dtype=object))
@@ -77,10 +79,17 @@ def test_file_store_is_write_once_and_expires(tmp_path):
 
 # ------------------------------------------------------------------------------------- content addressing
 
+
 def _identity(**changes) -> EngineIdentity:
-    base = EngineIdentity(precision="f32", package_version="0.1.0", models={"litemedsam": "a" * 64},
-                          routing={"default": {"models": ["litemedsam"], "margin": 3.0},
-                                   "modality": {"PET": {"strategy_3d": "triview"}, "MR": {}}})
+    base = EngineIdentity(
+        precision="f32",
+        package_version="0.1.0",
+        models={"litemedsam": "a" * 64},
+        routing={
+            "default": {"models": ["litemedsam"], "margin": 3.0},
+            "modality": {"PET": {"strategy_3d": "triview"}, "MR": {}},
+        },
+    )
     return base.model_copy(update=changes)
 
 
@@ -123,9 +132,18 @@ def test_engine_identity_survives_json_and_names_the_weights_that_run(echo_engin
 
 def test_task_message_keeps_boxes_bit_exact_through_json():
     boxes = np.array([[10.1, 20.7, 30.3, 40.9]], dtype=np.float32)
-    message = TaskMessage(batch_id="b", name="n", study_id="n", modality="CT", image_digest="d",
-                          image_shape=(8, 8, 3), boxes=boxes.tolist(), boxes_dtype=boxes.dtype.str,
-                          boxes_shape=boxes.shape, spacing=(1.0, 1.0, 2.5))
+    message = TaskMessage(
+        batch_id="b",
+        name="n",
+        study_id="n",
+        modality="CT",
+        image_digest="d",
+        image_shape=(8, 8, 3),
+        boxes=boxes.tolist(),
+        boxes_dtype=boxes.dtype.str,
+        boxes_shape=boxes.shape,
+        spacing=(1.0, 1.0, 2.5),
+    )
     back = TaskMessage.from_wire(json.loads(json.dumps(message.to_wire())))
     assert back == message
     assert back.boxes_array().dtype == np.float32 and back.boxes_array().tobytes() == boxes.tobytes()
@@ -133,16 +151,44 @@ def test_task_message_keeps_boxes_bit_exact_through_json():
         TaskMessage.from_wire({**message.to_wire(), "version": 99})
 
 
-@pytest.mark.parametrize("payload, message", [
-    ("not an object", "a task message is a JSON object"),
-    ({"version": 1}, "batch_id: Field required"),
-    ({"version": 1, "batch_id": "b", "name": "n", "study_id": "n", "modality": "CT", "image_digest": "d",
-      "image_shape": [8, "x"], "boxes": [[1, 2, 3, 4]], "boxes_dtype": "<i8", "boxes_shape": [1, 4]},
-     "image_shape.1: Input should be a valid integer"),
-    ({"version": 1, "batch_id": "b", "name": "n", "study_id": "n", "modality": "CT", "image_digest": "d",
-      "image_shape": [8], "boxes": [], "boxes_dtype": "<i8", "boxes_shape": [0, 4], "colour": "red"},
-     "colour: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ("not an object", "a task message is a JSON object"),
+        ({"version": 1}, "batch_id: Field required"),
+        (
+            {
+                "version": 1,
+                "batch_id": "b",
+                "name": "n",
+                "study_id": "n",
+                "modality": "CT",
+                "image_digest": "d",
+                "image_shape": [8, "x"],
+                "boxes": [[1, 2, 3, 4]],
+                "boxes_dtype": "<i8",
+                "boxes_shape": [1, 4],
+            },
+            "image_shape.1: Input should be a valid integer",
+        ),
+        (
+            {
+                "version": 1,
+                "batch_id": "b",
+                "name": "n",
+                "study_id": "n",
+                "modality": "CT",
+                "image_digest": "d",
+                "image_shape": [8],
+                "boxes": [],
+                "boxes_dtype": "<i8",
+                "boxes_shape": [0, 4],
+                "colour": "red",
+            },
+            "colour: Extra inputs are not permitted",
+        ),
+    ],
+)
 def test_a_malformed_task_message_is_one_clear_line(payload, message):
     with pytest.raises(MessageError, match=message) as raised:
         TaskMessage.from_wire(payload)
@@ -150,7 +196,7 @@ def test_a_malformed_task_message_is_one_clear_line(payload, message):
 
 
 def test_progress_reads_the_positional_form_written_before_it_was_an_object():
-    assert Progress.from_json("[3, 9, \"w@h\", 1.5]") == Progress(done=3, total=9, node="w@h", updated_at=1.5)
+    assert Progress.from_json('[3, 9, "w@h", 1.5]') == Progress(done=3, total=9, node="w@h", updated_at=1.5)
     assert Progress.from_json(Progress(done=1, total=2).model_dump_json()) == Progress(done=1, total=2)
 
 
@@ -163,8 +209,9 @@ def test_time_budget_scales_with_the_study_and_stays_below_its_ceiling():
     assert huge[0] < huge[1] == 21600
 
 
-@pytest.mark.parametrize("namespace", ["", "a:b", "a*", "a?", "a[b]", "a/b", "..", ".hidden", "-x", "a b",
-                                       "x" * 65, "ns\n"])
+@pytest.mark.parametrize(
+    "namespace", ["", "a:b", "a*", "a?", "a[b]", "a/b", "..", ".hidden", "-x", "a b", "x" * 65, "ns\n"]
+)
 def test_a_namespace_must_be_a_plain_prefix(namespace):
     with pytest.raises(ValueError, match="LITEMEDSAM_NAMESPACE"):
         FleetSettings(namespace=namespace)
@@ -190,16 +237,27 @@ def test_acl_rules_confine_a_user_to_its_namespace():
     rules = Keys("tenantA").acl_rules(db=3)
     assert rules[:4] == ["resetkeys", "~tenantA:*", "resetchannels", "&tenantA:*"]
     # PSUBSCRIBE patterns are matched literally by Redis: kombu's, as it sends them on database 3
-    assert {"&tenantA:celery:/3.celery.pidbox", "&tenantA:celery:/3.celeryev/worker.*",
-            "&tenantA:celery:/3.celeryev/*"} <= set(rules)
+    assert {
+        "&tenantA:celery:/3.celery.pidbox",
+        "&tenantA:celery:/3.celeryev/worker.*",
+        "&tenantA:celery:/3.celeryev/*",
+    } <= set(rules)
     assert all(rule.startswith(("~tenantA:", "&tenantA:", "+", "-", "reset")) for rule in rules), rules
 
 
 def _request(**fields):
     from celery.app.task import Context
 
-    return Context({"id": "task-1", "task": "litemedsam.segment", "retries": 2, "timelimit": (70, 60),
-                    "delivery_info": {"routing_key": "pet"}, **fields})
+    return Context(
+        {
+            "id": "task-1",
+            "task": "litemedsam.segment",
+            "retries": 2,
+            "timelimit": (70, 60),
+            "delivery_info": {"routing_key": "pet"},
+            **fields,
+        }
+    )
 
 
 def test_a_retried_message_keeps_its_namespace_header():
@@ -208,7 +266,8 @@ def test_a_retried_message_keeps_its_namespace_header():
 
     request = _request(**{NAMESPACE_HEADER: "tenantA"})
     assert segment.signature_from_request(request, args=[{}], kwargs={}).options["headers"] == {
-        NAMESPACE_HEADER: "tenantA"}  # Celery's retry republishes with these headers
+        NAMESPACE_HEADER: "tenantA"
+    }  # Celery's retry republishes with these headers
 
 
 def test_a_foreign_message_that_cannot_be_handed_back_is_kept_aside(slot, monkeypatch):
@@ -267,19 +326,33 @@ def test_source_round_trips_through_the_manifest(tmp_path):
     from producer.formats.sidecar import SidecarRef
     from producer.source_codec import source_from_json, source_to_json
 
-    source = StudySource("s", tmp_path, "dicom", (tmp_path / "1.dcm", tmp_path / "2.dcm"),
-                         SidecarRef(tmp_path / "prompts.json", "series", "1.2.3", True))
+    source = StudySource(
+        "s",
+        tmp_path,
+        "dicom",
+        (tmp_path / "1.dcm", tmp_path / "2.dcm"),
+        SidecarRef(tmp_path / "prompts.json", "series", "1.2.3", True),
+    )
     assert source_from_json(json.loads(json.dumps(source_to_json(source)))) == source
 
 
 # ------------------------------------------------------------------------------------------- report
 
+
 def test_report_statistics_leave_cached_studies_out(tmp_path):
     def record(name, modality, encode, cached=False, status="ok"):
         extra = {"cached": cached, "queue_wait": 0.5, "transfer": {"upload": 0.01}}
-        return {"study": name, "modality": modality, "status": status, "seconds": encode + 1,
-                "metrics": {"times": {"encode": encode, "total": encode + 0.5}, "counts": {"slices_encoded": 2},
-                            "extra": extra}}
+        return {
+            "study": name,
+            "modality": modality,
+            "status": status,
+            "seconds": encode + 1,
+            "metrics": {
+                "times": {"encode": encode, "total": encode + 0.5},
+                "counts": {"slices_encoded": 2},
+                "extra": extra,
+            },
+        }
 
     records = [record(f"ct{i}", "CT", float(i)) for i in range(1, 11)]
     records += [record("mr", "MR", 100.0, cached=True), record("bad", "MR", 0.0, status="error")]
@@ -296,6 +369,7 @@ def test_report_statistics_leave_cached_studies_out(tmp_path):
 
 # ------------------------------------------------------------------------------------------- telemetry
 
+
 def test_child_metrics_reach_the_parent_even_if_prometheus_was_imported_first(tmp_path, monkeypatch):
     from prometheus_client import values
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -307,8 +381,11 @@ def test_child_metrics_reach_the_parent_even_if_prometheus_was_imported_first(tm
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("LITEMEDSAM_METRICS_PORT", "9808")
     child = ChildTelemetry()
-    metrics = {"times": {"encode": 0.5, "total": 1.0}, "counts": {"cache_hits": 3, "cache_misses": 1},
-               "extra": {"queue_wait": 0.2, "transfer": {"input_download": 0.01}}}
+    metrics = {
+        "times": {"encode": 0.5, "total": 1.0},
+        "counts": {"cache_hits": 3, "cache_misses": 1},
+        "extra": {"queue_wait": 0.2, "transfer": {"input_download": 0.01}},
+    }
     child.observe(Outcome(name="a", status="ok", modality="CT", metrics=metrics))
     child.observe(Outcome(name="b", status="error", modality="CT", error="bad"))
     merged = MultiProcessCollector(None, path=str(tmp_path))
@@ -322,6 +399,7 @@ def test_child_metrics_reach_the_parent_even_if_prometheus_was_imported_first(tm
 
 
 # ---------------------------------------------------------------------------------------------- the job
+
 
 class FakeEngine:
     def __init__(self, raises: BaseException):
@@ -348,8 +426,15 @@ def job(slot, echo_engine, echo_models_dir):
 
     settings = FleetSettings(broker_url=slot.url, namespace=f"{slot.namespace}-{time.monotonic_ns()}")
     client = FleetClient(settings)
-    ctx = WorkerContext(engine=echo_engine, identity=engine_identity(echo_engine), store=client.store,
-                        ledger=client.ledger, result_ttl=600, node="unit@test", keys=client.keys)
+    ctx = WorkerContext(
+        engine=echo_engine,
+        identity=engine_identity(echo_engine),
+        store=client.store,
+        ledger=client.ledger,
+        result_ttl=600,
+        node="unit@test",
+        keys=client.keys,
+    )
     client.directory.publish([settings.default_queue], ctx.identity, ctx.node)
     return client, ctx
 
@@ -396,8 +481,9 @@ def test_job_keeps_the_first_stored_result_when_a_second_delivery_finishes_later
     client, ctx = job
     study = _study()
     message = _message(client, study)
-    sentinel = ResultRecord(np.full(study.image.shape[:2], 7, np.uint16),
-                            StudyMetrics.model_validate({"extra": {"sentinel": True}}))
+    sentinel = ResultRecord(
+        np.full(study.image.shape[:2], 7, np.uint16), StudyMetrics.model_validate({"extra": {"sentinel": True}})
+    )
 
     class RacingStore:  # another delivery stores its result while this one computes
         def __getattr__(self, name):
@@ -420,8 +506,13 @@ def test_a_run_overtaken_by_another_delivery_stops_and_adds_nothing(job):
     client, ctx = job
     study = _study()
     message = _message(client, study)
-    theirs = Outcome(name=message.name, status="ok", modality=message.modality, result_key=_key(client, message),
-                     metrics={"extra": {"node": "other@host"}})
+    theirs = Outcome(
+        name=message.name,
+        status="ok",
+        modality=message.modality,
+        result_key=_key(client, message),
+        metrics={"extra": {"node": "other@host"}},
+    )
     reported = []
 
     class Overtaken:  # the other delivery records its outcome while this engine runs
@@ -430,8 +521,9 @@ def test_a_run_overtaken_by_another_delivery_stops_and_adds_nothing(job):
 
         def segment(self, study, progress=None):
             client.ledger.record(message.batch_id, theirs)
-            return ctx.engine.segment(study, progress=lambda done, total: (reported.append(done),
-                                                                           progress(done, total)))
+            return ctx.engine.segment(
+                study, progress=lambda done, total: (reported.append(done), progress(done, total))
+            )
 
     class Counting:
         def __init__(self):
@@ -478,10 +570,17 @@ def test_job_replaces_an_unreadable_stored_result(job):
     assert client.fetch(outcome.result_key).labels.max() == 2
 
 
-@pytest.mark.parametrize("problem, reason", [
-    ("inverted", "inverted"), ("missing", "no longer in the store"), ("corrupt", "digest mismatch"),
-    ("poison", "abandoned"), ("engine", "engine error: RuntimeError: boom"), ("timeout", "time limit"),
-])
+@pytest.mark.parametrize(
+    "problem, reason",
+    [
+        ("inverted", "inverted"),
+        ("missing", "no longer in the store"),
+        ("corrupt", "digest mismatch"),
+        ("poison", "abandoned"),
+        ("engine", "engine error: RuntimeError: boom"),
+        ("timeout", "time limit"),
+    ],
+)
 def test_job_ends_a_bad_study_with_its_reason(job, problem, reason):
     client, ctx = job
     boxes = ((60, 10, 10, 50),) if problem == "inverted" else ((10, 10, 60, 50),)
@@ -511,8 +610,9 @@ def test_hard_time_limit_is_recorded_as_the_study_error(job, monkeypatch):
     monkeypatch.setenv("LITEMEDSAM_NAMESPACE", client.settings.namespace)
     tasks._ledger.cache_clear()
     try:
-        tasks.on_task_failure(sender=tasks.segment, task_id="t", exception=TimeLimitExceeded(61),
-                              args=[message.to_wire()])
+        tasks.on_task_failure(
+            sender=tasks.segment, task_id="t", exception=TimeLimitExceeded(61), args=[message.to_wire()]
+        )
     finally:
         tasks._ledger.cache_clear()
     outcome = client.ledger.outcome(message.batch_id, message.name)
@@ -534,6 +634,7 @@ def test_progress_is_throttled_but_the_last_step_always_published(slot):
 
 
 # ----------------------------------------------------------------------------------------------- memory guard
+
 
 def test_a_study_that_cannot_fit_is_refused_before_the_engine_runs(job):
     from worker.memory import MemoryGuard, rss_bytes
@@ -578,8 +679,9 @@ def test_a_study_outgrowing_the_guard_ends_its_process_with_the_reason_recorded(
 
     client, ctx = job
     message = _message(client, _study())
-    child = multiprocessing.get_context("fork").Process(target=_run_ballooning,
-                                                         args=(ctx, message, rss_bytes() + (200 << 20)))
+    child = multiprocessing.get_context("fork").Process(
+        target=_run_ballooning, args=(ctx, message, rss_bytes() + (200 << 20))
+    )
     child.start()
     child.join(120)
     assert child.exitcode == EXIT_CODE
@@ -591,6 +693,7 @@ def test_a_study_outgrowing_the_guard_ends_its_process_with_the_reason_recorded(
 
 
 # ----------------------------------------------------------------------------------------------- names and keys
+
 
 @pytest.mark.parametrize("name", ["../escaped", "/tmp/absolute", "a/../../b", "..", "back\\slash", "nul\0"])
 def test_study_names_cannot_escape_the_output_folder(tmp_path, name):

@@ -1,4 +1,5 @@
 """producer.formats.registry: one class per study kind, and the only place a source's kind becomes behaviour."""
+
 from __future__ import annotations
 
 import json

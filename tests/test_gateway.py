@@ -3,6 +3,7 @@ the real LiteMedSAM model (1 OpenVINO thread), real Redis and a real worker proc
 
 Small series (8-12 slices of 64-96 px, RLE-compressed CT built with pydicom) keep the file within a few minutes.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,8 +35,13 @@ pytestmark = [pytest.mark.model, pytest.mark.skipif(not orthanc_available(), rea
 TOKEN = "gateway-test-token-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
 ENGINE_MAX_VOXELS = 200_000  # the gateway's engine refuses bigger images (the "engine refuses" case)
-PROMPTS = {"modality": "CT", "boxes": [{"label": "organ", "voxel": [30, 34, 2, 62, 64, 7]},
-                                       {"label": "body edge", "voxel": [6, 10, 3, 40, 40, 5]}]}
+PROMPTS = {
+    "modality": "CT",
+    "boxes": [
+        {"label": "organ", "voxel": [30, 34, 2, 62, 64, 7]},
+        {"label": "body edge", "voxel": [6, 10, 3, 40, 40, 5]},
+    ],
+}
 
 
 def seg_labels(seg_path_or_bytes, series_files) -> np.ndarray:
@@ -47,15 +53,23 @@ def seg_labels(seg_path_or_bytes, series_files) -> np.ndarray:
 
 def folder_run(series_dir: Path, out: Path) -> Path:
     """`producer submit` on the series folder (embedded, 1 thread, the gateway's thread count)."""
-    subprocess.run([sys.executable, "-m", "producer.cli", "submit", str(series_dir), "--out", str(out),
-                    "--threads", "1"], cwd=REPO, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "producer.cli", "submit", str(series_dir), "--out", str(out), "--threads", "1"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (seg,) = out.glob("*.seg.dcm")
     return seg
 
 
 def job_body(pacs: Orthanc, spec: SeriesSpec, prompts=PROMPTS, store="source", root: str | None = None) -> dict:
-    return {"source": {"dicomweb": root or pacs.dicomweb, "study": spec.study_uid, "series": spec.series_uid},
-            "prompts": prompts, "store": store}
+    return {
+        "source": {"dicomweb": root or pacs.dicomweb, "study": spec.study_uid, "series": spec.series_uid},
+        "prompts": prompts,
+        "store": store,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -74,9 +88,12 @@ def pacs(tmp_path_factory):
 def series(tmp_path_factory, pacs):
     """The test series, uploaded into the PACS; each in its own folder with the prompts for the folder run."""
     root = tmp_path_factory.mktemp("series")
-    made = {"main": make_series(root / "main", 10, 96), "big": make_series(root / "big", 16, 128, seed=1),
-            "reject": make_series(root / "reject", 8, 96, REJECT_SEG_PATIENT, seed=2),
-            "flat": make_series(root / "flat", 1, 96, seed=3)}
+    made = {
+        "main": make_series(root / "main", 10, 96),
+        "big": make_series(root / "big", 16, 128, seed=1),
+        "reject": make_series(root / "reject", 8, 96, REJECT_SEG_PATIENT, seed=2),
+        "flat": make_series(root / "flat", 1, 96, seed=3),
+    }
     for name in made:
         pacs.upload(sorted((root / name).iterdir()))
     (root / "main" / "prompts.json").write_text(json.dumps(PROMPTS))
@@ -85,16 +102,26 @@ def series(tmp_path_factory, pacs):
 
 def credentials(pacs: Orthanc) -> dict:
     """The right password for 127.0.0.1; a wrong one for the same PACS reached as localhost."""
-    return {pacs.dicomweb: {"username": pacs.user, "password": pacs.password},
-            pacs.dicomweb.replace("127.0.0.1", "localhost"): {"username": pacs.user, "password": "wrong-password"}}
+    return {
+        pacs.dicomweb: {"username": pacs.user, "password": pacs.password},
+        pacs.dicomweb.replace("127.0.0.1", "localhost"): {"username": pacs.user, "password": "wrong-password"},
+    }
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, pacs, real_models_dir):
-    service = GatewayProcess(tmp_path_factory.mktemp("gateway"), TOKEN, credentials(pacs), "--threads", "1",
-                             "--dicomweb-timeout", "3", "--dicomweb-retries", "1",
-                             env={"LITEMEDSAM_MODELS_DIR": str(real_models_dir),
-                                  "LITEMEDSAM_MAX_VOXELS": str(ENGINE_MAX_VOXELS)})
+    service = GatewayProcess(
+        tmp_path_factory.mktemp("gateway"),
+        TOKEN,
+        credentials(pacs),
+        "--threads",
+        "1",
+        "--dicomweb-timeout",
+        "3",
+        "--dicomweb-retries",
+        "1",
+        env={"LITEMEDSAM_MODELS_DIR": str(real_models_dir), "LITEMEDSAM_MAX_VOXELS": str(ENGINE_MAX_VOXELS)},
+    )
     try:
         service.wait_ready()
         yield service
@@ -131,16 +158,19 @@ def test_dicomweb_job_stores_seg_equal_to_folder_run(gateway, pacs, series, refe
     assert pacs_labels.any() and set(np.unique(pacs_labels)) == {0, 1, 2}
     np.testing.assert_array_equal(pacs_labels, folder_labels)  # bit for bit at f32
 
-    npz = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "npz"},
-                       headers=gateway.headers, timeout=30)
+    npz = requests.get(
+        f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "npz"}, headers=gateway.headers, timeout=30
+    )
     with np.load(io.BytesIO(npz.content), allow_pickle=False) as data:
         np.testing.assert_array_equal(data["segs"], folder_labels)
-    seg = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "seg"},
-                       headers=gateway.headers, timeout=30)
+    seg = requests.get(
+        f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "seg"}, headers=gateway.headers, timeout=30
+    )
     assert seg.headers["content-type"] == "application/dicom"
     np.testing.assert_array_equal(seg_labels(seg.content, files), folder_labels)
-    nifti = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "nifti"},
-                         headers=gateway.headers, timeout=30)
+    nifti = requests.get(
+        f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "nifti"}, headers=gateway.headers, timeout=30
+    )
     assert nifti.status_code == 200 and nifti.content[:2] == b"\x1f\x8b"
 
     # the same job again: the stored result is reused and the PACS gets nothing new
@@ -168,16 +198,24 @@ def test_bad_cases_are_one_jobs_clear_error(gateway, pacs, series):
     spec = made["main"]
     before = pacs.instance_count()
     cases = {
-        "series not in the PACS": (job_body(pacs, SeriesSpec(stored=np.zeros((1, 1, 1), np.int16),
-                                                              study_uid=spec.study_uid)), "is not on the DICOMweb"),
+        "series not in the PACS": (
+            job_body(pacs, SeriesSpec(stored=np.zeros((1, 1, 1), np.int16), study_uid=spec.study_uid)),
+            "is not on the DICOMweb",
+        ),
         "PACS down": (job_body(pacs, spec, root=f"http://127.0.0.1:{free_port()}/dicom-web"), "is unreachable"),
-        "wrong PACS password": (job_body(pacs, spec, root=pacs.dicomweb.replace("127.0.0.1", "localhost")),
-                                "refused the credentials"),
-        "prompt outside the image": (job_body(pacs, spec, {"boxes": [{"voxel": [10, 10, 2, 200, 40, 5]}]}),
-                                     "lies outside the image"),
+        "wrong PACS password": (
+            job_body(pacs, spec, root=pacs.dicomweb.replace("127.0.0.1", "localhost")),
+            "refused the credentials",
+        ),
+        "prompt outside the image": (
+            job_body(pacs, spec, {"boxes": [{"voxel": [10, 10, 2, 200, 40, 5]}]}),
+            "lies outside the image",
+        ),
         "series the engine refuses": (job_body(pacs, made["big"]), "above the limit"),
-        "STOW rejected": (job_body(pacs, made["reject"], {"boxes": [{"voxel": [30, 34, 2, 62, 64, 5]}]}),
-                          "rejected the SEG"),
+        "STOW rejected": (
+            job_body(pacs, made["reject"], {"boxes": [{"voxel": [30, 34, 2, 62, 64, 5]}]}),
+            "rejected the SEG",
+        ),
     }
     ids = {name: gateway.post(body)["id"] for name, (body, _) in cases.items()}
     for name, (_, reason) in cases.items():
@@ -208,8 +246,13 @@ def test_slow_pacs_times_out_with_bounded_retries(gateway, pacs, series):
 def test_tokens(gateway):
     assert requests.get(f"{gateway.url}/v1/health", timeout=5).status_code == 200
     for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": f"Basic {TOKEN}"}):
-        for method, path in (("get", "/v1/jobs"), ("post", "/v1/jobs"), ("get", "/metrics"),
-                             ("get", "/v1/jobs/" + "0" * 32), ("get", f"/v1/jobs/{'0' * 32}/result")):
+        for method, path in (
+            ("get", "/v1/jobs"),
+            ("post", "/v1/jobs"),
+            ("get", "/metrics"),
+            ("get", "/v1/jobs/" + "0" * 32),
+            ("get", f"/v1/jobs/{'0' * 32}/result"),
+        ):
             response = requests.request(method, f"{gateway.url}{path}", headers=headers, timeout=5)
             assert response.status_code == 401, (headers, method, path)
             assert response.headers["www-authenticate"] == "Bearer"
@@ -220,8 +263,11 @@ def test_tokens(gateway):
 def test_job_requests_are_checked_at_once(gateway, pacs, series):
     _, made = series
     spec = made["main"]
-    bad = [job_body(pacs, spec, {"boxes": []}), job_body(pacs, spec, root="http://u:secret@127.0.0.1:1/dicom-web"),
-           {**job_body(pacs, spec), "source": {"dicomweb": pacs.dicomweb, "study": "x", "series": "1.2"}}]
+    bad = [
+        job_body(pacs, spec, {"boxes": []}),
+        job_body(pacs, spec, root="http://u:secret@127.0.0.1:1/dicom-web"),
+        {**job_body(pacs, spec), "source": {"dicomweb": pacs.dicomweb, "study": "x", "series": "1.2"}},
+    ]
     for body in bad:
         response = requests.post(f"{gateway.url}/v1/jobs", json=body, headers=gateway.headers, timeout=10)
         assert response.status_code == 422, response.text
@@ -244,8 +290,9 @@ def test_twenty_jobs_at_once_finish_exactly_once(gateway, pacs, series):
     assert all(job["state"] == "ok" for job in jobs), [job["error"] for job in jobs]
     assert all(job["runs"] == 1 for job in jobs)
     sops = {job["stored"]["sop_uid"] for job in jobs}
-    listed = requests.get(f"{pacs.dicomweb}/studies/{spec.study_uid}/instances", params={"Modality": "SEG"},
-                          auth=pacs.auth, timeout=10).json()
+    listed = requests.get(
+        f"{pacs.dicomweb}/studies/{spec.study_uid}/instances", params={"Modality": "SEG"}, auth=pacs.auth, timeout=10
+    ).json()
     assert {item["00080018"]["Value"][0] for item in listed} == sops  # one SEG per distinct result, none twice
 
 
@@ -266,19 +313,33 @@ def test_npz_and_bad_uploads(gateway, tmp_path):
     image = phantom(1, 64)[0].astype(np.uint8)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, imgs=np.repeat(image[..., None], 3, axis=2), boxes=np.array([[10, 12, 40, 44]]))
-    response = requests.post(f"{gateway.url}/v1/jobs", headers=gateway.headers, timeout=30,
-                             files=[("files", ("2DBox_CT_upload.npz", buffer.getvalue()))])
+    response = requests.post(
+        f"{gateway.url}/v1/jobs",
+        headers=gateway.headers,
+        timeout=30,
+        files=[("files", ("2DBox_CT_upload.npz", buffer.getvalue()))],
+    )
     job = gateway.wait(response.json()["id"])
     assert job["state"] == "ok" and sorted(job["results"]) == ["npz"], job
     seg = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", headers=gateway.headers, timeout=30)
     assert seg.status_code == 404 and "no seg result" in seg.text
-    stored = requests.post(f"{gateway.url}/v1/jobs", headers=gateway.headers, timeout=30,
-                           files=[("files", ("2DBox_CT_upload.npz", buffer.getvalue())),
-                                  ("store", (None, "http://127.0.0.1:9/dicom-web"))])
+    stored = requests.post(
+        f"{gateway.url}/v1/jobs",
+        headers=gateway.headers,
+        timeout=30,
+        files=[
+            ("files", ("2DBox_CT_upload.npz", buffer.getvalue())),
+            ("store", (None, "http://127.0.0.1:9/dicom-web")),
+        ],
+    )
     job = gateway.wait(stored.json()["id"])
     assert job["state"] == "error" and "only a DICOM series gives a SEG to store" in job["error"]
-    garbage = requests.post(f"{gateway.url}/v1/jobs", headers=gateway.headers, timeout=30,
-                            files=[("files", ("scan.dcm", b"DICM" * 100)), ("prompts", (None, json.dumps(PROMPTS)))])
+    garbage = requests.post(
+        f"{gateway.url}/v1/jobs",
+        headers=gateway.headers,
+        timeout=30,
+        files=[("files", ("scan.dcm", b"DICM" * 100)), ("prompts", (None, json.dumps(PROMPTS)))],
+    )
     job = gateway.wait(garbage.json()["id"])
     assert job["state"] == "error" and "holds 0 studies" in job["error"]
 
@@ -291,9 +352,21 @@ def test_page_and_docs_in_headless_chromium(gateway, pacs, series):
 
     def dom(url: str) -> str:
         offline = "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"  # nothing outside this service can load
-        result = subprocess.run(["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                                 f"--host-resolver-rules={offline}", "--virtual-time-budget=15000", "--dump-dom",
-                                 url], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [
+                "/usr/bin/chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--host-resolver-rules={offline}",
+                "--virtual-time-budget=15000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return result.stdout
 
     page = dom(f"{gateway.url}/#token={TOKEN}")
@@ -312,11 +385,33 @@ def test_submit_from_dicomweb_stows(gateway, pacs, series, reference, tmp_path):
     (tmp_path / "prompts.json").write_text(json.dumps(PROMPTS))
     (tmp_path / "creds.json").write_text(json.dumps(credentials(pacs)))
     before = pacs.instance_count()
-    result = subprocess.run([sys.executable, "-m", "producer.cli", "submit", "--dicomweb", pacs.dicomweb,
-                             "--study", spec.study_uid, "--series", spec.series_uid, "--prompts",
-                             str(tmp_path / "prompts.json"), "--dicomweb-credentials", str(tmp_path / "creds.json"),
-                             "--stow", "--out", str(tmp_path / "out"), "--threads", "1"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "producer.cli",
+            "submit",
+            "--dicomweb",
+            pacs.dicomweb,
+            "--study",
+            spec.study_uid,
+            "--series",
+            spec.series_uid,
+            "--prompts",
+            str(tmp_path / "prompts.json"),
+            "--dicomweb-credentials",
+            str(tmp_path / "creds.json"),
+            "--stow",
+            "--out",
+            str(tmp_path / "out"),
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     (seg,) = (tmp_path / "out").glob("*.seg.dcm")
     np.testing.assert_array_equal(seg_labels(seg, files), seg_labels(reference, files))
@@ -340,8 +435,16 @@ def test_fleet_gateway_job(tmp_path_factory, pacs, series, reference, real_model
     folder = tmp_path_factory.mktemp("fleet-gateway")
     env = fleet_env(slot.url, slot.namespace, real_models_dir)
     worker = WorkerProcess(f"gw-{slot.namespace}@{socket.gethostname()}", env, folder / "worker.log")
-    service = GatewayProcess(folder / "service", TOKEN, credentials(pacs), "--broker", slot.url,
-                             "--fleet-timeout", "240", env={"LITEMEDSAM_NAMESPACE": slot.namespace})
+    service = GatewayProcess(
+        folder / "service",
+        TOKEN,
+        credentials(pacs),
+        "--broker",
+        slot.url,
+        "--fleet-timeout",
+        "240",
+        env={"LITEMEDSAM_NAMESPACE": slot.namespace},
+    )
     try:
         service.wait_ready()
         assert requests.get(f"{service.url}/v1/health", timeout=5).json()["mode"] == "fleet"
@@ -370,18 +473,23 @@ def test_nifti_upload(gateway, tmp_path):
     path = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(np.transpose(volume, (2, 1, 0)), affine), str(path))
     prompts = {"modality": "CT", "boxes": [{"label": "organ", "voxel": [20, 22, 1, 42, 44, 4]}]}
-    response = requests.post(f"{gateway.url}/v1/jobs", headers=gateway.headers, timeout=30,
-                             files=[("files", ("scan.nii.gz", path.read_bytes())),
-                                    ("prompts", (None, json.dumps(prompts)))])
+    response = requests.post(
+        f"{gateway.url}/v1/jobs",
+        headers=gateway.headers,
+        timeout=30,
+        files=[("files", ("scan.nii.gz", path.read_bytes())), ("prompts", (None, json.dumps(prompts)))],
+    )
     job = gateway.wait(response.json()["id"])
     assert job["state"] == "ok" and sorted(job["results"]) == ["nifti", "npz"], job
-    nifti = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "nifti"},
-                         headers=gateway.headers, timeout=30)
+    nifti = requests.get(
+        f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "nifti"}, headers=gateway.headers, timeout=30
+    )
     (tmp_path / "labels.nii.gz").write_bytes(nifti.content)
     labels = nib.load(str(tmp_path / "labels.nii.gz"))
     np.testing.assert_allclose(labels.affine, affine)
-    npz = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "npz"},
-                       headers=gateway.headers, timeout=30)
+    npz = requests.get(
+        f"{gateway.url}/v1/jobs/{job['id']}/result", params={"format": "npz"}, headers=gateway.headers, timeout=30
+    )
     with np.load(io.BytesIO(npz.content), allow_pickle=False) as data:
         segs = data["segs"]
     np.testing.assert_array_equal(np.transpose(np.asarray(labels.dataobj), (2, 1, 0)), segs)

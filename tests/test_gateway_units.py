@@ -1,5 +1,6 @@
 """Gateway pieces without a PACS or a model: tokens, URL redaction, credentials, job records, restart recovery,
 and a DICOMweb server that is not there (a real closed port)."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,14 @@ def test_urls_never_carry_credentials_into_messages():
 
 def test_credentials_file(tmp_path: Path):
     path = tmp_path / "creds.json"
-    path.write_text(json.dumps({"http://pacs:8042/dicom-web/": {"username": "u", "password": "hunter2"},
-                                "https://cloud/dicomweb": {"token": "bearer-secret"}}))
+    path.write_text(
+        json.dumps(
+            {
+                "http://pacs:8042/dicom-web/": {"username": "u", "password": "hunter2"},
+                "https://cloud/dicomweb": {"token": "bearer-secret"},
+            }
+        )
+    )
     table = load_credentials(path)
     assert table["http://pacs:8042/dicom-web"] == Credentials("u", "hunter2")
     assert table["https://cloud/dicomweb"].token == "bearer-secret"
@@ -63,8 +70,9 @@ def test_credentials_file(tmp_path: Path):
 
 def test_unreachable_server_is_a_clear_error_without_secrets(tmp_path: Path):
     root = f"http://127.0.0.1:{free_port()}/dicom-web"
-    server = DicomwebServer(root, Credentials("user", "hunter2"), ClientSettings(connect_timeout=1, read_timeout=1,
-                                                                                 retries=1, backoff=0.05))
+    server = DicomwebServer(
+        root, Credentials("user", "hunter2"), ClientSettings(connect_timeout=1, read_timeout=1, retries=1, backoff=0.05)
+    )
     with pytest.raises(DicomwebError) as error:
         server.fetch_series("1.2.3", "1.2.3.4", tmp_path / "series")
     assert "is unreachable" in str(error.value) and "2 attempts" in str(error.value)
@@ -87,8 +95,10 @@ class RecordingPipeline:
 
 def test_restart_requeues_unfinished_jobs_once(tmp_path: Path):
     jobs = JobStore(tmp_path)
-    made = {state: jobs.create(Job(new_job_id(), "dicomweb", {"boxes": []}, None, state=state))
-            for state in ("queued", "running", "ok", "error")}
+    made = {
+        state: jobs.create(Job(new_job_id(), "dicomweb", {"boxes": []}, None, state=state))
+        for state in ("queued", "running", "ok", "error")
+    }
     pipeline = RecordingPipeline(jobs)
     queue = JobQueue(jobs, pipeline, threads=1)
     assert queue.resume() == 2

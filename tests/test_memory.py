@@ -1,4 +1,5 @@
 """The memory footprint estimate against numpy's measured peak, per strategy (box-echo engine, no weights)."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -24,12 +25,18 @@ def _volume(shape) -> np.ndarray:
 
 # big enough that the per-voxel and per-box terms, not the fixed allowance for model tensors, decide the estimate
 STUDIES = {
-    "2d-many-boxes": Study("2DBox_Microscope_m", "Microscope", _volume((1000, 1200, 3)),
-                           np.array([[10 + 9 * i, 10, 200 + 9 * i, 300 + 5 * i] for i in range(60)])),
-    "3d-propagation": Study("3DBox_CT_m", "CT", _volume((60, 400, 400)),
-                            np.array([[20, 30, 5, 320, 340, 50], [60, 40, 0, 370, 350, 59]])),
-    "3d-triview": Study("3DBox_PET_m", "PET", _volume((60, 300, 300)),
-                        np.array([[10, 10, 5, 280, 270, 55], [30, 20, 10, 200, 290, 50]])),
+    "2d-many-boxes": Study(
+        "2DBox_Microscope_m",
+        "Microscope",
+        _volume((1000, 1200, 3)),
+        np.array([[10 + 9 * i, 10, 200 + 9 * i, 300 + 5 * i] for i in range(60)]),
+    ),
+    "3d-propagation": Study(
+        "3DBox_CT_m", "CT", _volume((60, 400, 400)), np.array([[20, 30, 5, 320, 340, 50], [60, 40, 0, 370, 350, 59]])
+    ),
+    "3d-triview": Study(
+        "3DBox_PET_m", "PET", _volume((60, 300, 300)), np.array([[10, 10, 5, 280, 270, 55], [30, 20, 10, 200, 290, 50]])
+    ),
 }
 
 
@@ -57,8 +64,11 @@ def test_triview_needs_more_than_propagation_for_the_same_volume(engine):
 def test_cache_headroom_is_part_of_the_need(echo_models_dir):
     cached = Engine(EngineSettings(models_dir=echo_models_dir, threads=1, cache_bytes=256 << 20))
     study = STUDIES["3d-propagation"]
-    assert cached.memory_needed(study) - Engine(EngineSettings(models_dir=echo_models_dir, threads=1,
-                                                               cache_bytes=0)).memory_needed(study) == 256 << 20
+    assert (
+        cached.memory_needed(study)
+        - Engine(EngineSettings(models_dir=echo_models_dir, threads=1, cache_bytes=0)).memory_needed(study)
+        == 256 << 20
+    )
 
 
 @pytest.mark.parametrize("shape", [(), (7,), (0, 80, 3), (2, 6, 32, 32)])

@@ -1,4 +1,5 @@
 """Discovery over a hospital-style folder: one study per real study, a clear note for everything else."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,9 @@ def mixed(tmp_path: Path) -> Path:
     root = tmp_path / "export"
     ct = SeriesSpec(stored=ramp_volume(6, 24, 24) + 1024, intercept=-1024.0, series_number=2)
     write_series(root / "patient" / "ct", ct)
-    (root / "patient" / "ct" / "prompts.json").write_text(json.dumps(
-        {"boxes": [{"label": "liver", "voxel": [2, 2, 1, 15, 15, 4]}]}))
+    (root / "patient" / "ct" / "prompts.json").write_text(
+        json.dumps({"boxes": [{"label": "liver", "voxel": [2, 2, 1, 15, 15, 4]}]})
+    )
     mr = SeriesSpec(stored=ramp_volume(5, 20, 20), modality="MR", study_uid=ct.study_uid, series_number=5)
     write_series(root / "patient" / "mr", mr, prefix="MR")
     (root / "patient" / "mr" / "prompts.json").write_text(json.dumps({"boxes": [{"voxel": [1, 1, 0, 10, 10, 4]}]}))
@@ -62,7 +64,11 @@ def mixed(tmp_path: Path) -> Path:
 def test_one_study_per_real_study_and_notes_for_the_rest(mixed: Path):
     found = discover(mixed)
     assert [(s.name, s.kind) for s in found.studies] == [
-        ("3DBox_CT_demo", "npz"), ("patient_ct", "dicom"), ("patient_mr", "dicom"), ("research_t1", "nifti")]
+        ("3DBox_CT_demo", "npz"),
+        ("patient_ct", "dicom"),
+        ("patient_mr", "dicom"),
+        ("research_t1", "nifti"),
+    ]
     notes = reasons(found)
     assert set(notes) == {"report.dcm", "broken.dcm", "README.txt"}
     assert "Comprehensive SR Storage (Modality SR) is not an image" in notes["report.dcm"]
@@ -70,7 +76,11 @@ def test_one_study_per_real_study_and_notes_for_the_rest(mixed: Path):
     assert "not a DICOM, NIfTI or challenge npz file" in notes["README.txt"]
     studies = {source.name: load_study(source) for source in found.studies}
     assert {name: study.modality for name, study in studies.items()} == {
-        "3DBox_CT_demo": "CT", "patient_ct": "CT", "patient_mr": "MR", "research_t1": "MR"}
+        "3DBox_CT_demo": "CT",
+        "patient_ct": "CT",
+        "patient_mr": "MR",
+        "research_t1": "MR",
+    }
     assert studies["patient_ct"].image.shape == (6, 24, 24) and studies["patient_mr"].image.shape == (5, 20, 20)
     assert studies["research_t1"].image.shape == (5, 20, 24)
     assert find_studies(mixed) == found.studies
@@ -100,16 +110,25 @@ def test_separate_2d_images_of_one_series_are_separate_studies(tmp_path: Path):
     folder = tmp_path / "chest"
     folder.mkdir()
     uid = pydicom.uid.generate_uid()
-    first, second = write_xray(folder / "pa.dcm", np.ones((20, 24), np.uint16)), write_xray(
-        folder / "lat.dcm", np.ones((22, 18), np.uint16))
+    first, second = (
+        write_xray(folder / "pa.dcm", np.ones((20, 24), np.uint16)),
+        write_xray(folder / "lat.dcm", np.ones((22, 18), np.uint16)),
+    )
     for path in (first, second):
         ds = pydicom.dcmread(path)
         ds.SeriesInstanceUID = uid
         ds.save_as(path)
     sops = {p.name: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (first, second)}
-    (folder / "prompts.json").write_text(json.dumps({"instances": {
-        sops["pa.dcm"]: {"boxes": [{"label": "heart", "voxel": [2, 2, 12, 15]}]},
-        sops["lat.dcm"]: {"boxes": [{"voxel": [1, 1, 10, 10]}]}}}))
+    (folder / "prompts.json").write_text(
+        json.dumps(
+            {
+                "instances": {
+                    sops["pa.dcm"]: {"boxes": [{"label": "heart", "voxel": [2, 2, 12, 15]}]},
+                    sops["lat.dcm"]: {"boxes": [{"voxel": [1, 1, 10, 10]}]},
+                }
+            }
+        )
+    )
     found = discover(tmp_path)
     assert [s.name for s in found.studies] == ["chest_DX3_1", "chest_DX3_2"]
     images = {s.files[0].name: load_study(s).image.shape for s in found.studies}
@@ -145,9 +164,12 @@ def test_challenge_layout_reads_imgs_and_notes_the_rest(tmp_path: Path):
     write_npz(tmp_path / "gts" / "3DBox_CT_a.npz")
     found = discover(tmp_path)
     assert [(s.name, s.kind, s.path.parent.name) for s in found.studies] == [
-        ("2DBox_US_b", "npz", "imgs"), ("3DBox_CT_a", "npz", "imgs")]
+        ("2DBox_US_b", "npz", "imgs"),
+        ("3DBox_CT_a", "npz", "imgs"),
+    ]
     assert [note.reason for note in found.skipped] == [
-        "1 .npz file(s) ignored: challenge npz are read from the top folder, or its imgs/ when the top folder has none"]
+        "1 .npz file(s) ignored: challenge npz are read from the top folder, or its imgs/ when the top folder has none"
+    ]
 
 
 def test_end_to_end_with_the_echo_model(tmp_path: Path, echo_models_dir: Path, mixed: Path):
@@ -191,8 +213,9 @@ def test_submit_prints_the_skipped_files(tmp_path: Path, echo_models_dir: Path, 
 
     from producer.cli import cli
 
-    result = CliRunner().invoke(cli, ["submit", str(mixed), "--out", str(tmp_path / "out"),
-                                      "--models-dir", str(echo_models_dir)])
+    result = CliRunner().invoke(
+        cli, ["submit", str(mixed), "--out", str(tmp_path / "out"), "--models-dir", str(echo_models_dir)]
+    )
     assert result.exit_code == 0, result.output
     output = "".join(result.output.split())  # rich folds long lines anywhere
     assert "report.dcm:ComprehensiveSRStorage(ModalitySR)isnotanimage" in output

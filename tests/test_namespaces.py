@@ -6,6 +6,7 @@ once, each run on their own worker only; control commands and events stay within
 its namespace. A message that reaches the wrong namespace anyway is handed back to its owner, not run (or kept
 aside when it names no owner). (Connecting as ACL users confined to a namespace: tests/test_faults.py.)
 """
+
 from __future__ import annotations
 
 import socket
@@ -80,8 +81,13 @@ def fleets(real_models_dir, tmp_path_factory):
             env = fleet_env(server.url, namespace, real_models_dir)
             worker = WorkerProcess(f"{namespace}-worker@{socket.gethostname()}", env, root / f"{namespace}.log")
             settings = FleetSettings(broker_url=server.url, namespace=namespace)
-            tenants[namespace] = Tenant(namespace, settings, env, worker,
-                                        BatchLedger(redis_client(server.url), Keys(namespace), settings.batch_ttl))
+            tenants[namespace] = Tenant(
+                namespace,
+                settings,
+                env,
+                worker,
+                BatchLedger(redis_client(server.url), Keys(namespace), settings.batch_ttl),
+            )
         for tenant in tenants.values():
             wait_for_nodes(tenant.app(), [tenant.worker.node], [tenant.worker])
         yield TwoFleets(server, tenants, studies, root)
@@ -102,8 +108,13 @@ class EventDump:
     def __init__(self, tenant: Tenant, log_path: Path):
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "events", "--dump"],
-                                        env=tenant.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "events", "--dump"],
+            env=tenant.env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60  # listening once it has seen its worker's heartbeat
         while tenant.worker.node not in self.text():
             assert time.monotonic() < deadline and self.process.poll() is None, self.text()[-2000:]
@@ -133,8 +144,10 @@ def test_two_namespaces_on_one_database_run_their_own_batches_only(fleets, tmp_p
     events = EventDump(a, tmp_path / "events-a.txt")
     try:
         with ThreadPoolExecutor(2) as pool:  # both batches at once
-            futures = {ns: pool.submit(api.submit, folder, settings=fleets.tenants[ns].settings, timeout=TIMEOUT)
-                       for ns, folder in batches.items()}
+            futures = {
+                ns: pool.submit(api.submit, folder, settings=fleets.tenants[ns].settings, timeout=TIMEOUT)
+                for ns, folder in batches.items()
+            }
             done = {ns: future.result() for ns, future in futures.items()}
         time.sleep(2)  # the last task events reach the dump
     finally:
@@ -153,8 +166,10 @@ def test_two_namespaces_on_one_database_run_their_own_batches_only(fleets, tmp_p
     assert [list(reply) for reply in a.app().control.ping(timeout=1.0)] == [[a.worker.node]]
     assert [list(reply) for reply in b.app().control.ping(timeout=1.0)] == [[b.worker.node]]
     # the event stream (what Flower shows) of tenantA: its own tasks, nothing of tenantB's
-    task_ids = {ns: {e["task_id"] for e in fleets.tenants[ns].ledger.studies(batch.batch_id).values()}
-                for ns, batch in done.items()}
+    task_ids = {
+        ns: {e["task_id"] for e in fleets.tenants[ns].ledger.studies(batch.batch_id).values()}
+        for ns, batch in done.items()
+    }
     assert all(task_id in seen_by_a for task_id in task_ids["tenantA"]), seen_by_a[-3000:]
     assert not any(task_id in seen_by_a for task_id in task_ids["tenantB"])
     assert b.worker.node not in seen_by_a and done["tenantB"].batch_id not in seen_by_a
@@ -173,8 +188,10 @@ def test_a_message_of_another_namespace_is_handed_back_to_its_owner_not_run(flee
     before_a, before_b = a.ledger.executions(), b.ledger.executions()
     client = FleetClient(b.settings)
     misdirected = client.app  # the producer's light client, publishing under tenantA's key prefix
-    misdirected.conf.broker_transport_options = {**misdirected.conf.broker_transport_options,
-                                                 "global_keyprefix": a.keys.broker_prefix}
+    misdirected.conf.broker_transport_options = {
+        **misdirected.conf.broker_transport_options,
+        "global_keyprefix": a.keys.broker_prefix,
+    }
     name = "2DBox_CT_misdirected"
     study = _study(many_boxes(fleets.studies["2DBox_CT_ns0"], fleets.logs / f"{name}.npz", copies=2, shift=91))
     enqueued = client.submit_studies({name: study}, SubmitOptions())
@@ -203,8 +220,9 @@ def test_a_message_naming_no_namespace_is_kept_aside_not_run_nor_lost(fleets):
     message, (soft, hard) = staged.message, staged.limits
     client.upload(message.image_digest, study)
     task_id = str(uuid.uuid4())
-    client.app.send_task(TASK_NAME, args=[message.to_wire()], queue=message.queue, task_id=task_id,
-                         soft_time_limit=soft, time_limit=hard)  # no namespace header: a hand-made message
+    client.app.send_task(
+        TASK_NAME, args=[message.to_wire()], queue=message.queue, task_id=task_id, soft_time_limit=soft, time_limit=hard
+    )  # no namespace header: a hand-made message
 
     deadline = time.monotonic() + TIMEOUT
     while not a.ledger.client.llen(a.keys.misrouted()):

@@ -1,4 +1,5 @@
 """NIfTI in (axis order, spacing, affine, scaling, modality from the sidecar) and the label map out."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,7 @@ def indexed_data(shape=(20, 16, 6)) -> np.ndarray:
     return (1 + i + 100 * j + 10000 * k).astype(np.int32)
 
 
-def save(path: Path, data: np.ndarray, affine: np.ndarray, sidecar: dict | None = None, codes=(1, 1),
-         **header) -> Path:
+def save(path: Path, data: np.ndarray, affine: np.ndarray, sidecar: dict | None = None, codes=(1, 1), **header) -> Path:
     """codes: (sform_code, qform_code); a zero code leaves that transform unset."""
     image = nib.Nifti1Image(data, affine)
     image.set_sform(affine if codes[0] else None, code=codes[0])
@@ -70,8 +70,9 @@ def test_study_needs_modality_from_the_sidecar(tmp_path: Path):
     path = save(tmp_path / "brain.nii.gz", indexed_data(), np.eye(4), {"boxes": [{"voxel": [1, 1, 0, 9, 9, 3]}]})
     with pytest.raises(StudyError, match='no modality.*set "modality" in its prompts sidecar'):
         load_study(find_studies(tmp_path)[0])
-    path.with_name("brain.prompts.json").write_text(json.dumps(
-        {"modality": "MR", "boxes": [{"voxel": [1, 1, 0, 9, 9, 3]}]}))
+    path.with_name("brain.prompts.json").write_text(
+        json.dumps({"modality": "MR", "boxes": [{"voxel": [1, 1, 0, 9, 9, 3]}]})
+    )
     study = load_study(find_studies(tmp_path)[0])
     assert study.modality == "MR" and study.study_id == "brain" and study.is_3d
     assert study.image.shape == (6, 16, 20) and study.image.dtype == np.uint8
@@ -102,15 +103,21 @@ def test_ct_nifti_uses_the_window(tmp_path: Path):
 def test_mm_boxes_in_ras_world(tmp_path: Path):
     affine = oblique_flipped_affine()
     world = lambda i, j, k: (affine @ [i, j, k, 1])[:3].tolist()  # noqa: E731
-    boxes = [{"label": "tumour", "mm": [world(15, 12, 4), world(2, 3, 1)]},
-             {"mm": [world(2.4, 12.3, 1.45), world(15.2, 2.6, 4.1)]}]
+    boxes = [
+        {"label": "tumour", "mm": [world(15, 12, 4), world(2, 3, 1)]},
+        {"mm": [world(2.4, 12.3, 1.45), world(15.2, 2.6, 4.1)]},
+    ]
     save(tmp_path / "t1.nii.gz", indexed_data(), affine, {"modality": "MR", "boxes": boxes})
     assert load_study(find_studies(tmp_path)[0]).boxes.tolist() == [[2, 3, 1, 15, 12, 4]] * 2
 
 
 def test_box_outside_the_volume_is_named(tmp_path: Path):
-    save(tmp_path / "t1.nii.gz", indexed_data(), np.eye(4),
-         {"modality": "MR", "boxes": [{"label": "lesion", "voxel": [1, 1, 0, 9, 9, 6]}]})
+    save(
+        tmp_path / "t1.nii.gz",
+        indexed_data(),
+        np.eye(4),
+        {"modality": "MR", "boxes": [{"label": "lesion", "voxel": [1, 1, 0, 9, 9, 6]}]},
+    )
     with pytest.raises(StudyError, match=r"box #1 \(lesion\) .* outside the image .*z 0\.\.5"):
         load_study(find_studies(tmp_path)[0])
 
@@ -130,8 +137,12 @@ def test_2d_nifti_is_a_2d_study(tmp_path: Path):
 
 
 def test_time_series_is_refused(tmp_path: Path):
-    save(tmp_path / "fmri.nii.gz", np.zeros((4, 4, 3, 5), np.int16), np.eye(4),
-         {"modality": "MR", "boxes": [{"voxel": [0, 0, 0, 2, 2, 1]}]})
+    save(
+        tmp_path / "fmri.nii.gz",
+        np.zeros((4, 4, 3, 5), np.int16),
+        np.eye(4),
+        {"modality": "MR", "boxes": [{"voxel": [0, 0, 0, 2, 2, 1]}]},
+    )
     with pytest.raises(StudyError, match="not a single 2D or 3D image"):
         load_study(find_studies(tmp_path)[0])
     save(tmp_path / "fmri.nii.gz", np.ones((4, 4, 3, 1), np.int16), np.eye(4))
@@ -149,8 +160,13 @@ def test_corrupt_nifti_is_a_study_error(tmp_path: Path):
 def test_label_map_output_keeps_the_affine(tmp_path: Path, codes):
     affine = oblique_flipped_affine()
     (tmp_path / "in").mkdir()
-    path = save(tmp_path / "in" / "liver.nii.gz", indexed_data(), affine,
-                {"modality": "CT", "boxes": [{"voxel": [1, 1, 0, 9, 9, 3]}, {"voxel": [10, 2, 1, 18, 9, 5]}]}, codes)
+    path = save(
+        tmp_path / "in" / "liver.nii.gz",
+        indexed_data(),
+        affine,
+        {"modality": "CT", "boxes": [{"voxel": [1, 1, 0, 9, 9, 3]}, {"voxel": [10, 2, 1, 18, 9, 5]}]},
+        codes,
+    )
     source = find_studies(tmp_path / "in")[0]
     labels = np.zeros((6, 16, 20), np.uint16)
     labels[0:4, 1:10, 1:10] = 1

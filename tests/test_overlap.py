@@ -3,6 +3,7 @@
 Unit tests of the rule (worker/engine/overlap.py) and runs of the real engine with the box-echo IR pair, whose
 decoder returns exactly the prompt box, so nested boxes give nested masks of known size.
 """
+
 import numpy as np
 import pytest
 
@@ -30,6 +31,7 @@ def run(models_dir, routing, study):
 
 
 # ---------------------------------------------------------------- the rule
+
 
 def test_priorities_later_is_box_order():
     assert priorities(np.array([5, 1, 9]), "later").tolist() == [1, 2, 3]
@@ -70,7 +72,7 @@ def _random_masks(count, shape):
     masks = np.zeros((count, *shape), bool)
     for k in range(count):
         y0, x0 = RNG.integers(0, shape[0] - 4), RNG.integers(0, shape[1] - 4)
-        masks[k, y0:y0 + RNG.integers(2, shape[0] - y0), x0:x0 + RNG.integers(2, shape[1] - x0)] = True
+        masks[k, y0 : y0 + RNG.integers(2, shape[0] - y0), x0 : x0 + RNG.integers(2, shape[1] - x0)] = True
         masks[k] &= RNG.random(shape) < 0.9  # ragged, not boxes
     return masks
 
@@ -116,6 +118,7 @@ def test_later_rule_is_the_maximum_label_and_smaller_gives_each_pixel_its_smalle
 
 # ---------------------------------------------------------------- 2D through the engine
 
+
 @pytest.mark.parametrize("small_first", [True, False])
 @pytest.mark.parametrize("rule", ["smaller", "later"])
 def test_nested_boxes_2d(echo_models_dir, tmp_path, rule, small_first):
@@ -124,7 +127,7 @@ def test_nested_boxes_2d(echo_models_dir, tmp_path, rule, small_first):
     small_label, big_label = (1, 2) if small_first else (2, 1)
     result = run(echo_models_dir, routing_file(tmp_path, rule), Study("2DBox_CT_nested", "CT", image, boxes))
     x0, y0, x1, y1 = SMALL_2D
-    inner = result.labels[y0 + 2:y1 - 1, x0 + 2:x1 - 1]
+    inner = result.labels[y0 + 2 : y1 - 1, x0 + 2 : x1 - 1]
     if rule == "smaller":
         assert (inner == small_label).all()
     else:
@@ -135,8 +138,11 @@ def test_nested_boxes_2d(echo_models_dir, tmp_path, rule, small_first):
 
 def test_default_rule_is_smaller(echo_models_dir, tmp_path):
     image = RNG.integers(0, 255, (240, 256, 3), dtype=np.uint8)
-    result = run(echo_models_dir, routing_file(tmp_path, None), Study("2DBox_CT_nested", "CT", image,
-                                                                      np.array([SMALL_2D, BIG_2D])))
+    result = run(
+        echo_models_dir,
+        routing_file(tmp_path, None),
+        Study("2DBox_CT_nested", "CT", image, np.array([SMALL_2D, BIG_2D])),
+    )
     assert result.metrics.provenance.overlap == "smaller"
     assert result.labels[90, 100] == 1
     assert RoutingTable.load().route("CT").overlap == "smaller"  # the shipped table
@@ -159,10 +165,10 @@ def _expected_3d(rule: str, small_label: int, big_label: int) -> np.ndarray:
     """The echo decoder with margin 0 at scale 1 reproduces each box on each of its slices, in every view."""
     expected = np.zeros((31, 256, 256), np.uint16)
     for (x0, y0, z0, x1, y1, z1), label in ((BIG_3D, big_label), (SMALL_3D, small_label)):
-        expected[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] = label
+        expected[z0 : z1 + 1, y0 : y1 + 1, x0 : x1 + 1] = label
     if rule == "later":  # then the later box (label 2) owns the overlap, which is the small box's extent
         x0, y0, z0, x1, y1, z1 = SMALL_3D
-        expected[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] = 2
+        expected[z0 : z1 + 1, y0 : y1 + 1, x0 : x1 + 1] = 2
     return expected
 
 
@@ -195,6 +201,7 @@ def test_nested_boxes_triview_each_view_before_the_vote(echo_models_dir, tmp_pat
 
 # ---------------------------------------------------------------- routing and the content key
 
+
 def test_overlap_rule_is_a_routing_setting_per_modality_and_validated():
     table = RoutingTable({"overlap": "smaller"}, {"PET": {"overlap": "later"}})
     assert table.route("CT").overlap == "smaller" and table.route("PET").overlap == "later"
@@ -204,8 +211,12 @@ def test_overlap_rule_is_a_routing_setting_per_modality_and_validated():
 
 def test_overlap_rule_enters_the_result_key():
     def identity(rule):
-        return EngineIdentity(precision="f32", package_version="1.0", models={"litemedsam": "ab" * 32},
-                              routing={"default": {"models": ["litemedsam"], "overlap": rule}, "modality": {}})
+        return EngineIdentity(
+            precision="f32",
+            package_version="1.0",
+            models={"litemedsam": "ab" * 32},
+            routing={"default": {"models": ["litemedsam"], "overlap": rule}, "modality": {}},
+        )
 
     boxes = np.array([[1, 2, 30, 40]])
     smaller, later = identity("smaller"), identity("later")
@@ -226,11 +237,20 @@ def test_resize_and_box_rounding_are_routing_settings_per_dimension():
 
 def test_per_dimension_settings_enter_the_result_key():
     def key(default):
-        identity = EngineIdentity(precision="f32", package_version="1.0", models={"litemedsam": "ab" * 32},
-                                  routing={"default": default, "modality": {}})
+        identity = EngineIdentity(
+            precision="f32",
+            package_version="1.0",
+            models={"litemedsam": "ab" * 32},
+            routing={"default": default, "modality": {}},
+        )
         return identity.result_key("d" * 64, np.array([[1, 2, 30, 40]]), "CT")
 
     base = {"models": ["litemedsam"]}
-    keys = {key(base), key({**base, "interpolation_2d": "linear"}), key({**base, "box_rounding_2d": "fractional"}),
-            key({**base, "interpolation_3d": "area"}), key({**base, "box_rounding_3d": "truncate"})}
+    keys = {
+        key(base),
+        key({**base, "interpolation_2d": "linear"}),
+        key({**base, "box_rounding_2d": "fractional"}),
+        key({**base, "interpolation_3d": "area"}),
+        key({**base, "box_rounding_3d": "truncate"}),
+    }
     assert len(keys) == 5

@@ -1,4 +1,5 @@
 """`producer overlay` writes real PNGs of the right size, with the label colours exactly at the mask pixels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,8 +46,18 @@ def run(*args) -> str:
 
 def test_2d_overlay_panels_size_and_colours(case_dirs):
     out = case_dirs / "out"
-    run("--imgs", case_dirs / "imgs", "--segs", case_dirs / "segs", "--gts", case_dirs / "gts", "--out", out,
-        "--case", "2DBox_CT_t")
+    run(
+        "--imgs",
+        case_dirs / "imgs",
+        "--segs",
+        case_dirs / "segs",
+        "--gts",
+        case_dirs / "gts",
+        "--out",
+        out,
+        "--case",
+        "2DBox_CT_t",
+    )
     png = out / "2DBox_CT_t.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rgb = read_png(png)
@@ -73,23 +84,36 @@ def test_png_is_readable_by_an_independent_decoder(case_dirs):
 
 def test_3d_default_slices_cover_the_labelled_range(case_dirs):
     out = case_dirs / "out"
-    output = run("--imgs", case_dirs / "imgs", "--segs", case_dirs / "segs", "--gts", case_dirs / "gts",
-                 "--out", out, "--case", "3DBox_MR_t")
+    output = run(
+        "--imgs",
+        case_dirs / "imgs",
+        "--segs",
+        case_dirs / "segs",
+        "--gts",
+        case_dirs / "gts",
+        "--out",
+        out,
+        "--case",
+        "3DBox_MR_t",
+    )
     names = sorted(p.name for p in out.glob("*.png"))
     assert names == ["3DBox_MR_t_z003.png", "3DBox_MR_t_z004.png", "3DBox_MR_t_z005.png"]
     assert "wrote 3 overlay PNG(s)" in output
     rgb = read_png(out / "3DBox_MR_t_z004.png")
     assert rgb.shape == (32, 3 * 24, 3)
-    assert (rgb[4:12, 6:18] == blended(50, 3)).all() and (rgb[4:12, 48 + 6:48 + 18] == AGREE).all()
+    assert (rgb[4:12, 6:18] == blended(50, 3)).all() and (rgb[4:12, 48 + 6 : 48 + 18] == AGREE).all()
 
 
 def test_explicit_slice_and_bad_slice(case_dirs):
     out = case_dirs / "out"
-    run("--imgs", case_dirs / "imgs", "--segs", case_dirs / "segs", "--out", out, "--case", "3DBox_MR_t",
-        "--slice", "0")
+    run(
+        "--imgs", case_dirs / "imgs", "--segs", case_dirs / "segs", "--out", out, "--case", "3DBox_MR_t", "--slice", "0"
+    )
     assert (read_png(out / "3DBox_MR_t_z000.png") == 50).all()  # nothing labelled there
-    result = CliRunner().invoke(overlay_command, ["--imgs", str(case_dirs / "imgs"), "--segs",
-                                                  str(case_dirs / "segs"), "--out", str(out), "--slice", "99"])
+    result = CliRunner().invoke(
+        overlay_command,
+        ["--imgs", str(case_dirs / "imgs"), "--segs", str(case_dirs / "segs"), "--out", str(out), "--slice", "99"],
+    )
     assert result.exit_code != 0 and "outside" in result.output
 
 

@@ -9,6 +9,7 @@ run resumes, finds the outcome recorded at its next progress report and stops th
 instead of spending the rest of the study on work that is done; it stores nothing (the stored bytes and the
 outcome do not change) and its task ends with the recorded outcome. Then the cut worker takes new work again.
 """
+
 from __future__ import annotations
 
 import ast
@@ -76,11 +77,21 @@ def fleet(real_models_dir, tmp_path):
     server, state = None, None
     try:
         net.create()
-        server = RedisServer(tmp_path / "redis", password="partition-test-password", host=net.address("hub"),
-                             port=REDIS_PORT, prefix=net.prefix("hub"))
+        server = RedisServer(
+            tmp_path / "redis",
+            password="partition-test-password",
+            host=net.address("hub"),
+            port=REDIS_PORT,
+            prefix=net.prefix("hub"),
+        )
         server.start()
-        env = fleet_env(server.url, NAMESPACE, real_models_dir, LITEMEDSAM_VISIBILITY_TIMEOUT=str(VISIBILITY),
-                        LITEMEDSAM_LEASE_RENEW="1")
+        env = fleet_env(
+            server.url,
+            NAMESPACE,
+            real_models_dir,
+            LITEMEDSAM_VISIBILITY_TIMEOUT=str(VISIBILITY),
+            LITEMEDSAM_LEASE_RENEW="1",
+        )
         state = Fleet(net, server, env, tmp_path)
         for host in net.hosts:
             state.start_worker(host)
@@ -138,8 +149,11 @@ def test_the_private_network_cuts_and_restores_one_host_and_leaves_nothing_behin
         net.close()
     leftovers = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert net.tag not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert net.tag not in leftovers and str(net.subnet.network_address) not in subprocess.run(
-        ["ip", "-4", "route"], capture_output=True, text=True).stdout
+    assert (
+        net.tag not in leftovers
+        and str(net.subnet.network_address)
+        not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    )
 
 
 @pytest.mark.fleet
@@ -181,11 +195,16 @@ def test_a_partitioned_host_loses_its_study_to_the_other_and_comes_back(fleet, t
     fleet.net.restore(cut)
     assert fleet.net.reachable(cut, hub, REDIS_PORT)
     task_id = extra.task_id  # a redelivery keeps its task id: the cut worker held the same task
-    returned = fleet.wait_for(lambda: _task_result(cut_worker.log_path.read_text(errors="replace"), task_id),
-                              "the cut worker to end its own run of the study")
+    returned = fleet.wait_for(
+        lambda: _task_result(cut_worker.log_path.read_text(errors="replace"), task_id),
+        "the cut worker to end its own run of the study",
+    )
     assert returned["status"] == "ok" and returned["result_key"] == outcome.result_key, returned
-    stopped = re.search(rf"outcome of {re.escape(batch.batch_id)}/{re.escape(name)}; this run stopped after "
-                        r"(\d+) of (\d+) slice steps", cut_worker.log_path.read_text(errors="replace"))
+    stopped = re.search(
+        rf"outcome of {re.escape(batch.batch_id)}/{re.escape(name)}; this run stopped after "
+        r"(\d+) of (\d+) slice steps",
+        cut_worker.log_path.read_text(errors="replace"),
+    )
     assert stopped and int(stopped[1]) < int(stopped[2]), fleet.tails()  # stopped part-way, not run to the end
     assert fleet.store.get(Keys.result_blob(outcome.result_key)) == stored  # written once: not replaced
     after = fleet.ledger.outcome(batch.batch_id, name)

@@ -1,4 +1,5 @@
 """The synthetic demo studies: deterministic, in the challenge format, boxes matching the ground truth."""
+
 from __future__ import annotations
 
 from pathlib import Path

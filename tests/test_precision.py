@@ -5,6 +5,7 @@ The tests on the real INT8 encoder skip when it has not been made; create it wit
     .venv/bin/python -m models.quantize          (needs the quantize extra: pip install -e .[quantize])
 The quantize code path itself is tested on the tiny box-echo IR (seconds), whenever nncf is installed.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,11 +31,13 @@ def real_int8_ready() -> bool:
     return (REAL_DIR / "manifest.json").is_file() and profile_status(REAL_DIR, "int8") == "ok"
 
 
-_real_missing = pytest.mark.skipif(not (REAL_DIR / "manifest.json").is_file(),
-                                   reason=f"LiteMedSAM IR not exported in {REAL_DIR} (python -m models.export)")
-_int8_missing = pytest.mark.skipif(not real_int8_ready(),
-                                   reason=f"INT8 profile not made in {REAL_DIR} "
-                                          f"(run: {QUANTIZE_CMD}, ~2 min on 2 cores)")
+_real_missing = pytest.mark.skipif(
+    not (REAL_DIR / "manifest.json").is_file(),
+    reason=f"LiteMedSAM IR not exported in {REAL_DIR} (python -m models.export)",
+)
+_int8_missing = pytest.mark.skipif(
+    not real_int8_ready(), reason=f"INT8 profile not made in {REAL_DIR} (run: {QUANTIZE_CMD}, ~2 min on 2 cores)"
+)
 
 
 def needs_real(test):
@@ -57,6 +60,7 @@ def phantom_study(name: str) -> tuple[Study, np.ndarray]:
 
 
 # ---------------------------------------------------------------- without any quantized model
+
 
 def test_unknown_precision_is_refused(echo_models_dir):
     with pytest.raises(ValueError, match="unknown precision profile"):
@@ -130,6 +134,7 @@ def test_profile_made_from_another_f32_encoder_is_stale(quantized_echo, tmp_path
 
 # ---------------------------------------------------------------- the real LiteMedSAM
 
+
 @needs_real
 def test_bf16_profile_runs_bf16_where_the_cpu_has_it_and_f32_never_does():
     import openvino as ov
@@ -197,6 +202,11 @@ for precision in ("f32", "bf16"):
     assert out.shape == (1, 256, 64, 64)
 print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 0 and "ok" in result.stdout, (result.returncode, result.stderr[-2000:])

@@ -5,8 +5,10 @@ from models.preprocess import geometry_for, scale_boxes, to_model_input
 from worker.engine.slices import logits_to_mask
 
 
-@pytest.mark.parametrize("shape,resized", [((512, 512), (256, 256)), ((300, 512), (150, 256)),
-                                           ((2604, 1726), (256, 170)), ((101, 122), (212, 256))])
+@pytest.mark.parametrize(
+    "shape,resized",
+    [((512, 512), (256, 256)), ((300, 512), (150, 256)), ((2604, 1726), (256, 170)), ((101, 122), (212, 256))],
+)
 def test_longest_side_rounds_half_up(shape, resized):
     assert geometry_for(shape, 256).resized == resized
 

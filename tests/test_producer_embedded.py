@@ -1,4 +1,5 @@
 """`producer submit` / `producer demo` in-process: outputs, metrics lines, and per-study errors."""
+
 import json
 import zipfile
 
@@ -24,16 +25,24 @@ def test_submit_writes_masks_and_metrics_and_isolates_bad_studies(echo_models_di
     write_npz(studies / "2DBox_CT_inverted.npz", imgs=image, boxes=np.array([[40, 10, 10, 50]]))
     write_npz(studies / "2DBox_CT_floaty.npz", imgs=image.astype(np.float32), boxes=np.array([[10, 10, 40, 50]]))
     write_npz(studies / "2DBox_CT_pickled.npz", imgs=np.array([{"a": 1}], dtype=object), boxes=np.array([[1, 1, 5, 5]]))
-    (studies / "3DBox_CT_truncated.npz").write_bytes(
-        (studies / "2DBox_CT_good.npz").read_bytes()[:200])
-    write_npz(studies / "3DBox_MR_good.npz", imgs=rng.integers(0, 255, (6, 32, 32), dtype=np.uint8),
-              boxes=np.array([[4, 4, 1, 20, 20, 4]]))
+    (studies / "3DBox_CT_truncated.npz").write_bytes((studies / "2DBox_CT_good.npz").read_bytes()[:200])
+    write_npz(
+        studies / "3DBox_MR_good.npz",
+        imgs=rng.integers(0, 255, (6, 32, 32), dtype=np.uint8),
+        boxes=np.array([[4, 4, 1, 20, 20, 4]]),
+    )
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["submit", str(studies), "--out", str(out), "--models-dir", str(echo_models_dir)])
     assert result.exit_code == 0, result.output
     lines = {r["study"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
-    assert set(lines) == {"2DBox_CT_good", "2DBox_CT_inverted", "2DBox_CT_floaty", "2DBox_CT_pickled",
-                          "3DBox_CT_truncated", "3DBox_MR_good"}
+    assert set(lines) == {
+        "2DBox_CT_good",
+        "2DBox_CT_inverted",
+        "2DBox_CT_floaty",
+        "2DBox_CT_pickled",
+        "3DBox_CT_truncated",
+        "3DBox_MR_good",
+    }
     assert lines["2DBox_CT_good"]["status"] == "ok" and lines["3DBox_MR_good"]["status"] == "ok"
     assert "inverted" in lines["2DBox_CT_inverted"]["error"]
     assert "uint8" in lines["2DBox_CT_floaty"]["error"]
@@ -63,8 +72,9 @@ def test_huge_image_is_rejected_from_its_header_before_loading(tmp_path, monkeyp
     from producer.formats import npz as npz_format
     from worker.contract.study import StudyError
 
-    path = write_npz(tmp_path / "3DBox_CT_big.npz", imgs=np.zeros((10, 100, 100), np.uint8),
-                     boxes=np.array([[1, 1, 1, 5, 5, 5]]))
+    path = write_npz(
+        tmp_path / "3DBox_CT_big.npz", imgs=np.zeros((10, 100, 100), np.uint8), boxes=np.array([[1, 1, 1, 5, 5, 5]])
+    )
     assert npz_format.stored_shape(path, "imgs") == (10, 100, 100)
     monkeypatch.setenv(npz_format.MAX_VOXELS_ENV, "99999")
     loaded = []

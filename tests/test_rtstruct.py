@@ -1,6 +1,7 @@
 """RTSTRUCT output (issue 14, part 3): rt-utils contours of the label map, rasterised back here independently
 (OpenCV fillPoly on the contour points mapped through the series' own geometry, holes by XOR) and compared per ROI
 with the label map on real cases written as DICOM series, with non-square pixels and an oblique, reversed stack."""
+
 from __future__ import annotations
 
 import json
@@ -87,12 +88,17 @@ def test_rtstruct_rasterises_back_onto_the_label_map(tmp_path: Path, case: str, 
         back = rasterise(ds, number, volume.geometry, labels.shape)
         scores.append(dice(back, truth))
         assert scores[-1] >= 0.95, (number, scores[-1])
-        holes += sum(cv2.findContours(truth[z].astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)[1] is not None
-                     and (cv2.findContours(truth[z].astype(np.uint8), cv2.RETR_CCOMP,
-                                           cv2.CHAIN_APPROX_NONE)[1][0][:, 3] >= 0).any()
-                     for z in range(truth.shape[0]))
-    print(f"{case} {geometry}: {int(labels.max())} ROIs, {holes} ROI slices with holes, Dice min {min(scores):.4f} "
-          f"median {float(np.median(scores)):.4f}")
+        holes += sum(
+            cv2.findContours(truth[z].astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)[1] is not None
+            and (
+                cv2.findContours(truth[z].astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)[1][0][:, 3] >= 0
+            ).any()
+            for z in range(truth.shape[0])
+        )
+    print(
+        f"{case} {geometry}: {int(labels.max())} ROIs, {holes} ROI slices with holes, Dice min {min(scores):.4f} "
+        f"median {float(np.median(scores)):.4f}"
+    )
 
 
 def test_submit_writes_seg_and_rtstruct_with_empty_rois_kept(tmp_path: Path):
@@ -100,9 +106,17 @@ def test_submit_writes_seg_and_rtstruct_with_empty_rois_kept(tmp_path: Path):
     spec = SeriesSpec(stored=rng.integers(0, 200, (6, 40, 44)).astype(np.int16), pixel_spacing=(0.5, 0.8))
     folder = tmp_path / "in" / "ct"
     write_series(folder, spec)
-    (folder / "prompts.json").write_text(json.dumps({"boxes": [
-        {"label": "ring", "voxel": [2, 2, 1, 30, 30, 4]}, {"label": "nothing", "voxel": [35, 30, 0, 40, 38, 1]},
-        {"label": "two blobs", "voxel": [1, 1, 0, 43, 39, 5]}]}))
+    (folder / "prompts.json").write_text(
+        json.dumps(
+            {
+                "boxes": [
+                    {"label": "ring", "voxel": [2, 2, 1, 30, 30, 4]},
+                    {"label": "nothing", "voxel": [35, 30, 0, 40, 38, 1]},
+                    {"label": "two blobs", "voxel": [1, 1, 0, 43, 39, 5]},
+                ]
+            }
+        )
+    )
     labels = np.zeros((6, 40, 44), np.uint16)
     labels[1:5, 5:25, 5:25] = 1
     labels[1:5, 10:18, 10:18] = 0  # a hole in every slice

@@ -2,6 +2,7 @@
 
 The echo decoder returns exactly the prompt box, so the expected masks are known in closed form.
 """
+
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ def engine(models_dir, **settings) -> Engine:
 def box_mask(shape, box):
     x0, y0, x1, y1 = box
     mask = np.zeros(shape, bool)
-    mask[y0:y1 + 1, x0:x1 + 1] = True
+    mask[y0 : y1 + 1, x0 : x1 + 1] = True
     return mask
 
 
@@ -70,8 +71,9 @@ def test_boxes_are_decoded_in_bounded_chunks(echo_models_dir):
     assert result.labels.max() == 40
 
 
-def volume_study(modality="CT", shape=(30, 64, 80), boxes=((10, 8, 2, 40, 30, 10), (30, 20, 5, 70, 50, 25),
-                                                           (5, 40, 20, 30, 60, 28))):
+def volume_study(
+    modality="CT", shape=(30, 64, 80), boxes=((10, 8, 2, 40, 30, 10), (30, 20, 5, 70, 50, 25), (5, 40, 20, 30, 60, 28))
+):
     volume = RNG.integers(0, 255, shape, dtype=np.uint8)
     return Study(f"3DBox_{modality}_x", modality, volume, np.array(boxes))
 
@@ -126,13 +128,14 @@ def test_pet_triview_encodes_each_view_once_and_votes(echo_models_dir, tmp_path)
     study = volume_study("PET", shape=(20, 40, 48), boxes=((10, 12, 4, 30, 28, 15),))
     progress = []
     result = engine(echo_models_dir, routing_file=routing).segment(
-        study, progress=lambda done, total: progress.append((done, total)))
+        study, progress=lambda done, total: progress.append((done, total))
+    )
     x0, y0, z0, x1, y1, z1 = study.boxes[0]
     assert result.metrics.provenance.strategy == "triview"
     assert result.metrics.counts.slices_encoded == (z1 - z0 + 1) + (y1 - y0 + 1) + (x1 - x0 + 1)
-    inside = result.labels[z0 + 3:z1 - 2, y0 + 3:y1 - 2, x0 + 3:x1 - 2]
+    inside = result.labels[z0 + 3 : z1 - 2, y0 + 3 : y1 - 2, x0 + 3 : x1 - 2]
     outside = np.ones(study.image.shape, bool)
-    outside[max(z0 - 3, 0):z1 + 4, y0 - 3:y1 + 4, x0 - 3:x1 + 4] = False
+    outside[max(z0 - 3, 0) : z1 + 4, y0 - 3 : y1 + 4, x0 - 3 : x1 + 4] = False
     assert inside.min() == 1 and result.labels[outside].max() == 0
     assert progress[-1][0] == progress[-1][1] and [p[0] for p in progress] == sorted(p[0] for p in progress)
 

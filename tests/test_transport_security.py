@@ -1,6 +1,7 @@
 """The wire, locked down: a private redis-server speaking only TLS and requiring a password, a real worker
 (box-echo model: this is about transport, not accuracy), the producer's API, and a pickled message that must
 never be unpickled."""
+
 from __future__ import annotations
 
 import pickle
@@ -67,8 +68,9 @@ def test_a_batch_runs_over_tls_with_a_password(tls_fleet):
     (outcome,) = batch.outcomes
     assert outcome.ok, outcome.error
     assert outcome.labels[30, 20] == 1 and outcome.labels[5, 5] == 0  # the echo model returns the box
-    plain = redis.Redis(host="127.0.0.1", port=server.port, password=server.password, socket_connect_timeout=2,
-                        socket_timeout=2)
+    plain = redis.Redis(
+        host="127.0.0.1", port=server.port, password=server.password, socket_connect_timeout=2, socket_timeout=2
+    )
     with pytest.raises(redis.exceptions.ConnectionError):  # no plaintext on the TLS port
         plain.ping()
     anonymous = redis.Redis.from_url(server.url.replace(f":{server.password}@", ""), socket_timeout=2)
@@ -88,9 +90,13 @@ def test_a_pickled_message_is_refused_and_never_unpickled(tls_fleet, tmp_path):
     prefix = {"global_keyprefix": Keys(settings.namespace).broker_prefix}  # the fleet's queue, as the app has it
     with Connection(server.url, transport_options=prefix) as connection:
         Producer(connection).publish(
-            {"args": [TouchOnUnpickle(marker)]}, serializer="pickle", exchange=queue.exchange,
-            routing_key=settings.default_queue, declare=[queue],
-            headers={"task": "litemedsam.segment", "id": "pickled-1", "lang": "py"})
+            {"args": [TouchOnUnpickle(marker)]},
+            serializer="pickle",
+            exchange=queue.exchange,
+            routing_key=settings.default_queue,
+            declare=[queue],
+            headers={"task": "litemedsam.segment", "id": "pickled-1", "lang": "py"},
+        )
     deadline = time.monotonic() + TIMEOUT
     while "Refusing to deserialize untrusted content of type pickle" not in worker.log_path.read_text(errors="replace"):
         assert time.monotonic() < deadline, worker.log_tail()

@@ -2,4 +2,5 @@
 
 Importing this package does not import OpenVINO; only worker.engine.runtime does.
 """
+
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ handlers or lease bootstep. Everything Celery keeps in
 Redis lives under the namespace (`global_keyprefix`, worker.contract.keys), so fleets of two namespaces on one Redis
 never see each other's queues, unacknowledged messages, control replies or events.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -12,6 +12,7 @@
    "equivalent to f32 here" (e.g. bf16 on a CPU without AVX512-BF16/AMX): `fast` never picks it.
 5. The verdict goes to <models_dir>/precision-calibration.json under this host's fingerprint (worker.calibration).
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,8 +71,10 @@ def tuned_on(profile_encoders: list[str], registry: dict, evaluation_source: str
             continue
         for name in profile_encoders:
             source = str(profiles.get(name, {}).get("calibration", {}).get("source", ""))
-            if source and ((evaluation_source == PHANTOMS and source.startswith(PHANTOMS))
-                           or (evaluation_source != PHANTOMS and evaluation_source in source)):
+            if source and (
+                (evaluation_source == PHANTOMS and source.startswith(PHANTOMS))
+                or (evaluation_source != PHANTOMS and evaluation_source in source)
+            ):
                 clashes.append(name)
     return clashes
 
@@ -96,7 +99,7 @@ def evaluation_cases(folder: Path, quick: bool = False, max_cases: int | None = 
         return flat[:QUICK_2D] + volumes[:QUICK_3D]
     if max_cases:
         mixed = [case for pair in zip(flat, volumes) for case in pair]
-        mixed += flat[len(volumes):] + volumes[len(flat):]
+        mixed += flat[len(volumes) :] + volumes[len(flat) :]
         return sorted(mixed[:max_cases], key=lambda case: case.name)
     return sorted(cases, key=lambda case: case.name)
 
@@ -124,8 +127,15 @@ def _runtime_by_strategy(engine) -> dict[str, dict]:
     return out
 
 
-def calibrate(models_dir: Path, cases: list[DerivedCase], profiles: list[str] | None = None, threads: int = 0,
-              routing_file: Path | None = None, report: Report | None = None, evaluation_source: str = "") -> dict:
+def calibrate(
+    models_dir: Path,
+    cases: list[DerivedCase],
+    profiles: list[str] | None = None,
+    threads: int = 0,
+    routing_file: Path | None = None,
+    report: Report | None = None,
+    evaluation_source: str = "",
+) -> dict:
     """Run f32 and each profile on `cases`, apply the gate, and return the verdict (not yet written)."""
     from worker.engine.engine import Engine, EngineSettings
 
@@ -138,8 +148,9 @@ def calibrate(models_dir: Path, cases: list[DerivedCase], profiles: list[str] | 
         table.get(name)  # unknown names fail before anything runs
     engines = {DEFAULT_PROFILE: reference}
     for name in names:
-        engines[name] = Engine(EngineSettings(models_dir=Path(models_dir), precision=name, threads=threads,
-                                              routing_file=routing_file))
+        engines[name] = Engine(
+            EngineSettings(models_dir=Path(models_dir), precision=name, threads=threads, routing_file=routing_file)
+        )
     runtime = {}
     for name, engine in engines.items():
         started = time.perf_counter()
@@ -150,7 +161,7 @@ def calibrate(models_dir: Path, cases: list[DerivedCase], profiles: list[str] | 
     rows: dict[str, dict[str, dict]] = {name: {} for name in order}
     for index, case in enumerate(cases):
         masks = {}
-        for name in (order if index % 2 == 0 else order[::-1]):
+        for name in order if index % 2 == 0 else order[::-1]:
             labels, seconds = _run(engines[name], case)
             masks[name] = labels
             rows[name][case.name] = {"dsc": dsc_case(case.gts, labels), "seconds": seconds}
@@ -159,8 +170,12 @@ def calibrate(models_dir: Path, cases: list[DerivedCase], profiles: list[str] | 
             row = rows[name][case.name]
             row["delta"] = row["dsc"] - f32["dsc"]
             row["identical"] = bool(np.array_equal(masks[name], masks[DEFAULT_PROFILE]))
-        say(f"[{index + 1}/{len(cases)}] {case.name}: f32 DSC {f32['dsc']:.4f} {f32['seconds']:.1f} s; " + "; ".join(
-            f"{n} {rows[n][case.name]['delta'] * 100:+.2f} pts {rows[n][case.name]['seconds']:.1f} s" for n in names))
+        say(
+            f"[{index + 1}/{len(cases)}] {case.name}: f32 DSC {f32['dsc']:.4f} {f32['seconds']:.1f} s; "
+            + "; ".join(
+                f"{n} {rows[n][case.name]['delta'] * 100:+.2f} pts {rows[n][case.name]['seconds']:.1f} s" for n in names
+            )
+        )
     f32_seconds = sum(row["seconds"] for row in rows[DEFAULT_PROFILE].values())
     weights = int8_weights(reference.registry)
     verdicts = {}
@@ -189,9 +204,15 @@ def calibrate(models_dir: Path, cases: list[DerivedCase], profiles: list[str] | 
         "threads": threads,
         "evaluation_source": evaluation_source,
         "load_average": list(os.getloadavg()),
-        "cases": {case.name: {"shape": list(case.imgs.shape), "boxes": int(len(case.boxes)),
-                              "dsc_f32": rows[DEFAULT_PROFILE][case.name]["dsc"],
-                              "seconds_f32": rows[DEFAULT_PROFILE][case.name]["seconds"]} for case in cases},
+        "cases": {
+            case.name: {
+                "shape": list(case.imgs.shape),
+                "boxes": int(len(case.boxes)),
+                "dsc_f32": rows[DEFAULT_PROFILE][case.name]["dsc"],
+                "seconds_f32": rows[DEFAULT_PROFILE][case.name]["seconds"],
+            }
+            for case in cases
+        },
         "f32_runtime": runtime[DEFAULT_PROFILE],
         "f32_seconds": f32_seconds,
         "profiles": verdicts,
@@ -201,8 +222,10 @@ def calibrate(models_dir: Path, cases: list[DerivedCase], profiles: list[str] | 
 
 
 def summary_lines(verdict: dict) -> list[str]:
-    lines = [f"host: {verdict['host']['cpu']} [{' '.join(verdict['host']['isa'])}], OpenVINO "
-             f"{verdict['host']['openvino']}; {len(verdict['cases'])} cases; f32 {verdict['f32_seconds']:.1f} s"]
+    lines = [
+        f"host: {verdict['host']['cpu']} [{' '.join(verdict['host']['isa'])}], OpenVINO "
+        f"{verdict['host']['openvino']}; {len(verdict['cases'])} cases; f32 {verdict['f32_seconds']:.1f} s"
+    ]
     for name, entry in verdict["profiles"].items():
         state = "PASS" if entry["passed"] else f"FAIL on {len(entry['failed_cases'])} case(s)"
         if entry.get("tuned_on_evaluation_data"):
@@ -212,14 +235,25 @@ def summary_lines(verdict: dict) -> list[str]:
             notes.append("runs exactly as f32 on this CPU")
         elif entry["passed"] and not eligible(entry):
             notes.append(f"under the {MIN_SPEEDUP:.2f}x speed-up `fast` needs")
-        lines.append(f"  {name:18s} {state:18s} worst {entry['worst_delta'] * 100:+.2f} pts, speed-up "
-                     f"{entry['speedup']:.2f}x" + (f" ({'; '.join(notes)})" if notes else ""))
+        lines.append(
+            f"  {name:18s} {state:18s} worst {entry['worst_delta'] * 100:+.2f} pts, speed-up "
+            f"{entry['speedup']:.2f}x" + (f" ({'; '.join(notes)})" if notes else "")
+        )
     lines.append(f"--precision fast now selects: {verdict['fast']}")
     return lines
 
 
-def run(models_dir: Path, source: Path | None, profiles: list[str] | None, threads: int, quick: bool,
-        max_cases: int | None, routing_file: Path | None, report: Report, command: str = "") -> tuple[dict, Path]:
+def run(
+    models_dir: Path,
+    source: Path | None,
+    profiles: list[str] | None,
+    threads: int,
+    quick: bool,
+    max_cases: int | None,
+    routing_file: Path | None,
+    report: Report,
+    command: str = "",
+) -> tuple[dict, Path]:
     """The whole command: cases, calibration, record; returns the verdict and the record's path."""
     with tempfile.TemporaryDirectory(prefix="litemedsam-calibrate-") as scratch:
         folder, described = evaluation_folder(source, Path(scratch))
@@ -230,4 +264,3 @@ def run(models_dir: Path, source: Path | None, profiles: list[str] | None, threa
     verdict["command"] = command or "worker calibrate"
     path = write_verdict(models_dir, verdict)
     return verdict, path
-

@@ -13,6 +13,7 @@ definition (and INT8 encoder weights) are still what was calibrated. Otherwise f
 
 Only the standard library (and worker.contract.precision): the worker's parent resolves `fast` before any fork.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -33,8 +34,23 @@ RECORD_FORMAT = 1
 GATE_DSC = 0.005  # each case's DSC within +-0.5 points of f32's, against ground truth
 MIN_SPEEDUP = 1.10  # a profile must save at least 10 % of f32's engine time to be worth leaving f32
 # Flags that decide which kernels OpenVINO's CPU plugin runs for f32 / bf16 / int8 / f16.
-ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+ISA_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+)
 
 
 def record_path(models_dir: Path) -> Path:
@@ -61,8 +77,13 @@ def openvino_version() -> str:
 def host_fingerprint(models: dict[str, str]) -> dict[str, Any]:
     """This host's instruction set as far as precision verdicts go, plus the models they were measured with."""
     cpu, flags = _cpuinfo()
-    return {"cpu": cpu, "isa": [flag for flag in ISA_FLAGS if flag in flags], "machine": platform.machine(),
-            "openvino": openvino_version(), "models": dict(sorted(models.items()))}
+    return {
+        "cpu": cpu,
+        "isa": [flag for flag in ISA_FLAGS if flag in flags],
+        "machine": platform.machine(),
+        "openvino": openvino_version(),
+        "models": dict(sorted(models.items())),
+    }
 
 
 def host_key(fingerprint: dict[str, Any]) -> str:
@@ -99,22 +120,29 @@ def verdict_for_host(models_dir: Path, fingerprint: dict[str, Any]) -> dict[str,
 
 def profile_definition(profile: PrecisionProfile, encoder_weights: dict[str, str]) -> dict[str, Any]:
     """What a verdict is about: the per-strategy parts and the sha256 of any INT8 encoder they use."""
-    return {"parts": profile.as_dict(),
-            "encoder_weights": {name: encoder_weights.get(name, "") for name in profile.quantized_encoders()}}
+    return {
+        "parts": profile.as_dict(),
+        "encoder_weights": {name: encoder_weights.get(name, "") for name in profile.quantized_encoders()},
+    }
 
 
 def eligible(entry: dict[str, Any]) -> bool:
     """A profile `fast` may choose: passed the gate, runs differently from f32 here, and is worth it."""
-    return (bool(entry.get("passed")) and not entry.get("equivalent_to_f32")
-            and float(entry.get("speedup") or 0.0) >= MIN_SPEEDUP)
+    return (
+        bool(entry.get("passed"))
+        and not entry.get("equivalent_to_f32")
+        and float(entry.get("speedup") or 0.0) >= MIN_SPEEDUP
+    )
 
 
-def fastest_passed(table: PrecisionTable, verdict: dict[str, Any] | None,
-                   encoder_weights: dict[str, str]) -> tuple[str, str]:
+def fastest_passed(
+    table: PrecisionTable, verdict: dict[str, Any] | None, encoder_weights: dict[str, str]
+) -> tuple[str, str]:
     """(profile name, reason) for a `fast` request."""
     if verdict is None:
-        return DEFAULT_PROFILE, ("f32: no calibration for this host's instruction set "
-                                 "(run `worker calibrate` on this machine)")
+        return DEFAULT_PROFILE, (
+            "f32: no calibration for this host's instruction set (run `worker calibrate` on this machine)"
+        )
     candidates = []
     for name, entry in verdict.get("profiles", {}).items():
         if name not in table.names() or not eligible(entry):
@@ -124,14 +152,16 @@ def fastest_passed(table: PrecisionTable, verdict: dict[str, Any] | None,
         candidates.append((float(entry["speedup"]), name))
     when = verdict.get("calibrated_at", "?")
     if not candidates:
-        return DEFAULT_PROFILE, (f"f32: no profile passed the calibration of {when} on this host with a speed-up "
-                                 f">= {MIN_SPEEDUP:.2f}x")
+        return DEFAULT_PROFILE, (
+            f"f32: no profile passed the calibration of {when} on this host with a speed-up >= {MIN_SPEEDUP:.2f}x"
+        )
     speedup, name = max(candidates)
     return name, f"{name}: fastest profile passing the calibration of {when} on this host ({speedup:.2f}x f32)"
 
 
-def select_profile(requested: str, table: PrecisionTable, models_dir: Path, models: dict[str, str],
-                   encoder_weights: dict[str, str]) -> ProfileChoice:
+def select_profile(
+    requested: str, table: PrecisionTable, models_dir: Path, models: dict[str, str], encoder_weights: dict[str, str]
+) -> ProfileChoice:
     """The one place a requested precision becomes the profile that runs (`fast` resolved per host)."""
     if requested != FAST:
         return ProfileChoice(table.get(requested), requested)
@@ -145,8 +175,9 @@ def choose_profile(requested: str, routing, models_dir: Path, registry: dict) ->
     worker.contract.routing.RoutingTable) and model registry (name -> models.registry.ModelSpec); no OpenVINO needed."""
     encoder_weights = int8_weights(registry)
     table = routing.precision.with_quantized(encoder_weights)
-    return select_profile(requested, table, models_dir, {name: spec.sha256 for name, spec in registry.items()},
-                          encoder_weights)
+    return select_profile(
+        requested, table, models_dir, {name: spec.sha256 for name, spec in registry.items()}, encoder_weights
+    )
 
 
 def int8_weights(registry: dict) -> dict[str, str]:

@@ -3,6 +3,7 @@
 Every option becomes the environment variable the app reads (worker.contract.settings), so `worker start ...` and
 `LITEMEDSAM_...=... celery -A worker.app worker ...` start the same worker.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ def check_models(models_dir: Path, routing: Path | None, precision: str = "f32")
 
     registry = load_registry(models_dir)
     if not registry:
-        raise click.ClickException(f"no exported models in {models_dir}: run `python -m models.export` "
-                                   "(or mount the models volume) before starting a worker")
+        raise click.ClickException(
+            f"no exported models in {models_dir}: run `python -m models.export` "
+            "(or mount the models volume) before starting a worker"
+        )
     try:
         table = RoutingTable.load(routing)  # a broken routing table fails here, not in every child
         choice = choose_profile(precision, table, models_dir, registry)
@@ -55,29 +58,58 @@ def cli() -> None:
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--broker", envvar="LITEMEDSAM_BROKER", default=DEFAULT_BROKER, show_default=True)
 @click.option("--store", envvar="LITEMEDSAM_STORE", default="", help="Blob store URL (default: the broker's Redis).")
-@click.option("--concurrency", "-c", type=click.IntRange(1), default=1, show_default=True,
-              help="Prefork child processes (each compiles its own models).")
-@click.option("--threads", type=click.IntRange(0), default=0,
-              help="OpenVINO threads per process (0: cores // concurrency).")
-@click.option("--cpus", envvar="LITEMEDSAM_CPUS", default="",
-              help="Cores this worker owns, split among its processes (`all` or a list like 0-3,6). "
-                   "Default: none; OpenVINO pinning off, the kernel places threads.")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Prefork child processes (each compiles its own models).",
+)
+@click.option(
+    "--threads", type=click.IntRange(0), default=0, help="OpenVINO threads per process (0: cores // concurrency)."
+)
+@click.option(
+    "--cpus",
+    envvar="LITEMEDSAM_CPUS",
+    default="",
+    help="Cores this worker owns, split among its processes (`all` or a list like 0-3,6). "
+    "Default: none; OpenVINO pinning off, the kernel places threads.",
+)
 @click.option("--queues", "-Q", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to consume.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--precision", default="f32", show_default=True, help=PRECISION_HELP)
 @click.option("--cache-mb", type=click.IntRange(0), default=2048, show_default=True, help=CACHE_HELP)
-@click.option("--memory-mb", type=click.IntRange(0), default=None,
-              help="Memory guard per process in MB (default: 80% of RAM / concurrency; 0: off).")
-@click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help=ROUTING_HELP)
+@click.option(
+    "--memory-mb",
+    type=click.IntRange(0),
+    default=None,
+    help="Memory guard per process in MB (default: 80% of RAM / concurrency; 0: off).",
+)
+@click.option(
+    "--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=ROUTING_HELP
+)
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--hostname", "-n", default=None, help="Node name (default: litemedsam-<pid>@<host>).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.pass_context
-def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads: int, cpus: str, queues: str,
-          models_dir: Path | None, precision: str, cache_mb: int, memory_mb: int | None, routing: Path | None,
-          metrics_port: int | None,
-          hostname: str | None, loglevel: str) -> None:
+def start(
+    ctx: click.Context,
+    broker: str,
+    store: str,
+    concurrency: int,
+    threads: int,
+    cpus: str,
+    queues: str,
+    models_dir: Path | None,
+    precision: str,
+    cache_mb: int,
+    memory_mb: int | None,
+    routing: Path | None,
+    metrics_port: int | None,
+    hostname: str | None,
+    loglevel: str,
+) -> None:
     """Start a worker: `celery worker` with the prefork pool; extra arguments go to celery as they are."""
     from models.paths import default_models_dir
 
@@ -90,35 +122,65 @@ def start(ctx: click.Context, broker: str, store: str, concurrency: int, threads
         bindings = [plan(cpus, slot, threads).describe() for slot in range(concurrency)]
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--cpus") from None
-    for name, value in (("LITEMEDSAM_BROKER", broker), ("LITEMEDSAM_STORE", store),
-                        ("LITEMEDSAM_MODELS_DIR", models_dir), ("LITEMEDSAM_PRECISION", precision),
-                        ("LITEMEDSAM_THREADS", threads), ("LITEMEDSAM_CACHE_MB", cache_mb),
-                        ("LITEMEDSAM_ROUTING", routing), ("LITEMEDSAM_METRICS_PORT", metrics_port),
-                        ("LITEMEDSAM_TASK_MEMORY_MB", memory_mb), ("LITEMEDSAM_CPUS", cpus)):
+    for name, value in (
+        ("LITEMEDSAM_BROKER", broker),
+        ("LITEMEDSAM_STORE", store),
+        ("LITEMEDSAM_MODELS_DIR", models_dir),
+        ("LITEMEDSAM_PRECISION", precision),
+        ("LITEMEDSAM_THREADS", threads),
+        ("LITEMEDSAM_CACHE_MB", cache_mb),
+        ("LITEMEDSAM_ROUTING", routing),
+        ("LITEMEDSAM_METRICS_PORT", metrics_port),
+        ("LITEMEDSAM_TASK_MEMORY_MB", memory_mb),
+        ("LITEMEDSAM_CPUS", cpus),
+    ):
         _export(name, value)
-    click.echo(f"models {', '.join(models)} | precision {running} | {concurrency} x {threads} thread(s) | "
-               f"queues {queues} | {'; '.join(dict.fromkeys(bindings))}", err=True)
+    click.echo(
+        f"models {', '.join(models)} | precision {running} | {concurrency} x {threads} thread(s) | "
+        f"queues {queues} | {'; '.join(dict.fromkeys(bindings))}",
+        err=True,
+    )
     from worker.app import app
 
-    argv = ["worker", "--pool=prefork", f"--concurrency={concurrency}", f"--queues={queues}",
-            f"--hostname={hostname or f'litemedsam-{os.getpid()}@%h'}", f"--loglevel={loglevel}", *ctx.args]
+    argv = [
+        "worker",
+        "--pool=prefork",
+        f"--concurrency={concurrency}",
+        f"--queues={queues}",
+        f"--hostname={hostname or f'litemedsam-{os.getpid()}@%h'}",
+        f"--loglevel={loglevel}",
+        *ctx.args,
+    ]
     app.worker_main(argv=argv)
 
 
 @cli.command()
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--cases", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Cases with ground truth (imgs/ + gts/) to derive evaluation cases from (default: "
-                   "../shared/data/cases beside the checkout when present, else the project's phantoms).")
+@click.option(
+    "--cases",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Cases with ground truth (imgs/ + gts/) to derive evaluation cases from (default: "
+    "../shared/data/cases beside the checkout when present, else the project's phantoms).",
+)
 @click.option("--profiles", default="", help="Comma-separated profiles to check (default: every profile but f32).")
 @click.option("--threads", type=click.IntRange(0), default=0, help="OpenVINO threads (0: all cores).")
 @click.option("--quick", is_flag=True, help="Only the smallest few cases (a smoke run, not a verdict to trust).")
 @click.option("--max-cases", type=click.IntRange(1), default=None, help="At most this many (smallest) cases.")
-@click.option("--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help=ROUTING_HELP)
+@click.option(
+    "--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=ROUTING_HELP
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
-def calibrate(models_dir: Path | None, cases: Path | None, profiles: str, threads: int, quick: bool,
-              max_cases: int | None, routing: Path | None, as_json: bool) -> None:
+def calibrate(
+    models_dir: Path | None,
+    cases: Path | None,
+    profiles: str,
+    threads: int,
+    quick: bool,
+    max_cases: int | None,
+    routing: Path | None,
+    as_json: bool,
+) -> None:
     """Check each precision profile against f32 on this host, per case, and record the verdict for `fast`."""
     import json
 
@@ -129,8 +191,17 @@ def calibrate(models_dir: Path | None, cases: Path | None, profiles: str, thread
     check_models(models_dir, routing)
     names = [name.strip() for name in profiles.split(",") if name.strip()] or None
     try:
-        verdict, path = run(models_dir, cases, names, threads, quick, max_cases, routing,
-                            lambda message: click.echo(message, err=True), " ".join(["worker", *sys.argv[1:]]))
+        verdict, path = run(
+            models_dir,
+            cases,
+            names,
+            threads,
+            quick,
+            max_cases,
+            routing,
+            lambda message: click.echo(message, err=True),
+            " ".join(["worker", *sys.argv[1:]]),
+        )
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     if as_json:
@@ -165,8 +236,10 @@ def ping(broker: str, timeout: float, node: str | None) -> None:
         directory = IdentityDirectory(redis_client(settings.broker_url), Keys(settings.namespace))
         for queue in sorted(_active_queues(settings, timeout)):
             for entry in directory.published(queue)[:3]:
-                click.echo(f"queue {queue}: engine {entry.identity.fingerprint()} ({entry.identity.precision}, "
-                           f"models {', '.join(sorted(entry.identity.models))}) from {entry.node}")
+                click.echo(
+                    f"queue {queue}: engine {entry.identity.fingerprint()} ({entry.identity.precision}, "
+                    f"models {', '.join(sorted(entry.identity.models))}) from {entry.node}"
+                )
     if not replies:
         click.echo("no worker answered", err=True)
         sys.exit(1)

@@ -6,6 +6,7 @@ slice, its result (waiting at most until the claim lapses, and never longer than
 encode it here. Before each slice the coordinator publishes its position in the order, so parts walking their
 range backwards stop where they meet it. The engine sees only the EmbeddingSource protocol: no Redis there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,17 @@ def _store_errors() -> tuple[type[BaseException], ...]:
 
 
 class CooperativeSource:
-    def __init__(self, blobs: EmbeddingBlobs, claims: Claims, keys: Keys, board: SplitBoard,
-                 orders: dict[str, list[int]], owner: str, prefetch: int, wait_max: float):
+    def __init__(
+        self,
+        blobs: EmbeddingBlobs,
+        claims: Claims,
+        keys: Keys,
+        board: SplitBoard,
+        orders: dict[str, list[int]],
+        owner: str,
+        prefetch: int,
+        wait_max: float,
+    ):
         self.blobs, self.claims, self.keys, self.board = blobs, claims, keys, board
         self.orders = orders
         self.positions = {view: {z: p for p, z in enumerate(order)} for view, order in orders.items()}
@@ -133,7 +143,7 @@ class CooperativeSource:
         if self._pool is None:
             return
         order = self.orders[view]
-        for ahead in order[position + 1:position + 1 + self.prefetch]:
+        for ahead in order[position + 1 : position + 1 + self.prefetch]:
             key = (view, ahead)
             if key not in self._pending and key not in self._served:
                 self._pending[key] = self._pool.submit(self._fetch_quietly, view, ahead)

@@ -11,6 +11,7 @@ and, if so, sends its parts and runs the study with them.
   worker runs all three), then waits only for views another worker is running while their claims live; whoever
   lands the last view votes (worker.parts.ViewRunner).
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,9 @@ log = logging.getLogger(__name__)
 WAIT_POLL = 0.2
 
 
-def segment_study(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, study: Study, key: str,
-                  progress: ProgressPublisher) -> Segmentation:
+def segment_study(
+    ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, study: Study, key: str, progress: ProgressPublisher
+) -> Segmentation:
     decision = _decision(ctx, msg, study)
     if decision is None or not decision.split:
         result = ctx.engine.segment(study, progress=progress)
@@ -63,8 +65,9 @@ def _decision(ctx: WorkerContext, msg: TaskMessage, study: Study) -> SplitDecisi
     check_study(study, ctx.engine.settings.max_voxels)  # a malformed study is refused before any planning
     strategy = routing.route(study.modality).strategy(study.is_3d)
     waiting = int(ctx.ledger.client.llen(ctx.keys.queue(msg.queue))) if msg.queue else 0
-    return decide(strategy, tuple(study.image.shape), study.boxes, ctx.split, bool(getattr(msg, "split", True)),
-                  waiting)
+    return decide(
+        strategy, tuple(study.image.shape), study.boxes, ctx.split, bool(getattr(msg, "split", True)), waiting
+    )
 
 
 def _send(ctx: WorkerContext, msg: TaskMessage, parts: list[PartMessage]) -> None:
@@ -77,17 +80,38 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
 
     space = ctx.engine.embedding_space(study)
     order = decision.orders["axial"]
-    parts = [PartMessage(kind=SLICES, run=run, index=index, parts=len(decision.ranges), view="axial",
-                         study=msg.to_wire(), result_key=key, coordinator=ctx.node,
-                         coordinator_task=delivery.task_id, space=space, start=start, stop=stop,
-                         slices=order[start:stop],
-                         steps=decision.steps, enqueued_at=time.time())
-             for index, (start, stop) in enumerate(decision.ranges)]
+    parts = [
+        PartMessage(
+            kind=SLICES,
+            run=run,
+            index=index,
+            parts=len(decision.ranges),
+            view="axial",
+            study=msg.to_wire(),
+            result_key=key,
+            coordinator=ctx.node,
+            coordinator_task=delivery.task_id,
+            space=space,
+            start=start,
+            stop=stop,
+            slices=order[start:stop],
+            steps=decision.steps,
+            enqueued_at=time.time(),
+        )
+        for index, (start, stop) in enumerate(decision.ranges)
+    ]
     board = SplitBoard(ctx.ledger.client, ctx.keys, run, ctx.split.blob_ttl)
     blobs = EmbeddingBlobs(ctx.store, space, ctx.split.blob_ttl)
-    source = CooperativeSource(blobs, Claims(ctx.ledger.client, ctx.split.claim_ttl), ctx.keys, board,
-                               decision.orders, f"coordinator:{ctx.node}:{delivery.task_id}", ctx.split.prefetch,
-                               wait_max=2 * ctx.split.claim_ttl)
+    source = CooperativeSource(
+        blobs,
+        Claims(ctx.ledger.client, ctx.split.claim_ttl),
+        ctx.keys,
+        board,
+        decision.orders,
+        f"coordinator:{ctx.node}:{delivery.task_id}",
+        ctx.split.prefetch,
+        wait_max=2 * ctx.split.claim_ttl,
+    )
     _send(ctx, msg, list(reversed(parts)))  # the range needed last first: it meets the coordinator last
     try:
         result = ctx.engine.segment(study, progress=progress, source=source)
@@ -100,9 +124,11 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
         log.warning("%s/%s: parts' reports unavailable (%s)", msg.batch_id, msg.name, error)
         reports = {}
     result.metrics.extra.split = {
-        **decision.describe(), "run": run, "coordinator": {"node": ctx.node, **source.stats.as_dict()},
-        "parts": [reports.get(p.index, {"part": p.index, "state": "not started when the study ended"})
-                  for p in parts]}
+        **decision.describe(),
+        "run": run,
+        "coordinator": {"node": ctx.node, **source.stats.as_dict()},
+        "parts": [reports.get(p.index, {"part": p.index, "state": "not started when the study ended"}) for p in parts],
+    }
     return result
 
 
@@ -119,12 +145,33 @@ def _by_views(ctx, msg, delivery, study, key, progress, decision, run) -> Segmen
     from worker.parts import ViewRunner
 
     others = [view for view in TRIVIEW_VIEWS if view != COORDINATOR_VIEW]
-    parts = [PartMessage(kind=VIEWS_MODE, run=run, index=TRIVIEW_VIEWS.index(view), parts=len(TRIVIEW_VIEWS),
-                         view=view, study=msg.to_wire(), result_key=key, coordinator=ctx.node,
-                         coordinator_task=delivery.task_id, steps=decision.steps, enqueued_at=time.time())
-             for view in others]
-    runner = ViewRunner(ctx, msg, study, run, key, delivery.task_id, decision.steps,
-                        f"coordinator:{ctx.node}:{delivery.task_id}", progress)
+    parts = [
+        PartMessage(
+            kind=VIEWS_MODE,
+            run=run,
+            index=TRIVIEW_VIEWS.index(view),
+            parts=len(TRIVIEW_VIEWS),
+            view=view,
+            study=msg.to_wire(),
+            result_key=key,
+            coordinator=ctx.node,
+            coordinator_task=delivery.task_id,
+            steps=decision.steps,
+            enqueued_at=time.time(),
+        )
+        for view in others
+    ]
+    runner = ViewRunner(
+        ctx,
+        msg,
+        study,
+        run,
+        key,
+        delivery.task_id,
+        decision.steps,
+        f"coordinator:{ctx.node}:{delivery.task_id}",
+        progress,
+    )
     _send(ctx, msg, parts)
     try:
         voted = _run_views(ctx, msg, runner)

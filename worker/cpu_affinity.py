@@ -13,6 +13,7 @@ The rule (measured on a 2-core AMD EPYC, ops/bench/RESULTS.md "CPU pinning"):
   That block becomes the process's affinity before OpenVINO starts any thread, and OpenVINO pins its threads
   inside it.
 """
+
 from __future__ import annotations
 
 import os
@@ -108,12 +109,13 @@ def plan(requested: str | None, slot: int, threads: int, allowed: tuple[int, ...
     allowed = tuple(allowed if allowed is not None else allowed_cores())
     owned = allowed if requested.strip().lower() == ALL else tuple(c for c in parse_cpu_list(requested) if c in allowed)
     if not owned:
-        raise ValueError(f"CPU list {requested!r} has no core this process may use "
-                         f"(allowed: {format_cpu_list(allowed)})")
+        raise ValueError(
+            f"CPU list {requested!r} has no core this process may use (allowed: {format_cpu_list(allowed)})"
+        )
     width = max(1, min(threads if threads > 0 else len(owned), len(owned)))
     blocks = max(1, len(owned) // width)
     first = (slot % blocks) * width
     note = f"pool process {slot} of the cores {format_cpu_list(owned)}"
     if slot >= blocks:
         note += f" (more processes than blocks of {width} core(s): shares a block)"
-    return CoreBinding(owned[first:first + width], note)
+    return CoreBinding(owned[first : first + width], note)

@@ -4,6 +4,7 @@ One Redis hash per queue: identity fingerprint -> {identity, node, published_at}
 recently published identity of a queue to compute result keys; the worker that runs a study always uses its
 own identity, so a stale or mixed entry can only cost a cache miss, never a wrong result.
 """
+
 from __future__ import annotations
 
 import json

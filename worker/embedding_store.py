@@ -10,6 +10,7 @@
   lease: whoever holds it is doing that work now; if it dies the claim lapses and someone else does it. Renewal
   and release only touch a claim the caller still owns (compare-and-set scripts).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,13 @@ def pack_exact(array: np.ndarray) -> bytes:
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     data = array.tobytes()
-    header = json.dumps({"dtype": array.dtype.str, "shape": list(array.shape),
-                         "blake2b": hashlib.blake2b(data, digest_size=16).hexdigest()}).encode()
+    header = json.dumps(
+        {
+            "dtype": array.dtype.str,
+            "shape": list(array.shape),
+            "blake2b": hashlib.blake2b(data, digest_size=16).hexdigest(),
+        }
+    ).encode()
     return MAGIC + len(header).to_bytes(4, "little") + header + data
 
 
@@ -43,14 +49,14 @@ def unpack_exact(blob: bytes, dtype, shape: tuple[int, ...] | None = None) -> np
     """The array packed by pack_exact, checked: its dtype must be `dtype` (and its shape `shape` if given), its
     bytes complete and matching their digest; StoreError otherwise."""
     view = memoryview(blob)
-    if len(blob) < len(MAGIC) + 4 or bytes(view[:len(MAGIC)]) != MAGIC:
+    if len(blob) < len(MAGIC) + 4 or bytes(view[: len(MAGIC)]) != MAGIC:
         raise StoreError("not an exact-array blob (bad magic)")
-    size = int.from_bytes(view[len(MAGIC):len(MAGIC) + 4], "little")
+    size = int.from_bytes(view[len(MAGIC) : len(MAGIC) + 4], "little")
     start = len(MAGIC) + 4
     if not 0 < size <= HEADER_LIMIT or len(blob) < start + size:
         raise StoreError("exact-array blob: bad header length")
     try:
-        header = json.loads(bytes(view[start:start + size]))
+        header = json.loads(bytes(view[start : start + size]))
         found = np.dtype(header["dtype"])
         found_shape = tuple(int(n) for n in header["shape"])
         digest = str(header["blake2b"])
@@ -61,7 +67,7 @@ def unpack_exact(blob: bytes, dtype, shape: tuple[int, ...] | None = None) -> np
         raise StoreError(f"exact-array blob holds {found}, expected {wanted}")
     if shape is not None and found_shape != tuple(shape):
         raise StoreError(f"exact-array blob has shape {found_shape}, expected {tuple(shape)}")
-    data = view[start + size:]
+    data = view[start + size :]
     if len(data) != int(np.prod(found_shape, dtype=np.int64)) * found.itemsize:
         raise StoreError(f"exact-array blob: {len(data)} bytes for shape {found_shape} of {found}")
     if hashlib.blake2b(data, digest_size=16).hexdigest() != digest:
@@ -80,8 +86,9 @@ class EmbeddingBlobs:
 
     def put(self, view: str, index: int, embedding: np.ndarray) -> bool:
         """Store once; False if this slice was stored already (by another part: the same bytes)."""
-        return self.store.put_once(self._key(view, index), pack_exact(embedding.astype(EMBEDDING_DTYPE, copy=False)),
-                                   self.ttl)
+        return self.store.put_once(
+            self._key(view, index), pack_exact(embedding.astype(EMBEDDING_DTYPE, copy=False)), self.ttl
+        )
 
     def get(self, view: str, index: int) -> np.ndarray | None:
         """The slice's embedding, or None if it is not stored (or unreadable: then it is dropped)."""
@@ -91,8 +98,9 @@ class EmbeddingBlobs:
         try:
             return unpack_exact(blob, EMBEDDING_DTYPE)
         except StoreError as error:
-            log.warning("embedding %s/%s/%d unreadable (%s): dropped, encoded again", self.space[:12], view, index,
-                        error)
+            log.warning(
+                "embedding %s/%s/%d unreadable (%s): dropped, encoded again", self.space[:12], view, index, error
+            )
             self.store.delete(self._key(view, index))
             return None
 

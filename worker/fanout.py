@@ -24,6 +24,7 @@ stays on one worker, the coordinator (the worker that took the study task). So:
 This module holds the pure decisions (unit-tested without Redis or a model), the part message, and the
 run's shared state in Redis (SplitBoard).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,8 +59,11 @@ class SplitDecision:
         return self.mode != NONE
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode, "reason": self.reason,
-                "needed_slices": sum(len(order) for order in self.orders.values())}
+        return {
+            "mode": self.mode,
+            "reason": self.reason,
+            "needed_slices": sum(len(order) for order in self.orders.values()),
+        }
 
 
 def study_views(strategy: str) -> tuple[str, ...]:
@@ -86,8 +90,9 @@ def part_ranges(needed: int, max_parts: int, part_slices: int) -> list[tuple[int
     return [(bounds[i], bounds[i + 1]) for i in range(count)]
 
 
-def decide(strategy: str, shape: tuple[int, ...], boxes: np.ndarray, settings: SplitSettings, requested: bool,
-           waiting: int) -> SplitDecision:
+def decide(
+    strategy: str, shape: tuple[int, ...], boxes: np.ndarray, settings: SplitSettings, requested: bool, waiting: int
+) -> SplitDecision:
     """Whether and how to split a study, when its coordinator starts (`waiting`: messages on its queue)."""
     if strategy not in ("propagate", "triview"):
         return SplitDecision(NONE, f"{strategy}: one image, nothing to split")
@@ -98,17 +103,26 @@ def decide(strategy: str, shape: tuple[int, ...], boxes: np.ndarray, settings: S
     if not requested:
         return SplitDecision(NONE, "split off for this batch (--split off)", orders, steps=steps)
     if needed < settings.min_slices:
-        return SplitDecision(NONE, f"{needed} slices to encode, below LITEMEDSAM_SPLIT_MIN_SLICES="
-                                   f"{settings.min_slices}", orders, steps=steps)
+        return SplitDecision(
+            NONE,
+            f"{needed} slices to encode, below LITEMEDSAM_SPLIT_MIN_SLICES={settings.min_slices}",
+            orders,
+            steps=steps,
+        )
     if waiting > 0:
-        return SplitDecision(NONE, f"queue busy: {waiting} message(s) waiting, one study per worker", orders,
-                             steps=steps)
+        return SplitDecision(
+            NONE, f"queue busy: {waiting} message(s) waiting, one study per worker", orders, steps=steps
+        )
     if strategy == "triview":
         return SplitDecision(VIEWS_MODE, f"{needed} slices in 3 views: views run as tasks", orders, steps=steps)
     ranges = part_ranges(len(orders["axial"]), settings.max_parts, settings.part_slices)
     if len(ranges) < 1:
-        return SplitDecision(NONE, f"{needed} slices make no part of LITEMEDSAM_SPLIT_PART_SLICES="
-                                   f"{settings.part_slices}", orders, steps=steps)
+        return SplitDecision(
+            NONE,
+            f"{needed} slices make no part of LITEMEDSAM_SPLIT_PART_SLICES={settings.part_slices}",
+            orders,
+            steps=steps,
+        )
     return SplitDecision(SLICES, f"{needed} slices in {len(ranges)} part(s)", orders, ranges, steps)
 
 
@@ -151,14 +165,17 @@ class PartMessage(BaseModel):
     def from_wire(cls, data: Any) -> PartMessage:
         """A part message as received; MessageError if it is not one this worker reads."""
         if not isinstance(data, dict) or data.get("version") != PART_MESSAGE_VERSION:
-            raise MessageError(f"part message version {data.get('version') if isinstance(data, dict) else None!r}, "
-                               f"this worker reads {PART_MESSAGE_VERSION}")
+            raise MessageError(
+                f"part message version {data.get('version') if isinstance(data, dict) else None!r}, "
+                f"this worker reads {PART_MESSAGE_VERSION}"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise MessageError(f"part message: {error.error_count()} problem(s): "
-                               + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) \
-                from None
+            raise MessageError(
+                f"part message: {error.error_count()} problem(s): "
+                + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            ) from None
 
     def label(self) -> str:
         if self.kind == VIEWS_MODE:
@@ -244,6 +261,15 @@ def part_report(message: PartMessage, node: str, state: str, started: float, **c
     import os
     import socket
 
-    return {"part": message.index, "kind": message.kind, "view": message.view, "node": node,
-            "host": socket.gethostname(), "pid": os.getpid(), "state": state, "started_at": started,
-            "seconds": round(time.time() - started, 3), **counts}
+    return {
+        "part": message.index,
+        "kind": message.kind,
+        "view": message.view,
+        "node": node,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "state": state,
+        "started_at": started,
+        "seconds": round(time.time() - started, 3),
+        **counts,
+    }

@@ -4,6 +4,7 @@ No Celery here except the soft time-limit exception: worker.tasks wraps this in 
 policy. Transient Redis faults propagate (the task retries them); everything about the study itself ends
 as a final error outcome, so a bad study never loops.
 """
+
 from __future__ import annotations
 
 import logging
@@ -99,14 +100,17 @@ class ProgressPublisher:
         try:
             finished = self.ledger.has_outcome(self.batch_id, self.name)
             if not finished:
-                self.ledger.set_progress(self.batch_id, self.name,
-                                         Progress(done=done, total=total, node=self.node, updated_at=now))
+                self.ledger.set_progress(
+                    self.batch_id, self.name, Progress(done=done, total=total, node=self.node, updated_at=now)
+                )
         except Exception as error:  # progress is best effort: never fail a study over it
             log.warning("progress for %s not published: %s", self.name, error)
             return
         if finished:
-            raise Superseded(f"another delivery recorded the outcome of {self.batch_id}/{self.name}; this run "
-                             f"stopped after {done} of {total} slice steps")
+            raise Superseded(
+                f"another delivery recorded the outcome of {self.batch_id}/{self.name}; this run "
+                f"stopped after {done} of {total} slice steps"
+            )
 
 
 def run_study(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery) -> Outcome:
@@ -126,8 +130,11 @@ def run_study(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery) -> Outco
 
 def _finish(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, runs: int, outcome: Outcome) -> Outcome:
     if not outcome.ok:  # say which worker judged the study, for whoever reads the error
-        outcome.metrics = StudyMetrics(extra=MetricsExtra(node=ctx.node, host=socket.gethostname(),
-                                                          pid=os.getpid(), task_id=delivery.task_id, delivery=runs))
+        outcome.metrics = StudyMetrics(
+            extra=MetricsExtra(
+                node=ctx.node, host=socket.gethostname(), pid=os.getpid(), task_id=delivery.task_id, delivery=runs
+            )
+        )
     ctx.telemetry.observe(outcome)  # before the outcome is visible: whoever sees it sees it counted
     ctx.ledger.record(msg.batch_id, outcome)
     return outcome
@@ -135,8 +142,11 @@ def _finish(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, runs: int,
 
 def _execute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, started: float, runs: int) -> Outcome:
     if runs - delivery.retries > MAX_DELIVERIES:
-        return _error(msg, f"abandoned: delivered {runs} times and the worker process died each time "
-                           "(out of memory or a crash in the engine?)")
+        return _error(
+            msg,
+            f"abandoned: delivered {runs} times and the worker process died each time "
+            "(out of memory or a crash in the engine?)",
+        )
     try:
         key = ctx.identity.result_key(msg.image_digest, msg.boxes_array(), msg.modality)
     except (LookupError, ValueError) as error:
@@ -148,8 +158,7 @@ def _execute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, started: 
     return _compute(ctx, msg, delivery, key, started, runs)
 
 
-def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, started: float,
-             runs: int) -> Outcome:
+def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, started: float, runs: int) -> Outcome:
     fetch_started = time.perf_counter()
     try:
         study = _fetch_study(ctx, msg)
@@ -159,28 +168,41 @@ def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str,
     refusal = ctx.memory.refusal(ctx.engine.memory_needed(study))
     if refusal is not None:
         return _error(msg, refusal)
-    ctx.ledger.set_progress(msg.batch_id, msg.name,
-                            Progress(done=0, total=0, node=ctx.node, updated_at=time.time()))
+    ctx.ledger.set_progress(msg.batch_id, msg.name, Progress(done=0, total=0, node=ctx.node, updated_at=time.time()))
     ctx.ledger.count_execution(ctx.node)
 
     def outgrown(rss: int) -> None:  # the watchdog's last act before it ends this process
-        _finish(ctx, msg, delivery, runs, _error(msg, (
-            f"memory guard: the worker process reached {mb(rss)} running this study, above its limit of "
-            f"{mb(ctx.memory.limit)} ({LIMIT_ENV}); the process was replaced, the study not retried")))
+        _finish(
+            ctx,
+            msg,
+            delivery,
+            runs,
+            _error(
+                msg,
+                (
+                    f"memory guard: the worker process reached {mb(rss)} running this study, above its limit of "
+                    f"{mb(ctx.memory.limit)} ({LIMIT_ENV}); the process was replaced, the study not retried"
+                ),
+            ),
+        )
 
     from worker.coordinator import segment_study  # (it imports this module)
 
     try:
         with ctx.memory.watch(outgrown):
-            result = segment_study(ctx, msg, delivery, study, key,
-                                   ProgressPublisher(ctx.ledger, msg.batch_id, msg.name, ctx.node))
+            result = segment_study(
+                ctx, msg, delivery, study, key, ProgressPublisher(ctx.ledger, msg.batch_id, msg.name, ctx.node)
+            )
     except StudyError as error:
         return _error(msg, str(error))
     except Superseded:
         raise
     except SoftTimeLimitExceeded:
-        return _error(msg, f"time limit: still running after the soft limit of {delivery.soft_limit or '?'} s "
-                           "(raise LITEMEDSAM_TIME_PER_SLICE or LITEMEDSAM_TIME_BASE for studies this size)")
+        return _error(
+            msg,
+            f"time limit: still running after the soft limit of {delivery.soft_limit or '?'} s "
+            "(raise LITEMEDSAM_TIME_PER_SLICE or LITEMEDSAM_TIME_BASE for studies this size)",
+        )
     except Exception as error:  # the engine failed on this study's data: a final error, the worker lives on
         log.exception("study %s/%s failed in the engine", msg.batch_id, msg.name)
         return _error(msg, f"engine error: {type(error).__name__}: {error}")
@@ -190,16 +212,25 @@ def _compute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str,
     return _store_result(ctx, msg, delivery, key, result.labels, metrics)
 
 
-def finish_computed(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, started: float, runs: int,
-                    labels: np.ndarray, metrics: StudyMetrics) -> Outcome:
+def finish_computed(
+    ctx: WorkerContext,
+    msg: TaskMessage,
+    delivery: Delivery,
+    key: str,
+    started: float,
+    runs: int,
+    labels: np.ndarray,
+    metrics: StudyMetrics,
+) -> Outcome:
     """Store a result computed outside this study's own task (the vote of a split PET study, worker.parts) once
     and record the study's outcome, as the study's task does."""
     metrics.note(**_fleet_extra(ctx, msg, delivery, key, started, runs))
     return _finish(ctx, msg, delivery, runs, _store_result(ctx, msg, delivery, key, labels, metrics))
 
 
-def _store_result(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, labels: np.ndarray,
-                  metrics: StudyMetrics) -> Outcome:
+def _store_result(
+    ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, labels: np.ndarray, metrics: StudyMetrics
+) -> Outcome:
     upload_started = time.perf_counter()
     blob_key = Keys.result_blob(key)
     record = ResultRecord(labels, metrics).to_bytes()
@@ -226,8 +257,9 @@ def _fetch_study(ctx: WorkerContext, msg: TaskMessage) -> Study:
     image = unpack_image(blob)
     if image_digest(image) != msg.image_digest:
         raise StoreError(f"input image {msg.image_digest[:12]} is corrupt in the store (digest mismatch)")
-    return Study(study_id=msg.study_id, modality=msg.modality, image=image, boxes=msg.boxes_array(),
-                 spacing=msg.spacing)
+    return Study(
+        study_id=msg.study_id, modality=msg.modality, image=image, boxes=msg.boxes_array(), spacing=msg.spacing
+    )
 
 
 def _stored(ctx: WorkerContext, key: str) -> ResultRecord | None:
@@ -242,16 +274,16 @@ def _stored(ctx: WorkerContext, key: str) -> ResultRecord | None:
         return None
 
 
-def _cached_outcome(ctx: WorkerContext, msg: TaskMessage, key: str, record: ResultRecord,
-                    started: float) -> Outcome:
+def _cached_outcome(ctx: WorkerContext, msg: TaskMessage, key: str, record: ResultRecord, started: float) -> Outcome:
     ctx.store.touch(Keys.result_blob(key), ctx.result_ttl)
     metrics = record.metrics
     metrics.note(cached=True, cache_hit_by=ctx.node, queue_wait=max(0.0, started - msg.enqueued_at))
     return _ok(msg, key, metrics)
 
 
-def _fleet_extra(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, started: float,
-                 runs: int) -> dict[str, Any]:
+def _fleet_extra(
+    ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, key: str, started: float, runs: int
+) -> dict[str, Any]:
     return {
         "cached": False,
         "result_key": key,
@@ -275,4 +307,3 @@ def _ok(msg: TaskMessage, key: str, metrics: StudyMetrics) -> Outcome:
 
 def _error(msg: TaskMessage, reason: str) -> Outcome:
     return Outcome(name=msg.name, status="error", modality=msg.modality, error=reason)
-

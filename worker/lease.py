@@ -12,6 +12,7 @@ however long its study runs, and a dead worker's messages are restored after one
 The parent does this from the consumer's timer; a hung child still cannot hold a study forever: the task's
 hard time limit kills it.
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ The producer writes the manifest (meta + one entry per study); workers write pro
 process (the submitting one, `producer status` elsewhere) reads them. Every change is also announced on the
 batch's pub/sub channel so a waiting producer wakes up at once instead of polling.
 """
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ Parent (`celeryd_init`, before the pool forks): default OpenVINO threads = cores
 for the children to announce, the Prometheus multiprocess directory. Parent (`worker_ready`): serve Prometheus.
 Child (`worker_process_init`): build and compile the engine, once, and publish its identity per queue.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,13 @@ def on_worker_init(sender=None, instance=None, conf=None, options=None, **_) -> 
     os.environ.setdefault(memory.LIMIT_ENV, str(memory.default_limit_mb(concurrency)))
     queues = options.get("queues") or []
     os.environ[process.QUEUES_ENV] = ",".join(queues.split(",") if isinstance(queues, str) else queues)
-    log.info("%s: %d process(es) x %d OpenVINO thread(s), memory guard %s MB per process", sender, concurrency,
-             threads, os.environ[memory.LIMIT_ENV])
+    log.info(
+        "%s: %d process(es) x %d OpenVINO thread(s), memory guard %s MB per process",
+        sender,
+        concurrency,
+        threads,
+        os.environ[memory.LIMIT_ENV],
+    )
     if telemetry.metrics_port() is not None:
         telemetry.prepare_parent()
 

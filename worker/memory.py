@@ -8,6 +8,7 @@ wrong, a leak) it records the study's error outcome and ends the process at once
 swapping or meets the kernel's OOM killer. Celery then starts a fresh process; the redelivered message finds
 the recorded outcome and is dropped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,9 +76,11 @@ class MemoryGuard:
         held = rss_bytes()
         if held + needed <= self.limit:
             return None
-        return (f"memory guard: this study needs about {mb(needed)} on top of the {mb(held)} the worker process "
-                f"holds, above its limit of {mb(self.limit)} ({LIMIT_ENV}); run it on a worker with more memory "
-                "(or a smaller embedding cache, LITEMEDSAM_CACHE_MB)")
+        return (
+            f"memory guard: this study needs about {mb(needed)} on top of the {mb(held)} the worker process "
+            f"holds, above its limit of {mb(self.limit)} ({LIMIT_ENV}); run it on a worker with more memory "
+            "(or a smaller embedding cache, LITEMEDSAM_CACHE_MB)"
+        )
 
     @contextmanager
     def watch(self, on_exceeded: Callable[[int], None]) -> Iterator[None]:
@@ -103,6 +106,7 @@ class MemoryGuard:
                 except Exception:
                     log.exception("memory guard: could not record the study's outcome")
                 finally:
-                    log.critical("memory guard: RSS %s above the limit %s: ending this process", mb(rss),
-                                 mb(self.limit))
+                    log.critical(
+                        "memory guard: RSS %s above the limit %s: ending this process", mb(rss), mb(self.limit)
+                    )
                     os._exit(EXIT_CODE)

@@ -13,6 +13,7 @@ namespace; running it here would end it as someone else's error), and must not l
   keys): no owner to give it to. The message is kept, as JSON, in this namespace's `<ns>:misrouted` list (newest
   first, at most MAX_PARKED, expiring with the batch TTL) and logged, for an operator to inspect or re-send.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,13 +58,29 @@ def hand_back(app, owner: str, payload: Any, request, queue: str) -> None:
     task_name = getattr(request, "task", None)  # a study, or a part of a split study (worker.fanout)
     task_name = task_name if isinstance(task_name, str) and task_name else TASK_NAME
     message = app.amqp.create_task_message(
-        request.id, task_name, [payload], {}, retries=request.retries or 0, time_limit=hard,
-        soft_time_limit=soft, create_sent_event=False, root_id=request.root_id, parent_id=request.parent_id)
+        request.id,
+        task_name,
+        [payload],
+        {},
+        retries=request.retries or 0,
+        time_limit=hard,
+        soft_time_limit=soft,
+        create_sent_event=False,
+        root_id=request.root_id,
+        parent_id=request.parent_id,
+    )
     options = {"global_keyprefix": Keys(owner).broker_prefix}
     with app.connection_for_write(transport_options=options) as connection:
         producer = app.amqp.Producer(connection, auto_declare=False)
-        app.amqp.send_task_message(producer, task_name, message, queue=queue, headers={NAMESPACE_HEADER: owner},
-                                   retry=True, retry_policy=app.conf.task_publish_retry_policy)
+        app.amqp.send_task_message(
+            producer,
+            task_name,
+            message,
+            queue=queue,
+            headers={NAMESPACE_HEADER: owner},
+            retry=True,
+            retry_policy=app.conf.task_publish_retry_policy,
+        )
 
 
 def park(client, keys: Keys, entry: dict[str, Any], ttl: int) -> None:
@@ -85,14 +102,38 @@ def refuse(app, keys: Keys, client, ttl: int, payload: Any, request, node: str) 
         except Exception as error:  # e.g. NOPERM: this worker may not write the owner's keys
             reason = f"could not hand it back to namespace {owner!r}: {type(error).__name__}: {error}"
         else:
-            log.warning("task %s of namespace %r reached namespace %r: handed back to %r, queue %s, not run",
-                        request.id, owner, keys.namespace, owner, queue)
+            log.warning(
+                "task %s of namespace %r reached namespace %r: handed back to %r, queue %s, not run",
+                request.id,
+                owner,
+                keys.namespace,
+                owner,
+                queue,
+            )
             return {"status": "handed back", "namespace": owner, "queue": queue}
     else:
         reason = f"its namespace header is {owner!r}"
-    park(client, keys, {"task_id": request.id, "namespace": owner, "queue": queue, "node": node,
-                        "refused_at": time.time(), "reason": reason, "retries": request.retries or 0,
-                        "timelimit": list(request.timelimit or (None, None)), "payload": payload}, ttl)
-    log.error("task %s refused by namespace %r (%s): not run, kept in %s", request.id, keys.namespace, reason,
-              keys.misrouted())
+    park(
+        client,
+        keys,
+        {
+            "task_id": request.id,
+            "namespace": owner,
+            "queue": queue,
+            "node": node,
+            "refused_at": time.time(),
+            "reason": reason,
+            "retries": request.retries or 0,
+            "timelimit": list(request.timelimit or (None, None)),
+            "payload": payload,
+        },
+        ttl,
+    )
+    log.error(
+        "task %s refused by namespace %r (%s): not run, kept in %s",
+        request.id,
+        keys.namespace,
+        reason,
+        keys.misrouted(),
+    )
     return {"status": "parked", "namespace": owner, "reason": reason}

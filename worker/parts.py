@@ -11,6 +11,7 @@
   a part that fails for good (its input unreadable, an engine error, abandoned after MAX_DELIVERIES deaths, its
   time limit) fails its study with the reason.
 """
+
 from __future__ import annotations
 
 import logging
@@ -114,8 +115,9 @@ def fail_study(ctx: WorkerContext, part: PartMessage, reason: str) -> None:
     board_for(ctx, part.run).finish()
 
 
-def _report(board: SplitBoard, part: PartMessage, ctx: WorkerContext, state: str, started: float,
-            **counts: Any) -> dict[str, Any]:
+def _report(
+    board: SplitBoard, part: PartMessage, ctx: WorkerContext, state: str, started: float, **counts: Any
+) -> dict[str, Any]:
     report = part_report(part, ctx.node, state, started, **counts)
     previous = board.part_reports().get(part.index, {})
     if str(previous.get("state", "")).startswith("done") and not state.startswith("done"):
@@ -127,11 +129,27 @@ def _report(board: SplitBoard, part: PartMessage, ctx: WorkerContext, state: str
 
 # ---------------------------------------------------------------------------------------------- slice parts
 
-def _encode_range(ctx: WorkerContext, part: PartMessage, msg: TaskMessage, study: Study, board: SplitBoard,
-                  delivery: Delivery, started: float, runs: int) -> dict[str, Any]:
+
+def _encode_range(
+    ctx: WorkerContext,
+    part: PartMessage,
+    msg: TaskMessage,
+    study: Study,
+    board: SplitBoard,
+    delivery: Delivery,
+    started: float,
+    runs: int,
+) -> dict[str, Any]:
     if ctx.engine.embedding_space(study) != part.space:
-        return _report(board, part, ctx, "skipped: this worker's engine computes other embeddings", started,
-                       delivery=runs, encoded=0)
+        return _report(
+            board,
+            part,
+            ctx,
+            "skipped: this worker's engine computes other embeddings",
+            started,
+            delivery=runs,
+            encoded=0,
+        )
     from worker.engine.strategies import VIEWS
 
     seg = ctx.engine.slice_encoder(study)
@@ -161,20 +179,41 @@ def _encode_range(ctx: WorkerContext, part: PartMessage, msg: TaskMessage, study
         finally:
             claims.release(claim, owner)
         encoded += 1
-        board.report_part(part.index, part_report(part, ctx.node, "running", started, delivery=runs,
-                                                  encoded=encoded, skipped=skipped))
-    return _report(board, part, ctx, state, started, delivery=runs, encoded=encoded, skipped=skipped,
-                   encode_seconds=round(encode_seconds, 3))
+        board.report_part(
+            part.index, part_report(part, ctx.node, "running", started, delivery=runs, encoded=encoded, skipped=skipped)
+        )
+    return _report(
+        board,
+        part,
+        ctx,
+        state,
+        started,
+        delivery=runs,
+        encoded=encoded,
+        skipped=skipped,
+        encode_seconds=round(encode_seconds, 3),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- PET views
+
 
 class ViewRunner:
     """Runs tri-view views of one split study on this worker and joins them; used by the coordinator and by
     view tasks alike."""
 
-    def __init__(self, ctx: WorkerContext, msg: TaskMessage, study: Study, run: str, result_key: str,
-                 coordinator_task: str, steps: int, owner: str, publisher: ProgressPublisher):
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        msg: TaskMessage,
+        study: Study,
+        run: str,
+        result_key: str,
+        coordinator_task: str,
+        steps: int,
+        owner: str,
+        publisher: ProgressPublisher,
+    ):
         self.ctx, self.msg, self.study, self.run = ctx, msg, study, run
         self.result_key, self.coordinator_task, self.steps = result_key, coordinator_task, steps
         self.owner, self.publisher = owner, publisher
@@ -211,11 +250,21 @@ class ViewRunner:
             stored = pack_exact(result.labels.astype(np.uint16, copy=False))
             self.ctx.store.put_once(self.ctx.keys.view_blob(self.run, view), stored, self.ctx.split.blob_ttl)
             index = TRIVIEW_VIEWS.index(view)
-            self.board.report_part(index, {"part": index, "kind": "view", "view": view, "node": self.ctx.node,
-                                           "by": by, "state": "done", "started_at": started,
-                                           "seconds": round(time.time() - started, 3),
-                                           "encoded": result.metrics.counts.slices_encoded,
-                                           "metrics": result.metrics.to_dict()})
+            self.board.report_part(
+                index,
+                {
+                    "part": index,
+                    "kind": "view",
+                    "view": view,
+                    "node": self.ctx.node,
+                    "by": by,
+                    "state": "done",
+                    "started_at": started,
+                    "seconds": round(time.time() - started, 3),
+                    "encoded": result.metrics.counts.slices_encoded,
+                    "metrics": result.metrics.to_dict(),
+                },
+            )
             return self.board.land(view)  # before the claim goes: nobody starts this view again in between
         finally:
             self.claims.release(key, self.owner)
@@ -243,8 +292,12 @@ class ViewRunner:
         reports = self.board.part_reports()
         metrics = combined_metrics([reports.get(i, {}).get("metrics", {}) for i in range(len(TRIVIEW_VIEWS))])
         labels = self.ctx.engine.vote(views, metrics)
-        split = {"mode": "views", "run": self.run, "voted_by": self.ctx.node,
-                 "parts": [{k: v for k, v in reports[i].items() if k != "metrics"} for i in sorted(reports)]}
+        split = {
+            "mode": "views",
+            "run": self.run,
+            "voted_by": self.ctx.node,
+            "parts": [{k: v for k, v in reports[i].items() if k != "metrics"} for i in sorted(reports)],
+        }
         metrics.extra.split = split
         return labels, metrics
 
@@ -278,11 +331,28 @@ def combined_metrics(per_view: list[dict[str, Any]]) -> StudyMetrics:
     return combined
 
 
-def _view_task(ctx: WorkerContext, part: PartMessage, msg: TaskMessage, study: Study, board: SplitBoard,
-               delivery: Delivery, started: float, runs: int) -> dict[str, Any]:
+def _view_task(
+    ctx: WorkerContext,
+    part: PartMessage,
+    msg: TaskMessage,
+    study: Study,
+    board: SplitBoard,
+    delivery: Delivery,
+    started: float,
+    runs: int,
+) -> dict[str, Any]:
     publisher = ProgressPublisher(ctx.ledger, msg.batch_id, msg.name, ctx.node)
-    runner = ViewRunner(ctx, msg, study, part.run, part.result_key, part.coordinator_task, part.steps,
-                        f"view-task:{ctx.node}:{delivery.task_id}", publisher)
+    runner = ViewRunner(
+        ctx,
+        msg,
+        study,
+        part.run,
+        part.result_key,
+        part.coordinator_task,
+        part.steps,
+        f"view-task:{ctx.node}:{delivery.task_id}",
+        publisher,
+    )
     if part.view in board.landed():
         return _report(board, part, ctx, "late: the view was done", started, delivery=runs)
     if not runner.claim(part.view):

@@ -3,6 +3,7 @@
 `start(node)` runs in Celery's worker_process_init (each prefork child, never the parent), so no OpenVINO
 object is ever shared across a fork. Tasks reach the state through `context()`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,13 @@ def engine_identity(engine) -> EngineIdentity:
     from worker import __version__
 
     models = {name: getattr(engine.model(name), "sha256", spec.sha256) for name, spec in engine.registry.items()}
-    return EngineIdentity(precision=engine.precision.name, package_version=__version__, models=models,
-                          routing=routing_data(engine.settings.routing_file), parts=engine.precision_identity())
+    return EngineIdentity(
+        precision=engine.precision.name,
+        package_version=__version__,
+        models=models,
+        routing=routing_data(engine.settings.routing_file),
+        parts=engine.precision_identity(),
+    )
 
 
 def core_binding(config: EngineConfig) -> CoreBinding:
@@ -51,17 +57,32 @@ def build_context(node: str, settings: FleetSettings, config: EngineConfig, tele
     binding = core_binding(config)
     engine = Engine(EngineSettings.from_config(config, binding.cores))
     engine.warm_up()
-    log.info("%s: %d model(s) compiled in %.1f s (precision %s: %s%s, %d thread(s), %s)", node,
-             len(engine.registry), time.perf_counter() - started, engine.precision.name,
-             engine.precision.profile.describe(), f"; {engine.precision.reason}" if engine.precision.reason else "",
-             config.threads, binding.describe())
+    log.info(
+        "%s: %d model(s) compiled in %.1f s (precision %s: %s%s, %d thread(s), %s)",
+        node,
+        len(engine.registry),
+        time.perf_counter() - started,
+        engine.precision.name,
+        engine.precision.profile.describe(),
+        f"; {engine.precision.reason}" if engine.precision.reason else "",
+        config.threads,
+        binding.describe(),
+    )
     client = redis_client(settings.broker_url)
     keys = Keys(settings.namespace)
     store = open_store(settings.store, settings.namespace, client if settings.store == settings.broker_url else None)
-    return WorkerContext(engine=engine, identity=engine_identity(engine), store=store,
-                         ledger=BatchLedger(client, keys, settings.batch_ttl), result_ttl=settings.result_ttl,
-                         node=node, telemetry=telemetry, keys=keys, memory=MemoryGuard.from_env(),
-                         split=settings.split)
+    return WorkerContext(
+        engine=engine,
+        identity=engine_identity(engine),
+        store=store,
+        ledger=BatchLedger(client, keys, settings.batch_ttl),
+        result_ttl=settings.result_ttl,
+        node=node,
+        telemetry=telemetry,
+        keys=keys,
+        memory=MemoryGuard.from_env(),
+        split=settings.split,
+    )
 
 
 def start(node: str, telemetry) -> None:
@@ -81,8 +102,7 @@ def announce(ctx: WorkerContext, queues: list[str]) -> None:
     try:
         IdentityDirectory(ctx.ledger.client, ctx.keys).publish(queues, ctx.identity, ctx.node)
     except Exception as error:
-        log.warning("%s: engine identity not published (%s); producers will not find stored results", ctx.node,
-                    error)
+        log.warning("%s: engine identity not published (%s); producers will not find stored results", ctx.node, error)
         return
     log.info("%s serves %s with engine %s", ctx.node, ", ".join(queues), ctx.identity.fingerprint())
 

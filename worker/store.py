@@ -9,6 +9,7 @@ Two backends behind one small interface, chosen by URL:
 `put_once` is write-once (Redis SET NX; a hard link in the folder), so a duplicate delivery of a study can
 never replace a stored result with a second one. Arrays are read with allow_pickle=False: no pickle anywhere.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,10 @@ class RedisStore:
     @staticmethod
     def _check_size(key: str, blob: bytes) -> None:
         if len(blob) > REDIS_VALUE_LIMIT:
-            raise StoreError(f"{key}: {len(blob) >> 20} MiB is too big for a Redis value; "
-                             "use a shared-folder store (LITEMEDSAM_STORE=file:///path)")
+            raise StoreError(
+                f"{key}: {len(blob) >> 20} MiB is too big for a Redis value; "
+                "use a shared-folder store (LITEMEDSAM_STORE=file:///path)"
+            )
 
     def put(self, key: str, blob: bytes, ttl: int) -> None:
         self._check_size(key, blob)

@@ -8,6 +8,7 @@ backoff and jitter. Anything about the study is a final error outcome (worker.jo
 task that fails for good is still recorded as the study's error outcome (task_failure handler below), so a
 waiting producer always gets an answer.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,15 @@ class SegmentTask(Task):
 def segment(self, payload: dict) -> dict:
     if not is_own(self):
         ledger = _ledger()
-        return misrouted.refuse(self.app, Keys(own_namespace(self)), ledger.client, ledger.ttl, payload,
-                                self.request, self.request.hostname or "")
+        return misrouted.refuse(
+            self.app,
+            Keys(own_namespace(self)),
+            ledger.client,
+            ledger.ttl,
+            payload,
+            self.request,
+            self.request.hostname or "",
+        )
     try:
         msg = TaskMessage.from_wire(payload)
     except MessageError as error:
@@ -71,8 +79,14 @@ class PartSender:
     def __call__(self, part, queue: str) -> None:
         work = len(part.slices) if part.slices else max(1, part.steps // 3)
         soft, hard = self.budget.limits(work, len(part.study.get("boxes") or ()), 1)
-        self.app.send_task(PART_TASK_NAME, args=[part.to_wire()], queue=queue, soft_time_limit=soft,
-                           time_limit=hard, headers={NAMESPACE_HEADER: self.namespace})
+        self.app.send_task(
+            PART_TASK_NAME,
+            args=[part.to_wire()],
+            queue=queue,
+            soft_time_limit=soft,
+            time_limit=hard,
+            headers={NAMESPACE_HEADER: self.namespace},
+        )
 
 
 @shared_task(bind=True, base=SegmentTask, name=PART_TASK_NAME)
@@ -83,8 +97,15 @@ def part(self, payload: dict) -> dict:
 
     if not is_own(self):
         ledger = _ledger()
-        return misrouted.refuse(self.app, Keys(own_namespace(self)), ledger.client, ledger.ttl, payload,
-                                self.request, self.request.hostname or "")
+        return misrouted.refuse(
+            self.app,
+            Keys(own_namespace(self)),
+            ledger.client,
+            ledger.ttl,
+            payload,
+            self.request,
+            self.request.hostname or "",
+        )
     try:
         message = PartMessage.from_wire(payload)
         TaskMessage.from_wire(message.study)
@@ -117,8 +138,10 @@ def _ledger() -> BatchLedger:
 def failure_reason(exception: BaseException) -> str:
     if isinstance(exception, TimeLimitExceeded):
         seconds = exception.args[0] if exception.args else "?"
-        return (f"time limit: the worker process was killed at the hard limit ({seconds} s); "
-                "raise LITEMEDSAM_TIME_PER_SLICE or LITEMEDSAM_TIME_BASE for studies this size")
+        return (
+            f"time limit: the worker process was killed at the hard limit ({seconds} s); "
+            "raise LITEMEDSAM_TIME_PER_SLICE or LITEMEDSAM_TIME_BASE for studies this size"
+        )
     return f"failed: {type(exception).__name__}: {exception}"
 
 

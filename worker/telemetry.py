@@ -8,6 +8,7 @@ prometheus_client picks its value store (in memory, or files in the multiprocess
 imported, and a Celery CLI plugin (Flower) may import it in the parent before the directory exists: each child
 picks again once it does (`_use_multiprocess_values`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,18 @@ from worker.contract.settings import environment
 log = logging.getLogger(__name__)
 PORT_ENV = "LITEMEDSAM_METRICS_PORT"
 DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-STAGES = ("queue_wait", "input_download", "load", "preprocess", "encode", "decode", "postprocess", "vote",
-          "result_upload", "total")
+STAGES = (
+    "queue_wait",
+    "input_download",
+    "load",
+    "preprocess",
+    "encode",
+    "decode",
+    "postprocess",
+    "vote",
+    "result_upload",
+    "total",
+)
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -81,9 +92,11 @@ class HitRatioCollector:
                     if sample.name == f"litemedsam_embedding_cache_{kind}_total":
                         totals[kind] += sample.value
         seen = totals["hits"] + totals["misses"]
-        yield GaugeMetricFamily("litemedsam_embedding_cache_hit_ratio",
-                                "Embedding cache hits / lookups, all worker processes",
-                                value=totals["hits"] / seen if seen else 0.0)
+        yield GaugeMetricFamily(
+            "litemedsam_embedding_cache_hit_ratio",
+            "Embedding cache hits / lookups, all worker processes",
+            value=totals["hits"] / seen if seen else 0.0,
+        )
 
 
 class ChildTelemetry:
@@ -97,10 +110,12 @@ class ChildTelemetry:
         from prometheus_client import Counter, Histogram
 
         # registry=None: the samples go to the multiprocess files; the parent's collector reads them from there
-        self.studies = Counter("litemedsam_studies", "Studies finished by status", ["status", "modality"],
-                               registry=None)
-        self.stages = Histogram("litemedsam_stage_seconds", "Seconds per stage of a study", ["stage"],
-                                buckets=BUCKETS, registry=None)
+        self.studies = Counter(
+            "litemedsam_studies", "Studies finished by status", ["status", "modality"], registry=None
+        )
+        self.stages = Histogram(
+            "litemedsam_stage_seconds", "Seconds per stage of a study", ["stage"], buckets=BUCKETS, registry=None
+        )
         self.hits = Counter("litemedsam_embedding_cache_hits", "Embedding cache hits", registry=None)
         self.misses = Counter("litemedsam_embedding_cache_misses", "Embedding cache misses", registry=None)
         self.slices = Counter("litemedsam_slices_encoded", "Slices run through the image encoder", registry=None)

@@ -2,6 +2,7 @@
 
 Only the stdlib and numpy at import time: the scripts start child processes and must stay light themselves.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,15 @@ BENCH = REPO / "ops" / "bench"
 RESULTS_MD = BENCH / "RESULTS.md"
 SHARED_CASES = REPO.parent / "shared" / "data" / "cases"
 RUNTIME_PY = REPO / ".venv" / "bin" / "python"
-EXPORT_VENV = Path(os.environ.get("LITEMEDSAM_EXPORT_VENV")
-                   or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                   / "litemedsam-fleet" / "export-venv")
+EXPORT_VENV = Path(
+    os.environ.get("LITEMEDSAM_EXPORT_VENV")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litemedsam-fleet" / "export-venv"
+)
 EXPORT_PY = EXPORT_VENV / "bin" / "python"
 
 
 # ---------------------------------------------------------------- machine and load
+
 
 def loadavg() -> tuple[float, float, float]:
     return os.getloadavg()
@@ -68,20 +71,25 @@ def machine_info() -> dict:
 
 
 def machine_lines(info: dict, loads: list[tuple[float, float, float]] | None = None) -> list[str]:
-    lines = [f"- Date: {info['date']}; machine: {info['cpu']}, {info['cores']} cores, {info['ram_gb']} GiB RAM "
-             f"(ISA: {info['isa'] or 'n/a'})."]
+    lines = [
+        f"- Date: {info['date']}; machine: {info['cpu']}, {info['cores']} cores, {info['ram_gb']} GiB RAM "
+        f"(ISA: {info['isa'] or 'n/a'})."
+    ]
     lines.append(f"- `uptime` at start: `{info['uptime']}`")
     if info.get("uptime_end"):
         lines.append(f"- `uptime` at end: `{info['uptime_end']}`")
     if loads:
         one = [load[0] for load in loads]
-        lines.append(f"- 1-minute load average sampled around each measured process: min {min(one):.2f}, "
-                     f"median {statistics.median(one):.2f}, max {max(one):.2f} (on {info['cores']} cores; above "
-                     f"{info['cores']} means other work competed for the CPU).")
+        lines.append(
+            f"- 1-minute load average sampled around each measured process: min {min(one):.2f}, "
+            f"median {statistics.median(one):.2f}, max {max(one):.2f} (on {info['cores']} cores; above "
+            f"{info['cores']} means other work competed for the CPU)."
+        )
     return lines
 
 
 # ---------------------------------------------------------------- cases
+
 
 @dataclass(frozen=True)
 class CaseSet:
@@ -123,8 +131,14 @@ def baseline_table(path: Path = SHARED_CASES / "BASELINE.md") -> dict[str, dict]
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 7 and re.match(r"[23]DBox_", cells[0]):
-            table[cells[0]] = {"shape": cells[1], "boxes": int(cells[2]), "dsc": number(cells[3]),
-                               "nsd": number(cells[4]), "wall_s": number(cells[5]), "infer_s": number(cells[6])}
+            table[cells[0]] = {
+                "shape": cells[1],
+                "boxes": int(cells[2]),
+                "dsc": number(cells[3]),
+                "nsd": number(cells[4]),
+                "wall_s": number(cells[5]),
+                "infer_s": number(cells[6]),
+            }
     return table
 
 
@@ -142,6 +156,7 @@ def case_summary(path: Path) -> dict:
 
 # ---------------------------------------------------------------- child processes
 
+
 class ChildFailed(RuntimeError):
     pass
 
@@ -150,8 +165,9 @@ def run_child(cmd: list[str], timeout: float | None = None, env: dict | None = N
     """Run a benchmark child; it prints one JSON object as its last stdout line. Adds wall_s and loads."""
     load_before = loadavg()
     launched = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})}
+    )
     finished = time.time()
     if proc.returncode != 0:
         raise ChildFailed(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
@@ -167,17 +183,34 @@ def run_child(cmd: list[str], timeout: float | None = None, env: dict | None = N
     return result
 
 
-def engine_child(case: Path, out_dir: Path | None = None, precision: str = "f32", latency_repeats: int = 0,
-                 threads: int = 0, extra: list[str] | None = None, env: dict | None = None) -> dict:
-    cmd = [str(RUNTIME_PY), str(BENCH / "engine_child.py"), str(case), "--precision", precision,
-           "--latency-repeats", str(latency_repeats), "--threads", str(threads)]
+def engine_child(
+    case: Path,
+    out_dir: Path | None = None,
+    precision: str = "f32",
+    latency_repeats: int = 0,
+    threads: int = 0,
+    extra: list[str] | None = None,
+    env: dict | None = None,
+) -> dict:
+    cmd = [
+        str(RUNTIME_PY),
+        str(BENCH / "engine_child.py"),
+        str(case),
+        "--precision",
+        precision,
+        "--latency-repeats",
+        str(latency_repeats),
+        "--threads",
+        str(threads),
+    ]
     if out_dir is not None:
         cmd += ["--out", str(out_dir)]
     return run_child(cmd + list(extra or []), env=env)
 
 
-def reference_child(case: Path, out_dir: Path | None = None, max_boxes: int | None = None,
-                    interpolation: str = "area") -> dict:
+def reference_child(
+    case: Path, out_dir: Path | None = None, max_boxes: int | None = None, interpolation: str = "area"
+) -> dict:
     if not EXPORT_PY.is_file():
         raise ChildFailed(f"export venv python {EXPORT_PY} not found (ops/setup.sh creates it)")
     cmd = [str(EXPORT_PY), str(BENCH / "torch_reference.py"), str(case), "--interpolation", interpolation]
@@ -194,6 +227,7 @@ def median(values) -> float:
 
 
 # ---------------------------------------------------------------- RESULTS.md
+
 
 def replace_section(heading: str, body: str, path: Path = RESULTS_MD) -> None:
     """Replace the '## heading' section (up to the next '## ') with body, or append it; other sections stay."""

@@ -12,6 +12,7 @@ Then what the 3D dev cases would gain: per case, the batch sizes its propagation
 decoder calls) x the measured set-up, against the padding cost of rounding each call up to 1, 2, 4, 8 or 16.
 Prints a table; appends a dated block under "## Decoder shape set-up (issue 10)" in ops/bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ def _child(threads: int) -> dict:
     from worker.engine.runtime import CompiledSam, RuntimeSettings
 
     models_dir = default_models_dir()
-    model = CompiledSam(load_registry(models_dir)["litemedsam"],
-                        RuntimeSettings("f32", threads, compile_cache_dir(models_dir)))
+    model = CompiledSam(
+        load_registry(models_dir)["litemedsam"], RuntimeSettings("f32", threads, compile_cache_dir(models_dir))
+    )
     with np.load(SHARED_CASES / "imgs" / "3DBox_CT_tssm.npz", allow_pickle=False) as data:
         volume, boxes3d = data["imgs"], data["boxes"]
     z = volume.shape[0] // 2
@@ -69,11 +71,19 @@ def _child(threads: int) -> dict:
     for b in (2, 3, 4, 5, 8, 12, 16):
         padded = np.concatenate([pool[:1], np.repeat(pool[:1], b - 1, axis=0)]) if b > 1 else pool[:1]
         mixed = model.decode(embedding, np.concatenate([pool[:1], pool[1:b]]))[0]
-        identical[b] = {"padded_with_copies": bool(np.array_equal(model.decode(embedding, padded)[0], reference)),
-                        "with_other_boxes": bool(np.array_equal(mixed, reference))}
-    return {"first": first, "steady": steady, "later_revisit": later, "per_box": per_box,
-            "setup": {b: first[b] - steady[b] for b in SIZES}, "identical": identical,
-            "compile_s": model.load_seconds}
+        identical[b] = {
+            "padded_with_copies": bool(np.array_equal(model.decode(embedding, padded)[0], reference)),
+            "with_other_boxes": bool(np.array_equal(mixed, reference)),
+        }
+    return {
+        "first": first,
+        "steady": steady,
+        "later_revisit": later,
+        "per_box": per_box,
+        "setup": {b: first[b] - steady[b] for b in SIZES},
+        "identical": identical,
+        "compile_s": model.load_seconds,
+    }
 
 
 def batch_sizes(case: str) -> list[int]:
@@ -110,11 +120,19 @@ def main() -> None:
     info = machine_info()
     runs = []
     for index in range(args.repeats):
-        out = subprocess.run([sys.executable, __file__, "--child", "--threads", str(args.threads)], cwd=REPO,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", "--threads", str(args.threads)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"  process {index + 1}: set-up sum {sum(runs[-1]['setup'].values()):.2f} s, "
-              f"per box {runs[-1]['per_box'] * 1000:.1f} ms", flush=True)
+        print(
+            f"  process {index + 1}: set-up sum {sum(runs[-1]['setup'].values()):.2f} s, "
+            f"per box {runs[-1]['per_box'] * 1000:.1f} ms",
+            flush=True,
+        )
     info["uptime_end"] = machine_info()["uptime"]
     setup = {b: statistics.median(r["setup"][str(b)] for r in runs) for b in SIZES}
     first = {b: statistics.median(r["first"][str(b)] for r in runs) for b in SIZES}
@@ -122,12 +140,17 @@ def main() -> None:
     revisit = {b: statistics.median(r["later_revisit"][str(b)] for r in runs) for b in SIZES}
     per_box = statistics.median(r["per_box"] for r in runs)
     identical = runs[0]["identical"]
-    rows = ["| batch size | first call s | steady s | revisited after all others s | set-up s |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = [
+        "| batch size | first call s | steady s | revisited after all others s | set-up s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     rows += [f"| {b} | {first[b]:.3f} | {steady[b]:.3f} | {revisit[b]:.3f} | {setup[b]:.3f} |" for b in SIZES]
-    cases = ["", "| case | decoder calls | distinct sizes | set-up paid now s | padding to 1/2/4/8/16: set-ups s "
-             "| extra boxes decoded | padding cost s | net gain s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    cases = [
+        "",
+        "| case | decoder calls | distinct sizes | set-up paid now s | padding to 1/2/4/8/16: set-ups s "
+        "| extra boxes decoded | padding cost s | net gain s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for case in CASES_3D:
         if not (SHARED_CASES / "imgs" / f"{case}.npz").is_file():
             continue
@@ -137,18 +160,30 @@ def main() -> None:
         bucket_setup = sum(setup[b] for b in buckets)
         extra = sum(padded(b) - b for b in sizes)
         cost = extra * per_box
-        cases.append(f"| {case} | {len(sizes)} | {len(set(sizes))} | {now:.2f} | {bucket_setup:.2f} | {extra} | "
-                     f"{cost:.2f} | {now - bucket_setup - cost:+.2f} |")
-    same = ", ".join(f"{b}: {'yes' if v['padded_with_copies'] else 'NO'}/{'yes' if v['with_other_boxes'] else 'NO'}"
-                     for b, v in identical.items())
+        cases.append(
+            f"| {case} | {len(sizes)} | {len(set(sizes))} | {now:.2f} | {bucket_setup:.2f} | {extra} | "
+            f"{cost:.2f} | {now - bucket_setup - cost:+.2f} |"
+        )
+    same = ", ".join(
+        f"{b}: {'yes' if v['padded_with_copies'] else 'NO'}/{'yes' if v['with_other_boxes'] else 'NO'}"
+        for b, v in identical.items()
+    )
     text = "\n".join(rows + cases) + (
         f"\n\n- Decoder cost per box (slope of the steady times): {per_box * 1000:.1f} ms; {args.repeats} fresh "
         f"processes, {args.threads} thread(s), medians.\n- Box 0's logits bit-identical when decoded in a batch of "
-        f"size b (padded with copies of itself / with other boxes): {same}.")
+        f"size b (padded with copies of itself / with other boxes): {same}."
+    )
     print(text)
     if not args.no_write:
-        block = "\n".join([f"### {info['date']} — `ops/bench/decoder_shapes.py --threads {args.threads} "
-                           f"--repeats {args.repeats}`", "", *machine_lines(info), "", text])
+        block = "\n".join(
+            [
+                f"### {info['date']} — `ops/bench/decoder_shapes.py --threads {args.threads} --repeats {args.repeats}`",
+                "",
+                *machine_lines(info),
+                "",
+                text,
+            ]
+        )
         append_to_section("Decoder shape set-up (issue 10)", block)
 
 

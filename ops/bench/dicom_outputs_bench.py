@@ -5,6 +5,7 @@
 
 Prints a table and records it under "## DICOM outputs (issue 14)" in RESULTS.md (date, machine, load).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,17 @@ def measure(case: str, scratch: Path, reps: int) -> list:
             started = time.perf_counter()
             writer(scratch / f"{case}.{kind}.dcm", context.dicom, labels, names, {"model": "litemedsam"})
             times[kind].append(time.perf_counter() - started)
-    return [case, "x".join(map(str, labels.shape)), len(names), f"{context_bytes / 1024:.1f}",
-            f"{context_s:.3f}", f"{median(times['seg']):.2f}",
-            f"{(scratch / f'{case}.seg.dcm').stat().st_size / 1024:.0f}",
-            f"{median(times['rtstruct']):.2f}", f"{(scratch / f'{case}.rtstruct.dcm').stat().st_size / 1024:.0f}"]
+    return [
+        case,
+        "x".join(map(str, labels.shape)),
+        len(names),
+        f"{context_bytes / 1024:.1f}",
+        f"{context_s:.3f}",
+        f"{median(times['seg']):.2f}",
+        f"{(scratch / f'{case}.seg.dcm').stat().st_size / 1024:.0f}",
+        f"{median(times['rtstruct']):.2f}",
+        f"{(scratch / f'{case}.rtstruct.dcm').stat().st_size / 1024:.0f}",
+    ]
 
 
 def main() -> None:
@@ -56,20 +64,40 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     info = machine_info()
-    header = ["case", "D x H x W", "ROIs", "context KiB", "context s", "SEG write s", "SEG KiB",
-              "RTSTRUCT write s", "RTSTRUCT KiB"]
+    header = [
+        "case",
+        "D x H x W",
+        "ROIs",
+        "context KiB",
+        "context s",
+        "SEG write s",
+        "SEG KiB",
+        "RTSTRUCT write s",
+        "RTSTRUCT KiB",
+    ]
     with tempfile.TemporaryDirectory() as scratch:
-        rows = [measure(case, Path(scratch), args.reps) for case in CASES
-                if (SHARED_CASES / "gts" / f"{case}.npz").is_file()]
+        rows = [
+            measure(case, Path(scratch), args.reps)
+            for case in CASES
+            if (SHARED_CASES / "gts" / f"{case}.npz").is_file()
+        ]
     info["uptime_end"] = uptime_line()
     table = md_table(header, rows)
     print(table)
     if not args.no_record:
-        body = "\n".join([f"Command: `ops/bench/dicom_outputs_bench.py --reps {args.reps}` (medians of the write "
-                          "times; ground truth as the label map; series written with 0.9 x 0.6 mm pixels).",
-                          "", *machine_lines(info), "", table, "",
-                          "- context KiB: the JSON the fleet stores per study so `producer results` writes the SEG/"
-                          "RTSTRUCT with the sources gone (header subset + one entry per instance)."])
+        body = "\n".join(
+            [
+                f"Command: `ops/bench/dicom_outputs_bench.py --reps {args.reps}` (medians of the write "
+                "times; ground truth as the label map; series written with 0.9 x 0.6 mm pixels).",
+                "",
+                *machine_lines(info),
+                "",
+                table,
+                "",
+                "- context KiB: the JSON the fleet stores per study so `producer results` writes the SEG/"
+                "RTSTRUCT with the sources gone (header subset + one entry per instance).",
+            ]
+        )
         replace_section("DICOM outputs (issue 14)", body)
 
 

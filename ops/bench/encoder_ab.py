@@ -8,6 +8,7 @@ Each repeat runs every profile once on the same slice, in rotating order, so slo
 all profiles alike. Reports per case and profile: median latency, and against f32 on the same slice the cosine
 similarity and max relative error of the embedding. Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         fidelity = {p: {"cos": [], "rel": []} for p in profiles}
         for r in range(args.repeats):
             tensor = tensors[r % len(tensors)]
-            order = profiles[r % len(profiles):] + profiles[:r % len(profiles)]
+            order = profiles[r % len(profiles) :] + profiles[: r % len(profiles)]
             embeddings = {}
             for p in order:
                 started = time.perf_counter()
@@ -84,10 +85,16 @@ def main(argv: list[str] | None = None) -> int:
             "cos_min": {p: min(f["cos"]) for p, f in fidelity.items()},
             "rel_max": {p: max(f["rel"]) for p, f in fidelity.items()},
         }
-        print(f"{Path(case).stem}: " + ", ".join(
-            f"{p} {out['cases'][Path(case).stem]['median_s'][p]:.3f}s "
-            f"cos {out['cases'][Path(case).stem]['cos_min'][p]:.4f}"
-            for p in profiles), file=sys.stderr, flush=True)
+        print(
+            f"{Path(case).stem}: "
+            + ", ".join(
+                f"{p} {out['cases'][Path(case).stem]['median_s'][p]:.3f}s "
+                f"cos {out['cases'][Path(case).stem]['cos_min'][p]:.4f}"
+                for p in profiles
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
     print(json.dumps(out))
     return 0
 

@@ -12,6 +12,7 @@ slices of the case: the encoder N times, the decoder at each batch size the run 
 model-only limit = encoder calls x median encoder latency + sum over decoder calls of the median latency at that
 call's batch size. (The decoder's cost grows with the boxes in a call, so one median for all calls would be wrong.)
 """
+
 from __future__ import annotations
 
 import time
@@ -82,8 +83,10 @@ def model_latency(model, study, decode_log: list[tuple[int, float]], repeats: in
 
     from models.preprocess import geometry_for, scale_boxes, to_model_input
 
-    tensors = [to_model_input(np.ascontiguousarray(s), model.spec.input_size, interpolation)[0]
-               for s in real_slices(study, repeats)]
+    tensors = [
+        to_model_input(np.ascontiguousarray(s), model.spec.input_size, interpolation)[0]
+        for s in real_slices(study, repeats)
+    ]
     model.encode(tensors[0])  # one untimed call: first-inference allocations are not steady state
     encoder = []
     for i in range(repeats):
@@ -125,8 +128,9 @@ def replay(model, study, events: list[tuple[str, int]], interpolation: str) -> f
 
     from models.preprocess import geometry_for, scale_boxes, to_model_input
 
-    tensors = [to_model_input(np.ascontiguousarray(s), model.spec.input_size, interpolation)[0]
-               for s in real_slices(study, 20)]
+    tensors = [
+        to_model_input(np.ascontiguousarray(s), model.spec.input_size, interpolation)[0] for s in real_slices(study, 20)
+    ]
     geo = geometry_for(study.image.shape[-2:] if study.is_3d else study.image.shape[:2], model.spec.input_size)
     raw = study.boxes[:, [0, 1, 3, 4]] if study.is_3d else study.boxes[:, :4]
     boxes = scale_boxes(raw, geo)
@@ -148,10 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--latency-repeats", type=int, default=0)
     parser.add_argument("--models-dir", type=Path, default=None)
-    parser.add_argument("--replay", action="store_true",
-                        help="after the run, replay its model calls without the engine (model-only, same pattern)")
-    parser.add_argument("--setting", action="append", default=[],
-                        help="extra EngineSettings field=value (int/float/bool/str), e.g. overlap=false")
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="after the run, replay its model calls without the engine (model-only, same pattern)",
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        help="extra EngineSettings field=value (int/float/bool/str), e.g. overlap=false",
+    )
     args = parser.parse_args(argv)
 
     from producer.formats.npz import load_npz_study, write_segs

@@ -17,6 +17,7 @@ repetition of each study inside it; the table gives medians, the speed-up agains
 the same run, and appends a dated section under "## Scaling one study (issue 12)" in ops/bench/RESULTS.md
 (unless --no-write).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,8 +108,9 @@ def run_once(settings: FleetSettings, source: Path, folder: Path, salt: int, spl
     return wall, outcome.metrics.get("extra", {}).get("split", {})
 
 
-def measure(workloads: dict[str, tuple[Path, list[str]]], reps: int, env: dict[str, str], scratch: Path
-            ) -> list[Result]:
+def measure(
+    workloads: dict[str, tuple[Path, list[str]]], reps: int, env: dict[str, str], scratch: Path
+) -> list[Result]:
     broker, client = claim_db()
     namespace = f"fanout{uuid.uuid4().hex[:6]}"
     settings = FleetSettings(broker_url=broker, namespace=namespace)
@@ -130,8 +132,11 @@ def measure(workloads: dict[str, tuple[Path, list[str]]], reps: int, env: dict[s
                         result.walls.append(wall)
                         result.loads.append(load)
                         result.split.append(split)
-                        print(f"  {workload} {config}{' pinned' if pinned else ''} rep {rep + 1}: {wall:7.2f} s "
-                              f"({split.get('mode', '-')})", flush=True)
+                        print(
+                            f"  {workload} {config}{' pinned' if pinned else ''} rep {rep + 1}: {wall:7.2f} s "
+                            f"({split.get('mode', '-')})",
+                            flush=True,
+                        )
     finally:
         client.flushdb()
     return list(results.values())
@@ -141,8 +146,10 @@ def describe_split(result: Result) -> str:
     last = result.split[-1] if result.split else {}
     if last.get("mode") == "slices":
         coordinator = last.get("coordinator", {})
-        return (f"slices: {len(last.get('parts', []))} parts; coordinator encoded {coordinator.get('encoded')}, "
-                f"fetched {coordinator.get('fetched')}, waited {coordinator.get('waits')}x")
+        return (
+            f"slices: {len(last.get('parts', []))} parts; coordinator encoded {coordinator.get('encoded')}, "
+            f"fetched {coordinator.get('fetched')}, waited {coordinator.get('waits')}x"
+        )
     if last.get("mode") == "views":
         nodes = {p.get("node", "?").split("@")[0] for p in last.get("parts", [])}
         return f"views on {len(nodes)} worker(s)"
@@ -158,16 +165,31 @@ def render(results: list[Result]) -> str:
         base = by_key.get((r.workload, BASELINE[r.workload]))
         speedup = f"{base.median / r.median:.2f}x" if base else "-"
         workers, threads = parse_config(r.config)
-        rows.append([r.workload.upper(), f"{workers} worker(s) x {threads} thread(s)", len(r.walls),
-                     f"{r.median:.2f}", speedup, f"{statistics.median(r.loads):.2f}", describe_split(r)])
-    lines = [md_table(["study", "configuration", "runs", "median wall s", "speed-up vs 1x1", "load at start",
-                       "split (last run)"], rows), ""]
+        rows.append(
+            [
+                r.workload.upper(),
+                f"{workers} worker(s) x {threads} thread(s)",
+                len(r.walls),
+                f"{r.median:.2f}",
+                speedup,
+                f"{statistics.median(r.loads):.2f}",
+                describe_split(r),
+            ]
+        )
+    lines = [
+        md_table(
+            ["study", "configuration", "runs", "median wall s", "speed-up vs 1x1", "load at start", "split (last run)"],
+            rows,
+        ),
+        "",
+    ]
     for (workload, ours, base), target in TARGETS.items():
         if (workload, ours) in by_key and (workload, base) in by_key:
             ratio = by_key[(workload, base)].median / by_key[(workload, ours)].median
             verdict = "meets" if ratio >= target else "misses"
-            lines.append(f"- {workload.upper()}: {ours} is {ratio:.2f}x faster than {base} ({verdict} the >= "
-                         f"{target}x target).")
+            lines.append(
+                f"- {workload.upper()}: {ours} is {ratio:.2f}x faster than {base} ({verdict} the >= {target}x target)."
+            )
     return "\n".join(lines)
 
 
@@ -178,9 +200,13 @@ def main() -> None:
     parser.add_argument("--pet", type=Path, default=None, help="the PET study (default: the PET phantom)")
     parser.add_argument("--ct-configs", default="2x1,1x1,1x2", help="WORKERSxTHREADS, comma-separated ('' skips)")
     parser.add_argument("--pet-configs", default="3x1,1x1", help="WORKERSxTHREADS, comma-separated ('' skips)")
-    parser.add_argument("--min-slices", type=int, default=None,
-                        help="LITEMEDSAM_SPLIT_MIN_SLICES for the workers (and part size min-slices // 2), e.g. to "
-                             "split a small study in a smoke run")
+    parser.add_argument(
+        "--min-slices",
+        type=int,
+        default=None,
+        help="LITEMEDSAM_SPLIT_MIN_SLICES for the workers (and part size min-slices // 2), e.g. to "
+        "split a small study in a smoke run",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args()
     info = machine_info()
@@ -188,18 +214,25 @@ def main() -> None:
         scratch = Path(tmp)
         ct, pet, fallback = sources(args.ct, args.pet, scratch)
         low = args.min_slices or (8 if fallback else None)
-        env = {"LITEMEDSAM_SPLIT_MIN_SLICES": str(low), "LITEMEDSAM_SPLIT_PART_SLICES": str(max(1, low // 2))
-               } if low else {}
-        workloads = {name: (path, [c for c in configs.split(",") if c.strip()])
-                     for name, path, configs in (("ct", ct, args.ct_configs), ("pet", pet, args.pet_configs))}
+        env = (
+            {"LITEMEDSAM_SPLIT_MIN_SLICES": str(low), "LITEMEDSAM_SPLIT_PART_SLICES": str(max(1, low // 2))}
+            if low
+            else {}
+        )
+        workloads = {
+            name: (path, [c for c in configs.split(",") if c.strip()])
+            for name, path, configs in (("ct", ct, args.ct_configs), ("pet", pet, args.pet_configs))
+        }
         workloads = {k: v for k, v in workloads.items() if v[1]}
         results = measure(workloads, args.reps, env, scratch)
     info["uptime_end"] = machine_info()["uptime"]
     report = render(results)
-    header = (f"`ops/bench/fanout_bench.py --reps {args.reps} --ct-configs {args.ct_configs} --pet-configs "
-              f"{args.pet_configs}`; CT: {ct.name}{' (phantom fallback, split threshold lowered)' if fallback else ''}"
-              f", PET: {pet.name}{f'; LITEMEDSAM_SPLIT_MIN_SLICES={low}' if low else ''}. Split runs submit "
-              "with the split on, baselines with `--split off`.")
+    header = (
+        f"`ops/bench/fanout_bench.py --reps {args.reps} --ct-configs {args.ct_configs} --pet-configs "
+        f"{args.pet_configs}`; CT: {ct.name}{' (phantom fallback, split threshold lowered)' if fallback else ''}"
+        f", PET: {pet.name}{f'; LITEMEDSAM_SPLIT_MIN_SLICES={low}' if low else ''}. Split runs submit "
+        "with the split on, baselines with `--split off`."
+    )
     block = "\n".join([f"### {info['date']}", "", *machine_lines(info), f"- {header}", "", report])
     print(block)
     if not args.no_write:

@@ -16,6 +16,7 @@ Prints a table, writes ops/bench/results/fidelity_accuracy.json (or --json) afte
 still counts) and with --record the section "2D fidelity and the overlap rule (issues 10 and 13)" of
 ops/bench/RESULTS.md. --from-json renders earlier runs' JSON files (e.g. a 2D and a 3D run made side by side).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,14 @@ def run(args) -> dict:
         if skipped or (args.cases and name not in args.cases):
             continue
         variants = VARIANTS_3D if study.is_3d else VARIANTS_2D
-        row = {"case": name, "source": source, "shape": list(study.image.shape), "boxes": int(len(study.boxes)),
-               "dim": "3D" if study.is_3d else "2D", "variants": {}}
+        row = {
+            "case": name,
+            "source": source,
+            "shape": list(study.image.shape),
+            "boxes": int(len(study.boxes)),
+            "dim": "3D" if study.is_3d else "2D",
+            "variants": {},
+        }
         for label, change in variants.items():
             engine.routing = RoutingTable({**base["default"], **change}, base["modality"])
             loads.append(common.loadavg())
@@ -92,14 +99,21 @@ def run(args) -> dict:
             result = engine.segment(study)
             seconds = time.perf_counter() - started
             dsc, nsd = score_case(gts, result.labels, spacing)
-            row["variants"][label] = {"dsc": dsc, "nsd": nsd, "seconds": seconds,
-                                      "strategy": result.metrics.provenance.strategy}
+            row["variants"][label] = {
+                "dsc": dsc,
+                "nsd": nsd,
+                "seconds": seconds,
+                "strategy": result.metrics.provenance.strategy,
+            }
             if args.masks:
                 args.masks.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(args.masks / f"{name}.{label.replace(' ', '_')}.npz", segs=result.labels)
         out["cases"].append(row)
-        print(f"{name:40s} " + "  ".join(f"{k}: {v['dsc']:.4f}" for k, v in row["variants"].items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"{name:40s} " + "  ".join(f"{k}: {v['dsc']:.4f}" for k, v in row["variants"].items()),
+            file=sys.stderr,
+            flush=True,
+        )
         out["loads"] = loads
         args.json.write_text(json.dumps(out, indent=1))
     info["uptime_end"] = common.uptime_line()
@@ -129,46 +143,82 @@ def _mean(values):
 def render(out: dict) -> str:
     baseline = common.baseline_table()
     lines = common.machine_lines(out["machine"], [tuple(x) for x in out.get("loads", [])])
-    lines.append(f"- `ops/bench/fidelity_accuracy.py --threads {out['threads']}`; f32; DSC/NSD by "
-                 "producer.evaluate.score_case (NSD 2 mm / 2 px). Derived cases: producer/derived.py.")
+    lines.append(
+        f"- `ops/bench/fidelity_accuracy.py --threads {out['threads']}`; f32; DSC/NSD by "
+        "producer.evaluate.score_case (NSD 2 mm / 2 px). Derived cases: producer/derived.py."
+    )
     lines.append("")
     rows2d = [r for r in out["cases"] if r["dim"] == "2D"]
     rows3d = [r for r in out["cases"] if r["dim"] == "3D"]
     if rows2d:
         lines.append("### 2D: the baseline's pre-processing against the previous path, and the overlap rule")
         lines.append("")
-        header = ["case", "source", "shape", "boxes", "DSC baseline (BASELINE.md)"] + \
-                 [f"DSC {k}" for k in VARIANTS_2D] + [f"NSD {k}" for k in VARIANTS_2D]
+        header = (
+            ["case", "source", "shape", "boxes", "DSC baseline (BASELINE.md)"]
+            + [f"DSC {k}" for k in VARIANTS_2D]
+            + [f"NSD {k}" for k in VARIANTS_2D]
+        )
         table = []
         for r in rows2d:
             base = baseline.get(r["case"], {}).get("dsc")
-            table.append([r["case"], r["source"], "x".join(map(str, r["shape"])), r["boxes"], common.fmt(base, ".4f")]
-                         + [common.fmt(r["variants"][k]["dsc"], ".4f") for k in VARIANTS_2D]
-                         + [common.fmt(r["variants"][k]["nsd"], ".4f") for k in VARIANTS_2D])
+            table.append(
+                [r["case"], r["source"], "x".join(map(str, r["shape"])), r["boxes"], common.fmt(base, ".4f")]
+                + [common.fmt(r["variants"][k]["dsc"], ".4f") for k in VARIANTS_2D]
+                + [common.fmt(r["variants"][k]["nsd"], ".4f") for k in VARIANTS_2D]
+            )
         lines.append(common.md_table(header, table))
         lines.append("")
         for k in VARIANTS_2D:
-            lines.append(f"- mean DSC, {k}: {_mean(r['variants'][k]['dsc'] for r in rows2d):.4f} over {len(rows2d)} "
-                         "2D cases")
+            lines.append(
+                f"- mean DSC, {k}: {_mean(r['variants'][k]['dsc'] for r in rows2d):.4f} over {len(rows2d)} 2D cases"
+            )
         lines.append("")
     if rows3d:
         lines.append("### 3D: the overlap rule (linear + fractional boxes, unchanged)")
         lines.append("")
-        header = ["case", "source", "shape", "boxes", "strategy", "DSC baseline (BASELINE.md)", "DSC later",
-                  "DSC smaller", "ΔDSC", "NSD later", "NSD smaller", "s later", "s smaller"]
+        header = [
+            "case",
+            "source",
+            "shape",
+            "boxes",
+            "strategy",
+            "DSC baseline (BASELINE.md)",
+            "DSC later",
+            "DSC smaller",
+            "ΔDSC",
+            "NSD later",
+            "NSD smaller",
+            "s later",
+            "s smaller",
+        ]
         table = []
         for r in rows3d:
             later, smaller = r["variants"]["later"], r["variants"]["smaller"]
             base = baseline.get(r["case"], {}).get("dsc")
-            table.append([r["case"], r["source"], "x".join(map(str, r["shape"])), r["boxes"], later["strategy"],
-                          common.fmt(base, ".4f"), f"{later['dsc']:.4f}", f"{smaller['dsc']:.4f}",
-                          f"{smaller['dsc'] - later['dsc']:+.4f}", f"{later['nsd']:.4f}", f"{smaller['nsd']:.4f}",
-                          f"{later['seconds']:.1f}", f"{smaller['seconds']:.1f}"])
+            table.append(
+                [
+                    r["case"],
+                    r["source"],
+                    "x".join(map(str, r["shape"])),
+                    r["boxes"],
+                    later["strategy"],
+                    common.fmt(base, ".4f"),
+                    f"{later['dsc']:.4f}",
+                    f"{smaller['dsc']:.4f}",
+                    f"{smaller['dsc'] - later['dsc']:+.4f}",
+                    f"{later['nsd']:.4f}",
+                    f"{smaller['nsd']:.4f}",
+                    f"{later['seconds']:.1f}",
+                    f"{smaller['seconds']:.1f}",
+                ]
+            )
         lines.append(common.md_table(header, table))
         lines.append("")
-        later_3d = _mean(r['variants']['later']['dsc'] for r in rows3d)
-        lines.append(f"- mean DSC over {len(rows3d)} 3D cases: later {later_3d:.4f}, "
-                     f"smaller {_mean(r['variants']['smaller']['dsc'] for r in rows3d):.4f}")
+        later_3d = _mean(r["variants"]["later"]["dsc"] for r in rows3d)
+        lines.append(
+            f"- mean DSC over {len(rows3d)} 3D cases: later {later_3d:.4f}, "
+            f"smaller {_mean(r['variants']['smaller']['dsc'] for r in rows3d):.4f}"
+        )
         lines.append("- 's smaller' runs second with the slices' embeddings cached (decoder and post-processing only).")
     return "\n".join(lines)
 

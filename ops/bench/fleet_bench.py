@@ -19,6 +19,7 @@ embedded times cover the same steps in-process, with the engine compiled beforeh
 Workers are started with ops/fleet/fleet.sh on a private Redis database. Prints a table, writes
 ops/bench/results/fleet.{png,json} and appends a dated block under "## Fleet" in ops/bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,12 @@ SHARED_IMGS = REPO.parent / "shared" / "data" / "cases" / "imgs"
 RESULTS_MD = REPO / "ops" / "bench" / "RESULTS.md"
 RESULTS_DIR = REPO / "ops" / "bench" / "results"
 FLEET_SH = REPO / "ops" / "fleet" / "fleet.sh"
-ALL_CONFIGS = (("embedded x 2 threads", 0, 2), ("1 worker x 2 threads", 1, 2), ("1 worker x 1 thread", 1, 1),
-               ("2 workers x 1 thread", 2, 1))
+ALL_CONFIGS = (
+    ("embedded x 2 threads", 0, 2),
+    ("1 worker x 2 threads", 1, 2),
+    ("1 worker x 1 thread", 1, 1),
+    ("2 workers x 1 thread", 2, 1),
+)
 CONFIG_KEYS = {"embedded": ALL_CONFIGS[0], "1x2": ALL_CONFIGS[1], "1x1": ALL_CONFIGS[2], "2x1": ALL_CONFIGS[3]}
 CONFIGS = ALL_CONFIGS  # the configurations measured in this run (--configs)
 COLORS = dict(zip((c for c, _, _ in ALL_CONFIGS), ("#888888", "#1f77b4", "#2ca02c", "#ff7f0e")))
@@ -71,6 +76,7 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
+
 
 def _sources(big: Path | None) -> tuple[list[Path], Path]:
     """(2D sources, the 3D source): shared dev cases when present, else phantoms."""
@@ -101,8 +107,9 @@ def _variant(source: Path, target: Path, salt: int, mirror: int, member: int = 0
     np.savez_compressed(target, **arrays)
 
 
-def make_inputs(root: Path, small: int, reps_2d: int, reps_3d: int, n_configs: int,
-                big: Path | None = None, batch_3d: int = 1) -> dict[str, list[Path]]:
+def make_inputs(
+    root: Path, small: int, reps_2d: int, reps_3d: int, n_configs: int, big: Path | None = None, batch_3d: int = 1
+) -> dict[str, list[Path]]:
     """Folders of fresh content: for each config and repetition, a 2D batch and a batch of 3D studies."""
     sources_2d, source_3d = _sources(big)
     folders: dict[str, list[Path]] = {"2d": [], "3d": []}
@@ -126,6 +133,7 @@ def make_inputs(root: Path, small: int, reps_2d: int, reps_3d: int, n_configs: i
 
 
 # ------------------------------------------------------------------------------------------------- runs
+
 
 def _fleet_parts(metrics: list[dict]) -> dict[str, float]:
     parts: dict[str, list[float]] = {}
@@ -166,11 +174,20 @@ def _check(outcomes, folder: Path) -> None:
 
 @contextmanager
 def local_fleet(broker: str, namespace: str, workers: int, threads: int):
-    env = {**os.environ, "LITEMEDSAM_BROKER": broker, "LITEMEDSAM_NAMESPACE": namespace,
-           "FLEET_DIR": tempfile.mkdtemp(prefix="fleet-bench-"), "WORKER_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "LITEMEDSAM_BROKER": broker,
+        "LITEMEDSAM_NAMESPACE": namespace,
+        "FLEET_DIR": tempfile.mkdtemp(prefix="fleet-bench-"),
+        "WORKER_THREADS": str(threads),
+    }
     try:
-        subprocess.run([str(FLEET_SH), "start", str(workers), "--loglevel", "WARNING"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [str(FLEET_SH), "start", str(workers), "--loglevel", "WARNING"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         yield
     finally:
         subprocess.run([str(FLEET_SH), "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
@@ -225,6 +242,7 @@ def _measure_config(config, workers, threads, pending, reps, out_root, broker, n
 
 # -------------------------------------------------------------------------------------------- reporting
 
+
 def medians(runs: list[Run]) -> dict[tuple[str, str], dict[str, float]]:
     table = {}
     for config, _, _ in CONFIGS:
@@ -236,16 +254,23 @@ def medians(runs: list[Run]) -> dict[tuple[str, str], dict[str, float]]:
             parts: dict[str, float] = {}
             for name in {n for r in picked for n in r.fleet_parts}:
                 parts[name] = statistics.median(r.fleet_parts.get(name, 0.0) for r in picked)
-            table[(config, workload)] = {"wall": wall, "studies": picked[0].studies, "n": len(picked),
-                                         "load": statistics.median(r.load for r in picked),
-                                         "per_study": wall / picked[0].studies,
-                                         "throughput_per_min": 60 * picked[0].studies / wall,
-                                         "engine": statistics.median(r.engine_total for r in picked), **parts}
+            table[(config, workload)] = {
+                "wall": wall,
+                "studies": picked[0].studies,
+                "n": len(picked),
+                "load": statistics.median(r.load for r in picked),
+                "per_study": wall / picked[0].studies,
+                "throughput_per_min": 60 * picked[0].studies / wall,
+                "engine": statistics.median(r.engine_total for r in picked),
+                **parts,
+            }
     return table
 
 
-SCALING_TARGETS = (("2 workers x 1 thread", "1 worker x 1 thread", 1.8), ("2 workers x 1 thread",
-                                                                         "1 worker x 2 threads", 0.95))
+SCALING_TARGETS = (
+    ("2 workers x 1 thread", "1 worker x 1 thread", 1.8),
+    ("2 workers x 1 thread", "1 worker x 2 threads", 0.95),
+)
 
 
 def scaling_lines(table) -> list[str]:
@@ -256,8 +281,10 @@ def scaling_lines(table) -> list[str]:
             if (ours, workload) in table and (base, workload) in table:
                 ratio = table[(ours, workload)]["throughput_per_min"] / table[(base, workload)]["throughput_per_min"]
                 verdict = "meets" if ratio >= target else "misses"
-                lines.append(f"- {workload.upper()} batch: {ours} = {ratio:.2f}x the throughput of {base} "
-                             f"({verdict} the >= {target}x target).")
+                lines.append(
+                    f"- {workload.upper()} batch: {ours} = {ratio:.2f}x the throughput of {base} "
+                    f"({verdict} the >= {target}x target)."
+                )
     return lines
 
 
@@ -297,24 +324,31 @@ def render(table, over, load: tuple[str, str], small: int) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (config, workload), row in table.items():
-        cells = [f"{row.get(k, 0.0):.3f}" if k in row else "-" for k in
-                 ("queue_wait", "upload", "input_download", "result_upload", "result_download")]
+        cells = [
+            f"{row.get(k, 0.0):.3f}" if k in row else "-"
+            for k in ("queue_wait", "upload", "input_download", "result_upload", "result_download")
+        ]
         label = f"{row['studies']} x {workload.upper()}"
-        lines.append(f"| {config} | {label} | {row['n']} | {row['wall']:.2f} | {row['per_study']:.3f} | "
-                     f"{row['throughput_per_min']:.2f} | {row['engine']:.2f} | {row['load']:.2f} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {config} | {label} | {row['n']} | {row['wall']:.2f} | {row['per_study']:.3f} | "
+            f"{row['throughput_per_min']:.2f} | {row['engine']:.2f} | {row['load']:.2f} | " + " | ".join(cells) + " |"
+        )
     lines.append("")
     lines += scaling_lines(table)
     if "3d_percent_wall" in over:
         verdict = "meets" if over["3d_percent_outside_engine"] < 5 else "misses"
-        lines.append(f"- Fleet overhead, 3D study (1 worker x 2 threads vs embedded 2 threads): "
-                     f"{over['3d_percent_outside_engine']:+.2f} % of the study's time outside the engine "
-                     f"({verdict} the < 5 % target); raw wall-clock difference {over['3d_percent_wall']:+.1f} %.")
+        lines.append(
+            f"- Fleet overhead, 3D study (1 worker x 2 threads vs embedded 2 threads): "
+            f"{over['3d_percent_outside_engine']:+.2f} % of the study's time outside the engine "
+            f"({verdict} the < 5 % target); raw wall-clock difference {over['3d_percent_wall']:+.1f} %."
+        )
     if "2d_ms_per_study_wall" in over:
         verdict = "meets" if over["2d_ms_per_study_outside_engine"] < 150 else "misses"
-        lines.append(f"- Fleet overhead, small 2D studies (batch of {small}): "
-                     f"{over['2d_ms_per_study_outside_engine']:+.0f} ms per study outside the engine ({verdict} the "
-                     f"< 150 ms target); raw wall-clock difference {over['2d_ms_per_study_wall']:+.0f} ms per study.")
+        lines.append(
+            f"- Fleet overhead, small 2D studies (batch of {small}): "
+            f"{over['2d_ms_per_study_outside_engine']:+.0f} ms per study outside the engine ({verdict} the "
+            f"< 150 ms target); raw wall-clock difference {over['2d_ms_per_study_wall']:+.0f} ms per study."
+        )
     lines.append(f"- Load average before / after: {load[0]} / {load[1]} (other work on the machine skews times).")
     return "\n".join(lines)
 
@@ -327,8 +361,10 @@ def plot(table, path: Path) -> None:
 
     configs = [c for c, _, _ in CONFIGS]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, workload, title, key, unit in ((axes[0], "2d", "small 2D batch", "throughput_per_min", "studies/min"),
-                                           (axes[1], "3d", "3D batch", "throughput_per_min", "studies/min")):
+    for ax, workload, title, key, unit in (
+        (axes[0], "2d", "small 2D batch", "throughput_per_min", "studies/min"),
+        (axes[1], "3d", "3D batch", "throughput_per_min", "studies/min"),
+    ):
         values = [table.get((c, workload), {}).get(key, 0.0) for c in configs]
         bars = ax.bar(range(len(configs)), values, color=[COLORS[c] for c in configs])
         ax.bar_label(bars, fmt="%.1f")
@@ -361,8 +397,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=8, help="2D studies per batch")
     parser.add_argument("--big", type=Path, default=None, help="the 3D study (default: 3DBox_CT_tssm)")
     parser.add_argument("--batch-3d", type=int, default=2, help="3D studies per batch (variants of --big)")
-    parser.add_argument("--configs", default=",".join(CONFIG_KEYS),
-                        help=f"comma-separated subset of {', '.join(CONFIG_KEYS)}")
+    parser.add_argument(
+        "--configs", default=",".join(CONFIG_KEYS), help=f"comma-separated subset of {', '.join(CONFIG_KEYS)}"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md or results/")
     args = parser.parse_args()
     global CONFIGS
@@ -370,8 +407,9 @@ def main() -> None:
     load_before = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         root = Path(tmp)
-        folders = make_inputs(root / "in", args.small, args.reps_2d, args.reps_3d, len(CONFIGS), args.big,
-                              args.batch_3d)
+        folders = make_inputs(
+            root / "in", args.small, args.reps_2d, args.reps_3d, len(CONFIGS), args.big, args.batch_3d
+        )
         runs = measure(folders, {"2d": args.reps_2d, "3d": args.reps_3d}, root / "out")
     load_after = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     table = medians(runs)
@@ -382,13 +420,16 @@ def main() -> None:
         return
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     plot(table, RESULTS_DIR / "fleet.png")
-    (RESULTS_DIR / "fleet.json").write_text(json.dumps(
-        {"runs": [asdict(r) for r in runs], "overheads": over, "machine": machine()}, indent=2))
+    (RESULTS_DIR / "fleet.json").write_text(
+        json.dumps({"runs": [asdict(r) for r in runs], "overheads": over, "machine": machine()}, indent=2)
+    )
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    append_results(f"### {stamp} — {machine()}\n\n`ops/bench/fleet_bench.py --reps-2d {args.reps_2d} "
-                   f"--reps-3d {args.reps_3d} --small {args.small} --batch-3d {args.batch_3d} --configs "
-                   f"{args.configs}`{f' (3D: {args.big.name})' if args.big else ''}; plot: results/fleet.png\n\n"
-                   f"{report}")
+    append_results(
+        f"### {stamp} — {machine()}\n\n`ops/bench/fleet_bench.py --reps-2d {args.reps_2d} "
+        f"--reps-3d {args.reps_3d} --small {args.small} --batch-3d {args.batch_3d} --configs "
+        f"{args.configs}`{f' (3D: {args.big.name})' if args.big else ''}; plot: results/fleet.png\n\n"
+        f"{report}"
+    )
 
 
 if __name__ == "__main__":

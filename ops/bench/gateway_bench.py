@@ -13,6 +13,7 @@ writes the "Gateway (issue 16)" section of ops/bench/RESULTS.md.
 
     .venv/bin/python ops/bench/gateway_bench.py --repeats 3 --small 50 --threads 2 --record
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,16 +45,23 @@ def percentile(values: list[float], q: float) -> float:
 
 def folder_run(series_dir: Path, out: Path, threads: int) -> tuple[float, float]:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "producer.cli", "submit", str(series_dir), "--out", str(out),
-                    "--threads", str(threads)], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "producer.cli", "submit", str(series_dir), "--out", str(out), "--threads", str(threads)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - started
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     return wall, record["metrics"]["times"]["total"]
 
 
 def body(pacs: Orthanc, spec, prompts) -> dict:
-    return {"source": {"dicomweb": pacs.dicomweb, "study": spec.study_uid, "series": spec.series_uid},
-            "prompts": prompts, "store": "source"}
+    return {
+        "source": {"dicomweb": pacs.dicomweb, "study": spec.study_uid, "series": spec.series_uid},
+        "prompts": prompts,
+        "store": "source",
+    }
 
 
 def gateway_run(gateway: GatewayProcess, pacs: Orthanc, spec, prompts) -> dict:
@@ -76,9 +84,13 @@ def main() -> None:
         root = Path(scratch)
         pacs = Orthanc(root / "orthanc")
         pacs.start()
-        gateway = GatewayProcess(root / "gateway", TOKEN, {pacs.dicomweb: {"username": pacs.user,
-                                                                           "password": pacs.password}},
-                                 "--threads", str(args.threads))
+        gateway = GatewayProcess(
+            root / "gateway",
+            TOKEN,
+            {pacs.dicomweb: {"username": pacs.user, "password": pacs.password}},
+            "--threads",
+            str(args.threads),
+        )
         try:
             gateway.wait_ready()
             big_rows = []
@@ -92,10 +104,19 @@ def main() -> None:
                 loads.append(loadavg())
                 job = gateway_run(gateway, pacs, spec, BIG_PROMPTS)
                 loads.append(loadavg())
-                big_rows.append({"submit_wall": wall, "submit_engine": engine,
-                                 "gateway": job["finished_at"] - job["created_at"], "timings": job["timings"]})
-                print(f"repetition {rep + 1}: submit {wall:.1f} s (engine {engine:.1f} s), gateway "
-                      f"{big_rows[-1]['gateway']:.1f} s {job['timings']}", flush=True)
+                big_rows.append(
+                    {
+                        "submit_wall": wall,
+                        "submit_engine": engine,
+                        "gateway": job["finished_at"] - job["created_at"],
+                        "timings": job["timings"],
+                    }
+                )
+                print(
+                    f"repetition {rep + 1}: submit {wall:.1f} s (engine {engine:.1f} s), gateway "
+                    f"{big_rows[-1]['gateway']:.1f} s {job['timings']}",
+                    flush=True,
+                )
 
             small = []
             for k in range(args.small):
@@ -117,43 +138,73 @@ def main() -> None:
     info["uptime_end"] = uptime_line()
 
     med = {key: statistics.median(r[key] for r in big_rows) for key in ("submit_wall", "submit_engine", "gateway")}
-    stage = {key: statistics.median(r["timings"].get(key, 0.0) for r in big_rows)
-             for key in ("fetch", "load", "segment", "write", "store")}
+    stage = {
+        key: statistics.median(r["timings"].get(key, 0.0) for r in big_rows)
+        for key in ("fetch", "load", "segment", "write", "store")
+    }
     budget = med["submit_wall"] * 1.1 + 1.0
-    overhead = statistics.median(sum(r["timings"].get(k, 0.0) for k in ("fetch", "load", "write", "store"))
-                                 for r in big_rows)
-    table1 = md_table(["what (20 x 512 x 512 CT, 1 box over 20 slices)", "median s", "runs"], [
-        ["`producer submit` folder, whole process (start-up, model compile, engine, SEG)", f"{med['submit_wall']:.1f}",
-         len(big_rows)],
-        ["  of which engine", f"{med['submit_engine']:.1f}", len(big_rows)],
-        ["gateway: POST -> SEG stored in the PACS (service warm)", f"{med['gateway']:.1f}", len(big_rows)],
-        ["  fetch (WADO-RS) / load / segment / write / store (STOW-RS)",
-         " / ".join(f"{stage[k]:.2f}" for k in ("fetch", "load", "segment", "write", "store")), len(big_rows)],
-        ["gateway outside the engine (fetch + load + write + store)", f"{overhead:.2f}", len(big_rows)],
-        ["engine per run: folder / gateway", " ; ".join(f"{r['submit_engine']:.1f} / {r['timings']['segment']:.1f}"
-                                                         for r in big_rows), len(big_rows)],
-        ["target: submit x 1.1 + 1 s", f"{budget:.1f}", ""],
-    ])
-    table2 = md_table(["50 small 2D jobs posted at once (128 x 128 CT slice)", "value"], [
-        ["jobs ok / failed", f"{len(latencies)} / {len(failed)}"],
-        ["jobs per minute", f"{len(jobs) / span * 60:.1f}"],
-        ["latency p50 / p95 (s, POST -> SEG stored)",
-         f"{percentile(latencies, 0.5):.2f} / {percentile(latencies, 0.95):.2f}"],
-    ])
+    overhead = statistics.median(
+        sum(r["timings"].get(k, 0.0) for k in ("fetch", "load", "write", "store")) for r in big_rows
+    )
+    table1 = md_table(
+        ["what (20 x 512 x 512 CT, 1 box over 20 slices)", "median s", "runs"],
+        [
+            [
+                "`producer submit` folder, whole process (start-up, model compile, engine, SEG)",
+                f"{med['submit_wall']:.1f}",
+                len(big_rows),
+            ],
+            ["  of which engine", f"{med['submit_engine']:.1f}", len(big_rows)],
+            ["gateway: POST -> SEG stored in the PACS (service warm)", f"{med['gateway']:.1f}", len(big_rows)],
+            [
+                "  fetch (WADO-RS) / load / segment / write / store (STOW-RS)",
+                " / ".join(f"{stage[k]:.2f}" for k in ("fetch", "load", "segment", "write", "store")),
+                len(big_rows),
+            ],
+            ["gateway outside the engine (fetch + load + write + store)", f"{overhead:.2f}", len(big_rows)],
+            [
+                "engine per run: folder / gateway",
+                " ; ".join(f"{r['submit_engine']:.1f} / {r['timings']['segment']:.1f}" for r in big_rows),
+                len(big_rows),
+            ],
+            ["target: submit x 1.1 + 1 s", f"{budget:.1f}", ""],
+        ],
+    )
+    table2 = md_table(
+        ["50 small 2D jobs posted at once (128 x 128 CT slice)", "value"],
+        [
+            ["jobs ok / failed", f"{len(latencies)} / {len(failed)}"],
+            ["jobs per minute", f"{len(jobs) / span * 60:.1f}"],
+            [
+                "latency p50 / p95 (s, POST -> SEG stored)",
+                f"{percentile(latencies, 0.5):.2f} / {percentile(latencies, 0.95):.2f}",
+            ],
+        ],
+    )
     verdict = "within" if med["gateway"] <= budget else "NOT within"
     print(table1, table2, f"gateway {verdict} the target", sep="\n\n")
     if args.record:
         lines = machine_lines(info, loads)
-        replace_section("Gateway (issue 16)", "\n".join([
-            f"Command: `ops/bench/gateway_bench.py --repeats {args.repeats} --small {args.small} --threads "
-            f"{args.threads} --record`; Orthanc 1.10 (Debian) with DICOMweb and HTTP auth on loopback; the gateway "
-            "embedded (no broker), the folder run and the gateway at the same thread count; runs alternate.",
-            *lines, "", table1, "", table2, "",
-            f"- The gateway is {verdict} the target (submit x 1.1 + 1 s) in this run. It skips the process "
-            "start-up and model compile the folder run pays each time and adds the WADO-RS fetch, the SEG and "
-            f"NIfTI writing and the STOW-RS store ({overhead:.2f} s median outside the engine); the rest is the "
-            "engine's own time in each process (row 'engine per run'), which decides the verdict at this load.",
-        ]))
+        replace_section(
+            "Gateway (issue 16)",
+            "\n".join(
+                [
+                    f"Command: `ops/bench/gateway_bench.py --repeats {args.repeats} --small {args.small} --threads "
+                    f"{args.threads} --record`; Orthanc 1.10 (Debian) with DICOMweb and HTTP auth on loopback; the gateway "
+                    "embedded (no broker), the folder run and the gateway at the same thread count; runs alternate.",
+                    *lines,
+                    "",
+                    table1,
+                    "",
+                    table2,
+                    "",
+                    f"- The gateway is {verdict} the target (submit x 1.1 + 1 s) in this run. It skips the process "
+                    "start-up and model compile the folder run pays each time and adds the WADO-RS fetch, the SEG and "
+                    f"NIfTI writing and the STOW-RS store ({overhead:.2f} s median outside the engine); the rest is the "
+                    "engine's own time in each process (row 'engine per run'), which decides the verdict at this load.",
+                ]
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ failed. Latency per study: time in the system (enqueued -> outcome recorded), qu
 (worker start -> outcome). Prints a table, writes ops/bench/results/load.{json,png} and the "Load test (issue 6)"
 section of ops/bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,14 +99,22 @@ def summarise(batch, outcomes, runs, executions, studies, workers, threads, wall
     for e in extras:
         per_node[e.node] = per_node.get(e.node, 0) + 1
     return {
-        "studies": studies, "workers": workers, "threads_per_worker": threads, "wall_s": wall,
+        "studies": studies,
+        "workers": workers,
+        "threads_per_worker": threads,
+        "wall_s": wall,
         "throughput_per_min": 60 * len(ok) / wall if wall else 0.0,
-        "ok": len(ok), "cached": cached, "failed": sum(not o.ok for o in outcomes.values()),
+        "ok": len(ok),
+        "cached": cached,
+        "failed": sum(not o.ok for o in outcomes.values()),
         "lost": studies - len(outcomes),
-        "extra_deliveries": sum(runs.values()) - len(runs), "engine_runs": sum(executions.values()),
+        "extra_deliveries": sum(runs.values()) - len(runs),
+        "engine_runs": sum(executions.values()),
         "duplicated": (sum(executions.values()) - len(ok)) + (len(ok) - len(result_keys)),  # (cached: 0 runs)
         "studies_per_worker": per_node,
-        "in_system": _stats(in_system), "queue_wait": _stats(queue_wait), "service": _stats(service),
+        "in_system": _stats(in_system),
+        "queue_wait": _stats(queue_wait),
+        "service": _stats(service),
         "engine": _stats(engine),
         "completions": sorted(o.finished_at - started for o in ok),
         "errors": sorted({o.error for o in outcomes.values() if not o.ok})[:5],
@@ -113,14 +122,24 @@ def summarise(batch, outcomes, runs, executions, studies, workers, threads, wall
 
 
 def _stats(values: list[float]) -> dict:
-    return {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95), "max": max(values, default=float("nan")),
-            "mean": statistics.fmean(values) if values else float("nan")}
+    return {
+        "p50": percentile(values, 0.5),
+        "p95": percentile(values, 0.95),
+        "max": max(values, default=float("nan")),
+        "mean": statistics.fmean(values) if values else float("nan"),
+    }
 
 
 def render(data: dict, loads: list[tuple[float, float, float]]) -> str:
-    rows = [[name, f"{data[key]['p50']:.2f}", f"{data[key]['p95']:.2f}", f"{data[key]['max']:.2f}"]
-            for name, key in (("time in system (enqueued -> outcome)", "in_system"), ("queue wait", "queue_wait"),
-                              ("service (worker start -> outcome)", "service"), ("engine", "engine"))]
+    rows = [
+        [name, f"{data[key]['p50']:.2f}", f"{data[key]['p95']:.2f}", f"{data[key]['max']:.2f}"]
+        for name, key in (
+            ("time in system (enqueued -> outcome)", "in_system"),
+            ("queue wait", "queue_wait"),
+            ("service (worker start -> outcome)", "service"),
+            ("engine", "engine"),
+        )
+    ]
     lines = [
         f"### {data['machine']['date']} — "
         f"`ops/bench/load_test.py --studies {data['studies']} --workers {data['workers']}`",

@@ -11,6 +11,7 @@ cores busy in each call, overlap only fills idle gaps. This probe times the same
   pipeline-2t+2t  the same with 2-thread models (oversubscribes 2 cores)
 and reports the 1- vs 2-thread scaling of each model. Prints a table and one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,15 +107,26 @@ def main(argv: list[str] | None = None) -> int:
         scaling["dec-2t"].append(single(m2, "dec"))
     med = {k: statistics.median(v) for k, v in results.items()}
     sc = {k: statistics.median(v) for k, v in scaling.items()}
-    out = {"case": path.stem, "slices": args.slices, "boxes": args.boxes, "repeats": args.repeats, "median_s": med,
-           "runs_s": results, "gain_vs_sequential": {k: med["sequential-2t"] / v for k, v in med.items()},
-           "per_call_s": sc,
-           "thread_scaling": {"encoder": sc["enc-1t"] / sc["enc-2t"], "decoder": sc["dec-1t"] / sc["dec-2t"]},
-           "loads": loads, "machine": common.machine_info()}
+    out = {
+        "case": path.stem,
+        "slices": args.slices,
+        "boxes": args.boxes,
+        "repeats": args.repeats,
+        "median_s": med,
+        "runs_s": results,
+        "gain_vs_sequential": {k: med["sequential-2t"] / v for k, v in med.items()},
+        "per_call_s": sc,
+        "thread_scaling": {"encoder": sc["enc-1t"] / sc["enc-2t"], "decoder": sc["dec-1t"] / sc["dec-2t"]},
+        "loads": loads,
+        "machine": common.machine_info(),
+    }
     for k, v in med.items():
         print(f"{k:16s} {v:7.2f} s  ({out['gain_vs_sequential'][k]:.3f}x vs sequential)", file=sys.stderr)
-    print(f"2-thread scaling: encoder {out['thread_scaling']['encoder']:.2f}x, decoder "
-          f"{out['thread_scaling']['decoder']:.2f}x", file=sys.stderr)
+    print(
+        f"2-thread scaling: encoder {out['thread_scaling']['encoder']:.2f}x, decoder "
+        f"{out['thread_scaling']['decoder']:.2f}x",
+        file=sys.stderr,
+    )
     print(json.dumps(out))
     return 0
 

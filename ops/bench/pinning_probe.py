@@ -13,6 +13,7 @@ core(s) its busiest thread ran on. Configurations (rounds interleave them, so ea
 Prints a table of medians (CPU cores used per process, encoder calls per minute summed over the processes) and
 appends a dated block under "## CPU pinning (issue 10)" in ops/bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ def child(threads: int, pinning: bool, core: int, seconds: float, start_at: floa
     if core >= 0:
         os.sched_setaffinity(0, {core})
     spec = load_registry(default_models_dir())["litemedsam"]
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-              "ENABLE_CPU_PINNING": pinning}
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads,
+        "ENABLE_CPU_PINNING": pinning,
+    }
     request = ov.Core().compile_model(str(spec.encoder_xml), "CPU", config).create_infer_request()
     image = np.random.default_rng(0).random((1, 3, spec.input_size, spec.input_size), dtype=np.float32)
     request.infer([image])
@@ -79,14 +84,37 @@ def run_config(name: str, seconds: float) -> dict:
     cores = sorted(os.sched_getaffinity(0))
     start_at = time.time() + 15  # after every process compiled
     load = os.getloadavg()[0]
-    procs = [subprocess.Popen([sys.executable, __file__, "--child", "--threads", str(threads), "--pinning",
-                               str(int(pinning)), "--core", str(cores[i % len(cores)] if own_core else -1),
-                               "--seconds", str(seconds), "--start-at", str(start_at)],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True) for i in range(processes)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--threads",
+                str(threads),
+                "--pinning",
+                str(int(pinning)),
+                "--core",
+                str(cores[i % len(cores)] if own_core else -1),
+                "--seconds",
+                str(seconds),
+                "--start-at",
+                str(start_at),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    return {"config": name, "load": load, "processes": results,
-            "cores_per_process": [r["cpu"] / r["wall"] for r in results],
-            "calls_per_min": sum(60 * r["calls"] / r["wall"] for r in results)}
+    return {
+        "config": name,
+        "load": load,
+        "processes": results,
+        "cores_per_process": [r["cpu"] / r["wall"] for r in results],
+        "calls_per_min": sum(60 * r["calls"] / r["wall"] for r in results),
+    }
 
 
 def main() -> None:
@@ -109,26 +137,41 @@ def main() -> None:
         for name in CONFIGS:
             run = run_config(name, args.seconds)
             runs.append(run)
-            print(f"  round {round_index + 1} {name}: cores per process "
-                  f"{', '.join(f'{c:.2f}' for c in run['cores_per_process'])}, {run['calls_per_min']:.1f} "
-                  f"encoder calls/min, load {run['load']:.2f}", flush=True)
+            print(
+                f"  round {round_index + 1} {name}: cores per process "
+                f"{', '.join(f'{c:.2f}' for c in run['cores_per_process'])}, {run['calls_per_min']:.1f} "
+                f"encoder calls/min, load {run['load']:.2f}",
+                flush=True,
+            )
     info["uptime_end"] = machine_info()["uptime"]
-    rows = ["| configuration | rounds | CPU cores used per process (median) | encoder calls/min, all processes "
-            "(median) | per round | 1-min load at start |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| configuration | rounds | CPU cores used per process (median) | encoder calls/min, all processes "
+        "(median) | per round | 1-min load at start |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name in CONFIGS:
         picked = [r for r in runs if r["config"] == name]
         per_process = statistics.median(c for r in picked for c in r["cores_per_process"])
         rates = [r["calls_per_min"] for r in picked]
         loads = [r["load"] for r in picked]
-        rows.append(f"| {name} | {len(picked)} | {per_process:.2f} | {statistics.median(rates):.1f} | "
-                    f"{', '.join(f'{v:.1f}' for v in rates)} | {', '.join(f'{load:.1f}' for load in loads)} |")
+        rows.append(
+            f"| {name} | {len(picked)} | {per_process:.2f} | {statistics.median(rates):.1f} | "
+            f"{', '.join(f'{v:.1f}' for v in rates)} | {', '.join(f'{load:.1f}' for load in loads)} |"
+        )
     text = "\n".join(rows)
     print(text)
     if not args.no_write:
         (REPO / "ops" / "bench" / "results").mkdir(exist_ok=True)
         (REPO / "ops" / "bench" / "results" / "pinning_probe.json").write_text(json.dumps(runs, indent=1))
-        block = "\n".join([f"### {info['date']} — `ops/bench/pinning_probe.py --rounds {args.rounds} --seconds "
-                           f"{args.seconds:g}`", "", *machine_lines(info), "", text])
+        block = "\n".join(
+            [
+                f"### {info['date']} — `ops/bench/pinning_probe.py --rounds {args.rounds} --seconds {args.seconds:g}`",
+                "",
+                *machine_lines(info),
+                "",
+                text,
+            ]
+        )
         append_to_section(HEADING, block)
 
 

@@ -22,6 +22,7 @@ Superseded as a recommendation (issue 10): what a host may run faster than f32 i
 it); `ops/bench/profile_ab.py --baseline` renders that gate table. This script stays the cross-profile DSC/NSD
 and encoder A/B survey on the dev cases.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,17 @@ def f32_from_engine_bench() -> dict:
     for path in (results / "engine_bench.json", results / "engine_bench.partial.json"):
         if path.is_file():
             rows = json.loads(path.read_text()).get("accuracy", {})
-            return {n: {"dsc": r["dsc"], "nsd": r["nsd"], "engine_s": r["engine_s"], "wall_s": r["wall_s"],
-                        "source": path.name} for n, r in rows.items() if r.get("dsc") is not None}
+            return {
+                n: {
+                    "dsc": r["dsc"],
+                    "nsd": r["nsd"],
+                    "engine_s": r["engine_s"],
+                    "wall_s": r["wall_s"],
+                    "source": path.name,
+                }
+                for n, r in rows.items()
+                if r.get("dsc") is not None
+            }
     return {}
 
 
@@ -86,17 +96,35 @@ def run_profiles(cases: common.CaseSet, profiles: list[str], scratch: Path, data
             out = scratch / profile
             run = common.engine_child(cases.image(name), out, profile, 0)
             dsc, nsd = score(cases, name, out / f"{name}.npz")
-            rows[name] = {"dsc": dsc, "nsd": nsd, "engine_s": run["engine_s"], "wall_s": run["wall_s"],
-                          "encode_s": run["times"]["encode"], "slices": run["counts"]["slices_encoded"],
-                          "load_s": run["load_s"], "peak_rss_mb": run["peak_rss_mb"], "load_before": run["load_before"]}
+            rows[name] = {
+                "dsc": dsc,
+                "nsd": nsd,
+                "engine_s": run["engine_s"],
+                "wall_s": run["wall_s"],
+                "encode_s": run["times"]["encode"],
+                "slices": run["counts"]["slices_encoded"],
+                "load_s": run["load_s"],
+                "peak_rss_mb": run["peak_rss_mb"],
+                "load_before": run["load_before"],
+            }
             log(f"[{profile}]   DSC {dsc:.4f}, engine {run['engine_s']:.1f} s")
             save()
 
 
 def run_ab(cases: common.CaseSet, profiles: list[str], slices: int, repeats: int) -> dict:
     paths = ",".join(str(cases.image(n)) for n in cases.names())
-    cmd = [str(common.RUNTIME_PY), str(common.BENCH / "encoder_ab.py"), "--profiles", ",".join(profiles),
-           "--cases", paths, "--slices", str(slices), "--repeats", str(repeats)]
+    cmd = [
+        str(common.RUNTIME_PY),
+        str(common.BENCH / "encoder_ab.py"),
+        "--profiles",
+        ",".join(profiles),
+        "--cases",
+        paths,
+        "--slices",
+        str(slices),
+        "--repeats",
+        str(repeats),
+    ]
     return common.run_child(cmd)
 
 
@@ -134,15 +162,25 @@ def summarise(data: dict) -> dict:
         speedup = statistics.median(speedups) if speedups else None
         complete = len(common_names) == len(names)
         out[profile] = {
-            "mean_dsc": mean, "mean_nsd": statistics.mean(rows[n]["nsd"] for n in common_names),
-            "delta": mean - mean_f32, "speedup": speedup, "modalities": per_mod, "cases": len(common_names),
+            "mean_dsc": mean,
+            "mean_nsd": statistics.mean(rows[n]["nsd"] for n in common_names),
+            "delta": mean - mean_f32,
+            "speedup": speedup,
+            "modalities": per_mod,
+            "cases": len(common_names),
             "complete": complete,
             "cos_min": min((c["cos_min"][profile] for c in ab.values() if profile in c["cos_min"]), default=None),
             "max_case_delta": max((abs(rows[n]["dsc"] - base[n]["dsc"]) for n in common_names), default=0.0),
-            "one_sided": (profile != "f32" and complete and mean - mean_f32 >= -GATE_DSC
-                          and speedup is not None and speedup > 1.0),
-            "recommended": (profile != "f32" and complete and abs(mean - mean_f32) <= GATE_DSC
-                            and speedup is not None and speedup > 1.0),
+            "one_sided": (
+                profile != "f32" and complete and mean - mean_f32 >= -GATE_DSC and speedup is not None and speedup > 1.0
+            ),
+            "recommended": (
+                profile != "f32"
+                and complete
+                and abs(mean - mean_f32) <= GATE_DSC
+                and speedup is not None
+                and speedup > 1.0
+            ),
         }
     return out
 
@@ -164,14 +202,38 @@ def section(data: dict) -> str:
     rows = []
     for profile, s in summary.items():
         note = data.get("notes", {}).get(profile, "")
-        rows.append([profile, fmt(s["mean_dsc"], ".4f"), fmt(s["delta"] * 100, "+.2f"),
-                     fmt(s["max_case_delta"] * 100, ".2f"), fmt(s["mean_nsd"], ".4f"),
-                     fmt(s["speedup"], ".2f") + "x" if s["speedup"] else "–", fmt(s["cos_min"], ".4f"),
-                     "**yes**" if s["recommended"] else ("–" if profile == "f32" else "no"),
-                     "–" if profile == "f32" else ("yes" if s["one_sided"] else "no"), note])
-    lines += [md_table(["profile", "mean DSC", "ΔDSC vs f32 (points)", "largest |ΔDSC| of a case (points)",
-                        "mean NSD", "encoder speed-up (median)", "min cosine of embedding vs f32",
-                        "recommended (|Δmean| <= 0.5)", "one-sided reading (Δmean >= -0.5)", "what it is"], rows), ""]
+        rows.append(
+            [
+                profile,
+                fmt(s["mean_dsc"], ".4f"),
+                fmt(s["delta"] * 100, "+.2f"),
+                fmt(s["max_case_delta"] * 100, ".2f"),
+                fmt(s["mean_nsd"], ".4f"),
+                fmt(s["speedup"], ".2f") + "x" if s["speedup"] else "–",
+                fmt(s["cos_min"], ".4f"),
+                "**yes**" if s["recommended"] else ("–" if profile == "f32" else "no"),
+                "–" if profile == "f32" else ("yes" if s["one_sided"] else "no"),
+                note,
+            ]
+        )
+    lines += [
+        md_table(
+            [
+                "profile",
+                "mean DSC",
+                "ΔDSC vs f32 (points)",
+                "largest |ΔDSC| of a case (points)",
+                "mean NSD",
+                "encoder speed-up (median)",
+                "min cosine of embedding vs f32",
+                "recommended (|Δmean| <= 0.5)",
+                "one-sided reading (Δmean >= -0.5)",
+                "what it is",
+            ],
+            rows,
+        ),
+        "",
+    ]
     lines += ["### Per modality (paper's Table 4 shape: DSC / NSD per profile)", ""]
     mods = sorted({m for s in summary.values() for m in s["modalities"]})
     header = ["modality"] + [f"{p} DSC / NSD (ΔDSC pts, enc. speed-up)" for p in summary]
@@ -202,14 +264,20 @@ def section(data: dict) -> str:
         header = ["case", "modality"] + [f"{p} s (x f32, cos)" for p in profiles]
         rows = []
         for n, c in ab["cases"].items():
-            rows.append([n, c["modality"]] + [f"{c['median_s'][p]:.3f} ({c['speedup'][p]:.2f}x, {c['cos_min'][p]:.4f})"
-                                              for p in profiles])
-        lines += [md_table(header, rows), "",
-                  (f"{data['ab_note']}. " if data.get("ab_note") else "") +
-                  f"Medians of {data.get('ab_repeats')} alternating repeats on {data.get('ab_slices')} real slices "
-                  "per case; cosine = worst slice's cosine similarity of the (1, 256, 64, 64) embedding against f32 "
-                  "on the same slice. Under a loaded machine the absolute seconds are inflated; the ratios were "
-                  "measured side by side.", ""]
+            rows.append(
+                [n, c["modality"]]
+                + [f"{c['median_s'][p]:.3f} ({c['speedup'][p]:.2f}x, {c['cos_min'][p]:.4f})" for p in profiles]
+            )
+        lines += [
+            md_table(header, rows),
+            "",
+            (f"{data['ab_note']}. " if data.get("ab_note") else "")
+            + f"Medians of {data.get('ab_repeats')} alternating repeats on {data.get('ab_slices')} real slices "
+            "per case; cosine = worst slice's cosine similarity of the (1, 256, 64, 64) embedding against f32 "
+            "on the same slice. Under a loaded machine the absolute seconds are inflated; the ratios were "
+            "measured side by side.",
+            "",
+        ]
     lines += [f"![precision gate]({PLOT_OUT.name})"]
     return "\n".join(lines)
 
@@ -226,13 +294,15 @@ def plot(data: dict) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     width = 0.8 / max(len(profiles), 1)
     for i, p in enumerate(profiles):
-        deltas = [(data["dsc"][p][n]["dsc"] - data["dsc"]["f32"][n]["dsc"]) * 100 if n in data["dsc"][p] else 0
-                  for n in names]
+        deltas = [
+            (data["dsc"][p][n]["dsc"] - data["dsc"]["f32"][n]["dsc"]) * 100 if n in data["dsc"][p] else 0 for n in names
+        ]
         left.bar([k + i * width for k in range(len(names))], deltas, width, label=p)
     left.axhline(-GATE_DSC * 100, color="red", linestyle="--", linewidth=0.8)
     left.axhline(GATE_DSC * 100, color="red", linestyle="--", linewidth=0.8)
-    left.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], [n.replace("Box_", "\n") for n in names],
-                    fontsize=7)
+    left.set_xticks(
+        [k + 0.4 - width / 2 for k in range(len(names))], [n.replace("Box_", "\n") for n in names], fontsize=7
+    )
     left.set_ylabel("ΔDSC vs f32 (points)")
     left.set_title("per-case DSC change (red: ±0.5 point gate on the mean)")
     left.legend(fontsize=7)
@@ -270,8 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(PARTIAL.read_text()) if args.resume and PARTIAL.is_file() else None
         scratch = Path(data["scratch"]) if data else Path(tempfile.mkdtemp(prefix="precision-gate-"))
         cases = common.case_set(scratch / "phantoms")
-        data = data or {"machine": common.machine_info(), "scratch": str(scratch), "dsc": {},
-                        "command": " ".join(["ops/bench/precision_gate.py", *(argv or sys.argv[1:])])}
+        data = data or {
+            "machine": common.machine_info(),
+            "scratch": str(scratch),
+            "dsc": {},
+            "command": " ".join(["ops/bench/precision_gate.py", *(argv or sys.argv[1:])]),
+        }
         PARTIAL.parent.mkdir(parents=True, exist_ok=True)
 
         def save():
@@ -290,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
     JSON_OUT.write_text(json.dumps(data, indent=1))
     for profile, s in summarise(data).items():
-        print(f"{profile:16s} mean DSC {s['mean_dsc']:.4f} ({s['delta'] * 100:+.2f} pts) speed-up "
-              f"{fmt(s['speedup'], '.2f')}x cos {fmt(s['cos_min'], '.4f')} max|d| {s['max_case_delta'] * 100:.2f} "
-              f"recommended {s['recommended']} (one-sided {s['one_sided']})")
+        print(
+            f"{profile:16s} mean DSC {s['mean_dsc']:.4f} ({s['delta'] * 100:+.2f} pts) speed-up "
+            f"{fmt(s['speedup'], '.2f')}x cos {fmt(s['cos_min'], '.4f')} max|d| {s['max_case_delta'] * 100:.2f} "
+            f"recommended {s['recommended']} (one-sided {s['one_sided']})"
+        )
     plot(data)
     if not args.no_write:
         common.replace_section("Precision profiles (issue 5)", section(data))

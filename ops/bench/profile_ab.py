@@ -14,6 +14,7 @@ machine. Reports per case the median engine time of each, their ratio, and the s
 reference of ops/bench/results/engine_bench.json (measured earlier, not in this run: the table says when).
 Writes the "Precision profile, whole engine (issue 5)" section of ops/bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,20 +34,26 @@ HOST_JSON_OUT = common.BENCH / "results" / "precision_host.json"
 PLOT = common.BENCH / "results" / "profile_ab.png"
 
 
-def measure(cases: common.CaseSet, names: list[str], profile: str, repeats: int,
-            extra: list[str] | None = None) -> dict:
+def measure(
+    cases: common.CaseSet, names: list[str], profile: str, repeats: int, extra: list[str] | None = None
+) -> dict:
     runs: dict[str, dict[str, list[dict]]] = {}
     for case_index, name in enumerate(names):
         runs[name] = {"f32": [], profile: []}
         for index in range(repeats):
             first = (index + case_index) % 2 == 0
-            for precision in (("f32", profile) if first else (profile, "f32")):
+            for precision in ("f32", profile) if first else (profile, "f32"):
                 print(f"[{name}] {precision} run {index + 1}/{repeats}...", file=sys.stderr, flush=True)
                 result = common.engine_child(cases.image(name), Path(tempfile.mkdtemp()), precision, extra=extra)
-                runs[name][precision].append({"engine_s": result["engine_s"], "wall_s": result["wall_s"],
-                                              "load_before": result["load_before"][0],
-                                              "profile": result.get("profile", precision),
-                                              "precision_choice": result.get("precision_choice", "")})
+                runs[name][precision].append(
+                    {
+                        "engine_s": result["engine_s"],
+                        "wall_s": result["wall_s"],
+                        "load_before": result["load_before"][0],
+                        "profile": result.get("profile", precision),
+                        "precision_choice": result.get("precision_choice", ""),
+                    }
+                )
     return runs
 
 
@@ -68,32 +75,64 @@ def host_verdict(record_file: Path) -> dict | None:
 def render_gate(verdict: dict) -> list[str]:
     host = verdict["host"]
     profiles = list(verdict["profiles"])
-    lines = [f"Calibration `{verdict.get('command', 'worker calibrate')}` of {verdict['calibrated_at']}: "
-             f"{host['cpu']} (ISA flags {' '.join(host['isa'])}), OpenVINO {host['openvino']}, "
-             f"{verdict['threads'] or 'all'} thread(s), 1-min load at the end {verdict['load_average'][0]:.1f}. "
-             f"Gate: every case within +-{verdict['gate']['dsc_points']:.1f} DSC points of f32 against ground "
-             f"truth; `fast` also needs >= {verdict['gate']['min_speedup']:.2f}x f32's engine time and a profile "
-             "that does not run exactly as f32 here.", ""]
+    lines = [
+        f"Calibration `{verdict.get('command', 'worker calibrate')}` of {verdict['calibrated_at']}: "
+        f"{host['cpu']} (ISA flags {' '.join(host['isa'])}), OpenVINO {host['openvino']}, "
+        f"{verdict['threads'] or 'all'} thread(s), 1-min load at the end {verdict['load_average'][0]:.1f}. "
+        f"Gate: every case within +-{verdict['gate']['dsc_points']:.1f} DSC points of f32 against ground "
+        f"truth; `fast` also needs >= {verdict['gate']['min_speedup']:.2f}x f32's engine time and a profile "
+        "that does not run exactly as f32 here.",
+        "",
+    ]
     rows = []
     for name, entry in verdict["profiles"].items():
         enc = entry["runtime"].get("litemedsam/propagate", {}).get("runtime", {}).get("encoder", {})
-        rows.append([name, "pass" if entry["passed"] else f"FAIL ({len(entry['failed_cases'])} cases)",
-                     fmt(entry["worst_delta"] * 100, "+.2f"), fmt(entry["speedup"], ".2f") + "x",
-                     "yes" if entry["equivalent_to_f32"] else "no",
-                     ", ".join(f"{k} {v}" for k, v in sorted(enc.items()))])
-    lines += [md_table(["profile", "gate", "worst case ΔDSC (points)", "speed-up (sum of engine s)",
-                        "runs exactly as f32 here", "encoder element types as compiled here"], rows), "",
-              f"`--precision fast` on this host: **{verdict['fast']}**.", ""]
+        rows.append(
+            [
+                name,
+                "pass" if entry["passed"] else f"FAIL ({len(entry['failed_cases'])} cases)",
+                fmt(entry["worst_delta"] * 100, "+.2f"),
+                fmt(entry["speedup"], ".2f") + "x",
+                "yes" if entry["equivalent_to_f32"] else "no",
+                ", ".join(f"{k} {v}" for k, v in sorted(enc.items())),
+            ]
+        )
+    lines += [
+        md_table(
+            [
+                "profile",
+                "gate",
+                "worst case ΔDSC (points)",
+                "speed-up (sum of engine s)",
+                "runs exactly as f32 here",
+                "encoder element types as compiled here",
+            ],
+            rows,
+        ),
+        "",
+        f"`--precision fast` on this host: **{verdict['fast']}**.",
+        "",
+    ]
     rows = []
     for case, info in verdict["cases"].items():
-        row = [case, "x".join(str(v) for v in info["shape"]), info["boxes"], fmt(info["dsc_f32"], ".4f"),
-               fmt(info["seconds_f32"], ".1f")]
+        row = [
+            case,
+            "x".join(str(v) for v in info["shape"]),
+            info["boxes"],
+            fmt(info["dsc_f32"], ".4f"),
+            fmt(info["seconds_f32"], ".1f"),
+        ]
         for name in profiles:
             r = verdict["profiles"][name]["cases"][case]
             row.append(f"{r['delta'] * 100:+.2f} ({'=' if r['identical'] else '≠'}, {r['seconds']:.1f} s)")
         rows.append(row)
-    lines += [md_table(["derived case", "shape", "boxes", "f32 DSC", "f32 engine s"]
-                       + [f"{n}: ΔDSC pts (masks = / ≠ f32, engine s)" for n in profiles], rows)]
+    lines += [
+        md_table(
+            ["derived case", "shape", "boxes", "f32 DSC", "f32 engine s"]
+            + [f"{n}: ΔDSC pts (masks = / ≠ f32, engine s)" for n in profiles],
+            rows,
+        )
+    ]
     return lines
 
 
@@ -105,20 +144,39 @@ def render_host(data: dict) -> str:
         other = common.median([r["wall_s"] for r in per[profile]])
         ran = sorted({r["profile"] for r in per[profile]})
         base = baseline.get(name, {}).get("wall_s")
-        rows.append([name, len(per["f32"]), fmt(f32, ".1f"), f"{fmt(other, '.1f')} ({', '.join(ran)})",
-                     fmt(base, ".1f") if base else "–", (fmt(base / f32, ".1f") + "x") if base else "–",
-                     (fmt(base / other, ".1f") + "x") if base else "–"])
+        rows.append(
+            [
+                name,
+                len(per["f32"]),
+                fmt(f32, ".1f"),
+                f"{fmt(other, '.1f')} ({', '.join(ran)})",
+                fmt(base, ".1f") if base else "–",
+                (fmt(base / f32, ".1f") + "x") if base else "–",
+                (fmt(base / other, ".1f") + "x") if base else "–",
+            ]
+        )
     loads = [r["load_before"] for per in data["runs"].values() for runs in per.values() for r in runs]
-    choice = next((r["precision_choice"] for per in data["runs"].values() for r in per[profile]
-                   if r.get("precision_choice")), "")
+    choice = next(
+        (r["precision_choice"] for per in data["runs"].values() for r in per[profile] if r.get("precision_choice")), ""
+    )
     lines = [
         f"Command: `{data['command']}`; f32 and `{profile}` alternate per case, each run a fresh process; wall = "
         "launch to mask written (start-up and model load included, as the challenge timed it).",
         "",
         *common.machine_lines(data["machine"], [(load, 0, 0) for load in loads]),
         "",
-        md_table(["case", "runs each", "f32 wall s (median)", f"{profile} wall s (profile that ran)",
-                  "official baseline wall s (BASELINE.md)", "baseline / f32", f"baseline / {profile}"], rows),
+        md_table(
+            [
+                "case",
+                "runs each",
+                "f32 wall s (median)",
+                f"{profile} wall s (profile that ran)",
+                "official baseline wall s (BASELINE.md)",
+                "baseline / f32",
+                f"baseline / {profile}",
+            ],
+            rows,
+        ),
         "",
         f"- `{profile}` resolved to: {choice or 'n/a'}",
         "- The official baseline's wall times were measured on 2026-11-29 on a 2-core AMD EPYC Zen 4 (AVX-512, "
@@ -141,22 +199,44 @@ def render(data: dict) -> str:
         f32 = common.median([r["engine_s"] for r in per["f32"]])
         other = common.median([r["engine_s"] for r in per[profile]])
         ref = bench.get(name)
-        rows.append([name, len(per["f32"]), fmt(f32, ".1f"), fmt(other, ".1f"), fmt(f32 / other, ".2f") + "x",
-                     fmt(ref, ".1f") if ref else "–", (fmt(ref / f32, ".1f") + "x") if ref else "–",
-                     (fmt(ref / other, ".1f") + "x") if ref else "–"])
+        rows.append(
+            [
+                name,
+                len(per["f32"]),
+                fmt(f32, ".1f"),
+                fmt(other, ".1f"),
+                fmt(f32 / other, ".2f") + "x",
+                fmt(ref, ".1f") if ref else "–",
+                (fmt(ref / f32, ".1f") + "x") if ref else "–",
+                (fmt(ref / other, ".1f") + "x") if ref else "–",
+            ]
+        )
     loads = [r["load_before"] for per in data["runs"].values() for runs in per.values() for r in runs]
-    return "\n".join([
-        f"Command: `ops/bench/profile_ab.py --profile {profile}`; f32 and {profile} runs alternate, each a fresh "
-        "process (engine seconds: the engine's `segment` total).",
-        "",
-        *common.machine_lines(data["machine"], [(load, 0, 0) for load in loads]),
-        "",
-        md_table(["case", "runs each", "f32 engine s (median)", f"{profile} engine s (median)",
-                  f"{profile} speed-up", "PyTorch reference s", "f32 vs reference", f"{profile} vs reference"], rows),
-        "",
-        f"- PyTorch reference: ops/bench/results/engine_bench.json, measured {data['reference_date']} on this "
-        "machine (not in this run; it was quiet then as well).",
-    ])
+    return "\n".join(
+        [
+            f"Command: `ops/bench/profile_ab.py --profile {profile}`; f32 and {profile} runs alternate, each a fresh "
+            "process (engine seconds: the engine's `segment` total).",
+            "",
+            *common.machine_lines(data["machine"], [(load, 0, 0) for load in loads]),
+            "",
+            md_table(
+                [
+                    "case",
+                    "runs each",
+                    "f32 engine s (median)",
+                    f"{profile} engine s (median)",
+                    f"{profile} speed-up",
+                    "PyTorch reference s",
+                    "f32 vs reference",
+                    f"{profile} vs reference",
+                ],
+                rows,
+            ),
+            "",
+            f"- PyTorch reference: ops/bench/results/engine_bench.json, measured {data['reference_date']} on this "
+            "machine (not in this run; it was quiet then as well).",
+        ]
+    )
 
 
 def plot(data: dict) -> None:
@@ -166,11 +246,15 @@ def plot(data: dict) -> None:
     import matplotlib.pyplot as plt
 
     profile, names = data["profile"], list(data["runs"])
-    series = [("PyTorch reference", [data["reference"].get(n) or 0 for n in names], "#999999"),
-              ("OpenVINO f32", [common.median([r["engine_s"] for r in data["runs"][n]["f32"]]) for n in names],
-               "#1f77b4"),
-              (f"OpenVINO {profile}", [common.median([r["engine_s"] for r in data["runs"][n][profile]]) for n in names],
-               "#ff7f0e")]
+    series = [
+        ("PyTorch reference", [data["reference"].get(n) or 0 for n in names], "#999999"),
+        ("OpenVINO f32", [common.median([r["engine_s"] for r in data["runs"][n]["f32"]]) for n in names], "#1f77b4"),
+        (
+            f"OpenVINO {profile}",
+            [common.median([r["engine_s"] for r in data["runs"][n][profile]]) for n in names],
+            "#ff7f0e",
+        ),
+    ]
     fig, ax = plt.subplots(figsize=(7, 4))
     for offset, (label, values, colour) in enumerate(series):
         bars = ax.bar([i + offset * 0.27 for i in range(len(names))], values, 0.27, label=label, color=colour)
@@ -192,10 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--from-json", type=Path, default=None, help="re-render a saved run")
-    parser.add_argument("--baseline", action="store_true",
-                        help="issue 10: whole-process wall time vs BASELINE.md and the calibration gate table")
-    parser.add_argument("--models-dir", type=Path, default=None,
-                        help="models dir holding precision-calibration.json (for `fast`)")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="issue 10: whole-process wall time vs BASELINE.md and the calibration gate table",
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, default=None, help="models dir holding precision-calibration.json (for `fast`)"
+    )
     parser.add_argument("--note", action="append", default=[], help="--baseline: a finding to list (repeatable)")
     args = parser.parse_args(argv)
     if args.from_json:
@@ -214,18 +302,32 @@ def main(argv: list[str] | None = None) -> int:
             from models.paths import default_models_dir
 
             models_dir = default_models_dir()
-        data = {"machine": machine, "profile": args.profile, "runs": runs, "baseline": common.baseline_table(),
-                "verdict": host_verdict(Path(models_dir) / "precision-calibration.json"),
-                "command": " ".join(["ops/bench/profile_ab.py", *(argv or sys.argv[1:])]), "notes": args.note}
+        data = {
+            "machine": machine,
+            "profile": args.profile,
+            "runs": runs,
+            "baseline": common.baseline_table(),
+            "verdict": host_verdict(Path(models_dir) / "precision-calibration.json"),
+            "command": " ".join(["ops/bench/profile_ab.py", *(argv or sys.argv[1:])]),
+            "notes": args.note,
+        }
         return report_host(data, not args.no_write)
     bench = json.loads((common.BENCH / "results" / "engine_bench.json").read_text())
     machine = common.machine_info()
     runs = measure(cases, names, args.profile, args.repeats)
     machine["uptime_end"] = common.uptime_line()
-    reference = {n: e["reference"]["seconds_measured"] for n, e in bench.get("speed", {}).items()
-                 if e.get("reference") and e["reference"].get("complete")}
-    data = {"machine": machine, "profile": args.profile, "runs": runs, "reference": reference,
-            "reference_date": bench["machine"]["date"]}
+    reference = {
+        n: e["reference"]["seconds_measured"]
+        for n, e in bench.get("speed", {}).items()
+        if e.get("reference") and e["reference"].get("complete")
+    }
+    data = {
+        "machine": machine,
+        "profile": args.profile,
+        "runs": runs,
+        "reference": reference,
+        "reference_date": bench["machine"]["date"],
+    }
     return report(data, not args.no_write)
 
 

@@ -8,6 +8,7 @@ JIT-compiles kernels, so it is slower; a worker pays it once). Cold: a models di
 real IR, with its own empty compiled-cache dir; warm: the same dir again, once the cache is filled.
 Target: load from the compiled cache < 1 s.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,9 +46,15 @@ def child(models_dir: Path, precision: str) -> dict:
         started = time.perf_counter()
         model.encode(x)
         times.append(time.perf_counter() - started)
-    return {"precision": precision, "load_s": load_s, "import_s": engine_imported - T_START,
-            "python_import_s": imported - T_START, "first_encode_s": times[0], "steady_encode_s": min(times[1:]),
-            "t_end": time.time()}
+    return {
+        "precision": precision,
+        "load_s": load_s,
+        "import_s": engine_imported - T_START,
+        "python_import_s": imported - T_START,
+        "first_encode_s": times[0],
+        "steady_encode_s": min(times[1:]),
+        "t_end": time.time(),
+    }
 
 
 def symlinked_models(real: Path, target: Path) -> Path:
@@ -86,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         cold, warm = results[profile]["cold"], results[profile]["warm"]
-        print(f"{profile}: load cold {statistics.median(r['load_s'] for r in cold):.2f} s, warm "
-              f"{statistics.median(r['load_s'] for r in warm):.2f} s; first encode "
-              f"{statistics.median(r['first_encode_s'] for r in warm):.2f} s vs steady "
-              f"{statistics.median(r['steady_encode_s'] for r in warm):.2f} s")
+        print(
+            f"{profile}: load cold {statistics.median(r['load_s'] for r in cold):.2f} s, warm "
+            f"{statistics.median(r['load_s'] for r in warm):.2f} s; first encode "
+            f"{statistics.median(r['first_encode_s'] for r in warm):.2f} s vs steady "
+            f"{statistics.median(r['steady_encode_s'] for r in warm):.2f} s"
+        )
     data = {"machine": info, "results": results, "repeats": args.repeats}
     data["machine"]["uptime_end"] = common.uptime_line()
     out = common.BENCH / "results" / "startup.json"
@@ -103,27 +112,50 @@ def main(argv: list[str] | None = None) -> int:
 def section(data: dict) -> str:
     rows = []
     for profile, r in data["results"].items():
-        med = {k: {f: statistics.median(x[f] for x in v) for f in ("load_s", "import_s", "wall_s", "first_encode_s",
-                                                                     "steady_encode_s")} for k, v in r.items()}
-        rows.append([profile, f"{med['cold']['load_s']:.2f}", f"{med['warm']['load_s']:.2f}",
-                     "yes" if med["warm"]["load_s"] < 1.0 else "**no**",
-                     f"{med['warm']['import_s']:.2f}", f"{med['warm']['first_encode_s']:.2f}",
-                     f"{med['warm']['steady_encode_s']:.2f}"])
-    return "\n".join([
-        f"Command: `ops/bench/startup_bench.py`; medians of {data['repeats']} fresh processes per cell.",
-        "",
-        *common.machine_lines(data["machine"]),
-        "",
-        common.md_table(["profile", "model load cold s (empty compiled cache)", "model load warm s (from cache)",
-                         "warm < 1 s", "python + engine import s", "first encoder call s", "later encoder call s"],
-                        rows),
-        "",
-        "- Load = `Engine(...)` + compiling encoder and decoder (`CompiledSam`), with OpenVINO's CACHE_DIR "
-        "(<models_dir>/.ov-cache/<precision>; int8 also checks its encoder's sha256 against the manifest). "
-        "Cold used a fresh models dir (symlinks to the same IR) with an empty cache.",
-        "- The first inference of a freshly compiled model is slower than later ones (kernel set-up); a worker "
-        "pays it once per process, a one-shot CLI run pays it per study.",
-    ])
+        med = {
+            k: {
+                f: statistics.median(x[f] for x in v)
+                for f in ("load_s", "import_s", "wall_s", "first_encode_s", "steady_encode_s")
+            }
+            for k, v in r.items()
+        }
+        rows.append(
+            [
+                profile,
+                f"{med['cold']['load_s']:.2f}",
+                f"{med['warm']['load_s']:.2f}",
+                "yes" if med["warm"]["load_s"] < 1.0 else "**no**",
+                f"{med['warm']['import_s']:.2f}",
+                f"{med['warm']['first_encode_s']:.2f}",
+                f"{med['warm']['steady_encode_s']:.2f}",
+            ]
+        )
+    return "\n".join(
+        [
+            f"Command: `ops/bench/startup_bench.py`; medians of {data['repeats']} fresh processes per cell.",
+            "",
+            *common.machine_lines(data["machine"]),
+            "",
+            common.md_table(
+                [
+                    "profile",
+                    "model load cold s (empty compiled cache)",
+                    "model load warm s (from cache)",
+                    "warm < 1 s",
+                    "python + engine import s",
+                    "first encoder call s",
+                    "later encoder call s",
+                ],
+                rows,
+            ),
+            "",
+            "- Load = `Engine(...)` + compiling encoder and decoder (`CompiledSam`), with OpenVINO's CACHE_DIR "
+            "(<models_dir>/.ov-cache/<precision>; int8 also checks its encoder's sha256 against the manifest). "
+            "Cold used a fresh models dir (symlinks to the same IR) with an empty cache.",
+            "- The first inference of a freshly compiled model is slower than later ones (kernel set-up); a worker "
+            "pays it once per process, a one-shot CLI run pays it per study.",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Steps (each resumable, each its own script too):
 Runs on ../shared/data/cases when present, else on the project's phantoms. On a 2-core machine the full suite
 takes hours, nearly all of it in the PyTorch reference (the baseline's per (box, slice) re-encoding).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,14 +80,18 @@ def tables() -> None:
         acc, ref = accuracy.get(name, {}), refs.get(name)
         ref_wall = None
         if ref:
-            ref_wall = (ref["wall_s"] if ref["complete"]
-                        else ref["wall_s"] - ref["seconds_measured"] + ref["seconds_scaled"])
+            ref_wall = (
+                ref["wall_s"] if ref["complete"] else ref["wall_s"] - ref["seconds_measured"] + ref["seconds_scaled"]
+            )
         f32_wall = acc.get("wall_s")
-        row = [name, acc.get("shape") or (ref and "x".join(map(str, ref["shape"]))),
-               acc.get("boxes") or (ref and ref["boxes_total"]),
-               fmt(baseline.get(name, {}).get("wall_s"), ".1f"),
-               fmt(ref_wall, ".1f") + ("" if not ref or ref["complete"] else " *"),
-               fmt(f32_wall, ".1f") + f" ({fmt(acc.get('engine_s'), '.1f')})"]
+        row = [
+            name,
+            acc.get("shape") or (ref and "x".join(map(str, ref["shape"]))),
+            acc.get("boxes") or (ref and ref["boxes_total"]),
+            fmt(baseline.get(name, {}).get("wall_s"), ".1f"),
+            fmt(ref_wall, ".1f") + ("" if not ref or ref["complete"] else " *"),
+            fmt(f32_wall, ".1f") + f" ({fmt(acc.get('engine_s'), '.1f')})",
+        ]
         profile_walls = []
         for p in profiles:
             r = gate["dsc"][p].get(name)
@@ -95,9 +100,18 @@ def tables() -> None:
         row.append(fmt(ref_wall / f32_wall, ".1f") + "x" if ref_wall and f32_wall else "–")
         rows.append(row)
         plot_rows.append((name, ref_wall, f32_wall, profile_walls))
-    header = ["case", "size", "objects", "official baseline s (BASELINE.md)", "PyTorch reference s (this run)",
-              "OpenVINO f32 s (engine s)"] + [f"OpenVINO {p} s (engine s)" for p in profiles] \
+    header = (
+        [
+            "case",
+            "size",
+            "objects",
+            "official baseline s (BASELINE.md)",
+            "PyTorch reference s (this run)",
+            "OpenVINO f32 s (engine s)",
+        ]
+        + [f"OpenVINO {p} s (engine s)" for p in profiles]
         + ["speed-up f32 vs PyTorch"]
+    )
     lines = [
         "Paper's Table 5 shape. Seconds are whole-process wall times per case (start-up and model load included, "
         "as the challenge timed it); the engine's own time in brackets. PyTorch reference = ops/bench/"
@@ -119,12 +133,14 @@ def tables() -> None:
         for name, entry in speed.items():
             s = speed_summary(entry)
             if s.get("limit_s"):
-                lines.append(f"- Model-only limit, {name}: {s['enc_calls']} encoder calls x {s['enc_median_s']:.3f} s "
-                             f"+ {s['dec_calls']} decoder calls (per batch size) = {s['limit_s']:.1f} s; engine "
-                             f"{s['engine_s']:.1f} s (medians of 3 runs) = {s['engine_s'] / s['limit_s']:.3f}x the "
-                             "limit "
-                             f"(median of the per-run ratios {s['limit_ratio']:.3f}; see 'Engine time vs the "
-                             "model-only limit').")
+                lines.append(
+                    f"- Model-only limit, {name}: {s['enc_calls']} encoder calls x {s['enc_median_s']:.3f} s "
+                    f"+ {s['dec_calls']} decoder calls (per batch size) = {s['limit_s']:.1f} s; engine "
+                    f"{s['engine_s']:.1f} s (medians of 3 runs) = {s['engine_s'] / s['limit_s']:.3f}x the "
+                    "limit "
+                    f"(median of the per-run ratios {s['limit_ratio']:.3f}; see 'Engine time vs the "
+                    "model-only limit')."
+                )
         lines.append("")
     if gate.get("dsc"):
         sys.path.insert(0, str(common.BENCH))
@@ -135,16 +151,27 @@ def tables() -> None:
         header = ["modality", "official baseline DSC / NSD"] + [f"OpenVINO {p} DSC / NSD" for p in summary]
         rows = []
         for mod in mods:
-            base = [v for k, v in baseline.items() if k.split("_")[1] == mod and v.get("dsc") is not None
-                    and k in gate["dsc"].get("f32", {})]
-            row = [mod, f"{sum(b['dsc'] for b in base) / len(base):.4f} / {sum(b['nsd'] for b in base) / len(base):.4f}"
-                   if base else "–"]
+            base = [
+                v
+                for k, v in baseline.items()
+                if k.split("_")[1] == mod and v.get("dsc") is not None and k in gate["dsc"].get("f32", {})
+            ]
+            row = [
+                mod,
+                f"{sum(b['dsc'] for b in base) / len(base):.4f} / {sum(b['nsd'] for b in base) / len(base):.4f}"
+                if base
+                else "–",
+            ]
             for s in summary.values():
                 m = s["modalities"].get(mod)
                 row.append(f"{m['dsc']:.4f} / {m['nsd']:.4f}" if m else "–")
             rows.append(row)
-        lines += ["Paper's Table 4 shape (mean DSC / NSD per modality over the cases with ground truth):", "",
-                  md_table(header, rows), ""]
+        lines += [
+            "Paper's Table 4 shape (mean DSC / NSD per modality over the cases with ground truth):",
+            "",
+            md_table(header, rows),
+            "",
+        ]
     lines.append(f"![Table 5]({PLOT_OUT.name})")
     common.replace_section("Benchmark suite (issue 5)", "\n".join(lines))
     plot(plot_rows, profiles)
@@ -157,15 +184,19 @@ def _load_of(uptime: str | None) -> str:
 
 def _run_lines(bench: dict, reference: dict, gate: dict) -> list[str]:
     """When each column was measured, and how busy the 2 cores were (1-minute load at start / end)."""
-    runs = [("OpenVINO f32, and the PyTorch reference of the 3D speed cases (ops/bench/engine_bench.py)", bench),
-            ("PyTorch reference of the other cases (suite.py reference step)", reference),
-            ("other profiles (ops/bench/precision_gate.py)", gate)]
+    runs = [
+        ("OpenVINO f32, and the PyTorch reference of the 3D speed cases (ops/bench/engine_bench.py)", bench),
+        ("PyTorch reference of the other cases (suite.py reference step)", reference),
+        ("other profiles (ops/bench/precision_gate.py)", gate),
+    ]
     lines = []
     for label, data in runs:
         machine = data.get("machine")
         if machine:
-            lines.append(f"- {label}: {machine['date']}, load {_load_of(machine.get('uptime'))} at start, "
-                         f"{_load_of(machine.get('uptime_end'))} at end.")
+            lines.append(
+                f"- {label}: {machine['date']}, load {_load_of(machine.get('uptime'))} at start, "
+                f"{_load_of(machine.get('uptime_end'))} at end."
+            )
     lines.append("- Official baseline: ../shared/data/cases/BASELINE.md (another day and machine load).")
     return lines
 
@@ -182,12 +213,19 @@ def plot(rows, profiles) -> None:
         values = [ref, f32] + walls
         for j, v in enumerate(values):
             if v:
-                ax.bar(i + j * width, v, width, color=(["#999", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"] * 2)[j],
-                       label=(["PyTorch reference", "OpenVINO f32"] + [f"OpenVINO {p}" for p in profiles])[j]
-                       if i == 0 else None)
+                ax.bar(
+                    i + j * width,
+                    v,
+                    width,
+                    color=(["#999", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"] * 2)[j],
+                    label=(["PyTorch reference", "OpenVINO f32"] + [f"OpenVINO {p}" for p in profiles])[j]
+                    if i == 0
+                    else None,
+                )
     ax.set_yscale("log")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r[0].replace("Box_", "\n") for r in rows],
-                  fontsize=7)
+    ax.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(rows))], [r[0].replace("Box_", "\n") for r in rows], fontsize=7
+    )
     ax.set_ylabel("wall s per case (log)")
     ax.set_title("Per case wall time, start-up and model load included")
     ax.legend(fontsize=8)

@@ -23,6 +23,7 @@ load time, peak RSS, and `t_end` (time.time() when done, so the caller can compu
 With --reference-boxes K only the first K boxes run and `seconds_scaled` extrapolates honestly by encoder calls
 (the cost is per (box, slice) pair): seconds_measured * all_pairs / pairs_run.
 """
+
 from __future__ import annotations
 
 import time
@@ -165,8 +166,14 @@ def load_model(threads: int):
     return model
 
 
-def run(case: Path, out_dir: Path | None, max_boxes: int | None, interpolation: str, threads: int,
-        box_rounding: str = "truncate") -> dict:
+def run(
+    case: Path,
+    out_dir: Path | None,
+    max_boxes: int | None,
+    interpolation: str,
+    threads: int,
+    box_rounding: str = "truncate",
+) -> dict:
     imported = time.time()
     started = time.perf_counter()
     model = load_model(threads)
@@ -204,8 +211,9 @@ def run(case: Path, out_dir: Path | None, max_boxes: int | None, interpolation: 
         "complete": complete,
         "seconds_measured": seconds,
         "seconds_scaled": scaled,
-        "scaling": None if complete else (f"first {len(run_boxes)} of {len(boxes)} boxes; "
-                                          f"x {all_pairs}/{done_pairs} (box, slice) pairs"),
+        "scaling": None
+        if complete
+        else (f"first {len(run_boxes)} of {len(boxes)} boxes; x {all_pairs}/{done_pairs} (box, slice) pairs"),
         "encoder_calls": counter.encoder_calls,
         "encoder_calls_full": all_pairs if is_3d else 1,
         "decoder_calls": counter.decoder_calls,

@@ -5,6 +5,7 @@ channels under its namespace's key prefix, so Flower must use the same prefix to
 queue lengths. compose.yaml mounts this file and worker/contract/keys.py (the one place the prefix is decided) side by
 side on PYTHONPATH.
 """
+
 import os
 
 from keys import Keys

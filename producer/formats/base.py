@@ -13,6 +13,7 @@ turns the string into the format once (`format_of`), and nothing else branches o
 Study names (also the output file names) are one plain path component (`check_study_name`); every output lands
 directly inside the output folder (`OutputFolder.file`), whatever a name in a tampered manifest says.
 """
+
 from __future__ import annotations
 
 import re
@@ -70,10 +71,17 @@ def prompts_of(source: StudySource) -> Prompts:
 
 def check_study_name(name: str) -> str:
     """A study name becomes a file name in the output folder: it must be one plain path component."""
-    if (not name or name in (".", "..") or any(c in name for c in "/\\\0") or len(name.encode()) > 200
-            or not name.isprintable()):
-        raise StudyError(f"study name {name!r} is not a plain file name (no path separators, '..', control "
-                         "characters; at most 200 bytes): refusing to write it")
+    if (
+        not name
+        or name in (".", "..")
+        or any(c in name for c in "/\\\0")
+        or len(name.encode()) > 200
+        or not name.isprintable()
+    ):
+        raise StudyError(
+            f"study name {name!r} is not a plain file name (no path separators, '..', control "
+            "characters; at most 200 bytes): refusing to write it"
+        )
     return name
 
 

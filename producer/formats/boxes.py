@@ -7,6 +7,7 @@ grids alike. A 2D image is the plane z = 0: a corner must round to it (within ha
 Checks (each a StudyError naming the box): every index inside the image, x1 > x0 and y1 > y0 (a box needs an
 area, as the engine requires), z1 >= z0.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,8 +34,10 @@ def _voxel_corners(index: int, box: BoxPrompt, is_3d: bool) -> tuple[np.ndarray,
 
 def _mm_corners(index: int, box: BoxPrompt, geometry: Geometry | None) -> tuple[np.ndarray, np.ndarray]:
     if geometry is None:
-        raise StudyError(f"{_name(index, box)}: the image has no patient geometry, so \"mm\" boxes cannot be "
-                         "placed; give \"voxel\" indices")
+        raise StudyError(
+            f'{_name(index, box)}: the image has no patient geometry, so "mm" boxes cannot be '
+            'placed; give "voxel" indices'
+        )
     voxels = np.floor(geometry.to_voxel(np.asarray(box.mm)) + 0.5).astype(np.int64)
     return voxels.min(axis=0), voxels.max(axis=0)
 
@@ -44,16 +47,18 @@ def _check(index: int, box: BoxPrompt, lo: np.ndarray, hi: np.ndarray, shape: tu
     limits = np.array([width, height, depth]) - 1
     span = f"[x {lo[0]}..{hi[0]}, y {lo[1]}..{hi[1]}, z {lo[2]}..{hi[2]}]"
     if np.any(lo < 0) or np.any(hi > limits):
-        raise StudyError(f"{_name(index, box)} {span} lies outside the image (x 0..{limits[0]}, y 0..{limits[1]}, "
-                         f"z 0..{limits[2]})")
+        raise StudyError(
+            f"{_name(index, box)} {span} lies outside the image (x 0..{limits[0]}, y 0..{limits[1]}, z 0..{limits[2]})"
+        )
     if hi[0] <= lo[0] or hi[1] <= lo[1]:
         raise StudyError(f"{_name(index, box)} {span} is inverted or has no area (needs x1 > x0 and y1 > y0)")
     if hi[2] < lo[2]:
         raise StudyError(f"{_name(index, box)} {span} is inverted along z (z1 < z0)")
 
 
-def resolve_boxes(prompts: Sequence[BoxPrompt], shape: tuple[int, int, int], geometry: Geometry | None,
-                  is_3d: bool) -> np.ndarray:
+def resolve_boxes(
+    prompts: Sequence[BoxPrompt], shape: tuple[int, int, int], geometry: Geometry | None, is_3d: bool
+) -> np.ndarray:
     """shape = (D, H, W). Returns int64 (N, 6) [x0, y0, z0, x1, y1, z1] for 3D, (N, 4) [x0, y0, x1, y1] for 2D."""
     rows = []
     for index, box in enumerate(prompts):

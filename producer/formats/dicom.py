@@ -17,6 +17,7 @@ Real units: pydicom's apply_modality_lut (Modality LUT or RescaleSlope/Intercept
 frame's PixelValueTransformationSequence item); PALETTE COLOR through apply_color_lut; MONOCHROME1 is inverted so
 that high values are bright, as in MONOCHROME2.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -95,8 +96,14 @@ def _instance_plane(ds: Dataset, name: str) -> Plane:
     if missing:
         raise StudyError(f"{name}: no {', '.join(missing)}, so it cannot be placed in the series' volume")
     thickness = ds.get("SliceThickness") or ds.get("SpacingBetweenSlices")
-    return Plane(_floats(ds.ImagePositionPatient), _floats(ds.ImageOrientationPatient), _floats(ds.PixelSpacing),
-                 int(ds.Rows), int(ds.Columns), float(thickness) if thickness else None)
+    return Plane(
+        _floats(ds.ImagePositionPatient),
+        _floats(ds.ImageOrientationPatient),
+        _floats(ds.PixelSpacing),
+        int(ds.Rows),
+        int(ds.Columns),
+        float(thickness) if thickness else None,
+    )
 
 
 def _frame_plane(ds: Dataset, frame: int) -> Plane:
@@ -104,11 +111,19 @@ def _frame_plane(ds: Dataset, frame: int) -> Plane:
     orientation = functional_item(ds, frame, "PlaneOrientationSequence")
     measures = functional_item(ds, frame, "PixelMeasuresSequence")
     if position is None or orientation is None or measures is None or "PixelSpacing" not in measures:
-        raise StudyError(f"frame {frame + 1} has no plane position, orientation or pixel spacing: a multi-frame "
-                         "object without per-frame geometry (e.g. a cine loop) is not a volume")
+        raise StudyError(
+            f"frame {frame + 1} has no plane position, orientation or pixel spacing: a multi-frame "
+            "object without per-frame geometry (e.g. a cine loop) is not a volume"
+        )
     thickness = measures.get("SliceThickness")
-    return Plane(_floats(position.ImagePositionPatient), _floats(orientation.ImageOrientationPatient),
-                 _floats(measures.PixelSpacing), int(ds.Rows), int(ds.Columns), float(thickness) if thickness else None)
+    return Plane(
+        _floats(position.ImagePositionPatient),
+        _floats(orientation.ImageOrientationPatient),
+        _floats(measures.PixelSpacing),
+        int(ds.Rows),
+        int(ds.Columns),
+        float(thickness) if thickness else None,
+    )
 
 
 def _multiframe_layout(path: Path, ds: Dataset) -> SeriesLayout:
@@ -143,8 +158,10 @@ def read_layout(paths: Sequence[Path]) -> SeriesLayout:
     if len(headers) == 1 and (frames[0] > 1 or "PerFrameFunctionalGroupsSequence" in headers[0]):
         return _multiframe_layout(Path(paths[0]), headers[0])
     if any(count > 1 for count in frames):
-        raise StudyError(f"the series holds {sum(c > 1 for c in frames)} multi-frame objects among {len(headers)} "
-                         "instances; only one multi-frame object, or single-frame slices, make a volume")
+        raise StudyError(
+            f"the series holds {sum(c > 1 for c in frames)} multi-frame objects among {len(headers)} "
+            "instances; only one multi-frame object, or single-frame slices, make a volume"
+        )
     if len(headers) == 1 and not _has_instance_plane(headers[0]):
         return _projection_layout(Path(paths[0]), headers[0])
     return _volume_layout([Path(p) for p in paths], headers)
@@ -191,8 +208,12 @@ def _real_units(pixels: np.ndarray, ds: Dataset, frame: int | None) -> np.ndarra
 def _is_native_8bit(ds: Dataset, frame: int | None) -> bool:
     item = _transform_item(ds, frame)
     rescaled = float(item.get("RescaleSlope", 1) or 1) != 1 or float(item.get("RescaleIntercept", 0) or 0) != 0
-    return (int(ds.get("BitsStored", 8)) <= 8 and not rescaled and "ModalityLUTSequence" not in item
-            and str(ds.get("PhotometricInterpretation", "")) not in ("PALETTE COLOR", "MONOCHROME1"))
+    return (
+        int(ds.get("BitsStored", 8)) <= 8
+        and not rescaled
+        and "ModalityLUTSequence" not in item
+        and str(ds.get("PhotometricInterpretation", "")) not in ("PALETTE COLOR", "MONOCHROME1")
+    )
 
 
 def _slices(layout: SeriesLayout) -> Iterator[tuple[Dataset, np.ndarray]]:

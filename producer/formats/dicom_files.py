@@ -13,6 +13,7 @@ Not images, skipped with a note (decided in this order):
   MR spectroscopy, ...);
 - no Rows/Columns (no pixel data).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -24,15 +25,54 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-NON_IMAGE_MODALITIES = frozenset({
-    "SR", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "DOC", "REG", "FID", "RWV", "PLAN",
-    "AU", "ECG", "EPS", "HD", "RESP", "M3D", "ANN",
-})
+NON_IMAGE_MODALITIES = frozenset(
+    {
+        "SR",
+        "SEG",
+        "RTSTRUCT",
+        "RTPLAN",
+        "RTDOSE",
+        "RTRECORD",
+        "PR",
+        "KO",
+        "DOC",
+        "REG",
+        "FID",
+        "RWV",
+        "PLAN",
+        "AU",
+        "ECG",
+        "EPS",
+        "HD",
+        "RESP",
+        "M3D",
+        "ANN",
+    }
+)
 NON_IMAGE_SOP_CLASS_WORDS = (
-    " SR ", "SR Storage", "Presentation State", "Key Object Selection", "Segmentation Storage", "RT Structure Set",
-    "RT Plan", "RT Dose", "RT Ion Plan", "Treatment Record", "Encapsulated", "Waveform", "Raw Data",
-    "Spatial Registration", "Spatial Fiducials", "Media Storage Directory", "Surface", "Tractography",
-    "Real World Value Mapping", "Content Assessment", "Annotation", "Radiation Record", "Delivery Instruction",
+    " SR ",
+    "SR Storage",
+    "Presentation State",
+    "Key Object Selection",
+    "Segmentation Storage",
+    "RT Structure Set",
+    "RT Plan",
+    "RT Dose",
+    "RT Ion Plan",
+    "Treatment Record",
+    "Encapsulated",
+    "Waveform",
+    "Raw Data",
+    "Spatial Registration",
+    "Spatial Fiducials",
+    "Media Storage Directory",
+    "Surface",
+    "Tractography",
+    "Real World Value Mapping",
+    "Content Assessment",
+    "Annotation",
+    "Radiation Record",
+    "Delivery Instruction",
     "Spectroscopy",
 )
 
@@ -72,8 +112,9 @@ def _set_transfer_syntax(ds: Dataset) -> None:
     meta = getattr(ds, "file_meta", None) or FileMetaDataset()
     if "TransferSyntaxUID" not in meta:
         implicit, little = ds.original_encoding
-        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                                  ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
         ds.file_meta = meta
 
 
@@ -160,9 +201,14 @@ def _rounded(values, digits: int) -> tuple[float, ...] | None:
 
 def series_traits(ds: Dataset) -> tuple:
     """What the files of one series share; files without a SeriesInstanceUID are grouped by it (and folder)."""
-    return (str(ds.get("FrameOfReferenceUID", "") or ""), _rounded(ds.get("ImageOrientationPatient"), 4),
-            str(ds.get("Rows", "")), str(ds.get("Columns", "")), _rounded(ds.get("PixelSpacing"), 4),
-            str(ds.get("Modality", "") or "").upper())
+    return (
+        str(ds.get("FrameOfReferenceUID", "") or ""),
+        _rounded(ds.get("ImageOrientationPatient"), 4),
+        str(ds.get("Rows", "")),
+        str(ds.get("Columns", "")),
+        _rounded(ds.get("PixelSpacing"), 4),
+        str(ds.get("Modality", "") or "").upper(),
+    )
 
 
 def _series_number(ds: Dataset) -> int | None:

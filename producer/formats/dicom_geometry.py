@@ -8,6 +8,7 @@ all planes share Rows/Columns, ImageOrientationPatient and PixelSpacing; no two 
 between consecutive slices agree within 1 % (a missing slice or mixed acquisitions break this); slices are stacked
 along n (a gantry tilt or shear would put the world/voxel mapping off, so it is refused rather than mis-mapped).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,11 @@ class Stack:
 
 def _unit_axes(orientation: tuple[float, ...]) -> np.ndarray:
     row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
-    if not (np.isclose(np.linalg.norm(row), 1, atol=1e-2) and np.isclose(np.linalg.norm(col), 1, atol=1e-2)
-            and abs(row @ col) < 1e-2):
+    if not (
+        np.isclose(np.linalg.norm(row), 1, atol=1e-2)
+        and np.isclose(np.linalg.norm(col), 1, atol=1e-2)
+        and abs(row @ col) < 1e-2
+    ):
         raise StudyError(f"ImageOrientationPatient {list(orientation)} is not two orthogonal unit vectors")
     row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
     return np.column_stack([row, col, np.cross(row, col)])
@@ -53,14 +57,20 @@ def _check_consistent(planes: list[Plane]) -> None:
     first = planes[0]
     for index, plane in enumerate(planes[1:], start=1):
         if (plane.rows, plane.columns) != (first.rows, first.columns):
-            raise StudyError(f"mixed image sizes in one series: {first.rows}x{first.columns} and "
-                             f"{plane.rows}x{plane.columns} (plane {index})")
+            raise StudyError(
+                f"mixed image sizes in one series: {first.rows}x{first.columns} and "
+                f"{plane.rows}x{plane.columns} (plane {index})"
+            )
         if not np.allclose(plane.orientation, first.orientation, atol=ORIENTATION_TOLERANCE):
-            raise StudyError(f"mixed orientations in one series: ImageOrientationPatient {list(first.orientation)} "
-                             f"and {list(plane.orientation)} (plane {index})")
+            raise StudyError(
+                f"mixed orientations in one series: ImageOrientationPatient {list(first.orientation)} "
+                f"and {list(plane.orientation)} (plane {index})"
+            )
         if not np.allclose(plane.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-4):
-            raise StudyError(f"mixed pixel spacings in one series: {list(first.pixel_spacing)} and "
-                             f"{list(plane.pixel_spacing)} (plane {index})")
+            raise StudyError(
+                f"mixed pixel spacings in one series: {list(first.pixel_spacing)} and "
+                f"{list(plane.pixel_spacing)} (plane {index})"
+            )
 
 
 def _slice_gap(positions: np.ndarray, normal: np.ndarray) -> float:
@@ -68,16 +78,22 @@ def _slice_gap(positions: np.ndarray, normal: np.ndarray) -> float:
     steps = np.diff(positions, axis=0)
     gaps = steps @ normal
     if np.any(gaps < 1e-4):
-        raise StudyError(f"{int(np.sum(gaps < 1e-4)) + 1} slices share a position along the slice normal: several "
-                         "acquisitions (echoes, phases, time points) in one series are not one volume")
+        raise StudyError(
+            f"{int(np.sum(gaps < 1e-4)) + 1} slices share a position along the slice normal: several "
+            "acquisitions (echoes, phases, time points) in one series are not one volume"
+        )
     gap = float(np.median(gaps))
     if np.any(np.abs(gaps - gap) > SPACING_RTOL * gap):
-        raise StudyError(f"inconsistent slice spacing: gaps between consecutive slices range from {gaps.min():.4g} "
-                         f"to {gaps.max():.4g} mm (missing slices, or a series that is not one volume)")
+        raise StudyError(
+            f"inconsistent slice spacing: gaps between consecutive slices range from {gaps.min():.4g} "
+            f"to {gaps.max():.4g} mm (missing slices, or a series that is not one volume)"
+        )
     drift = np.linalg.norm(steps - np.outer(gaps, normal), axis=1)
     if np.any(drift > SHEAR_TOLERANCE * gap):
-        raise StudyError(f"slices are not stacked along their normal (in-plane drift up to {drift.max():.3g} mm per "
-                         "slice: gantry tilt or a sheared acquisition is not supported)")
+        raise StudyError(
+            f"slices are not stacked along their normal (in-plane drift up to {drift.max():.3g} mm per "
+            "slice: gantry tilt or a sheared acquisition is not supported)"
+        )
     return gap
 
 

@@ -11,6 +11,7 @@
   have it, and of their size, is a slice that lost its position: it stays in the volume, which is then refused
   naming it (rather than silently segmenting the rest, or splitting it off as a 2D study).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,10 @@ from pathlib import Path
 
 from producer.formats.dicom_files import DicomHeader, derived_uid
 
-UNGROUPED_NOTE = ("{count} file(s) without a SeriesInstanceUID grouped as one series by what they share (folder, "
-                  "frame of reference, orientation, rows/columns, pixel spacing, modality)")
+UNGROUPED_NOTE = (
+    "{count} file(s) without a SeriesInstanceUID grouped as one series by what they share (folder, "
+    "frame of reference, orientation, rows/columns, pixel spacing, modality)"
+)
 
 
 @dataclass(frozen=True)
@@ -60,14 +63,25 @@ def _series_groups(uid: str, members: list[DicomHeader], by_traits: bool = False
     groups = []
     if placed:
         note = UNGROUPED_NOTE.format(count=len(placed)) if by_traits else ""
-        groups.append(DicomGroup(tuple(sorted(h.path for h in placed)), uid, "series", first.modality,
-                                 first.series_number, notes=(note,) if note else ()))
+        groups.append(
+            DicomGroup(
+                tuple(sorted(h.path for h in placed)),
+                uid,
+                "series",
+                first.modality,
+                first.series_number,
+                notes=(note,) if note else (),
+            )
+        )
     if len(loose) == 1 and not placed:
         groups.append(DicomGroup((loose[0].path,), uid, "series", first.modality, first.series_number))
     elif loose:
         for index, header in enumerate(sorted(loose, key=lambda h: h.path), start=1):
-            groups.append(DicomGroup((header.path,), header.sop_instance_uid, "instances", header.modality,
-                                     header.series_number, index))
+            groups.append(
+                DicomGroup(
+                    (header.path,), header.sop_instance_uid, "instances", header.modality, header.series_number, index
+                )
+            )
     return groups
 
 
@@ -88,6 +102,9 @@ def group_headers(headers: Iterable[DicomHeader]) -> tuple[list[DicomGroup], lis
         else:
             by_traits.setdefault((str(header.path.parent), header.traits), []).append(header)
     groups = [group for uid, members in by_series.items() for group in _series_groups(uid, members)]
-    groups += [group for members in by_traits.values()
-               for group in _series_groups(_derived_series_uid(members), members, by_traits=True)]
+    groups += [
+        group
+        for members in by_traits.values()
+        for group in _series_groups(_derived_series_uid(members), members, by_traits=True)
+    ]
     return sorted(groups, key=lambda g: (str(g.folder), g.series_number or 0, g.uid)), notes

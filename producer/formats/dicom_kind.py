@@ -10,6 +10,7 @@ map is written instead (`<study>.labels.nii.gz` on the series' grid when it has 
 Study names: the series' folder relative to the searched folder ("/" -> "_"), plus `_<Modality><SeriesNumber>` when
 the folder holds several studies, plus `_<n>` for the n-th separate 2D image of a series.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,13 +54,14 @@ FALLBACK_SUFFIXES = {"nifti": ".labels.nii.gz", "npz": ".labels.npz"}
 
 
 def parse_dicom_formats(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """"seg", "rtstruct", "seg,rtstruct" (or a list) -> a tuple of known formats; ValueError otherwise."""
+    """ "seg", "rtstruct", "seg,rtstruct" (or a list) -> a tuple of known formats; ValueError otherwise."""
     items = value.split(",") if isinstance(value, str) else list(value)
     formats = tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
     unknown = [f for f in formats if f not in DICOM_FORMATS]
     if unknown or not formats:
-        raise ValueError(f"DICOM output format(s) {unknown or value!r} unknown: choose seg, rtstruct or both "
-                         "(seg,rtstruct)")
+        raise ValueError(
+            f"DICOM output format(s) {unknown or value!r} unknown: choose seg, rtstruct or both (seg,rtstruct)"
+        )
     return formats
 
 
@@ -117,8 +119,11 @@ class _DicomFinder(Finder):
             if lists(source.sidecar):
                 studies.append(source)
             else:
-                skipped.append(Skipped(source.path, f"DICOM study {source.name} is not listed in "
-                                                    f"{source.sidecar.path.name}, skipped"))
+                skipped.append(
+                    Skipped(
+                        source.path, f"DICOM study {source.name} is not listed in {source.sidecar.path.name}, skipped"
+                    )
+                )
         return studies, skipped
 
 
@@ -128,8 +133,9 @@ def _writer(kind: str) -> Callable:
     try:
         from producer.formats.rtstruct import write_rtstruct
     except ImportError as error:
-        raise StudyError("RTSTRUCT output needs rt-utils: run ops/setup.sh, or pip install --no-deps "
-                         "rt-utils==1.2.7") from error
+        raise StudyError(
+            "RTSTRUCT output needs rt-utils: run ops/setup.sh, or pip install --no-deps rt-utils==1.2.7"
+        ) from error
     return write_rtstruct
 
 
@@ -175,8 +181,9 @@ class DicomFormat(StudyFormat):
             try:
                 if context.dicom is None:
                     raise StudyError("its headers could not be kept (see the notes above)")
-                _writer(kind)(self.output(folder, source, kind), context.dicom, labels, context.segment_labels,
-                              provenance)
+                _writer(kind)(
+                    self.output(folder, source, kind), context.dicom, labels, context.segment_labels, provenance
+                )
             except Exception as error:
                 failed.append(f"{what} not written: {_failure_reason(what, error)}")
         if failed:

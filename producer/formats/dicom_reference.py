@@ -20,6 +20,7 @@ Anonymised or incomplete headers are completed here, in one place:
   referring physician) are present, empty when the source lacks them or holds a value not valid for its VR;
 - a slice with patient geometry but no SliceThickness gets the series' slice gap (1 mm for a single slice).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,21 +37,74 @@ from producer.formats.dicom import SeriesLayout
 from producer.formats.dicom_files import derived_uid, sop_class_of, sop_instance_uid_of
 
 SHARED_KEYWORDS = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-    "PatientAge", "PatientSize", "PatientWeight", "StudyInstanceUID", "StudyDate", "StudyTime",
-    "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription", "SeriesInstanceUID", "SeriesNumber",
-    "SeriesDate", "SeriesTime", "SeriesDescription", "Modality", "BodyPartExamined", "Laterality", "PatientPosition",
-    "FrameOfReferenceUID", "PositionReferenceIndicator", "Manufacturer", "Rows", "Columns", "NumberOfFrames",
-    "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
-    "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod",
-    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "ContainerIdentifier",
-    "IssuerOfTheContainerIdentifierSequence", "SpecimenDescriptionSequence",
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDate",
+    "SeriesTime",
+    "SeriesDescription",
+    "Modality",
+    "BodyPartExamined",
+    "Laterality",
+    "PatientPosition",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "Manufacturer",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "LossyImageCompression",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+    "ContainerIdentifier",
+    "IssuerOfTheContainerIdentifierSequence",
+    "SpecimenDescriptionSequence",
 )
-INSTANCE_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "ImagePositionPatient",
-                     "ImageOrientationPatient", "PixelSpacing", "ImagerPixelSpacing", "SliceThickness",
-                     "SpacingBetweenSlices")
-TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                  "StudyDate", "StudyTime", "ReferringPhysicianName")
+INSTANCE_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+)
+TYPE2_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 FRAME_OF_REFERENCE_REQUIRED = (  # single-frame SOP classes whose IOD makes the Frame of Reference module mandatory
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image
     "1.2.840.10008.5.1.4.1.1.4",  # MR Image
@@ -72,8 +126,9 @@ def _json(ds: Dataset) -> dict[str, Any]:
 
 
 def _content_uid(ds: Dataset, index: int) -> str:
-    digest = hashlib.sha256(json.dumps(_json(_subset(ds, SHARED_KEYWORDS + INSTANCE_KEYWORDS)),
-                                       sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps(_json(_subset(ds, SHARED_KEYWORDS + INSTANCE_KEYWORDS)), sort_keys=True).encode()
+    ).hexdigest()
     return generate_uid(entropy_srcs=["litemedsam-fleet derived instance", digest, str(index)])
 
 
@@ -110,14 +165,23 @@ class DicomReference:
         return Dataset.from_json(self.header)
 
     def to_json(self) -> dict[str, Any]:
-        return {"header": self.header, "instances": list(self.instances),
-                "slices": [list(ref) for ref in self.slices], "notes": list(self.notes),
-                "derived": list(self.derived)}
+        return {
+            "header": self.header,
+            "instances": list(self.instances),
+            "slices": [list(ref) for ref in self.slices],
+            "notes": list(self.notes),
+            "derived": list(self.derived),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DicomReference:
-        return cls(data["header"], tuple(data["instances"]), tuple((int(i), f) for i, f in data["slices"]),
-                   tuple(data.get("notes", ())), tuple(data.get("derived", ())))
+        return cls(
+            data["header"],
+            tuple(data["instances"]),
+            tuple((int(i), f) for i, f in data["slices"]),
+            tuple(data.get("notes", ())),
+            tuple(data.get("derived", ())),
+        )
 
 
 def _complete_instances(headers) -> tuple[list[Dataset], list[str]]:
@@ -134,11 +198,15 @@ def _complete_instances(headers) -> tuple[list[Dataset], list[str]]:
             instance.SOPInstanceUID = uid or _content_uid(ds, index)
         instances.append(instance)
     if from_meta:
-        notes.append(f"SOP Instance UIDs of {from_meta} instance(s) taken from the file meta "
-                     "(MediaStorageSOPInstanceUID): the data set has none")
+        notes.append(
+            f"SOP Instance UIDs of {from_meta} instance(s) taken from the file meta "
+            "(MediaStorageSOPInstanceUID): the data set has none"
+        )
     if derived:
-        notes.append(f"{derived} instance(s) have no SOP Instance UID at all: the SEG references UIDs derived from "
-                     "their headers, which no archive knows")
+        notes.append(
+            f"{derived} instance(s) have no SOP Instance UID at all: the SEG references UIDs derived from "
+            "their headers, which no archive knows"
+        )
     return instances, notes
 
 
@@ -148,14 +216,18 @@ def _complete_shared(shared: Dataset, sop_uids: list[str], notes: list[str], der
             setattr(shared, keyword, derived_uid(what, sop_uids))
             derived.append(keyword)
     if derived:
-        notes.append(f"the source has no {' or '.join(derived)}: derived deterministically from its SOP Instance "
-                     "UIDs, so the output references a study/series no archive knows")
+        notes.append(
+            f"the source has no {' or '.join(derived)}: derived deterministically from its SOP Instance "
+            "UIDs, so the output references a study/series no archive knows"
+        )
     for keyword in TYPE2_KEYWORDS:
         if keyword not in shared:
             setattr(shared, keyword, "")
         elif not _conformant(shared[keyword]):
-            notes.append(f"{keyword} {str(shared[keyword].value)[:40]!r} is not a valid {shared[keyword].VR}: "
-                         "left empty in the output")
+            notes.append(
+                f"{keyword} {str(shared[keyword].value)[:40]!r} is not a valid {shared[keyword].VR}: "
+                "left empty in the output"
+            )
             setattr(shared, keyword, "")
 
 
@@ -167,8 +239,14 @@ def _conformant(element) -> bool:
     return True
 
 
-def _complete_frame_of_reference(shared: Dataset, instances: list[Dataset], sop_uids: list[str],
-                                 notes: list[str], derived: list[str], has_geometry: bool) -> None:
+def _complete_frame_of_reference(
+    shared: Dataset,
+    instances: list[Dataset],
+    sop_uids: list[str],
+    notes: list[str],
+    derived: list[str],
+    has_geometry: bool,
+) -> None:
     if str(shared.get("FrameOfReferenceUID", "") or "").strip():
         return
     sop_class = str(instances[0].get("SOPClassUID", ""))
@@ -184,8 +262,10 @@ def _complete_frame_of_reference(shared: Dataset, instances: list[Dataset], sop_
         instance.ImagePositionPatient = [0.0, 0.0, 0.0]
         instance.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         instance.PixelSpacing = [float(v) for v in spacing]
-        notes.append("the 2D image has no frame of reference or patient geometry, which its SOP class requires: "
-                     "a frame of reference and a nominal axial plane at the origin were created for the output")
+        notes.append(
+            "the 2D image has no frame of reference or patient geometry, which its SOP class requires: "
+            "a frame of reference and a nominal axial plane at the origin were created for the output"
+        )
 
 
 def _complete_slice_thickness(instances: list[Dataset], layout: SeriesLayout, notes: list[str]) -> None:
@@ -195,8 +275,10 @@ def _complete_slice_thickness(instances: list[Dataset], layout: SeriesLayout, no
     for ds in missing:
         ds.SliceThickness = round(float(thickness), 6)
     if missing:
-        notes.append(f"{len(missing)} slice(s) have no SliceThickness: {thickness:.6g} mm (the slice gap, or 1 mm for "
-                     "a single slice) used in the output")
+        notes.append(
+            f"{len(missing)} slice(s) have no SliceThickness: {thickness:.6g} mm (the slice gap, or 1 mm for "
+            "a single slice) used in the output"
+        )
 
 
 def reference_of(layout: SeriesLayout) -> DicomReference:
@@ -210,5 +292,6 @@ def reference_of(layout: SeriesLayout) -> DicomReference:
     if not layout.is_multiframe:
         _complete_slice_thickness(instances, layout, notes)
     slices = tuple((ref.instance, ref.frame) for ref in layout.slices)
-    return DicomReference(_json(shared), tuple(_json(instance) for instance in instances), slices, tuple(notes),
-                          tuple(derived))
+    return DicomReference(
+        _json(shared), tuple(_json(instance) for instance in instances), slices, tuple(notes), tuple(derived)
+    )

@@ -7,6 +7,7 @@
   else a fallback (a BIDS sidecar's "Modality" for NIfTI), else a StudyError asking for the override.
 - 8-bit rules: producer.formats.intensity (the passthrough of native 8-bit data applies to 2D images only).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,10 @@ def resolve_modality(prompts: Prompts, volume: ImageVolume, fallback: str | None
         return modalities.from_dicom_tag(volume.modality_tag)
     if fallback:
         return modalities.normalise(fallback)
-    raise StudyError(f'no modality: {where} has no Modality tag; set "modality" in its prompts sidecar '
-                     f"({', '.join(modalities.ROUTING_MODALITIES)})")
+    raise StudyError(
+        f'no modality: {where} has no Modality tag; set "modality" in its prompts sidecar '
+        f"({', '.join(modalities.ROUTING_MODALITIES)})"
+    )
 
 
 def prepare_image(volume: ImageVolume, modality: str, window: Window | None) -> np.ndarray:

@@ -13,6 +13,7 @@ Rules, in order (the first that applies wins):
    If the non-zero values are all equal they map to 255.
 Scaled values are truncated to integers (the organisers' `np.uint8(x)`), so 255 is reached only at the upper bound.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

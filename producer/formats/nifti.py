@@ -11,6 +11,7 @@ Output: a label map with the source's shape, affine, sform/qform codes and heade
 intent "label", scl_slope 1 / scl_inter 0; label k+1 is box k. What the writer needs from the source is a
 NiftiReference (JSON-able, captured at load time), so the source need not exist when the label map is written.
 """
+
 from __future__ import annotations
 
 import base64
@@ -63,8 +64,10 @@ def _spatial_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
         return shape[0], shape[1], 1
     if len(shape) == 3 or (len(shape) == 4 and shape[3] == 1):
         return shape[0], shape[1], shape[2]
-    raise StudyError(f"{name}: NIfTI of shape {shape} is not a single 2D or 3D image (time series and vector "
-                     "images are not supported; extract one volume first)")
+    raise StudyError(
+        f"{name}: NIfTI of shape {shape} is not a single 2D or 3D image (time series and vector "
+        "images are not supported; extract one volume first)"
+    )
 
 
 def _is_native_8bit(img) -> bool:
@@ -101,9 +104,12 @@ class NiftiReference:
     @classmethod
     def of_image(cls, img) -> NiftiReference:
         version = 2 if isinstance(img, nib.Nifti2Image) else 1
-        return cls(base64.b64encode(img.header.binaryblock).decode("ascii"),
-                   tuple(tuple(float(v) for v in row) for row in np.asarray(img.affine)),
-                   tuple(int(n) for n in img.shape), version)
+        return cls(
+            base64.b64encode(img.header.binaryblock).decode("ascii"),
+            tuple(tuple(float(v) for v in row) for row in np.asarray(img.affine)),
+            tuple(int(n) for n in img.shape),
+            version,
+        )
 
     @classmethod
     def of_geometry(cls, affine_ras: np.ndarray, shape: tuple[int, ...]) -> NiftiReference:
@@ -112,8 +118,11 @@ class NiftiReference:
         header.set_data_shape(shape)
         header.set_sform(affine_ras, code="scanner")
         header.set_qform(affine_ras, code="scanner")
-        return cls(base64.b64encode(header.binaryblock).decode("ascii"),
-                   tuple(tuple(float(v) for v in row) for row in affine_ras), tuple(int(n) for n in shape))
+        return cls(
+            base64.b64encode(header.binaryblock).decode("ascii"),
+            tuple(tuple(float(v) for v in row) for row in affine_ras),
+            tuple(int(n) for n in shape),
+        )
 
     def header_object(self):
         block = base64.b64decode(self.header)

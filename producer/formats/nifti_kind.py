@@ -1,6 +1,7 @@
 """NIfTI as a study kind: `.nii`/`.nii.gz` files anywhere below the folder (not our own `*.seg.nii.gz` outputs),
 boxes from `<stem>.prompts.json`, modality from the prompts or a BIDS sidecar; out: `<study>.seg.nii.gz` on the
 source's grid (producer.formats.nifti)."""
+
 from __future__ import annotations
 
 from pathlib import Path

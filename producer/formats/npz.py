@@ -1,4 +1,5 @@
 """The challenge's npz format (REFERENCE.md): `imgs` + `boxes` (+ `spacing`) in, `segs` out."""
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,10 @@ def stored_shape(path: Path, key: str) -> tuple[int, ...]:
 def check_size_before_loading(path: Path, limit: int) -> None:
     voxels = int(np.prod(stored_shape(path, "imgs"), dtype=np.int64))
     if voxels > limit:
-        raise StudyError(f"{path.name}: image has {voxels} voxels, above the limit of {limit} "
-                         f"(set {MAX_VOXELS_ENV} to change it); not loaded")
+        raise StudyError(
+            f"{path.name}: image has {voxels} voxels, above the limit of {limit} "
+            f"(set {MAX_VOXELS_ENV} to change it); not loaded"
+        )
 
 
 def load_npz_study(path: Path) -> Study:

@@ -3,6 +3,7 @@
 Challenge npz (2DBox_*/3DBox_*) are read from the top folder only, or, when it has none, from its `imgs/` subfolder
 (the challenge layout; `gts/` beside it holds ground truth, not studies); other npz files are counted and left out.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,17 @@ class _NpzFinder(Finder):
         return None
 
     def finish(self) -> tuple[list[StudySource], list[Skipped]]:
-        skipped = [Skipped(self.folder, f"{self.others} .npz file(s) ignored: challenge npz are read from the top "
-                                        "folder, or its imgs/ when the top folder has none")] if self.others else []
+        skipped = (
+            [
+                Skipped(
+                    self.folder,
+                    f"{self.others} .npz file(s) ignored: challenge npz are read from the top "
+                    "folder, or its imgs/ when the top folder has none",
+                )
+            ]
+            if self.others
+            else []
+        )
         return [StudySource(path.stem, path, NpzFormat.kind) for path in self.studies], skipped
 
 

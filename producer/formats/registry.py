@@ -3,6 +3,7 @@
 Order matters for discovery: the first format that claims a file gets it, and DICOM, last, claims every file the
 others do not (it reads the header to tell images from everything else).
 """
+
 from __future__ import annotations
 
 from producer.formats.base import StudyFormat, StudySource

@@ -16,6 +16,7 @@ rt-utils wants `opencv-python` while the worker extra installs `opencv-python-he
 would overwrite each other. ops/setup.sh installs rt-utils with `--no-deps` (its other dependencies, pydicom and
 numpy, are the project's own; cv2 comes from opencv-python-headless, a base dependency), so one cv2 stays.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,8 +39,10 @@ GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
 
 def _contour_sources(reference: DicomReference) -> list[Dataset]:
     if reference.is_multiframe:
-        raise StudyError("an RTSTRUCT needs a series of single-frame slices; this source is one multi-frame object "
-                         "(its DICOM SEG holds the mask)")
+        raise StudyError(
+            "an RTSTRUCT needs a series of single-frame slices; this source is one multi-frame object "
+            "(its DICOM SEG holds the mask)"
+        )
     sources = reference.slice_datasets()
     missing = [key for key in GEOMETRY if any(key not in ds for ds in sources)]
     if missing:
@@ -49,8 +52,9 @@ def _contour_sources(reference: DicomReference) -> list[Dataset]:
     return sources
 
 
-def build_rtstruct(reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str],
-                   provenance: Mapping[str, Any]) -> Dataset:
+def build_rtstruct(
+    reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str], provenance: Mapping[str, Any]
+) -> Dataset:
     from rt_utils import RTStruct, ds_helper
 
     volume = check_fits(reference, check_labels(labels, segment_labels))
@@ -77,8 +81,13 @@ def build_rtstruct(reference: DicomReference, labels: np.ndarray, segment_labels
     return ds
 
 
-def write_rtstruct(path: Path, reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str],
-                   provenance: Mapping[str, Any]) -> None:
+def write_rtstruct(
+    path: Path,
+    reference: DicomReference,
+    labels: np.ndarray,
+    segment_labels: Sequence[str],
+    provenance: Mapping[str, Any],
+) -> None:
     """Build and write atomically (a reader never sees half a file)."""
     ds = build_rtstruct(reference, labels, segment_labels, provenance)
     with atomic_path(path) as partial:

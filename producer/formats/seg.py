@@ -17,6 +17,7 @@
   with anonymised/missing attributes completed there; when it derived UIDs or created a frame of reference, the
   SEG's SeriesDescription and ContentDescription say so.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,22 +40,34 @@ SERIES_NUMBER_OFFSET = 1000
 
 
 def algorithm_identification(provenance: Mapping[str, Any]) -> hd.AlgorithmIdentificationSequence:
-    parameters = {key: str(provenance[key]) for key in ("model_sha256", "precision", "encoder_precision",
-                                                          "decoder_precision", "strategy", "overlap")
-                  if provenance.get(key)}
+    parameters = {
+        key: str(provenance[key])
+        for key in ("model_sha256", "precision", "encoder_precision", "decoder_precision", "strategy", "overlap")
+        if provenance.get(key)
+    }
     return hd.AlgorithmIdentificationSequence(
-        name=ALGORITHM_NAME, family=codes.cid7162.ArtificialIntelligence,
+        name=ALGORITHM_NAME,
+        family=codes.cid7162.ArtificialIntelligence,
         version=str(provenance.get("package_version") or __version__),
-        source=str(provenance.get("model") or "") or None, parameters=parameters or None,
+        source=str(provenance.get("model") or "") or None,
+        parameters=parameters or None,
     )
 
 
-def segment_descriptions(labels: Sequence[str], algorithm: hd.AlgorithmIdentificationSequence
-                         ) -> list[hd.seg.SegmentDescription]:
-    return [hd.seg.SegmentDescription(
-        segment_number=number, segment_label=label[:64], segmented_property_category=codes.SCT.Tissue,
-        segmented_property_type=codes.SCT.Tissue, algorithm_type="SEMIAUTOMATIC", algorithm_identification=algorithm,
-    ) for number, label in enumerate(labels, start=1)]
+def segment_descriptions(
+    labels: Sequence[str], algorithm: hd.AlgorithmIdentificationSequence
+) -> list[hd.seg.SegmentDescription]:
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label[:64],
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type="SEMIAUTOMATIC",
+            algorithm_identification=algorithm,
+        )
+        for number, label in enumerate(labels, start=1)
+    ]
 
 
 def check_fits(reference: DicomReference, labels: np.ndarray) -> np.ndarray:
@@ -63,8 +76,10 @@ def check_fits(reference: DicomReference, labels: np.ndarray) -> np.ndarray:
     shared = reference.shared
     rows, columns = int(shared.Rows), int(shared.Columns)
     if volume.shape != (len(reference.slices), rows, columns):
-        raise StudyError(f"labels of shape {labels.shape} do not fit the source series ({len(reference.slices)} "
-                         f"slices of {rows}x{columns})")
+        raise StudyError(
+            f"labels of shape {labels.shape} do not fit the source series ({len(reference.slices)} "
+            f"slices of {rows}x{columns})"
+        )
     return volume
 
 
@@ -99,20 +114,28 @@ def output_uids(reference: DicomReference, labels: np.ndarray, kind: str) -> tup
     return _uid(key, digest, f"{kind} series"), _uid(key, digest, f"{kind} instance")
 
 
-def build_segmentation(reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str],
-                       provenance: Mapping[str, Any]) -> hd.seg.Segmentation:
+def build_segmentation(
+    reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str], provenance: Mapping[str, Any]
+) -> hd.seg.Segmentation:
     sources, frames = _frames(reference, check_labels(labels, segment_labels))
     series_uid, instance_uid = output_uids(reference, frames, "seg")
     source_number = int(sources[0].get("SeriesNumber") or 0)
     derived = "; derived " + ", ".join(reference.derived) if reference.derived else ""
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=frames, segmentation_type="BINARY",
+        source_images=sources,
+        pixel_array=frames,
+        segmentation_type="BINARY",
         segment_descriptions=segment_descriptions(segment_labels, algorithm_identification(provenance)),
-        series_instance_uid=series_uid, series_number=SERIES_NUMBER_OFFSET + source_number,
-        sop_instance_uid=instance_uid, instance_number=1,
-        manufacturer=ALGORITHM_NAME, manufacturer_model_name=str(provenance.get("model") or "litemedsam"),
-        software_versions=str(provenance.get("package_version") or __version__), device_serial_number="none",
-        content_label="LITEMEDSAM", content_description=f"LiteMedSAM box-prompted segmentation{derived}"[:64],
+        series_instance_uid=series_uid,
+        series_number=SERIES_NUMBER_OFFSET + source_number,
+        sop_instance_uid=instance_uid,
+        instance_number=1,
+        manufacturer=ALGORITHM_NAME,
+        manufacturer_model_name=str(provenance.get("model") or "litemedsam"),
+        software_versions=str(provenance.get("package_version") or __version__),
+        device_serial_number="none",
+        content_label="LITEMEDSAM",
+        content_description=f"LiteMedSAM box-prompted segmentation{derived}"[:64],
         omit_empty_frames=True,
     )
     seg.SeriesDescription = f"LiteMedSAM segmentation{derived}"[:64]
@@ -128,8 +151,13 @@ def _stable_dimension_organization(seg: hd.seg.Segmentation, uid: str) -> None:
             item.DimensionOrganizationUID = uid
 
 
-def write_dicom_seg(path: Path, reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str],
-                    provenance: Mapping[str, Any]) -> None:
+def write_dicom_seg(
+    path: Path,
+    reference: DicomReference,
+    labels: np.ndarray,
+    segment_labels: Sequence[str],
+    provenance: Mapping[str, Any],
+) -> None:
     """Build and write atomically (a reader never sees half a file)."""
     seg = build_segmentation(reference, labels, segment_labels, provenance)
     with atomic_path(path) as partial:

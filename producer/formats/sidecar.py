@@ -23,6 +23,7 @@ producer.formats.volume). "mm": two opposite corners in world millimetres (DICOM
 RAS world for NIfTI); both are mapped to voxel indices with the image's real geometry (producer.formats.boxes).
 "label" is optional ("box k+1" by default); a "comment" key is allowed anywhere and ignored.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,6 +71,7 @@ class SidecarRef:
 
 
 # --- the entry's schema (pydantic): what each key may hold, and the message when it does not ----------------------
+
 
 def _finite(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -124,8 +126,9 @@ class BoxEntry(BaseModel):
     @field_validator("mm", mode="before")
     @classmethod
     def _mm(cls, value: Any) -> Any:
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(c, list) and len(c) == 3
-                                                                   for c in value)):
+        if not (
+            isinstance(value, list) and len(value) == 2 and all(isinstance(c, list) and len(c) == 3 for c in value)
+        ):
             raise ValueError(f'"mm" must be two opposite corners [[x, y, z], [x, y, z]], got {value!r}')
         return tuple(tuple(_finite(v, "mm coordinate") for v in corner) for corner in value)
 
@@ -207,9 +210,10 @@ def parse_entry(entry: Any, where: str) -> Prompts:
 
 # --- the file: one entry, or entries keyed by series / instance UID ---------------------------------------------
 
+
 def _load_json(path: Path) -> Any:
     if not path.is_file():
-        raise StudyError(f"no box prompts: write {path} (README, \"Hospital formats\")")
+        raise StudyError(f'no box prompts: write {path} (README, "Hospital formats")')
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -223,12 +227,14 @@ def is_keyed(document: Any) -> bool:
 def _entry(document: Any, ref: SidecarRef) -> Any:
     if not is_keyed(document):
         if ref.shared:
-            raise StudyError(f"{ref.path} serves several studies in its folder: key its entries by UID, "
-                             f'{{"series": {{"<SeriesInstanceUID>": {{...}}}}}} (this study: {ref.section} {ref.uid})')
+            raise StudyError(
+                f"{ref.path} serves several studies in its folder: key its entries by UID, "
+                f'{{"series": {{"<SeriesInstanceUID>": {{...}}}}}} (this study: {ref.section} {ref.uid})'
+            )
         return document
     unknown = set(document) - set(SECTIONS) - {"comment"}
     if unknown:
-        raise StudyError(f"{ref.path}: unknown key(s) {sorted(unknown)} beside \"series\"/\"instances\"")
+        raise StudyError(f'{ref.path}: unknown key(s) {sorted(unknown)} beside "series"/"instances"')
     section = document.get(ref.section) if ref.section else None
     if not isinstance(section, dict) or ref.uid not in section:
         raise StudyError(f"{ref.path} has no entry for {ref.section or 'this study'} {ref.uid}".rstrip())

@@ -7,6 +7,7 @@ Axis convention (the same for DICOM and NIfTI, and the same as the challenge npz
   the NIfTI world (RAS+, the image's sform/qform) for NIfTI.
 - spacing is (x, y, z), the challenge's order (x, y, z while the array is z, y, x).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

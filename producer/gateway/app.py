@@ -13,6 +13,7 @@ Every /v1 route but health and /metrics need `Authorization: Bearer <token>`. Th
 OpenAPI schema and the static assets carry no patient or job data and are served without a token; the page asks
 for one (or reads it from the URL fragment `#token=...`, which browsers never send to a server).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,10 +57,14 @@ class DicomwebSource(BaseModel):
 
 class JobRequest(BaseModel):
     source: DicomwebSource
-    prompts: dict[str, Any] = Field(description="The prompts.json schema of the README: boxes (voxel or mm), "
-                                                "labels, optional modality and window")
-    store: str | None = Field("source", description='"source": STOW-RS the SEG back to the source server; a '
-                                                    "DICOMweb root URL: to that server; null: keep it here only")
+    prompts: dict[str, Any] = Field(
+        description="The prompts.json schema of the README: boxes (voxel or mm), labels, optional modality and window"
+    )
+    store: str | None = Field(
+        "source",
+        description='"source": STOW-RS the SEG back to the source server; a '
+        "DICOMweb root URL: to that server; null: keep it here only",
+    )
 
 
 class Accepted(BaseModel):
@@ -106,8 +111,9 @@ class Gateway:
         self.config = config
         self.jobs = JobStore(config.data_dir)
         self.servers = ServerDirectory(config.credentials, config.dicomweb)
-        self.segmenter = segmenter or make_segmenter(config.broker, config.engine_settings, config.data_dir,
-                                                     config.fleet_timeout)
+        self.segmenter = segmenter or make_segmenter(
+            config.broker, config.engine_settings, config.data_dir, config.fleet_timeout
+        )
         self.queue: JobQueue | None = None
         self.telemetry = GatewayTelemetry(lambda: self.queue.pending if self.queue else 0)
         self.telemetry.mode = self.segmenter.mode
@@ -130,9 +136,15 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
         yield
         gateway.queue.shutdown()
 
-    app = FastAPI(title="litemedsam-fleet gateway", version=__version__, docs_url=None, redoc_url=None,
-                  lifespan=lifespan, description="Box-prompted segmentation of PACS series; DICOM SEG back by "
-                                                 "STOW-RS. Every /v1 route but /v1/health needs a bearer token.")
+    app = FastAPI(
+        title="litemedsam-fleet gateway",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        description="Box-prompted segmentation of PACS series; DICOM SEG back by "
+        "STOW-RS. Every /v1 route but /v1/health needs a bearer token.",
+    )
     app.state.gateway = gateway
     bearer = HTTPBearer(auto_error=False)
 
@@ -154,15 +166,17 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
     def accepted(request: Request, job: Job) -> JSONResponse:
         gateway.accept(job)
         status_url = f"{base(request)}/v1/jobs/{job.id}"
-        return JSONResponse({"id": job.id, "status_url": status_url}, status_code=202,
-                            headers={"Location": status_url})
+        return JSONResponse({"id": job.id, "status_url": status_url}, status_code=202, headers={"Location": status_url})
 
     async def json_job(request: Request) -> Job:
         try:
             body = JobRequest.model_validate(await request.json())
         except ValueError as error:  # JSONDecodeError and pydantic's ValidationError
-            detail = error.errors(include_url=False, include_context=False) if isinstance(error, ValidationError) \
+            detail = (
+                error.errors(include_url=False, include_context=False)
+                if isinstance(error, ValidationError)
                 else f"not valid JSON: {error}"
+            )
             raise HTTPException(422, detail) from None
         try:
             root = normalise_root(body.source.dicomweb)
@@ -170,8 +184,13 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
             raise _problem(422, f"source: {error}") from None
         _check_prompts(body.prompts)
         store = _check_store(body.store, True)
-        job = Job(new_job_id(), "dicomweb", body.prompts, store,
-                  source={"dicomweb": root, "study": body.source.study, "series": body.source.series})
+        job = Job(
+            new_job_id(),
+            "dicomweb",
+            body.prompts,
+            store,
+            source={"dicomweb": root, "study": body.source.study, "series": body.source.series},
+        )
         return gateway.jobs.create(job)
 
     async def upload_job(request: Request) -> Job:
@@ -198,15 +217,37 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
             raise
         return job
 
-    @app.post("/v1/jobs", status_code=202, dependencies=guarded, response_model=Accepted, tags=["jobs"],
-              summary="Create a job: a DICOMweb series (JSON) or uploaded files (multipart)",
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}},
-                  "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
-                      "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                "description": "DICOM files of one series, or one NIfTI, or one challenge npz"},
-                      "prompts": {"type": "string", "description": "prompts JSON (not for an npz)"},
-                      "store": {"type": "string", "description": "a DICOMweb root URL to STOW the SEG to"}}}}}}})
+    @app.post(
+        "/v1/jobs",
+        status_code=202,
+        dependencies=guarded,
+        response_model=Accepted,
+        tags=["jobs"],
+        summary="Create a job: a DICOMweb series (JSON) or uploaded files (multipart)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["files"],
+                            "properties": {
+                                "files": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                    "description": "DICOM files of one series, or one NIfTI, or one challenge npz",
+                                },
+                                "prompts": {"type": "string", "description": "prompts JSON (not for an npz)"},
+                                "store": {"type": "string", "description": "a DICOMweb root URL to STOW the SEG to"},
+                            },
+                        }
+                    },
+                },
+            }
+        },
+    )
     async def create_job(request: Request):
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("application/json"):
@@ -225,8 +266,13 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
     def get_job(job_id: str, request: Request):
         return job_or_404(job_id).public(base(request))
 
-    @app.get("/v1/jobs/{job_id}/result", dependencies=guarded, tags=["jobs"], summary="A finished job's result",
-             responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}})
+    @app.get(
+        "/v1/jobs/{job_id}/result",
+        dependencies=guarded,
+        tags=["jobs"],
+        summary="A finished job's result",
+        responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}},
+    )
     def get_result(job_id: str, format: Literal["seg", "nifti", "npz"] = "seg"):
         job = job_or_404(job_id)
         if job.state != "ok":
@@ -236,8 +282,13 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
         path = gateway.jobs.result_dir(job_id) / job.results[format]
         return FileResponse(path, media_type=MEDIA_TYPES[format], filename=f"{job.study or job_id}-{path.name}")
 
-    @app.get("/v1/jobs/{job_id}/thumbnail.png", dependencies=guarded, tags=["jobs"],
-             summary="The mask over the study's image", responses={200: {"content": {"image/png": {}}}})
+    @app.get(
+        "/v1/jobs/{job_id}/thumbnail.png",
+        dependencies=guarded,
+        tags=["jobs"],
+        summary="The mask over the study's image",
+        responses={200: {"content": {"image/png": {}}}},
+    )
     def get_thumbnail(job_id: str):
         job = job_or_404(job_id)
         path = gateway.jobs.result_dir(job_id) / "thumbnail.png"
@@ -247,11 +298,20 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
 
     @app.get("/v1/health", tags=["service"], summary="Liveness (no token)")
     def health():
-        return {"status": "ok", "mode": gateway.segmenter.mode, "pending": gateway.queue.pending,
-                "version": __version__}
+        return {
+            "status": "ok",
+            "mode": gateway.segmenter.mode,
+            "pending": gateway.queue.pending,
+            "version": __version__,
+        }
 
-    @app.get("/metrics", dependencies=guarded, tags=["service"], summary="Prometheus metrics",
-             responses={200: {"content": {"text/plain": {}}}})
+    @app.get(
+        "/metrics",
+        dependencies=guarded,
+        tags=["service"],
+        summary="Prometheus metrics",
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     def metrics():
         from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -286,10 +346,13 @@ def _add_pages(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def docs():
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="litemedsam-fleet gateway: API",
-                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-                                   swagger_css_url="/static/swagger/swagger-ui.css",
-                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="litemedsam-fleet gateway: API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
 
 
 def _add_schema(app: FastAPI) -> None:
@@ -298,8 +361,13 @@ def _add_schema(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             # 3.0.3: the swagger-ui that swagger-ui-bundle ships (4.x) renders 3.0 documents, not 3.1
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes, openapi_version="3.0.3")
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                openapi_version="3.0.3",
+            )
             models = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(models.pop("$defs", {}))

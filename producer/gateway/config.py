@@ -6,6 +6,7 @@
 - Data folder (`--data-dir`, default ~/.cache/litemedsam-fleet/gateway): job records, uploads, results,
   thumbnails and (embedded mode) the content-addressed result store.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -31,8 +32,10 @@ def read_tokens(env_value: str | None, tokens_file: Path | None) -> tuple[str, .
         tokens += [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     short = [t for t in tokens if len(t) < MIN_TOKEN_LENGTH]
     if short:
-        raise ValueError(f"{len(short)} API token(s) shorter than {MIN_TOKEN_LENGTH} characters: use long random "
-                         "tokens, e.g. `openssl rand -hex 24`")
+        raise ValueError(
+            f"{len(short)} API token(s) shorter than {MIN_TOKEN_LENGTH} characters: use long random "
+            "tokens, e.g. `openssl rand -hex 24`"
+        )
     return tuple(dict.fromkeys(tokens))
 
 

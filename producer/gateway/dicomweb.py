@@ -9,6 +9,7 @@
   "unreachable", "did not answer within 30 s", "rejected the SEG"). They name the server by its redacted root
   (no user info, query or fragment) and never include a credential or a response body.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,10 @@ def normalise_root(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DicomwebError(f"the DICOMweb root {redact(url)!r} is not an http(s) URL")
     if parts.username or parts.password:
-        raise DicomwebError(f"the DICOMweb root {redact(url)} carries credentials: configure them for the service "
-                            "(--dicomweb-credentials), never in a job")
+        raise DicomwebError(
+            f"the DICOMweb root {redact(url)} carries credentials: configure them for the service "
+            "(--dicomweb-credentials), never in a job"
+        )
     if parts.query or parts.fragment:
         raise DicomwebError(f"the DICOMweb root {redact(url)} must not have a query or fragment")
     return redact(url).rstrip("/")
@@ -123,9 +126,16 @@ class _TimeoutSession(requests.Session):
 
 def _session(credentials: Credentials | None, settings: ClientSettings) -> requests.Session:
     session = _TimeoutSession((settings.connect_timeout, settings.read_timeout))
-    retry = Retry(total=settings.retries, connect=settings.retries, read=settings.retries,
-                  status=settings.retries, backoff_factor=settings.backoff, status_forcelist=RETRY_STATUSES,
-                  allowed_methods=frozenset({"GET", "POST"}), raise_on_status=False)
+    retry = Retry(
+        total=settings.retries,
+        connect=settings.retries,
+        read=settings.retries,
+        status=settings.retries,
+        backoff_factor=settings.backoff,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET", "POST"}),
+        raise_on_status=False,
+    )
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -149,8 +159,9 @@ class DicomwebServer:
         self.root = normalise_root(root)
         self.settings = settings or ClientSettings()
         self.session = _session(credentials, self.settings)
-        self.client = DICOMwebClient(url=self.root, session=self.session,
-                                     timeout=(self.settings.connect_timeout, self.settings.read_timeout))
+        self.client = DICOMwebClient(
+            url=self.root, session=self.session, timeout=(self.settings.connect_timeout, self.settings.read_timeout)
+        )
         self.client.set_http_retry_params(retry=False)  # one retry policy: the session's (bounded, with backoff)
 
     def close(self) -> None:
@@ -166,8 +177,9 @@ class DicomwebServer:
     def fetch_series(self, study_uid: str, series_uid: str, folder: Path) -> list[Path]:
         """WADO-RS retrieve of the series as stored; one Part 10 file per instance in `folder`."""
         what = f"series {series_uid} of study {study_uid}"
-        datasets = self._call(what, lambda: self.client.retrieve_series(
-            study_uid, series_uid, media_types=ORIGINAL_TRANSFER_SYNTAX))
+        datasets = self._call(
+            what, lambda: self.client.retrieve_series(study_uid, series_uid, media_types=ORIGINAL_TRANSFER_SYNTAX)
+        )
         if not datasets:
             raise DicomwebError(f"{what} is not on the DICOMweb server {self.root} (no instances)")
         folder.mkdir(parents=True, exist_ok=True)
@@ -180,15 +192,23 @@ class DicomwebServer:
 
     def find_instance(self, study_uid: str, sop_uid: str) -> dict[str, Any] | None:
         """QIDO-RS: the instance's attributes (DICOM JSON) if the study holds it."""
-        found = self._call(f"instance {sop_uid}", lambda: self.client.search_for_instances(
-            study_instance_uid=study_uid, search_filters={"SOPInstanceUID": sop_uid}), missing_ok=True)
+        found = self._call(
+            f"instance {sop_uid}",
+            lambda: self.client.search_for_instances(
+                study_instance_uid=study_uid, search_filters={"SOPInstanceUID": sop_uid}
+            ),
+            missing_ok=True,
+        )
         return found[0] if found else None
 
     # ------------------------------------------------------------------------------------------------ storing
     def store_instance(self, dataset: Dataset) -> StoredInstance:
         """STOW-RS of one complete instance into its own study (nothing when the server holds it already)."""
-        study_uid, series_uid, sop_uid = (str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID),
-                                          str(dataset.SOPInstanceUID))
+        study_uid, series_uid, sop_uid = (
+            str(dataset.StudyInstanceUID),
+            str(dataset.SeriesInstanceUID),
+            str(dataset.SOPInstanceUID),
+        )
         if self.find_instance(study_uid, sop_uid) is not None:
             return StoredInstance(study_uid, series_uid, sop_uid, already_present=True)
         what = f"storing SEG {sop_uid}"
@@ -196,12 +216,15 @@ class DicomwebServer:
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:
             reason = failed[0].get("FailureReason", "no reason given")
-            raise DicomwebError(f"the DICOMweb server {self.root} rejected the SEG {sop_uid} "
-                                f"(STOW-RS failure reason {reason})")
+            raise DicomwebError(
+                f"the DICOMweb server {self.root} rejected the SEG {sop_uid} (STOW-RS failure reason {reason})"
+            )
         if self.find_instance(study_uid, sop_uid) is None:
-            raise DicomwebError(f"the DICOMweb server {self.root} rejected the SEG {sop_uid}: STOW-RS reported no "
-                                "failure, but QIDO-RS does not list the instance afterwards (a filter or policy on "
-                                "the server refused it)")
+            raise DicomwebError(
+                f"the DICOMweb server {self.root} rejected the SEG {sop_uid}: STOW-RS reported no "
+                "failure, but QIDO-RS does not list the instance afterwards (a filter or policy on "
+                "the server refused it)"
+            )
         return StoredInstance(study_uid, series_uid, sop_uid, already_present=False)
 
     # ------------------------------------------------------------------------------------------------ errors
@@ -214,27 +237,37 @@ class DicomwebServer:
                 return []
             raise DicomwebError(self._http_reason(what, status)) from None
         except requests.exceptions.RetryError:
-            raise DicomwebError(f"{what}: the DICOMweb server {self.root} kept failing "
-                                f"({self.settings.retries + 1} attempts)") from None
+            raise DicomwebError(
+                f"{what}: the DICOMweb server {self.root} kept failing ({self.settings.retries + 1} attempts)"
+            ) from None
         except requests.ConnectTimeout:
-            raise DicomwebError(f"{what}: the DICOMweb server {self.root} is unreachable (no connection within "
-                                f"{self.settings.connect_timeout:g} s, {self.settings.retries + 1} attempts)") from None
+            raise DicomwebError(
+                f"{what}: the DICOMweb server {self.root} is unreachable (no connection within "
+                f"{self.settings.connect_timeout:g} s, {self.settings.retries + 1} attempts)"
+            ) from None
         except (requests.Timeout, requests.ConnectionError) as error:
             # urllib3 gives up on repeated read timeouts as a ConnectionError that says "Read timed out"
             if isinstance(error, requests.Timeout) or "read timed out" in str(error).lower():
                 attempts = self.settings.retries + 1
-                raise DicomwebError(f"{what}: the DICOMweb server {self.root} did not answer within "
-                                    f"{self.settings.read_timeout:g} s ({attempts} attempts)") from None
-            raise DicomwebError(f"{what}: the DICOMweb server {self.root} is unreachable (connection failed, "
-                                f"{self.settings.retries + 1} attempts)") from None
+                raise DicomwebError(
+                    f"{what}: the DICOMweb server {self.root} did not answer within "
+                    f"{self.settings.read_timeout:g} s ({attempts} attempts)"
+                ) from None
+            raise DicomwebError(
+                f"{what}: the DICOMweb server {self.root} is unreachable (connection failed, "
+                f"{self.settings.retries + 1} attempts)"
+            ) from None
         except requests.RequestException as error:
-            raise DicomwebError(f"{what}: request to the DICOMweb server {self.root} failed "
-                                f"({type(error).__name__})") from None
+            raise DicomwebError(
+                f"{what}: request to the DICOMweb server {self.root} failed ({type(error).__name__})"
+            ) from None
 
     def _http_reason(self, what: str, status: int) -> str:
         if status in (401, 403):
-            return (f"{what}: the DICOMweb server {self.root} refused the credentials (HTTP {status}); check the "
-                    "service's --dicomweb-credentials for this server")
+            return (
+                f"{what}: the DICOMweb server {self.root} refused the credentials (HTTP {status}); check the "
+                "service's --dicomweb-credentials for this server"
+            )
         if status == 404:
             return f"{what} is not on the DICOMweb server {self.root} (HTTP 404)"
         if status in (400, 409, 415, 422) and what.startswith("storing"):

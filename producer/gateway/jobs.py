@@ -8,6 +8,7 @@ so the PACS ends up holding one SEG whatever happened.
 A job's folder also holds its input (`input/`: the retrieved or uploaded files, removed once the job ends) and
 its outputs (`result/`: the SEG or label map the producer writes, `labels.npz`, `thumbnail.png`).
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ The page holds no data itself: its script reads /v1/jobs with the bearer token t
 tab's sessionStorage) or passes in the URL fragment (`/#token=...`, never sent to the server, removed from the
 address bar at once). Text from jobs is inserted with textContent, never as HTML.
 """
+
 from __future__ import annotations
 
 PAGE = """<!doctype html>

@@ -10,6 +10,7 @@
 5. store: only once the SEG file is complete, one STOW-RS of that one instance (nothing if the PACS holds it).
 Any failure is this job's error with its reason; the service and the other jobs go on.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,17 @@ class JobPipeline:
 
     def run(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
-        job = self.jobs.update(job_id, state="running", started_at=time.time(), finished_at=None, error="",
-                               runs=job.runs + 1, progress={"done": 0, "total": 0}, stored=None, timings={})
+        job = self.jobs.update(
+            job_id,
+            state="running",
+            started_at=time.time(),
+            finished_at=None,
+            error="",
+            runs=job.runs + 1,
+            progress={"done": 0, "total": 0},
+            stored=None,
+            timings={},
+        )
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
@@ -76,8 +86,10 @@ class JobPipeline:
         timings["fetch"] = time.perf_counter() - mark
         source = self._find_study(folder, job.prompts)
         if job.store and source.kind != "dicom":
-            raise JobFailed(f"only a DICOM series gives a SEG to store; this upload is {source.kind}: send it with "
-                            "no \"store\" and download the result instead")
+            raise JobFailed(
+                f"only a DICOM series gives a SEG to store; this upload is {source.kind}: send it with "
+                'no "store" and download the result instead'
+            )
 
         mark = time.perf_counter()
         study, context = load_study_and_context(source)
@@ -97,8 +109,11 @@ class JobPipeline:
         files = self._write(job, source, study, outcome)
         timings["write"] = time.perf_counter() - mark
         done_total = self.jobs.get(job.id).progress.get("total") or total
-        changes: dict[str, Any] = {"metrics": outcome.metrics, "results": files,
-                                   "progress": {"done": done_total, "total": done_total}}
+        changes: dict[str, Any] = {
+            "metrics": outcome.metrics,
+            "results": files,
+            "progress": {"done": done_total, "total": done_total},
+        }
         if job.store:
             if "seg" not in files:
                 raise JobFailed("no DICOM SEG could be built to store: " + "; ".join(outcome.notes))
@@ -124,8 +139,10 @@ class JobPipeline:
         if len(found.studies) != 1:
             notes = "; ".join(f"{note.path.name}: {note.reason}" for note in found.skipped[:5])
             names = ", ".join(s.name for s in found.studies)
-            raise JobFailed(f"the input holds {len(found.studies)} studies{f' ({names})' if names else ''}, a job "
-                            f"takes exactly one series or image{f'; left out: {notes}' if notes else ''}")
+            raise JobFailed(
+                f"the input holds {len(found.studies)} studies{f' ({names})' if names else ''}, a job "
+                f"takes exactly one series or image{f'; left out: {notes}' if notes else ''}"
+            )
         source = found.studies[0]
         if source.kind == "npz" and prompts is not None:
             raise JobFailed("an npz upload carries its own boxes: send it without prompts")
@@ -144,8 +161,9 @@ class JobPipeline:
             if (out / main).is_file():  # else the SEG could not be built and the notes say why
                 files["seg"] = main
             if outcome.context.nifti is not None:  # the series' grid, LPS -> RAS (producer.output_context)
-                write_label_nifti(out / FORMAT_FILES["nifti_of_dicom"], outcome.labels, outcome.context.nifti,
-                                  source.name)
+                write_label_nifti(
+                    out / FORMAT_FILES["nifti_of_dicom"], outcome.labels, outcome.context.nifti, source.name
+                )
                 files["nifti"] = FORMAT_FILES["nifti_of_dicom"]
         elif source.kind == "nifti":
             files["nifti"] = main
@@ -160,5 +178,10 @@ class JobPipeline:
         dataset = dcmread(seg_path)
         with self.servers.open(root) as server:
             stored = server.store_instance(dataset)
-        return {"dicomweb": server.root, "study_uid": stored.study_uid, "series_uid": stored.series_uid,
-                "sop_uid": stored.sop_uid, "already_present": stored.already_present}
+        return {
+            "dicomweb": server.root,
+            "study_uid": stored.study_uid,
+            "series_uid": stored.series_uid,
+            "sop_uid": stored.sop_uid,
+            "already_present": stored.already_present,
+        }

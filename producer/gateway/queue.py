@@ -3,6 +3,7 @@
 A job id enters the queue once, when it is created (or, on start, when its record says it never finished), and
 a job thread runs it to `ok` or `error`; nothing else starts it, so a job runs once per service life.
 """
+
 from __future__ import annotations
 
 import logging

@@ -2,6 +2,7 @@
 
 Every other file of a job (SEG, NIfTI, labels.npz) is written by the producer's own writers (gateway.pipeline).
 """
+
 from __future__ import annotations
 
 import io
@@ -9,8 +10,19 @@ import io
 import numpy as np
 
 THUMBNAIL_SIZE = 192
-PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
-                    [70, 240, 240], [240, 50, 230]], dtype=np.float32)
+PALETTE = np.array(
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+    ],
+    dtype=np.float32,
+)
 
 
 def _thumbnail_slice(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ slice progress as they go. Both reuse stored results: the fleet by its content-a
 embedded one by a write-once folder of result records keyed the same way (worker.contract.identity), so running a
 job again costs no engine time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -95,8 +96,10 @@ class FleetSegmenter:
             if state.finished:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise StudyError(f"the fleet did not finish the study within {self.timeout:g} s "
-                                 f"(batch {batch.batch_id}; is a worker serving its queue?)")
+                raise StudyError(
+                    f"the fleet did not finish the study within {self.timeout:g} s "
+                    f"(batch {batch.batch_id}; is a worker serving its queue?)"
+                )
             time.sleep(STATUS_POLL_SECONDS)
         done = api.results(batch.batch_id, None, self.broker, wait=False)
         outcomes = [o for o in done.outcomes if o.name == name]

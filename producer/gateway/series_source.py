@@ -4,6 +4,7 @@ The series is retrieved (WADO-RS, as stored) into a temporary folder with the pr
 so the usual `producer submit` path (embedded or fleet) runs on it unchanged; with `--stow` each SEG it wrote is
 then stored back into the source study (STOW-RS, skipped when the PACS holds it already).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def servers(credentials_file: Path | None) -> ServerDirectory:
     return ServerDirectory(load_credentials(credentials_file) if credentials_file else {})
 
 
-def fetch_series_folder(directory: ServerDirectory, root: str, study: str, series: str, prompts_file: Path,
-                        folder: Path) -> Path:
+def fetch_series_folder(
+    directory: ServerDirectory, root: str, study: str, series: str, prompts_file: Path, folder: Path
+) -> Path:
     """The series' files and its prompts.json in `folder` (checked before anything is fetched)."""
     prompts = json.loads(Path(prompts_file).read_text(encoding="utf-8"))
     parse_entry(prompts, str(prompts_file))
@@ -32,8 +34,9 @@ def fetch_series_folder(directory: ServerDirectory, root: str, study: str, serie
     return folder
 
 
-def stow_results(directory: ServerDirectory, root: str, out_dir: Path,
-                 outcomes: list[StudyOutcome]) -> list[StoredInstance]:
+def stow_results(
+    directory: ServerDirectory, root: str, out_dir: Path, outcomes: list[StudyOutcome]
+) -> list[StoredInstance]:
     stored = []
     with directory.open(root) as server:
         for outcome in outcomes:

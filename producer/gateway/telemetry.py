@@ -1,4 +1,5 @@
 """Prometheus metrics of the gateway (GET /metrics): jobs by final state, job and stage durations, queue depth."""
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -12,13 +13,23 @@ STAGES = ("fetch", "load", "segment", "write", "store", "total")
 class GatewayTelemetry:
     def __init__(self, pending):
         self.registry = CollectorRegistry()
-        self.jobs = Counter("litemedsam_gateway_jobs_finished_total", "Jobs finished, by final state and mode",
-                            ["state", "mode"], registry=self.registry)
+        self.jobs = Counter(
+            "litemedsam_gateway_jobs_finished_total",
+            "Jobs finished, by final state and mode",
+            ["state", "mode"],
+            registry=self.registry,
+        )
         self.created = Counter("litemedsam_gateway_jobs_accepted_total", "Jobs accepted", registry=self.registry)
-        self.stages = Histogram("litemedsam_gateway_stage_seconds", "Seconds per job stage", ["stage"],
-                                buckets=BUCKETS, registry=self.registry)
-        self.pending = Gauge("litemedsam_gateway_jobs_pending", "Jobs queued or running in this service",
-                             registry=self.registry)
+        self.stages = Histogram(
+            "litemedsam_gateway_stage_seconds",
+            "Seconds per job stage",
+            ["stage"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.pending = Gauge(
+            "litemedsam_gateway_jobs_pending", "Jobs queued or running in this service", registry=self.registry
+        )
         self.pending.set_function(pending)
         self.mode = "embedded"
 

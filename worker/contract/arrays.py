@@ -3,6 +3,7 @@
 `write_npz` writes what np.load reads with allow_pickle=False, byte-identical for identical arrays (fixed member
 timestamps), so a content-addressed blob never changes under a rewrite.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,9 @@ class StoreError(RuntimeError):
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same arrays always give the same bytes
 
 
-def write_npz(target: str | os.PathLike[str] | IO[bytes], arrays: dict[str, np.ndarray],
-              compresslevel: int | None = None) -> None:
+def write_npz(
+    target: str | os.PathLike[str] | IO[bytes], arrays: dict[str, np.ndarray], compresslevel: int | None = None
+) -> None:
     """Write an npz (what np.load reads, never a pickle) to a path or binary file object; byte-identical for
     identical arrays. compresslevel: zlib level (None: zlib's default, as np.savez_compressed)."""
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:

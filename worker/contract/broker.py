@@ -3,6 +3,7 @@
 Plain data (no Celery import): worker.app builds the workers' app from `client_config` plus what only a worker
 needs (late acks, prefetch, leases, events); the producer's light client (producer.sender) uses it as it is.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,12 @@ def client_config(settings: FleetSettings) -> dict[str, Any]:
             "unacked_restore_throttle": 1,
         },
         # a producer's publish retries for a while through a broker restart
-        "task_publish_retry_policy": {"max_retries": 30, "interval_start": 0.2, "interval_step": 1.0,
-                                      "interval_max": 5.0},
+        "task_publish_retry_policy": {
+            "max_retries": 30,
+            "interval_start": 0.2,
+            "interval_step": 1.0,
+            "interval_max": 5.0,
+        },
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.default_queue,
         "task_create_missing_queues": True,

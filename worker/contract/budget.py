@@ -3,6 +3,7 @@
 The work is counted once, here, for the producer (which sets the limits when it sends the task): slices x views
 (1 for 2D; 3 for tri-view, or for a 3D study whose route the producer cannot see) and boxes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

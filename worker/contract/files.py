@@ -13,6 +13,7 @@ removed whatever happens; only a complete file is ever published.
 `exclusive=True` publishes with a hard link instead of a rename: the target is written once, and a second writer
 gets FileExistsError instead of replacing it (write-once results on a shared folder). Standard library only.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def partial_path(path: Path, prefix: str = PARTIAL_PREFIX) -> Path:
 
 
 @contextmanager
-def atomic_path(path: Path | str, *, mode: int | None = None, exclusive: bool = False,
-                prefix: str = PARTIAL_PREFIX) -> Iterator[Path]:
+def atomic_path(
+    path: Path | str, *, mode: int | None = None, exclusive: bool = False, prefix: str = PARTIAL_PREFIX
+) -> Iterator[Path]:
     """Yield a temporary path beside `path` for the caller to write; when the block ends without an exception,
     publish it as `path` (optionally chmod `mode` first). The temporary file never outlives the block; `prefix`
     names it for a folder's own clean-up rules (the file store's sweep)."""
@@ -50,8 +52,9 @@ def atomic_path(path: Path | str, *, mode: int | None = None, exclusive: bool = 
         partial.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(path: Path | str, data: bytes, *, mode: int | None = None, exclusive: bool = False,
-                       prefix: str = PARTIAL_PREFIX) -> None:
+def write_bytes_atomic(
+    path: Path | str, data: bytes, *, mode: int | None = None, exclusive: bool = False, prefix: str = PARTIAL_PREFIX
+) -> None:
     with atomic_path(path, mode=mode, exclusive=exclusive, prefix=prefix) as partial:
         with open(partial, "xb") as handle:
             handle.write(data)

@@ -9,6 +9,7 @@ before enqueuing.
 
 Only numpy, pydantic and the standard library: the producer imports this.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,19 +68,30 @@ class EngineIdentity(BaseModel):
         route = self.route(modality)
         model = route.pick_model(self.models)
         identity = {
-            "model": model, "model_sha256": self.models[model], "precision": self.precision,
-            "strategy_3d": route.strategy_3d, "margin": route.margin,
-            "interpolation_2d": route.interpolation_2d, "interpolation_3d": route.interpolation_3d,
-            "box_rounding_2d": route.box_rounding_2d, "box_rounding_3d": route.box_rounding_3d,
-            "overlap": route.overlap, "package_version": self.package_version,
+            "model": model,
+            "model_sha256": self.models[model],
+            "precision": self.precision,
+            "strategy_3d": route.strategy_3d,
+            "margin": route.margin,
+            "interpolation_2d": route.interpolation_2d,
+            "interpolation_3d": route.interpolation_3d,
+            "box_rounding_2d": route.box_rounding_2d,
+            "box_rounding_3d": route.box_rounding_3d,
+            "overlap": route.overlap,
+            "package_version": self.package_version,
         }
         if model in self.parts:  # what each part runs at, for the strategies a study of this modality can take
             identity["parts"] = {strategy: self.parts[model][strategy] for strategy in ("box2d", route.strategy_3d)}
         return identity
 
     def result_key(self, image_sha: str, boxes: np.ndarray, modality: str) -> str:
-        payload = {"v": KEY_VERSION, "image": image_sha, "boxes": boxes_digest(boxes), "modality": modality,
-                   "engine": self.route_identity(modality)}
+        payload = {
+            "v": KEY_VERSION,
+            "image": image_sha,
+            "boxes": boxes_digest(boxes),
+            "modality": modality,
+            "engine": self.route_identity(modality),
+        }
         return hashlib.sha256(_canonical(payload)).hexdigest()
 
     def fingerprint(self) -> str:

@@ -4,6 +4,7 @@ Celery's own keys (queues, the unacked index, kombu's bindings, pidbox replies, 
 `<namespace>:celery:`, the broker transport's global key prefix (worker.app), so two fleets on one Redis share
 nothing: every key and pub/sub channel of a fleet matches `<namespace>:*`.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,10 @@ NAMESPACE_CONF = "litemedsam_namespace"  # Celery app setting: the namespace who
 def check_namespace(namespace: str) -> str:
     """`namespace` if it is usable as a key prefix; a ValueError saying why not otherwise."""
     if not isinstance(namespace, str) or not NAMESPACE_PATTERN.fullmatch(namespace):
-        raise ValueError(f"namespace {namespace!r} (LITEMEDSAM_NAMESPACE): use 1-64 letters, digits, '_', '.' or '-', "
-                         "starting with a letter or digit")
+        raise ValueError(
+            f"namespace {namespace!r} (LITEMEDSAM_NAMESPACE): use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
     return namespace
 
 
@@ -55,9 +58,20 @@ class Keys:
         and channels (SCAN, RANDOMKEY, PUBSUB).
         """
         events = f"{self.broker_prefix}/{db}.celeryev/"
-        return ["resetkeys", f"~{self.namespace}:*", "resetchannels", f"&{self.namespace}:*",
-                f"&{self.broker_prefix}/{db}.celery.pidbox", f"&{events}worker.*", f"&{events}*",
-                "+@all", "-@dangerous", "-scan", "-randomkey", "-pubsub"]
+        return [
+            "resetkeys",
+            f"~{self.namespace}:*",
+            "resetchannels",
+            f"&{self.namespace}:*",
+            f"&{self.broker_prefix}/{db}.celery.pidbox",
+            f"&{events}worker.*",
+            f"&{events}*",
+            "+@all",
+            "-@dangerous",
+            "-scan",
+            "-randomkey",
+            "-pubsub",
+        ]
 
     def misrouted(self) -> str:
         """List of task messages a worker of this namespace refused and could not hand to their owner."""
@@ -112,8 +126,13 @@ class Keys:
         return self._key("split", run, "vote")
 
     def split_run_keys(self, run: str) -> tuple[str, ...]:
-        return (self.split_state(run), self.split_parts(run), self.split_part_runs(run), self.views_landed(run),
-                self.vote_claim(run))
+        return (
+            self.split_state(run),
+            self.split_parts(run),
+            self.split_part_runs(run),
+            self.views_landed(run),
+            self.vote_claim(run),
+        )
 
     def forced(self, task_id: str) -> str:
         """Marks that a forced recomputation already replaced its result (a duplicate delivery must not again)."""
@@ -139,8 +158,13 @@ class Keys:
         return self._key("batch", batch_id, "events")
 
     def batch_parts(self, batch_id: str) -> tuple[str, ...]:
-        return (self.batch_meta(batch_id), self.batch_studies(batch_id), self.batch_outcomes(batch_id),
-                self.batch_progress(batch_id), self.batch_runs(batch_id))
+        return (
+            self.batch_meta(batch_id),
+            self.batch_studies(batch_id),
+            self.batch_outcomes(batch_id),
+            self.batch_progress(batch_id),
+            self.batch_runs(batch_id),
+        )
 
     # fleet-wide
     def identities(self, queue: str) -> str:

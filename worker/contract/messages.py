@@ -9,6 +9,7 @@
 A message that does not parse raises MessageError (a ValueError) naming the fields at fault: the worker reports it
 for that message alone.
 """
+
 from __future__ import annotations
 
 import json

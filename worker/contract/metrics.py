@@ -7,6 +7,7 @@ somebody reads is a typed field; keys nobody reads back (a newer worker's notes)
 `StudyMetrics.to_dict()` is the JSON form (result records, outcomes, metrics.jsonl): unset notes are left out, and so
 is a section nothing filled (an error outcome carries only `extra`).
 """
+
 from __future__ import annotations
 
 from typing import Any

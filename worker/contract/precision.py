@@ -17,6 +17,7 @@ profile that passed `worker calibrate` on this host's instruction set, else f32 
 
 Only the standard library: the producer and the worker's parent process read profiles without OpenVINO.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -56,8 +57,10 @@ def _part(value: Any, base: PartPrecision, where: str) -> PartPrecision:
         precision = getattr(parts, role)
         quantized = precision.startswith(QUANTIZED_PREFIX)
         if precision not in FLOAT_PRECISIONS and not quantized:
-            raise ValueError(f"{where}: {role} precision {precision!r} is not one of {list(FLOAT_PRECISIONS)} "
-                             f"or an int8 profile made by `python -m models.quantize`")
+            raise ValueError(
+                f"{where}: {role} precision {precision!r} is not one of {list(FLOAT_PRECISIONS)} "
+                f"or an int8 profile made by `python -m models.quantize`"
+            )
         if quantized and role == "decoder":
             raise ValueError(f"{where}: int8 profiles quantize the encoder only; the decoder runs f32 or bf16")
     return parts
@@ -97,8 +100,11 @@ class PrecisionProfile:
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; use {list(PARTS + STRATEGIES)}")
         default = _part({k: v for k, v in entry.items() if k in PARTS}, PartPrecision(), where)
-        per_strategy = tuple((strategy, _part(entry[strategy], default, f"{where} {strategy}"))
-                             for strategy in STRATEGIES if strategy in entry)
+        per_strategy = tuple(
+            (strategy, _part(entry[strategy], default, f"{where} {strategy}"))
+            for strategy in STRATEGIES
+            if strategy in entry
+        )
         return cls(name, default, per_strategy)
 
 
@@ -118,8 +124,9 @@ class PrecisionTable:
 
     def with_quantized(self, encoders: Iterable[str]) -> PrecisionTable:
         """Add a profile per INT8 encoder made by models.quantize (that encoder, f32 decoder) unless named."""
-        extra = {name: PrecisionProfile(name, PartPrecision(name, "f32")) for name in encoders
-                 if name not in self._profiles}
+        extra = {
+            name: PrecisionProfile(name, PartPrecision(name, "f32")) for name in encoders if name not in self._profiles
+        }
         return PrecisionTable({**self._profiles, **extra})
 
     def names(self) -> list[str]:
@@ -127,9 +134,11 @@ class PrecisionTable:
 
     def get(self, name: str) -> PrecisionProfile:
         if name not in self._profiles:
-            raise ValueError(f"unknown precision profile {name!r}; choose from {self.names() + [FAST]} (profiles "
-                             "are [precision.*] sections of the routing table; int8 ones are made by "
-                             "`python -m models.quantize`)")
+            raise ValueError(
+                f"unknown precision profile {name!r}; choose from {self.names() + [FAST]} (profiles "
+                "are [precision.*] sections of the routing table; int8 ones are made by "
+                "`python -m models.quantize`)"
+            )
         return self._profiles[name]
 
 

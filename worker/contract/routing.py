@@ -1,4 +1,5 @@
 """The declarative routing table: modality -> model + strategy + settings (see routing.toml)."""
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,12 @@ OVERLAP_RULES = ("smaller", "later")  # worker/engine/overlap.py says what each 
 # official baseline's own pre-processing (INTER_AREA, truncated boxes: its 2D masks exactly); 3D propagation keeps
 # INTER_LINEAR and fractional boxes, which measured better on the CT and MR volumes (ops/bench/RESULTS.md).
 PER_DIMENSION = {"interpolation": ("area", "linear"), "box_rounding": ("truncate", "fractional")}
-CHOICES = {"strategy_3d": STRATEGIES_3D, "overlap": OVERLAP_RULES,
-           **{f"interpolation_{dim}": INTERPOLATIONS for dim in ("2d", "3d")},
-           **{f"box_rounding_{dim}": BOX_ROUNDINGS for dim in ("2d", "3d")}}
+CHOICES = {
+    "strategy_3d": STRATEGIES_3D,
+    "overlap": OVERLAP_RULES,
+    **{f"interpolation_{dim}": INTERPOLATIONS for dim in ("2d", "3d")},
+    **{f"box_rounding_{dim}": BOX_ROUNDINGS for dim in ("2d", "3d")},
+}
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,9 @@ def expand_per_dimension(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 class RoutingTable:
-    def __init__(self, default: dict[str, Any], per_modality: dict[str, dict[str, Any]],
-                 precision: dict[str, Any] | None = None):
+    def __init__(
+        self, default: dict[str, Any], per_modality: dict[str, dict[str, Any]], precision: dict[str, Any] | None = None
+    ):
         self._default = expand_per_dimension(default)
         self.precision = PrecisionTable.from_routing(precision or {})  # [precision.*]: named profiles
         self._modalities = {name.lower(): expand_per_dimension(entry) for name, entry in per_modality.items()}
@@ -95,8 +100,11 @@ class RoutingTable:
 
     def route(self, modality: str) -> Route:
         entry = {**self._default, **self._modalities.get(modality.lower(), {})}
-        per_dimension = {f"{key}_{dim}": str(entry.get(f"{key}_{dim}", default))
-                         for key, defaults in PER_DIMENSION.items() for dim, default in zip(("2d", "3d"), defaults)}
+        per_dimension = {
+            f"{key}_{dim}": str(entry.get(f"{key}_{dim}", default))
+            for key, defaults in PER_DIMENSION.items()
+            for dim, default in zip(("2d", "3d"), defaults)
+        }
         route = Route(
             modality=modality,
             models=tuple(entry.get("models", ("litemedsam",))),

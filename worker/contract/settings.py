@@ -5,6 +5,7 @@ FleetSettings (broker, store, namespace, lifetimes, leases, time budget, queues)
 process or an in-process run builds its engine from). README.md's settings table is generated from `Environment`
 (`python -m worker.contract.settings`), and a test checks that they agree.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,12 +29,15 @@ DEFAULT_QUEUE = "litemedsam"
 TASK_NAME = "litemedsam.segment"
 PART_TASK_NAME = "litemedsam.part"  # a part of a split study (worker.parts)
 PREFIX = "LITEMEDSAM_"
-ENGINE_PRECISIONS = "f32 (reproducible), bf16, bf16-encoder, ... (routing table profiles), int8* (models.quantize), " \
-    "fast"
+ENGINE_PRECISIONS = (
+    "f32 (reproducible), bf16, bf16-encoder, ... (routing table profiles), int8* (models.quantize), fast"
+)
 # the engine options' help, the same in `producer submit` (in-process) and `worker start`
-PRECISION_HELP = ("A precision profile of the routing table (f32: reproducible; bf16, bf16-encoder, ...), an int8 "
-                  "profile made by `python -m models.quantize`, or `fast`: the fastest profile that passed "
-                  "`worker calibrate` on this host, else f32.")
+PRECISION_HELP = (
+    "A precision profile of the routing table (f32: reproducible; bf16, bf16-encoder, ...), an int8 "
+    "profile made by `python -m models.quantize`, or `fast`: the fastest profile that passed "
+    "`worker calibrate` on this host, else f32."
+)
 CACHE_HELP = "Embedding cache bound per engine process (MB)."
 ROUTING_HELP = "Routing table (default: worker/routing.toml or $LITEMEDSAM_ROUTING)."
 
@@ -44,58 +48,99 @@ class Environment(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
 
     broker: str = Field(DEFAULT_BROKER, description="Celery broker (Redis)")
-    store: str = Field("", description="blob store: `redis://...` or `file:///shared/path`",
-                       json_schema_extra={"shown": "the broker URL"})
-    namespace: str = Field("lms", description="prefix of every key this project and Celery use in Redis or the "
-                                              "file store; 1-64 letters, digits, `_`, `.` or `-`")
+    store: str = Field(
+        "",
+        description="blob store: `redis://...` or `file:///shared/path`",
+        json_schema_extra={"shown": "the broker URL"},
+    )
+    namespace: str = Field(
+        "lms",
+        description="prefix of every key this project and Celery use in Redis or the "
+        "file store; 1-64 letters, digits, `_`, `.` or `-`",
+    )
     input_ttl: float = Field(86400, description="seconds an uploaded study image is kept")
     result_ttl: float = Field(30 * 86400, description="seconds a content-addressed result is kept (30 days)")
-    batch_ttl: float = Field(7 * 86400, description="seconds a batch's manifest, progress and outcomes are kept "
-                                                    "(7 days)")
-    visibility_timeout: float = Field(300, description="seconds after which Redis gives a study back to the queue "
-                                                       "unless the worker holding it renewed its lease")
-    lease_renew: float = Field(0.0, description="seconds between a live worker's lease renewals",
-                               json_schema_extra={"shown": "visibility / 5"})
+    batch_ttl: float = Field(
+        7 * 86400, description="seconds a batch's manifest, progress and outcomes are kept (7 days)"
+    )
+    visibility_timeout: float = Field(
+        300,
+        description="seconds after which Redis gives a study back to the queue "
+        "unless the worker holding it renewed its lease",
+    )
+    lease_renew: float = Field(
+        0.0, description="seconds between a live worker's lease renewals", json_schema_extra={"shown": "visibility / 5"}
+    )
     time_base: float = Field(300.0, description="time budget per study: base seconds ...")
     time_per_slice: float = Field(15.0, description="... plus seconds per encoded slice (per view) ...")
     time_per_box_slice: float = Field(0.5, description="... plus seconds per box and slice (decoder calls)")
     time_ceiling: float = Field(21600.0, description="the most any study may run (hard time limit cap, 6 h)")
     default_queue: str = Field(DEFAULT_QUEUE, description="queue used when a study is not routed elsewhere")
-    queue_routes: str = Field("", description="modality routes, e.g. `PET=pet,MR=big`",
-                              json_schema_extra={"shown": "(none)"})
-    split: str = Field("on", description="`off`: no worker splits a study across the fleet (worker.fanout); "
-                                         "`producer submit --split off` per batch")
-    split_min_slices: int = Field(40, description="a 3D study splits only if it needs at least this many slice "
-                                                  "encodings (all views)")
+    queue_routes: str = Field(
+        "", description="modality routes, e.g. `PET=pet,MR=big`", json_schema_extra={"shown": "(none)"}
+    )
+    split: str = Field(
+        "on",
+        description="`off`: no worker splits a study across the fleet (worker.fanout); "
+        "`producer submit --split off` per batch",
+    )
+    split_min_slices: int = Field(
+        40, description="a 3D study splits only if it needs at least this many slice encodings (all views)"
+    )
     split_max_parts: int = Field(8, description="at most this many slice-range parts per study")
     split_part_slices: int = Field(12, description="at least this many needed slices per part")
-    split_claim_ttl: float = Field(20.0, description="seconds a claim on a slice (or a PET view, renewed while it "
-                                                     "runs) lasts: the lease of a part's work")
-    split_blob_ttl: int = Field(1800, description="seconds an embedding or PET view blob is kept in the store "
-                                                  "(deleted when its study ends)")
+    split_claim_ttl: float = Field(
+        20.0,
+        description="seconds a claim on a slice (or a PET view, renewed while it "
+        "runs) lasts: the lease of a part's work",
+    )
+    split_blob_ttl: int = Field(
+        1800, description="seconds an embedding or PET view blob is kept in the store (deleted when its study ends)"
+    )
     split_prefetch: int = Field(4, description="embeddings the coordinator fetches ahead of use")
-    models_dir: str = Field("", description="exported models (read by models.paths)",
-                            json_schema_extra={"shown": "~/.cache/litemedsam-fleet/models"})
+    models_dir: str = Field(
+        "",
+        description="exported models (read by models.paths)",
+        json_schema_extra={"shown": "~/.cache/litemedsam-fleet/models"},
+    )
     precision: str = Field("f32", description="engine precision profile: " + ENGINE_PRECISIONS)
-    threads: int = Field(0, description="OpenVINO threads per engine process",
-                         json_schema_extra={"shown": "cores / processes"})
-    cpus: str = Field("", description="cores a worker owns (`all` or a list like `0-3,6`); none: not pinned",
-                      json_schema_extra={"shown": "(none)"})
+    threads: int = Field(
+        0, description="OpenVINO threads per engine process", json_schema_extra={"shown": "cores / processes"}
+    )
+    cpus: str = Field(
+        "",
+        description="cores a worker owns (`all` or a list like `0-3,6`); none: not pinned",
+        json_schema_extra={"shown": "(none)"},
+    )
     cache_mb: int = Field(2048, description="embedding cache bound per engine process (MB)")
     routing: str = Field("", description="routing table file", json_schema_extra={"shown": "worker/routing.toml"})
-    max_voxels: int = Field(DEFAULT_MAX_VOXELS, description="largest image accepted (voxels; checked from the file "
-                                                            "header where the format allows, and by the engine)",
-                            json_schema_extra={"shown": "512 Mi"})
-    task_memory_mb: float | None = Field(None, description="memory guard per worker process (MB; 0: off)",
-                                         json_schema_extra={"shown": "80 % of RAM / concurrency"})
-    metrics_port: int | None = Field(None, description="serve a worker's Prometheus metrics on this port",
-                                     json_schema_extra={"shown": "(off)"})
-    api_tokens: str = Field("", description="the gateway's API tokens, comma-separated", repr=False,
-                            json_schema_extra={"shown": "(none)"})
-    worker_queues: str = Field("", description="internal: the queues a worker's parent hands its children",
-                               json_schema_extra={"shown": "(set by the worker)"})
-    export_venv: str = Field("", description="ops/setup.sh: the venv with torch used for the one-off export",
-                             json_schema_extra={"shown": "~/.cache/litemedsam-fleet/export-venv"})
+    max_voxels: int = Field(
+        DEFAULT_MAX_VOXELS,
+        description="largest image accepted (voxels; checked from the file "
+        "header where the format allows, and by the engine)",
+        json_schema_extra={"shown": "512 Mi"},
+    )
+    task_memory_mb: float | None = Field(
+        None,
+        description="memory guard per worker process (MB; 0: off)",
+        json_schema_extra={"shown": "80 % of RAM / concurrency"},
+    )
+    metrics_port: int | None = Field(
+        None, description="serve a worker's Prometheus metrics on this port", json_schema_extra={"shown": "(off)"}
+    )
+    api_tokens: str = Field(
+        "", description="the gateway's API tokens, comma-separated", repr=False, json_schema_extra={"shown": "(none)"}
+    )
+    worker_queues: str = Field(
+        "",
+        description="internal: the queues a worker's parent hands its children",
+        json_schema_extra={"shown": "(set by the worker)"},
+    )
+    export_venv: str = Field(
+        "",
+        description="ops/setup.sh: the venv with torch used for the one-off export",
+        json_schema_extra={"shown": "~/.cache/litemedsam-fleet/export-venv"},
+    )
 
 
 def environment() -> Environment:
@@ -151,10 +196,15 @@ class SplitSettings:
         switch = env.split.strip().lower()
         if switch not in ("on", "off"):
             raise ValueError(f"{PREFIX}SPLIT={env.split!r}: use on or off")
-        return cls(enabled=switch == "on", min_slices=max(1, env.split_min_slices),
-                   max_parts=max(1, env.split_max_parts), part_slices=max(1, env.split_part_slices),
-                   claim_ttl=max(0.5, env.split_claim_ttl), blob_ttl=max(60, env.split_blob_ttl),
-                   prefetch=max(0, env.split_prefetch))
+        return cls(
+            enabled=switch == "on",
+            min_slices=max(1, env.split_min_slices),
+            max_parts=max(1, env.split_max_parts),
+            part_slices=max(1, env.split_part_slices),
+            claim_ttl=max(0.5, env.split_claim_ttl),
+            blob_ttl=max(60, env.split_blob_ttl),
+            prefetch=max(0, env.split_prefetch),
+        )
 
 
 @dataclass(frozen=True)
@@ -202,8 +252,12 @@ class FleetSettings:
             batch_ttl=int(env.batch_ttl),
             visibility_timeout=int(env.visibility_timeout),
             lease_renew=env.lease_renew,
-            budget=TimeBudget(base=env.time_base, per_slice=env.time_per_slice,
-                              per_box_slice=env.time_per_box_slice, ceiling=env.time_ceiling),
+            budget=TimeBudget(
+                base=env.time_base,
+                per_slice=env.time_per_slice,
+                per_box_slice=env.time_per_box_slice,
+                ceiling=env.time_ceiling,
+            ),
             default_queue=env.default_queue,
             queue_routes=parse_routes(env.queue_routes),
             split=SplitSettings.from_env(),
@@ -241,7 +295,6 @@ class EngineConfig:
         return replace(self, **{name: value for name, value in options.items() if value is not None})
 
 
-
 RECONNECT_SECONDS = 120.0  # how long a Redis command keeps retrying through a broker restart
 
 
@@ -257,9 +310,14 @@ def redis_client(url: str, reconnect_seconds: float = RECONNECT_SECONDS) -> redi
 
     attempts = _attempts_within(reconnect_seconds, base=0.1, cap=5.0)
     retry = Retry(ExponentialBackoff(cap=5.0, base=0.1), attempts)
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=60, health_check_interval=30,
-                                retry=retry, retry_on_error=[redis.exceptions.ConnectionError,
-                                                             redis.exceptions.TimeoutError])
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=60,
+        health_check_interval=30,
+        retry=retry,
+        retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+    )
 
 
 def _attempts_within(seconds: float, base: float, cap: float) -> int:
@@ -308,8 +366,9 @@ def thread_plan(concurrency: int, threads: int = 0) -> tuple[int, str | None]:
     threads = threads or default_threads(concurrency)
     cores = available_cores()
     if threads * concurrency > cores:
-        return threads, (f"{threads} threads x {concurrency} processes > {cores} cores: OpenVINO will "
-                         "oversubscribe the CPU")
+        return threads, (
+            f"{threads} threads x {concurrency} processes > {cores} cores: OpenVINO will oversubscribe the CPU"
+        )
     return threads, None
 
 

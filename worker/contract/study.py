@@ -3,6 +3,7 @@
 Also the one place that decides whether a study is 3D (`is_3d`): validation, the engine, the producer's time budget
 and the fleet's memory estimate all ask here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

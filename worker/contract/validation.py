@@ -1,4 +1,5 @@
 """Checks a study before any work is spent on it; each failure is a StudyError naming what is wrong."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +47,10 @@ def check_boxes(boxes: np.ndarray, image_shape: tuple[int, ...], is_3d: bool) ->
 
 def _check_one_box(index: int, lo: np.ndarray, hi: np.ndarray, limits: np.ndarray, is_3d: bool) -> None:
     if np.any(lo < 0) or np.any(hi > limits):
-        raise StudyError(f"box {index} {np.r_[lo, hi].tolist()} lies outside the image (x, y{', z' if is_3d else ''} "
-                         f"limits {limits.tolist()})")
+        raise StudyError(
+            f"box {index} {np.r_[lo, hi].tolist()} lies outside the image (x, y{', z' if is_3d else ''} "
+            f"limits {limits.tolist()})"
+        )
     if np.any(hi[:2] <= lo[:2]):
         raise StudyError(f"box {index} {np.r_[lo, hi].tolist()} is inverted or has zero area")
     if is_3d and hi[2] < lo[2]:

@@ -3,6 +3,7 @@
 One per process; keys name the study content, the model, the view and the slice, so all boxes of a study
 (and a re-run of the same study) share it. Values are owned copies, never views of an inference buffer.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict

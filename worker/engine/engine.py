@@ -3,6 +3,7 @@
 One Engine per process. It compiles each model once (on first use) and keeps one embedding cache.
 The same class runs in the producer's embedded mode and in each fleet worker process.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,9 +49,15 @@ class EngineSettings:
     def from_config(cls, config: EngineConfig, cores: tuple[int, ...] = ()) -> EngineSettings:
         """The settings of an engine built from the shared engine config (both CLIs, a fleet worker's process);
         `cores`: this process's core binding (worker.cpu_affinity.plan)."""
-        return cls(models_dir=config.models_dir or default_models_dir(), precision=config.precision,
-                   threads=config.threads, cache_bytes=config.cache_mb << 20, routing_file=config.routing_file,
-                   max_voxels=config.max_voxels, cores=cores)
+        return cls(
+            models_dir=config.models_dir or default_models_dir(),
+            precision=config.precision,
+            threads=config.threads,
+            cache_bytes=config.cache_mb << 20,
+            routing_file=config.routing_file,
+            max_voxels=config.max_voxels,
+            cores=cores,
+        )
 
 
 def study_key(study: Study) -> str:
@@ -70,8 +77,9 @@ class Engine:
         self.precision = self._choose_precision()
         self._compiled: dict[tuple[str, PartPrecision], CompiledSam] = {}
         # threads, cores and compiled cache; each part compiles at the precision its profile gives it (CompiledSam)
-        self._runtime = RuntimeSettings("f32", self.settings.threads, compile_cache_dir(self.settings.models_dir),
-                                        tuple(self.settings.cores))
+        self._runtime = RuntimeSettings(
+            "f32", self.settings.threads, compile_cache_dir(self.settings.models_dir), tuple(self.settings.cores)
+        )
         CoreBinding(tuple(self.settings.cores)).apply()  # before OpenVINO starts any thread
 
     def _choose_precision(self) -> ProfileChoice:
@@ -96,13 +104,20 @@ class Engine:
 
     def precision_identity(self) -> dict[str, dict[str, dict[str, str]]]:
         """Per model and strategy: the parts' precisions and the sha256 of the weights that run (content keys)."""
-        return {name: {strategy: {**self.precision.profile.parts(strategy).as_dict(),
-                                  "sha256": self.model(name, self.precision.profile.parts(strategy)).sha256}
-                       for strategy in STRATEGIES}
-                for name in self.registry}
+        return {
+            name: {
+                strategy: {
+                    **self.precision.profile.parts(strategy).as_dict(),
+                    "sha256": self.model(name, self.precision.profile.parts(strategy)).sha256,
+                }
+                for strategy in STRATEGIES
+            }
+            for name in self.registry
+        }
 
-    def segment(self, study: Study, progress: ProgressFn | None = None,
-                source: EmbeddingSource | None = None) -> Segmentation:
+    def segment(
+        self, study: Study, progress: ProgressFn | None = None, source: EmbeddingSource | None = None
+    ) -> Segmentation:
         """The study's labels and metrics; `source` supplies embeddings the cache lacks (default: encode here)."""
         started = time.perf_counter()
         check_study(study, self.settings.max_voxels)
@@ -144,8 +159,14 @@ class Engine:
         same embeddings (at f32, same compiled model and thread count: bit for bit)."""
         seg = self.slice_encoder(study)
         digest = hashlib.blake2b(digest_size=16)
-        for part in (seg.study_key, seg.model.spec.name, getattr(seg.model, "sha256", ""),
-                     seg.model.precision.encoder, seg.settings.interpolation, str(seg.size)):
+        for part in (
+            seg.study_key,
+            seg.model.spec.name,
+            getattr(seg.model, "sha256", ""),
+            seg.model.precision.encoder,
+            seg.settings.interpolation,
+            str(seg.size),
+        ):
             digest.update(part.encode() + b"|")
         return digest.hexdigest()
 
@@ -157,8 +178,9 @@ class Engine:
         strategy = route.strategy(study.is_3d)
         with clock.stage("load"):
             model = self.model(name, self.precision.profile.parts(strategy))
-        settings = SliceSettings(route.interpolation(study.is_3d), self.settings.decode_chunk,
-                                 route.box_rounding(study.is_3d))
+        settings = SliceSettings(
+            route.interpolation(study.is_3d), self.settings.decode_chunk, route.box_rounding(study.is_3d)
+        )
         return route, strategy, SliceSegmenter(model, self.cache, study_key(study), settings, clock, source), metrics
 
     def memory_needed(self, study: Study) -> int:

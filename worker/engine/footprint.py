@@ -9,6 +9,7 @@ range covers, one view at a time). The model itself and the
 embedding cache are the process's, not the study's (the engine adds the cache's headroom).
 tests/test_memory.py checks the estimate against numpy's measured peak for each strategy.
 """
+
 from __future__ import annotations
 
 import math

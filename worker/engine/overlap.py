@@ -13,6 +13,7 @@ Every mask of a view is kept (cropped to its own bounding box and bit-packed) un
 then are the labels painted, highest priority last, so the result depends on the masks and boxes alone, never on
 the order the lockstep propagation's two sweeps produced them in.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -64,7 +65,7 @@ class ViewMasks:
             if rows.size == 0:
                 continue
             cols = np.flatnonzero(mask.any(axis=0))
-            crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+            crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
             self._kept.append((int(box_id), int(z), int(rows[0]), int(cols[0]), crop.shape, np.packbits(crop)))
 
     def labels(self, rule: str) -> np.ndarray:
@@ -73,7 +74,7 @@ class ViewMasks:
         owner = np.zeros(self.shape, dtype=np.uint16)  # the owner's rank while painting, its label afterwards
         for box_id, z, row, col, (height, width), packed in self._kept:
             crop = np.unpackbits(packed, count=height * width).reshape(height, width).view(bool)
-            region = owner[z, row:row + height, col:col + width]
+            region = owner[z, row : row + height, col : col + width]
             rank = np.uint16(ranks[box_id])
             region[crop & (region < rank)] = rank
         self._kept.clear()

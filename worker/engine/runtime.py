@@ -10,6 +10,7 @@ runtime_precisions shows), and, for the encoder, "int8*" (an NNCF-quantized enco
 `python -m models.quantize --profile NAME` and listed in the model's manifest, checked against its sha256; its
 float parts run in f32).
 """
+
 from __future__ import annotations
 
 import time
@@ -52,8 +53,10 @@ class RuntimeSettings:
         elif is_quantized(self.precision):
             hint = "f32"  # the int8 encoder's float parts and the decoder
         else:
-            raise ValueError(f"unknown precision profile {self.precision!r}; choose from "
-                             f"{sorted(PRECISIONS)} or an int8 profile made by `python -m models.quantize`")
+            raise ValueError(
+                f"unknown precision profile {self.precision!r}; choose from "
+                f"{sorted(PRECISIONS)} or an int8 profile made by `python -m models.quantize`"
+            )
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if self.threads > 0:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
@@ -104,8 +107,10 @@ class CompiledSam:
 
     def runtime(self) -> dict[str, dict[str, int]]:
         """Per part, how many compiled nodes run in each element type (what really runs on this CPU)."""
-        return {"encoder": runtime_precisions(self.compiled_encoder),
-                "decoder": runtime_precisions(self.compiled_decoder)}
+        return {
+            "encoder": runtime_precisions(self.compiled_encoder),
+            "decoder": runtime_precisions(self.compiled_decoder),
+        }
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """(1, 3, S, S) float32 -> (1, C, h, w) float32 embedding (an owned copy)."""

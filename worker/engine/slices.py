@@ -3,6 +3,7 @@
 Post-processing (REFERENCE.md): bring the low-res logits to S x S, crop to the resized area, bilinear resize
 to the original size, threshold the logits at 0.
 """
+
 from __future__ import annotations
 
 import time
@@ -61,8 +62,15 @@ class StageClock:
 class SliceSegmenter:
     """Runs one model on slices of one study; counts encoder and decoder calls."""
 
-    def __init__(self, model: CompiledSam, cache: EmbeddingCache, study_key: str, settings: SliceSettings,
-                 clock: StageClock, source: EmbeddingSource | None = None):
+    def __init__(
+        self,
+        model: CompiledSam,
+        cache: EmbeddingCache,
+        study_key: str,
+        settings: SliceSettings,
+        clock: StageClock,
+        source: EmbeddingSource | None = None,
+    ):
         self.model = model
         self.source = source or LocalEncode()
         self.cache = cache
@@ -77,8 +85,14 @@ class SliceSegmenter:
         return self.model.spec.input_size
 
     def embedding(self, view: str, index: int, image: np.ndarray) -> np.ndarray:
-        key = (self.study_key, self.model.spec.name, self.model.precision.encoder, self.settings.interpolation,
-               view, index)  # the encoder's precision: decoders at other precisions share the embedding
+        key = (
+            self.study_key,
+            self.model.spec.name,
+            self.model.precision.encoder,
+            self.settings.interpolation,
+            view,
+            index,
+        )  # the encoder's precision: decoders at other precisions share the embedding
         return self.cache.get_or_compute(key, lambda: self.source.embedding(view, index, lambda: self._encode(image)))
 
     def encode(self, image: np.ndarray) -> np.ndarray:
@@ -98,7 +112,7 @@ class SliceSegmenter:
         out = np.empty((len(boxes), *geo.original), dtype=bool)
         for start in range(0, len(boxes), chunk):
             with self.clock.stage("decode"):
-                logits = self.model.decode(embedding, boxes[start:start + chunk])
+                logits = self.model.decode(embedding, boxes[start : start + chunk])
                 self.decoder_calls += 1
             with self.clock.stage("postprocess"):
                 for offset, low_res in enumerate(logits[:, 0]):

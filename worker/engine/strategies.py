@@ -5,6 +5,7 @@ Labels: box k -> k + 1, uint16. Where boxes' masks overlap, the routing's overla
 the result does not depend on processing order. All boxes of a volume advance in lockstep, slice by slice, so one
 cached embedding serves every box there.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ VIEWS = {
 }
 
 
-def segment_2d(image: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, overlap: str,
-               progress: ProgressFn | None) -> np.ndarray:
+def segment_2d(
+    image: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, overlap: str, progress: ProgressFn | None
+) -> np.ndarray:
     """Encode once, decode every box, label by the overlap rule."""
     geo = geometry_for(image.shape[:2], seg.size)
     embedding = seg.embedding("2d", 0, image)
@@ -109,8 +111,9 @@ def _active(sweep: Sweep, z: int) -> np.ndarray:
 class Propagation:
     """Box propagation through one view of a volume, all boxes in lockstep."""
 
-    def __init__(self, volume: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, view: str, margin: float,
-                 overlap: str):
+    def __init__(
+        self, volume: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, view: str, margin: float, overlap: str
+    ):
         self.volume = volume
         self.seg = seg
         self.view = view
@@ -170,8 +173,15 @@ class ProgressTicker:
             self.report(self.done, self.total)
 
 
-def propagate_views(volume: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, views: tuple[str, ...],
-                    margin: float, overlap: str, progress: ProgressFn | None) -> list[np.ndarray]:
+def propagate_views(
+    volume: np.ndarray,
+    boxes: np.ndarray,
+    seg: SliceSegmenter,
+    views: tuple[str, ...],
+    margin: float,
+    overlap: str,
+    progress: ProgressFn | None,
+) -> list[np.ndarray]:
     """Run the propagation in each view; return each view's labels (overlaps resolved per view) in (z, y, x) order."""
     runs = []
     for view in views:
@@ -192,8 +202,9 @@ def majority_vote(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def segment_triview(volume, boxes, seg, margin, overlap, progress) -> np.ndarray:
-    axial, coronal, sagittal = propagate_views(volume, boxes, seg, ("axial", "coronal", "sagittal"), margin, overlap,
-                                               progress)
+    axial, coronal, sagittal = propagate_views(
+        volume, boxes, seg, ("axial", "coronal", "sagittal"), margin, overlap, progress
+    )
     with seg.clock.stage("vote"):
         return majority_vote(axial, coronal, sagittal)
 
