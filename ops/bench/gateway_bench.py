@@ -190,8 +190,8 @@ def main() -> None:
             "\n".join(
                 [
                     f"Command: `ops/bench/gateway_bench.py --repeats {args.repeats} --small {args.small} --threads "
-                    f"{args.threads} --record`; Orthanc 1.10 (Debian) with DICOMweb and HTTP auth on loopback; the gateway "
-                    "embedded (no broker), the folder run and the gateway at the same thread count; runs alternate.",
+                    f"{args.threads} --record`; Orthanc 1.10 (Debian) with DICOMweb and HTTP auth on loopback; "
+                    "the gateway embedded (no broker), the folder run and the gateway at the same thread count; runs alternate.",
                     *lines,
                     "",
                     table1,
@@ -199,8 +199,8 @@ def main() -> None:
                     table2,
                     "",
                     f"- The gateway is {verdict} the target (submit x 1.1 + 1 s) in this run. It skips the process "
-                    "start-up and model compile the folder run pays each time and adds the WADO-RS fetch, the SEG and "
-                    f"NIfTI writing and the STOW-RS store ({overhead:.2f} s median outside the engine); the rest is the "
+                    "start-up and model compile the folder run pays each time and adds the WADO-RS fetch, the SEG "
+                    f"and NIfTI writing and the STOW-RS store ({overhead:.2f} s median outside the engine); the rest is the "
                     "engine's own time in each process (row 'engine per run'), which decides the verdict at this load.",
                 ]
             ),
