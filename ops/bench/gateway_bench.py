@@ -191,7 +191,8 @@ def main() -> None:
                 [
                     f"Command: `ops/bench/gateway_bench.py --repeats {args.repeats} --small {args.small} --threads "
                     f"{args.threads} --record`; Orthanc 1.10 (Debian) with DICOMweb and HTTP auth on loopback; "
-                    "the gateway embedded (no broker), the folder run and the gateway at the same thread count; runs alternate.",
+                    "the gateway embedded (no broker), the folder run and the gateway at the same thread count; "
+                    "runs alternate.",
                     *lines,
                     "",
                     table1,
@@ -200,8 +201,9 @@ def main() -> None:
                     "",
                     f"- The gateway is {verdict} the target (submit x 1.1 + 1 s) in this run. It skips the process "
                     "start-up and model compile the folder run pays each time and adds the WADO-RS fetch, the SEG "
-                    f"and NIfTI writing and the STOW-RS store ({overhead:.2f} s median outside the engine); the rest is the "
-                    "engine's own time in each process (row 'engine per run'), which decides the verdict at this load.",
+                    f"and NIfTI writing and the STOW-RS store ({overhead:.2f} s median outside the engine); the rest "
+                    "is the engine's own time in each process (row 'engine per run'), which decides the verdict at "
+                    "this load.",
                 ]
             ),
         )
