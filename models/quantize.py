@@ -5,7 +5,7 @@
 
 Runs in the runtime venv with the `quantize` extra (`pip install -e .[quantize]`: nncf); torch is not needed.
 Reads the exported f32 IR (<models_dir>/litemedsam/encoder.xml), calibrates on slices the project generates itself
-(producer.phantoms, the default) or on challenge-format npz files / folders the user gives with --calibration
+(models.phantoms, the default) or on challenge-format npz files / folders the user gives with --calibration
 (`imgs` of 2D images or 3D volumes), writes encoder_<profile>.xml/.bin beside the f32 IR and records them in
 manifest.json under "profiles": {"<profile>": {"encoder": {xml, bin, xml_sha256, bin_sha256}, ...}}, together
 with the f32 encoder's sha256 it was made from (a re-export makes it stale, and `--check` says so).
@@ -141,10 +141,10 @@ def calibration_images(sources: list[Path], total: int) -> tuple[list[np.ndarray
                     arrays.append(npz["imgs"])
         described = f"user npz: {', '.join(str(s) for s in sources)} ({len(arrays)} files)"
     else:
-        from producer.phantoms import build_phantoms
+        from models.phantoms import build_phantoms
 
         arrays = [phantom.imgs for phantom in build_phantoms()]
-        described = "project phantoms (producer.phantoms.build_phantoms)"
+        described = "project phantoms (models.phantoms.build_phantoms)"
     if not arrays:
         raise SystemExit("no calibration images found (npz files with an 'imgs' array)")
     slices = [s for imgs in arrays for s in _volume_slices(imgs, total)]

@@ -11,42 +11,22 @@ from producer.console import BatchProgress, console, print_notes, summary_table
 from producer.discovery import discover
 from producer.outcome import StudyOutcome
 from producer.outputs import OutputWriter
-from worker.contract.settings import CACHE_HELP, PRECISION_HELP, ROUTING_HELP
+from worker.contract.engine_options import engine_config
+from worker.contract.engine_options import engine_options as engine_option_table
 
 SHARED_CASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cases"
 
 
-def engine_options(command):
-    """Options of the in-process engine (the embedded default)."""
-    options = [
-        click.option(
-            "--models-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=None,
-            help="Exported models (default: $LITEMEDSAM_MODELS_DIR or ~/.cache/litemedsam-fleet/models).",
-        ),
-        click.option("--precision", default="f32", show_default=True, help=PRECISION_HELP),
-        click.option("--threads", type=int, default=0, show_default=True, help="OpenVINO threads (0: all cores)."),
-        click.option("--cache-mb", type=int, default=2048, show_default=True, help=CACHE_HELP),
-        click.option(
-            "--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=ROUTING_HELP
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+engine_options = engine_option_table("models_dir", "precision", "threads", "cache_mb", "routing_file")
+"""The in-process engine's options (the embedded default): those of worker.contract.engine_options."""
 
 
-def engine_settings(models_dir, precision, threads, cache_mb, routing):
-    """The in-process engine's settings: the command line's options over the environment's (EngineConfig, the
-    type a fleet worker builds its engine from too)."""
-    from worker.contract.settings import EngineConfig
+def engine_settings(**options):
+    """The in-process engine's settings: the command line's engine options over the environment's (EngineConfig,
+    the type a fleet worker builds its engine from too)."""
     from worker.engine.engine import EngineSettings
 
-    config = EngineConfig.from_env().with_options(
-        models_dir=models_dir, precision=precision, threads=threads, cache_mb=cache_mb, routing_file=routing
-    )
-    return EngineSettings.from_config(config)
+    return EngineSettings.from_config(engine_config(**options))
 
 
 def print_skipped(skipped) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from producer.phantoms import tight_boxes
+from models.phantoms import tight_boxes
 from worker.contract.arrays import write_npz
 
 MIN_PIXELS_2D = 20

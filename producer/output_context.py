@@ -22,7 +22,7 @@ import numpy as np
 from producer.formats.dicom import SeriesLayout
 from producer.formats.dicom_reference import DicomReference, reference_of
 from producer.formats.nifti import NiftiReference
-from producer.formats.volume import Geometry
+from producer.formats.volume import VolumeGeometry
 
 log = logging.getLogger(__name__)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -64,7 +64,7 @@ class OutputContext:
         )
 
 
-def _grid_of(geometry: Geometry | None, depth: int, rows: int, columns: int) -> NiftiReference | None:
+def _grid_of(geometry: VolumeGeometry | None, depth: int, rows: int, columns: int) -> NiftiReference | None:
     if geometry is None:
         return None
     return NiftiReference.of_geometry(LPS_TO_RAS @ geometry.affine, (columns, rows, depth))

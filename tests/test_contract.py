@@ -195,7 +195,8 @@ def test_max_voxels_reaches_the_engine(monkeypatch):
 
     monkeypatch.setenv("LITEMEDSAM_MAX_VOXELS", "1234")
     assert EngineSettings.from_config(EngineConfig.from_env()).max_voxels == 1234  # a fleet worker's engine
-    assert engine_settings(None, "f32", 0, 2048, None).max_voxels == 1234  # the in-process run's
+    in_process = engine_settings(models_dir=None, precision="f32", threads=0, cache_mb=2048, routing=None)
+    assert in_process.max_voxels == 1234  # the in-process run's
 
 
 def test_a_message_that_cannot_be_made_says_why_in_one_line():
@@ -256,7 +257,7 @@ def test_the_worker_extra_installs_what_the_worker_imports():
     }
     files = [
         *REPO.glob("worker/**/*.py"),
-        *(REPO / "models" / f"{name}.py" for name in ("paths", "registry", "quantize")),
+        *(REPO / "models" / f"{name}.py" for name in ("paths", "registry", "quantize", "phantoms")),
         *(REPO / "producer" / f"{name}.py" for name in ("derived", "evaluate", "phantoms")),
     ]  # worker calibrate
     stdlib = set(sys.stdlib_module_names) | {"worker", "models", "producer"}
@@ -265,3 +266,32 @@ def test_the_worker_extra_installs_what_the_worker_imports():
     assert {DISTRIBUTIONS[name] for name in imported} <= declared, sorted(
         {DISTRIBUTIONS[name] for name in imported} - declared
     )
+
+
+def test_both_clis_offer_the_engine_options_of_one_table():
+    """producer submit/demo and worker start/calibrate take their engine options from one table over EngineConfig:
+    the same names, types and defaults (the defaults pinned here as the commands have always had them)."""
+    from producer.cli import cli as producer_cli
+    from worker.cli import cli as worker_cli
+    from worker.contract.engine_options import DEFAULTS, OPTIONS
+
+    engine = {"--models-dir": None, "--precision": "f32", "--threads": 0, "--cache-mb": 2048, "--routing": None}
+    expected = {
+        "producer submit": (producer_cli.commands["submit"], engine),
+        "producer demo": (producer_cli.commands["demo"], engine),
+        "worker start": (worker_cli.commands["start"], {**engine, "--cpus": ""}),
+        "worker calibrate": (
+            worker_cli.commands["calibrate"],
+            {"--models-dir": None, "--threads": 0, "--routing": None},
+        ),
+    }
+    by_flag = {option.flag: (name, option) for name, option in OPTIONS.items()}
+    types = {}
+    for command_name, (command, wanted) in expected.items():
+        offered = {opt: param for param in command.params for opt in param.opts if opt in by_flag}
+        assert {flag: param.default for flag, param in offered.items()} == wanted, command_name
+        for flag, param in offered.items():
+            field, option = by_flag[flag]
+            assert param.name == option.parameter and param.default == DEFAULTS[field]
+            types.setdefault(flag, set()).add(json.dumps(param.type.to_info_dict(), sort_keys=True, default=str))
+    assert all(len(seen) == 1 for seen in types.values()), types  # one type per option, whichever command

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.phantoms import tight_boxes
 from producer.derived import derive_cases, keep_labels, write_cases
-from producer.phantoms import tight_boxes, write_phantoms
+from producer.phantoms import write_phantoms
 
 
 def test_keep_labels_drops_small_structures_and_renumbers():

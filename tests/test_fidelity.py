@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_CASES
+from models.phantoms import build_phantoms
 from producer.derived import from_image, from_volume
-from producer.phantoms import build_phantoms
 from worker.contract.study import Study
 
 pytestmark = pytest.mark.model

@@ -9,6 +9,7 @@ import io
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,6 +335,40 @@ def test_source_round_trips_through_the_manifest(tmp_path):
         SidecarRef(tmp_path / "prompts.json", "series", "1.2.3", True),
     )
     assert source_from_json(json.loads(json.dumps(source_to_json(source)))) == source
+
+
+def test_source_json_is_what_stored_batches_hold(tmp_path):
+    """The manifest's wire format, as batches stored before the pydantic codec hold it: same keys, same order,
+    paths as strings; an entry from before `notes` existed still reads; a tampered one is that study's error."""
+    from producer.discovery import StudySource
+    from producer.formats.sidecar import SidecarRef
+    from producer.source_codec import source_from_json, source_to_json
+    from worker.contract.study import StudyError
+
+    nifti = StudySource(
+        "scan", Path("/data/scan.nii.gz"), "nifti", (Path("/data/scan.nii.gz"),), SidecarRef(Path("/data/p.json"))
+    )
+    stored = (
+        '{"name": "scan", "path": "/data/scan.nii.gz", "kind": "nifti", "files": ["/data/scan.nii.gz"], '
+        '"sidecar": {"path": "/data/p.json", "section": "", "uid": "", "shared": false}, "notes": []}'
+    )
+    assert json.dumps(source_to_json(nifti)) == stored
+    assert source_from_json(json.loads(stored)) == nifti
+    npz = StudySource("2DBox_CT_x", Path("/data/2DBox_CT_x.npz"), "npz", notes=("a note",))
+    assert source_to_json(npz) == {
+        "name": "2DBox_CT_x",
+        "path": "/data/2DBox_CT_x.npz",
+        "kind": "npz",
+        "files": [],
+        "sidecar": None,
+        "notes": ["a note"],
+    }
+    older = {"name": "2DBox_CT_x", "path": "/data/2DBox_CT_x.npz", "kind": "npz", "files": [], "sidecar": None}
+    assert source_from_json(older) == StudySource("2DBox_CT_x", Path("/data/2DBox_CT_x.npz"), "npz")
+    with pytest.raises(StudyError, match="name"):
+        source_from_json({"path": "/data/x.npz", "kind": "npz"})
+    with pytest.raises(StudyError, match="files"):
+        source_from_json({"name": "x", "path": "/data/x.npz", "kind": "npz", "files": 7})
 
 
 # ------------------------------------------------------------------------------------------- report

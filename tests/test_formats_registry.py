@@ -1,13 +1,17 @@
-"""producer.formats.registry: one class per study kind, and the only place a source's kind becomes behaviour."""
+"""producer.formats.registry: one class per study kind, and the only place a source's kind becomes behaviour
+(discovery, loading, outputs, and a gateway job's decisions)."""
 
 from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
+import pytest
 
 from producer.discovery import StudySource, discover
 from producer.formats.registry import FORMATS, format_of
+from producer.gateway.pipeline import JobFailed, JobPipeline
 from producer.outcome import StudyOutcome
 from producer.outputs import METRICS_FILE, SUFFIXES, OutputWriter, output_path
 from worker.contract.study import StudyError
@@ -50,3 +54,39 @@ def test_each_format_loads_and_writes_what_it_found(tmp_path):
     OutputWriter(tmp_path / "out").write(source, StudyOutcome(source.name, labels=labels, context=context))
     with np.load(output_path(tmp_path / "out", source)) as written:
         np.testing.assert_array_equal(written["segs"], labels)
+
+
+def test_a_jobs_decisions_are_its_formats(tmp_path):
+    """The gateway asks the format where a job's prompts go, whether they are needed, whether a SEG can be stored,
+    and which files the job offers: no branch on the kind's string."""
+    assert [name for name, fmt in FORMATS.items() if fmt.boxes_in_sidecar] == ["nifti", "dicom"]
+    assert [name for name, fmt in FORMATS.items() if fmt.gives_seg] == ["dicom"]
+
+    volume = np.zeros((16, 16, 4), np.float32)
+    volume[4:12, 4:12, 1:3] = 200
+    nifti_dir = tmp_path / "nifti"
+    nifti_dir.mkdir()
+    nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.5, 1.0])), str(nifti_dir / "scan.nii.gz"))
+    with pytest.raises(JobFailed, match="prompts are required for NIfTI studies"):
+        JobPipeline._find_study(nifti_dir, None)
+    prompts = {"modality": "CT", "boxes": [{"label": "organ", "voxel": [4, 4, 1, 11, 11, 2]}]}
+    source = JobPipeline._find_study(nifti_dir, prompts)
+    assert source.kind == "nifti"
+    assert json.loads((nifti_dir / "scan.prompts.json").read_text()) == prompts  # NIfTI's sidecar
+    assert json.loads((nifti_dir / "prompts.json").read_text()) == prompts  # DICOM's, as before
+
+    study, context = format_of(source).load(source)
+    labels = np.zeros(study.image.shape[:3], np.uint16)
+    labels[1:3, 4:12, 4:12] = 1
+    writer = OutputWriter(tmp_path / "nifti_out")
+    outcome = StudyOutcome(source.name, labels=labels, context=context)
+    writer.write(source, outcome)
+    assert format_of(source).downloads(writer.folder, source, outcome) == {"nifti": "scan.seg.nii.gz"}
+
+    npz_dir = tmp_path / "npz"
+    npz_dir.mkdir()
+    np.savez(npz_dir / "2DBox_CT_x.npz", imgs=np.zeros((8, 8, 3), np.uint8), boxes=np.array([[1, 1, 5, 5]]))
+    with pytest.raises(JobFailed, match="an npz upload carries its own boxes"):
+        JobPipeline._find_study(npz_dir, prompts)
+    source = JobPipeline._find_study(npz_dir, None)
+    assert format_of(source).downloads(writer.folder, source, outcome) == {}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from producer.phantoms import BOX_MARGIN_2D, demo_dir_or_phantoms, write_phantoms
+from models.phantoms import BOX_MARGIN_2D
+from producer.phantoms import demo_dir_or_phantoms, write_phantoms
 
 NAMES = ["2DBox_CT_phantom.npz", "3DBox_CT_phantom.npz", "3DBox_MR_phantom.npz", "3DBox_PET_phantom.npz"]
 SLICE_BUDGET = 120

@@ -17,8 +17,8 @@ import pytest
 
 from models.export import is_up_to_date
 from models.paths import default_models_dir
+from models.phantoms import build_phantoms
 from models.quantize import ProfileError, profile_encoder, profile_status
-from producer.phantoms import build_phantoms
 from worker.contract.study import Study
 from worker.engine.engine import Engine, EngineSettings
 from worker.engine.runtime import runtime_precisions

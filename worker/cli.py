@@ -12,14 +12,8 @@ from pathlib import Path
 
 import click
 
-from worker.contract.settings import (
-    CACHE_HELP,
-    DEFAULT_BROKER,
-    DEFAULT_QUEUE,
-    PRECISION_HELP,
-    ROUTING_HELP,
-    thread_plan,
-)
+from worker.contract.engine_options import engine_config, engine_options
+from worker.contract.settings import DEFAULT_BROKER, DEFAULT_QUEUE, thread_plan
 from worker.cpu_affinity import plan
 
 
@@ -66,28 +60,21 @@ def cli() -> None:
     show_default=True,
     help="Prefork child processes (each compiles its own models).",
 )
-@click.option(
-    "--threads", type=click.IntRange(0), default=0, help="OpenVINO threads per process (0: cores // concurrency)."
-)
-@click.option(
-    "--cpus",
-    envvar="LITEMEDSAM_CPUS",
-    default="",
-    help="Cores this worker owns, split among its processes (`all` or a list like 0-3,6). "
-    "Default: none; OpenVINO pinning off, the kernel places threads.",
+@engine_options(
+    "threads",
+    "cpus",
+    "models_dir",
+    "precision",
+    "cache_mb",
+    "routing_file",
+    help_of={"threads": "OpenVINO threads per process (0: cores // concurrency)."},
 )
 @click.option("--queues", "-Q", default=DEFAULT_QUEUE, show_default=True, help="Comma-separated queues to consume.")
-@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--precision", default="f32", show_default=True, help=PRECISION_HELP)
-@click.option("--cache-mb", type=click.IntRange(0), default=2048, show_default=True, help=CACHE_HELP)
 @click.option(
     "--memory-mb",
     type=click.IntRange(0),
     default=None,
     help="Memory guard per process in MB (default: 80% of RAM / concurrency; 0: off).",
-)
-@click.option(
-    "--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=ROUTING_HELP
 )
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--hostname", "-n", default=None, help="Node name (default: litemedsam-<pid>@<host>).")
@@ -113,26 +100,32 @@ def start(
     """Start a worker: `celery worker` with the prefork pool; extra arguments go to celery as they are."""
     from models.paths import default_models_dir
 
-    models_dir = models_dir or default_models_dir()
-    models, running = check_models(models_dir, routing, precision)
-    threads, warning = thread_plan(concurrency, threads)
+    try:
+        config = engine_config(
+            threads=threads, cpus=cpus, models_dir=models_dir, precision=precision, cache_mb=cache_mb, routing=routing
+        )
+    except ValueError as error:  # a bad LITEMEDSAM_* value
+        raise click.ClickException(str(error)) from None
+    models_dir = config.models_dir or default_models_dir()
+    models, running = check_models(models_dir, config.routing_file, config.precision)
+    threads, warning = thread_plan(concurrency, config.threads)
     if warning:
         click.echo(f"warning: {warning}", err=True)
     try:
-        bindings = [plan(cpus, slot, threads).describe() for slot in range(concurrency)]
+        bindings = [plan(config.cpus, slot, threads).describe() for slot in range(concurrency)]
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--cpus") from None
-    for name, value in (
+    for name, value in (  # the environment its children build their EngineConfig from (EngineConfig.from_env)
         ("LITEMEDSAM_BROKER", broker),
         ("LITEMEDSAM_STORE", store),
         ("LITEMEDSAM_MODELS_DIR", models_dir),
-        ("LITEMEDSAM_PRECISION", precision),
+        ("LITEMEDSAM_PRECISION", config.precision),
         ("LITEMEDSAM_THREADS", threads),
-        ("LITEMEDSAM_CACHE_MB", cache_mb),
-        ("LITEMEDSAM_ROUTING", routing),
+        ("LITEMEDSAM_CACHE_MB", config.cache_mb),
+        ("LITEMEDSAM_ROUTING", config.routing_file),
         ("LITEMEDSAM_METRICS_PORT", metrics_port),
         ("LITEMEDSAM_TASK_MEMORY_MB", memory_mb),
-        ("LITEMEDSAM_CPUS", cpus),
+        ("LITEMEDSAM_CPUS", config.cpus),
     ):
         _export(name, value)
     click.echo(
@@ -155,7 +148,7 @@ def start(
 
 
 @cli.command()
-@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@engine_options("models_dir", "threads", "routing_file")
 @click.option(
     "--cases",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -164,21 +157,17 @@ def start(
     "../shared/data/cases beside the checkout when present, else the project's phantoms).",
 )
 @click.option("--profiles", default="", help="Comma-separated profiles to check (default: every profile but f32).")
-@click.option("--threads", type=click.IntRange(0), default=0, help="OpenVINO threads (0: all cores).")
 @click.option("--quick", is_flag=True, help="Only the smallest few cases (a smoke run, not a verdict to trust).")
 @click.option("--max-cases", type=click.IntRange(1), default=None, help="At most this many (smallest) cases.")
-@click.option(
-    "--routing", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=ROUTING_HELP
-)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 def calibrate(
     models_dir: Path | None,
+    threads: int,
+    routing: Path | None,
     cases: Path | None,
     profiles: str,
-    threads: int,
     quick: bool,
     max_cases: int | None,
-    routing: Path | None,
     as_json: bool,
 ) -> None:
     """Check each precision profile against f32 on this host, per case, and record the verdict for `fast`."""

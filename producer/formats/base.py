@@ -6,7 +6,10 @@ A format is one class per kind of study (npz, NIfTI, DICOM), registered in produ
 - `load(source)`: the Study the engine runs plus the OutputContext its writers need; `context(source)`: that context
   from headers and sidecar alone (no pixels);
 - `main_output(folder, source)` and `write(folder, source, outcome, context)`: where a computed mask goes and how it
-  is written.
+  is written;
+- for a single-study job (the gateway): where a job's prompts go (`place_prompts`, none for a format whose files
+  carry their boxes: `boxes_in_sidecar`), whether its mask gives a DICOM SEG to store back (`gives_seg`), and the
+  result files the job offers (`downloads`).
 A StudySource names its format by `kind` (a plain string, so the batch manifest stores it as JSON); the registry
 turns the string into the format once (`format_of`), and nothing else branches on it.
 
@@ -118,7 +121,10 @@ class Finder(ABC):
 
 class StudyFormat(ABC):
     kind: ClassVar[str]  # StudySource.kind, OutputContext.kind
+    title: ClassVar[str]  # how messages to users name it ("DICOM", "NIfTI", "npz")
     suffix: ClassVar[str]  # the main output's suffix (a DICOM source: that of a DICOM SEG)
+    boxes_in_sidecar: ClassVar[bool] = True  # its boxes come from a prompts sidecar (False: the files carry them)
+    gives_seg: ClassVar[bool] = False  # its mask is written as a DICOM SEG referencing the source (a PACS can store it)
 
     @abstractmethod
     def finder(self, folder: Path) -> Finder:
@@ -139,3 +145,12 @@ class StudyFormat(ABC):
     @abstractmethod
     def write(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome, context: OutputContext) -> None:
         """Write an ok outcome's mask (outcome.labels); notes for the user go to outcome.notes."""
+
+    def place_prompts(self, folder: Path, text: str) -> None:
+        """Write a job's prompts (the sidecar's JSON text) where this format's discovery reads them in `folder`."""
+        return None  # a format whose files carry their boxes has nowhere to put them
+
+    def downloads(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome) -> dict[str, str]:
+        """After `write`, for a single-study job: the result files it offers besides labels.npz, by result format
+        ("seg", "nifti") -> file name in the folder; writes any extra file that takes."""
+        return {}

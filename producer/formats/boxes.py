@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from producer.formats.sidecar import BoxPrompt
-from producer.formats.volume import Geometry
+from producer.formats.volume import VolumeGeometry
 from worker.contract.study import StudyError
 
 
@@ -32,7 +32,7 @@ def _voxel_corners(index: int, box: BoxPrompt, is_3d: bool) -> tuple[np.ndarray,
     return values[:3], values[3:]
 
 
-def _mm_corners(index: int, box: BoxPrompt, geometry: Geometry | None) -> tuple[np.ndarray, np.ndarray]:
+def _mm_corners(index: int, box: BoxPrompt, geometry: VolumeGeometry | None) -> tuple[np.ndarray, np.ndarray]:
     if geometry is None:
         raise StudyError(
             f'{_name(index, box)}: the image has no patient geometry, so "mm" boxes cannot be '
@@ -57,7 +57,7 @@ def _check(index: int, box: BoxPrompt, lo: np.ndarray, hi: np.ndarray, shape: tu
 
 
 def resolve_boxes(
-    prompts: Sequence[BoxPrompt], shape: tuple[int, int, int], geometry: Geometry | None, is_3d: bool
+    prompts: Sequence[BoxPrompt], shape: tuple[int, int, int], geometry: VolumeGeometry | None, is_3d: bool
 ) -> np.ndarray:
     """shape = (D, H, W). Returns int64 (N, 6) [x0, y0, z0, x1, y1, z1] for 3D, (N, 4) [x0, y0, x1, y1] for 2D."""
     rows = []

@@ -31,7 +31,7 @@ from pydicom.uid import UID
 
 from producer.formats.dicom_files import CorruptDicomError, NotDicomError, read_dataset, sop_instance_uid_of
 from producer.formats.dicom_geometry import Plane, stack_planes
-from producer.formats.volume import Geometry, ImageVolume
+from producer.formats.volume import ImageVolume, VolumeGeometry
 from worker.contract.study import StudyError
 
 
@@ -50,7 +50,7 @@ class SeriesLayout:
     paths: tuple[Path, ...]
     headers: tuple[Dataset, ...]
     slices: tuple[FrameRef, ...]
-    geometry: Geometry | None
+    geometry: VolumeGeometry | None
     spacing: tuple[float, ...] | None
 
     @property

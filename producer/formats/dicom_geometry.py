@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from producer.formats.volume import Geometry
+from producer.formats.volume import VolumeGeometry
 from worker.contract.study import StudyError
 
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines
@@ -38,7 +38,7 @@ class Plane:
 @dataclass(frozen=True)
 class Stack:
     order: tuple[int, ...]  # order[z] = index of the plane that becomes slice z
-    geometry: Geometry
+    geometry: VolumeGeometry
 
 
 def _unit_axes(orientation: tuple[float, ...]) -> np.ndarray:
@@ -110,5 +110,7 @@ def stack_planes(planes: list[Plane]) -> Stack:
     else:
         z_spacing = planes[0].thickness or 1.0
     row_spacing, column_spacing = planes[0].pixel_spacing
-    geometry = Geometry.from_components(positions[order[0]], axes, (column_spacing, row_spacing, z_spacing), "LPS")
+    geometry = VolumeGeometry.from_components(
+        positions[order[0]], axes, (column_spacing, row_spacing, z_spacing), "LPS"
+    )
     return Stack(tuple(int(i) for i in order), geometry)

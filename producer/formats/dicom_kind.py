@@ -51,6 +51,7 @@ from worker.contract.study import Study, StudyError
 log = logging.getLogger(__name__)
 DICOM_FORMATS = {"seg": (f"{OUTPUT_MARK}.dcm", "DICOM SEG"), "rtstruct": (".rtstruct.dcm", "RTSTRUCT")}
 FALLBACK_SUFFIXES = {"nifti": ".labels.nii.gz", "npz": ".labels.npz"}
+SERIES_NIFTI = "labels.nii.gz"  # a job's download of the mask as NIfTI, on the series' grid (LPS -> RAS)
 
 
 def parse_dicom_formats(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -150,7 +151,9 @@ def _failure_reason(what: str, error: Exception) -> str:
 
 class DicomFormat(StudyFormat):
     kind = "dicom"
+    title = "DICOM"
     suffix = DICOM_FORMATS["seg"][0]
+    gives_seg = True
 
     def finder(self, folder: Path) -> Finder:
         return _DicomFinder(folder)
@@ -189,6 +192,20 @@ class DicomFormat(StudyFormat):
         if failed:
             path = self._write_fallback(folder, source, labels, context)
             outcome.notes += [*failed, f"the label map was written to {path.name} instead"]
+
+    def place_prompts(self, folder: Path, text: str) -> None:
+        (folder / DICOM_SIDECAR).write_text(text, encoding="utf-8")
+
+    def downloads(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome) -> dict[str, str]:
+        files: dict[str, str] = {}
+        seg = self.output(folder, source, "seg")
+        if seg.is_file():  # else the SEG could not be built and the notes say why
+            files["seg"] = seg.name
+        context = outcome.context
+        if context is not None and context.nifti is not None:  # the series' grid (producer.output_context)
+            write_label_nifti(Path(folder.path) / SERIES_NIFTI, outcome.labels, context.nifti, source.name)
+            files["nifti"] = SERIES_NIFTI
+        return files
 
     @staticmethod
     def _write_fallback(folder: OutputFolder, source: StudySource, labels, context: OutputContext) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from producer.formats.volume import Geometry, ImageVolume
+from producer.formats.volume import ImageVolume, VolumeGeometry
 from worker.contract.files import atomic_path
 from worker.contract.study import StudyError
 
@@ -85,7 +85,7 @@ def load_nifti_volume(path: Path) -> ImageVolume:
     except Exception as error:
         raise StudyError(f"{path.name}: cannot read the image data ({type(error).__name__}: {error})") from error
     spacing = tuple(float(v) for v in (list(img.header.get_zooms()) + [1.0, 1.0])[:3])
-    geometry = Geometry(np.asarray(img.affine, float), "RAS")
+    geometry = VolumeGeometry(np.asarray(img.affine, float), "RAS")
     volume = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
     return ImageVolume(volume, geometry, spacing, None, _is_native_8bit(img))
 

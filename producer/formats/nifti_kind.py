@@ -49,6 +49,7 @@ class _NiftiFinder(Finder):
 
 class NiftiFormat(StudyFormat):
     kind = "nifti"
+    title = "NIfTI"
     suffix = f"{OUTPUT_MARK}.nii.gz"
 
     def finder(self, folder: Path) -> Finder:
@@ -67,3 +68,11 @@ class NiftiFormat(StudyFormat):
 
     def write(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome, context: OutputContext) -> None:
         write_label_nifti(self.main_output(folder, source), outcome.labels, context.nifti, source.name)
+
+    def place_prompts(self, folder: Path, text: str) -> None:
+        for path in folder.iterdir():
+            if is_nifti(path):
+                path.with_name(nifti_stem(path) + NIFTI_SIDECAR_SUFFIX).write_text(text, encoding="utf-8")
+
+    def downloads(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome) -> dict[str, str]:
+        return {"nifti": self.main_output(folder, source).name}

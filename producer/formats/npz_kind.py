@@ -50,7 +50,9 @@ class _NpzFinder(Finder):
 
 class NpzFormat(StudyFormat):
     kind = "npz"
+    title = "npz"
     suffix = ".npz"
+    boxes_in_sidecar = False  # `boxes` is an array of the file
 
     def finder(self, folder: Path) -> Finder:
         return _NpzFinder(folder)

@@ -3,7 +3,7 @@
 Axis convention (the same for DICOM and NIfTI, and the same as the challenge npz):
 - `values` is indexed `values[z, y, x]`: z = slice, y = row, x = column. A 3D Study image is this array.
 - A voxel index is written (x, y, z); boxes are [x0, y0, z0, x1, y1, z1], inclusive.
-- `Geometry.affine` maps (x, y, z, 1) to world millimetres: DICOM patient coordinates (LPS) for DICOM,
+- `VolumeGeometry.affine` maps (x, y, z, 1) to world millimetres: DICOM patient coordinates (LPS) for DICOM,
   the NIfTI world (RAS+, the image's sform/qform) for NIfTI.
 - spacing is (x, y, z), the challenge's order (x, y, z while the array is z, y, x).
 """
@@ -16,14 +16,14 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class Geometry:
+class VolumeGeometry:
     """world_mm = affine @ (x, y, z, 1); `frame` names the world: "LPS" (DICOM) or "RAS" (NIfTI)."""
 
     affine: np.ndarray
     frame: str
 
     @classmethod
-    def from_components(cls, origin, axes, spacing, frame: str) -> Geometry:
+    def from_components(cls, origin, axes, spacing, frame: str) -> VolumeGeometry:
         """origin: world position of voxel (0, 0, 0); axes: unit vectors of x, y, z as columns; spacing: (x, y, z)."""
         affine = np.eye(4)
         affine[:3, :3] = np.asarray(axes, float) * np.asarray(spacing, float)[None, :]
@@ -68,7 +68,7 @@ class ImageVolume:
     """
 
     values: np.ndarray
-    geometry: Geometry | None
+    geometry: VolumeGeometry | None
     spacing: tuple[float, ...] | None
     modality_tag: str | None
     native_8bit: bool = False

@@ -1,12 +1,13 @@
 """One gateway job, from its source to the SEG stored back: the same path as `producer submit` on a folder.
 
 1. input: a DICOMweb job retrieves its series (WADO-RS, as stored) into the job's `input/`; an upload is there
-   already. The job's prompts become the sidecar producer.discovery expects (`prompts.json` for DICOM,
+   already. Each format places the job's prompts where its discovery reads them (`prompts.json` for DICOM,
    `<stem>.prompts.json` for NIfTI; an npz carries its own boxes).
 2. discovery and loading (producer.discovery, producer.loading): exactly one study, else the job's error.
 3. masks: the segmenter (embedded engine or fleet; stored results reused).
-4. outputs: producer.outputs.OutputWriter writes the SEG / label map exactly as the folder run does, plus
-   labels.npz, a NIfTI for DICOM sources and the thumbnail (producer.gateway.results).
+4. outputs: producer.outputs.OutputWriter writes the SEG / label map exactly as the folder run does, then the
+   study's format adds its downloads (a DICOM source: its SEG and a NIfTI on the series' grid), plus labels.npz
+   and the thumbnail (producer.gateway.results).
 5. store: only once the SEG file is complete, one STOW-RS of that one instance (nothing if the PACS holds it).
 Any failure is this job's error with its reason; the service and the other jobs go on.
 """
@@ -22,18 +23,17 @@ from typing import Any
 from pydicom import dcmread
 
 from producer.discovery import StudySource, discover
-from producer.formats.nifti import is_nifti, nifti_stem, write_label_nifti
 from producer.formats.npz import write_segs
-from producer.formats.sidecar import DICOM_SIDECAR, NIFTI_SIDECAR_SUFFIX
+from producer.formats.registry import FORMATS, format_of
 from producer.gateway import results
 from producer.gateway.dicomweb import DicomwebError, ServerDirectory
 from producer.gateway.jobs import Job, JobStore
 from producer.loading import load_study_and_context
-from producer.outputs import OutputWriter, output_path
+from producer.outputs import OutputWriter
 from worker.contract.study import StudyError
 
 log = logging.getLogger(__name__)
-FORMAT_FILES = {"npz": "labels.npz", "nifti_of_dicom": "labels.nii.gz", "thumbnail": "thumbnail.png"}
+FORMAT_FILES = {"npz": "labels.npz", "thumbnail": "thumbnail.png"}  # every job's; its format adds the others
 
 
 class JobFailed(Exception):
@@ -85,10 +85,10 @@ class JobPipeline:
                 server.fetch_series(job.source["study"], job.source["series"], folder)
         timings["fetch"] = time.perf_counter() - mark
         source = self._find_study(folder, job.prompts)
-        if job.store and source.kind != "dicom":
+        if job.store and not format_of(source).gives_seg:
             raise JobFailed(
-                f"only a DICOM series gives a SEG to store; this upload is {source.kind}: send it with "
-                'no "store" and download the result instead'
+                f"only a DICOM series gives a SEG to store; this upload is {format_of(source).title}: send it "
+                'with no "store" and download the result instead'
             )
 
         mark = time.perf_counter()
@@ -131,10 +131,8 @@ class JobPipeline:
             raise JobFailed("the job has no input files")
         if prompts is not None:
             text = json.dumps(prompts)
-            (folder / DICOM_SIDECAR).write_text(text, encoding="utf-8")
-            for path in folder.iterdir():
-                if is_nifti(path):
-                    path.with_name(nifti_stem(path) + NIFTI_SIDECAR_SUFFIX).write_text(text, encoding="utf-8")
+            for fmt in FORMATS.values():
+                fmt.place_prompts(folder, text)
         found = discover(folder)
         if len(found.studies) != 1:
             notes = "; ".join(f"{note.path.name}: {note.reason}" for note in found.skipped[:5])
@@ -144,29 +142,20 @@ class JobPipeline:
                 f"takes exactly one series or image{f'; left out: {notes}' if notes else ''}"
             )
         source = found.studies[0]
-        if source.kind == "npz" and prompts is not None:
-            raise JobFailed("an npz upload carries its own boxes: send it without prompts")
-        if source.kind != "npz" and prompts is None:
-            raise JobFailed("prompts are required for DICOM and NIfTI studies")
+        fmt = format_of(source)
+        if not fmt.boxes_in_sidecar and prompts is not None:
+            raise JobFailed(f"an {fmt.title} upload carries its own boxes: send it without prompts")
+        if fmt.boxes_in_sidecar and prompts is None:
+            raise JobFailed(f"prompts are required for {fmt.title} studies")
         return source
 
     def _write(self, job: Job, source: StudySource, study, outcome) -> dict[str, str]:
         out = self.jobs.result_dir(job.id)
-        OutputWriter(out).write(source, outcome)  # the SEG / label map, as `producer submit` writes it
+        writer = OutputWriter(out)
+        writer.write(source, outcome)  # the SEG / label map, as `producer submit` writes it
         if not outcome.ok:
             raise JobFailed(outcome.error)
-        main = output_path(out, source).name
-        files = {"npz": FORMAT_FILES["npz"]}
-        if source.kind == "dicom":
-            if (out / main).is_file():  # else the SEG could not be built and the notes say why
-                files["seg"] = main
-            if outcome.context.nifti is not None:  # the series' grid, LPS -> RAS (producer.output_context)
-                write_label_nifti(
-                    out / FORMAT_FILES["nifti_of_dicom"], outcome.labels, outcome.context.nifti, source.name
-                )
-                files["nifti"] = FORMAT_FILES["nifti_of_dicom"]
-        elif source.kind == "nifti":
-            files["nifti"] = main
+        files = {"npz": FORMAT_FILES["npz"], **format_of(source).downloads(writer.folder, source, outcome)}
         write_segs(out / files["npz"], outcome.labels)
         (out / FORMAT_FILES["thumbnail"]).write_bytes(results.thumbnail_png(study.image, outcome.labels))
         return files

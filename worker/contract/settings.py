@@ -32,14 +32,6 @@ PREFIX = "LITEMEDSAM_"
 ENGINE_PRECISIONS = (
     "f32 (reproducible), bf16, bf16-encoder, ... (routing table profiles), int8* (models.quantize), fast"
 )
-# the engine options' help, the same in `producer submit` (in-process) and `worker start`
-PRECISION_HELP = (
-    "A precision profile of the routing table (f32: reproducible; bf16, bf16-encoder, ...), an int8 "
-    "profile made by `python -m models.quantize`, or `fast`: the fastest profile that passed "
-    "`worker calibrate` on this host, else f32."
-)
-CACHE_HELP = "Embedding cache bound per engine process (MB)."
-ROUTING_HELP = "Routing table (default: worker/routing.toml or $LITEMEDSAM_ROUTING)."
 
 
 class Environment(BaseSettings):
@@ -266,8 +258,9 @@ class FleetSettings:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """The engine's options, as both CLIs offer them and a worker process builds its engine from
-    (worker.engine.engine.EngineSettings.from_config, in the process that runs the engine)."""
+    """The engine's options, as both CLIs offer them (worker.contract.engine_options: one command-line option per
+    field) and a worker process builds its engine from (worker.engine.engine.EngineSettings.from_config, in the
+    process that runs the engine)."""
 
     models_dir: Path | None = None  # None: models.paths.default_models_dir()
     precision: str = "f32"
