@@ -352,7 +352,9 @@ def test_a_split_3d_study_equals_the_unsplit_run(split_job, when):
         assert coordinator["fetched"] == 0 and coordinator["encoded"] == needed
         assert all(r["state"].startswith("late") for r in late)
     if when == "beside":
-        assert coordinator["fetched"] == encoded_by_parts, split  # what the parts stored, the coordinator used
+        # the coordinator used what the parts stored; on a loaded machine a part's claim can lapse mid-encode, and
+        # then the coordinator encodes that slice itself (a part's work wasted, never a slice served twice)
+        assert 0 < coordinator["fetched"] <= encoded_by_parts, split
     space = ctx.engine.embedding_space(study)
     assert not any(EmbeddingBlobs(ctx.store, space, 60).exists("axial", z) for z in range(study.image.shape[0]))
 
