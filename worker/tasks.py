@@ -22,7 +22,7 @@ from worker import misrouted, process
 from worker.contract.keys import NAMESPACE_CONF, NAMESPACE_HEADER, Keys
 from worker.contract.messages import MessageError, Outcome, TaskMessage
 from worker.contract.settings import PART_TASK_NAME, TASK_NAME, FleetSettings, redis_client
-from worker.job import Delivery, run_study
+from worker.job import Delivery, WorkerContext, run_study
 from worker.ledger import BatchLedger
 
 log = logging.getLogger(__name__)
@@ -43,28 +43,16 @@ class SegmentTask(Task):
 @shared_task(bind=True, base=SegmentTask, name=TASK_NAME)
 def segment(self, payload: dict) -> dict:
     if not is_own(self):
-        ledger = _ledger()
-        return misrouted.refuse(
-            self.app,
-            Keys(own_namespace(self)),
-            ledger.client,
-            ledger.ttl,
-            payload,
-            self.request,
-            self.request.hostname or "",
-        )
+        return _refuse(self, payload)
     try:
         msg = TaskMessage.from_wire(payload)
     except MessageError as error:
         log.error("malformed task message dropped: %s", error)
         return {"status": "error", "error": f"malformed message: {error}"}
-    ctx = process.context()
-    if ctx is None:  # this child could not build its engine and is shutting the worker down: give it back
-        raise Reject(f"engine unavailable: {process.failure()}", requeue=True)
-    _, soft = self.request.timelimit or (None, None)
+    ctx, delivery = _context_and_delivery(self)
     if ctx.send_part is None:
         ctx.send_part = PartSender(self.app, own_namespace(self))
-    outcome = run_study(ctx, msg, Delivery(self.request.id, self.request.retries, soft))
+    outcome = run_study(ctx, msg, delivery)
     return {"name": outcome.name, "status": outcome.status, "error": outcome.error, "result_key": outcome.result_key}
 
 
@@ -96,27 +84,39 @@ def part(self, payload: dict) -> dict:
     from worker.parts import run_part
 
     if not is_own(self):
-        ledger = _ledger()
-        return misrouted.refuse(
-            self.app,
-            Keys(own_namespace(self)),
-            ledger.client,
-            ledger.ttl,
-            payload,
-            self.request,
-            self.request.hostname or "",
-        )
+        return _refuse(self, payload)
     try:
         message = PartMessage.from_wire(payload)
         TaskMessage.from_wire(message.study)
     except MessageError as error:
         log.error("malformed part message dropped: %s", error)
         return {"state": f"malformed message: {error}"}
+    ctx, delivery = _context_and_delivery(self)
+    return run_part(ctx, message, delivery)
+
+
+def _context_and_delivery(task: Task) -> tuple[WorkerContext, Delivery]:
+    """This process's worker context and the delivery being run. A child that could not build its engine (it is
+    shutting the worker down) gives the message back."""
     ctx = process.context()
     if ctx is None:
         raise Reject(f"engine unavailable: {process.failure()}", requeue=True)
-    _, soft = self.request.timelimit or (None, None)
-    return run_part(ctx, message, Delivery(self.request.id, self.request.retries, soft))
+    _, soft = task.request.timelimit or (None, None)
+    return ctx, Delivery(task.request.id, task.request.retries, soft)
+
+
+def _refuse(task: Task, payload: dict) -> dict:
+    """A message sent in another namespace: hand it back to its owner's queue or keep it aside (worker.misrouted)."""
+    ledger = _ledger()
+    return misrouted.refuse(
+        task.app,
+        Keys(own_namespace(task)),
+        ledger.client,
+        ledger.ttl,
+        payload,
+        task.request,
+        task.request.hostname or "",
+    )
 
 
 def own_namespace(task: Task) -> str:
