@@ -88,7 +88,17 @@ class Faults:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_as_from_a_terminal,
         )
+
+
+def _as_from_a_terminal() -> None:
+    """The producer gets Ctrl-C as from a user's shell: SIGINT at its default and not blocked. A child inherits
+    an ignored disposition and the signal mask of the thread that starts it; in the whole suite (never in this
+    module alone) a producer started here ran to the end through SIGINT, as if one of them had been changed in
+    the pytest process by an earlier test's library."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +266,8 @@ def test_an_interrupted_producer_recovers_everything_with_results(faults, tmp_pa
     _wait_for(lambda: _sealed_batch_of(faults, set(studies)), "the producer to enqueue its batch", faults)
     producer.send_signal(signal.SIGINT)
     _, stderr = producer.communicate(timeout=60)
-    assert producer.returncode == 130, stderr
+    here = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+    assert producer.returncode == 130, f"pytest's SIGINT handler and blocked signals: {here}\n{stderr}"
     batch_id = _batch_id(stderr)
     assert f"producer results {batch_id}" in " ".join(stderr.split())
     collected = subprocess.run(
