@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from fleet_support import claim_redis  # noqa: E402
 from models.paths import default_models_dir  # noqa: E402
 from models.registry import register_model  # noqa: E402
 from synthetic_ir import build_echo_pair  # noqa: E402
@@ -39,3 +40,13 @@ def real_models_dir() -> Path:
     if not (models_dir / "litemedsam" / "manifest.json").is_file():
         pytest.skip(f"LiteMedSAM IR not exported in {models_dir} (run: python -m models.export)")
     return models_dir
+
+
+@pytest.fixture(scope="module")
+def slot():
+    """An empty database of the Redis at 127.0.0.1:6379 with a namespace of its own, for one test module."""
+    claimed = claim_redis()
+    if claimed is None:
+        pytest.skip("no Redis at 127.0.0.1:6379 (or no empty database to claim)")
+    yield claimed
+    claimed.release()

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleet_support import claim_redis
 from producer.fleet import FleetClient, SubmitOptions
 from worker.contract.arrays import StoreError
 from worker.contract.keys import Keys
@@ -44,15 +43,6 @@ from worker.fanout import (
 from worker.job import Delivery, WorkerContext, run_study
 
 RNG = np.random.default_rng(12)
-
-
-@pytest.fixture(scope="module")
-def slot():
-    claimed = claim_redis()
-    if claimed is None:
-        pytest.skip("no Redis at 127.0.0.1:6379 (or no empty database to claim)")
-    yield claimed
-    claimed.release()
 
 
 # ------------------------------------------------------------------------------------------ pure decisions

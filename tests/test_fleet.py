@@ -26,7 +26,6 @@ from fleet_support import (
     REPO,
     RedisSlot,
     WorkerProcess,
-    claim_redis,
     fleet_env,
     many_boxes,
     mirrored_copy,
@@ -151,15 +150,6 @@ class Expected:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-
-
-@pytest.fixture(scope="module")
-def slot() -> RedisSlot:
-    claimed = claim_redis()
-    if claimed is None:
-        pytest.skip("no Redis at 127.0.0.1:6379 (or no empty database to claim)")
-    yield claimed
-    claimed.release()
 
 
 @pytest.fixture(scope="module")

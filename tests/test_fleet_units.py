@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from fleet_support import claim_redis
 from producer.fleet import FleetClient, SubmitOptions
 from producer.report import read_metrics_file, summarise
 from worker.contract.arrays import StoreError, unpack_arrays
@@ -31,15 +30,6 @@ from worker.ledger import BatchLedger
 from worker.store import FileStore, open_store
 
 RNG = np.random.default_rng(11)
-
-
-@pytest.fixture(scope="module")
-def slot():
-    claimed = claim_redis()
-    if claimed is None:
-        pytest.skip("no Redis at 127.0.0.1:6379 (or no empty database to claim)")
-    yield claimed
-    claimed.release()
 
 
 # ----------------------------------------------------------------------------------------------- store
