@@ -44,13 +44,18 @@ def uptime_line() -> str:
 
 
 def machine_info() -> dict:
-    model = "unknown"
+    model, family = "unknown", {}
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key == "Model name":
+                model = value.strip()
+            elif key in ("CPU family", "Model"):
+                family[key] = value.strip()
     except (OSError, subprocess.CalledProcessError):
         pass
+    if family:  # a VM may name only the brand ("AMD EPYC"): family/model tell the generation (AMD 25: Zen 4, 26: Zen 5)
+        model += f" (family {family.get('CPU family', '?')}, model {family.get('Model', '?')})"
     ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     flags = ""
     try:

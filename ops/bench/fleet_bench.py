@@ -41,6 +41,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 
 from producer import api  # noqa: E402  (all project imports up front: a long run never mixes code versions)
 from producer.discovery import find_studies  # noqa: E402
@@ -309,12 +312,7 @@ def overheads(table) -> dict[str, float]:
 
 
 def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = "unknown"
-    return f"{model}, {os.cpu_count()} CPUs"
+    return f"{common.machine_info()['cpu']}, {os.cpu_count()} CPUs"
 
 
 def render(table, over, load: tuple[str, str], small: int) -> str:

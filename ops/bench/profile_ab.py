@@ -336,7 +336,8 @@ def report_host(data: dict, write: bool) -> int:
     print(text)
     if write:
         HOST_JSON_OUT.write_text(json.dumps(data, indent=1))
-        common.replace_section(HOST_SECTION, text)
+        # one dated block per run: each kind of host keeps its record
+        common.append_to_section(HOST_SECTION, f"### {data['machine']['date']} — {data['machine']['cpu']}\n\n{text}")
     return 0
 
 
