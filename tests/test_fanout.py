@@ -38,7 +38,6 @@ from worker.fanout import (
     all_landed,
     decide,
     part_ranges,
-    walk_backwards,
 )
 from worker.job import Delivery, WorkerContext, run_study
 
@@ -100,7 +99,6 @@ def test_part_ranges_cover_the_order_contiguously():
             assert ranges[0][0] == 0 and ranges[-1][1] == needed
             assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
             assert all(stop - start >= size for start, stop in ranges)
-    assert list(walk_backwards(3, 7)) == [6, 5, 4, 3]
 
 
 def test_the_split_decision_and_its_reasons():
@@ -250,6 +248,49 @@ def test_the_coordinator_encodes_alone_when_the_store_fails(slot):
     assert value.tolist() == [[7, 7]] and source.stats.store_errors == 1 and source.stats.encoded == 1
 
 
+def test_the_coordinator_encodes_ahead_while_a_part_holds_the_slice_it_needs(slot, tmp_path):
+    import redis
+
+    from worker.cooperative import CooperativeSource
+    from worker.store import FileStore
+
+    client = redis.Redis.from_url(slot.url)
+    keys = Keys(slot.namespace + "-ahead")
+    blobs = EmbeddingBlobs(FileStore(tmp_path, "t"), "space", 60)
+    claims = Claims(client, 30)
+    assert claims.claim(keys.slice_claim("space", "axial", 4), "a part")  # a part is encoding slice 4
+    encoded_here = []
+
+    def encode_slice(view, z):
+        encoded_here.append(z)
+        if z == 6:  # the part stores slice 4 while the coordinator encodes ahead
+            blobs.put("axial", 4, np.full((1, 2), 4, np.float32))
+        return np.full((1, 2), z, np.float32)
+
+    source = CooperativeSource(
+        blobs,
+        claims,
+        keys,
+        SplitBoard(client, keys, "ahead-run", 60),
+        {"axial": [3, 4, 5, 6, 7]},
+        "c",
+        prefetch=2,
+        wait_max=5,
+        encode_slice=encode_slice,
+    )
+    assert claims.claim(keys.slice_claim("space", "axial", 5), "another part")  # and another one slice 5
+    never = lambda: pytest.fail("encoded through the engine although it was available")  # noqa: E731
+    try:
+        got = [source.embedding("axial", z, never).tolist() for z in (4, 6)]
+        last = source.embedding("axial", 7, lambda: np.full((1, 2), 70, np.float32))
+    finally:
+        source.close()
+    assert encoded_here == [6]  # 5 was held by a part: it skipped to the next free slice
+    assert got == [[[4, 4]], [[6, 6]]] and last.tolist() == [[70, 70]]
+    assert source.stats.encoded == 2 and source.stats.encoded_ahead == 1 and source.stats.fetched == 1
+    assert claims.holder(keys.slice_claim("space", "axial", 6)) == "c"  # held until it lapses: parts skip it
+
+
 # ---------------------------------------------------------------------- the coordinator, in this process
 
 
@@ -329,7 +370,7 @@ def test_a_split_3d_study_equals_the_unsplit_run(split_job, when):
     assert np.array_equal(client.fetch(outcome.result_key).labels, expected)
     split = outcome.metrics.extra.split
     assert split["mode"] == "slices" and len(sent) == 3 == len(split["parts"])
-    assert [p.index for p in sent] == [2, 1, 0]  # the range needed last goes first
+    assert [p.index for p in sent] == [0, 1, 2]  # in the order the propagation needs their slices
     needed = split["needed_slices"]
     encoded_by_parts = sum(p.get("encoded", 0) for p in split["parts"])
     coordinator = split["coordinator"]

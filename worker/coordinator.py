@@ -100,6 +100,10 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
     ]
     board = SplitBoard(ctx.ledger.client, ctx.keys, run, ctx.split.blob_ttl)
     blobs = EmbeddingBlobs(ctx.store, space, ctx.split.blob_ttl)
+    from worker.engine.strategies import VIEWS
+
+    ahead = ctx.engine.slice_encoder(study)  # the same model and settings as the engine's own run
+    axial = study.image.transpose(VIEWS["axial"][0])  # as parts see it
     source = CooperativeSource(
         blobs,
         Claims(ctx.ledger.client, ctx.split.claim_ttl),
@@ -109,13 +113,17 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
         f"coordinator:{ctx.node}:{delivery.task_id}",
         ctx.split.prefetch,
         wait_max=2 * ctx.split.claim_ttl,
+        encode_slice=lambda view, z: ahead.encode(axial[z]),
     )
-    _send(ctx, msg, list(reversed(parts)))  # the range needed last first: it meets the coordinator last
+    _send(ctx, msg, parts)  # in the order the propagation needs their slices
     try:
         result = ctx.engine.segment(study, progress=progress, source=source)
     finally:
         source.close()
         _end_run(board, blobs, order)
+    # slices encoded ahead ran on their own segmenter: count them with the engine's
+    result.metrics.counts.slices_encoded += source.stats.encoded_ahead
+    result.metrics.times.encode += source.stats.ahead_seconds
     try:
         reports = board.part_reports()
     except Exception as error:  # the masks are done: metrics without the parts' reports rather than no result

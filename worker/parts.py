@@ -1,9 +1,9 @@
 """The parts of a split study, as a worker runs them (the task is worker.tasks.part; the plan, worker.fanout).
 
-- A slice part encodes its range of the needed slices backwards, claiming each slice nobody holds, storing each
-  embedding once (worker.embedding_store), and stops where it meets the coordinator, when the study is done, or
-  at the start of its range. A part whose engine would not compute the same embeddings (another model, encoder
-  precision or interpolation) encodes nothing: the coordinator does that work.
+- A slice part encodes its range of the needed slices forward, skipping what the coordinator has passed,
+  claiming each slice nobody holds, storing each embedding once (worker.embedding_store), and stops when the
+  study is done or at the end of its range. A part whose engine would not compute the same embeddings (another
+  model, encoder precision or interpolation) encodes nothing: the coordinator does that work.
 - A view (PET tri-view): run one view if nobody holds it (claim renewed while it runs), store its labels (uint16,
   TTL) and mark it landed; whoever lands the third view votes (once: a claim), stores the result through the
   job's write-once path and records the study's outcome. The coordinator runs views through the same functions.
@@ -26,7 +26,7 @@ from worker.contract.messages import Outcome, TaskMessage
 from worker.contract.metrics import StudyMetrics
 from worker.contract.study import Study, StudyError
 from worker.embedding_store import Claims, EmbeddingBlobs, pack_exact, unpack_exact
-from worker.fanout import SLICES, TRIVIEW_VIEWS, PartMessage, SplitBoard, all_landed, part_report, walk_backwards
+from worker.fanout import SLICES, TRIVIEW_VIEWS, PartMessage, SplitBoard, all_landed, part_report
 from worker.job import (
     MAX_DELIVERIES,
     Delivery,
@@ -157,14 +157,14 @@ def _encode_range(
     blobs = EmbeddingBlobs(ctx.store, part.space, ctx.split.blob_ttl)
     claims = Claims(ctx.ledger.client, ctx.split.claim_ttl)
     owner = f"part{part.index}:{ctx.node}:{delivery.task_id}"
-    encoded, skipped, encode_seconds, state = 0, 0, 0.0, "done: range finished"
-    for position in walk_backwards(part.start, part.stop):
+    encoded, skipped, passed, encode_seconds, state = 0, 0, 0, 0.0, "done: range finished"
+    for position in range(part.start, part.stop):  # forward, as the propagation needs them
         if board.finished() or ctx.ledger.has_outcome(msg.batch_id, msg.name):
             state = "done: the study finished"
             break
-        if position <= board.cursor(part.view):
-            state = f"done: met the coordinator at position {position}"
-            break
+        if position <= board.cursor(part.view):  # the coordinator is there or past it: it has that slice
+            passed += 1
+            continue
         z = part.slices[position - part.start]
         claim = ctx.keys.slice_claim(part.space, part.view, z)
         if blobs.exists(part.view, z) or not claims.claim(claim, owner):
@@ -191,6 +191,7 @@ def _encode_range(
         delivery=runs,
         encoded=encoded,
         skipped=skipped,
+        passed=passed,
         encode_seconds=round(encode_seconds, 3),
     )
 
