@@ -122,7 +122,10 @@ def make_inputs(
         folder.mkdir(parents=True)
         for index in range(small):
             source = sources_2d[index % len(sources_2d)]
-            _variant(source, folder / f"2DBox_CT_bench{index:02d}.npz", salt, index // len(sources_2d))
+            # every study new content: the mirrors give only 4 layouts, so `member` tells the rest apart (without
+            # it, batches above 8 held identical pairs that hit the embedding cache of whichever worker had one)
+            mirror = index // len(sources_2d)
+            _variant(source, folder / f"2DBox_CT_bench{index:02d}.npz", salt, mirror, member=index)
         folders["2d"].append(folder)
         salt += 1
     for _ in range(n_configs * reps_3d):
