@@ -128,11 +128,11 @@ class PrivateNetwork:
                 "veth",
                 "peer",
                 "name",
-                self._port(host),
+                self.switch_port(host),
                 "netns",
                 self.hub,
             )
-            self._plug(self._port(host))
+            self._plug(self.switch_port(host))
             _ip("addr", "add", f"{self.address(host)}/24", "dev", "eth0", netns=namespace)
             _ip("link", "set", "eth0", "up", netns=namespace)
 
@@ -145,7 +145,8 @@ class PrivateNetwork:
         _ip("link", "set", port, "master", "sw0", netns=self.hub)
         _ip("link", "set", port, "up", netns=self.hub)
 
-    def _port(self, host: str) -> str:
+    def switch_port(self, host: str) -> str:
+        """The switch's end of the host's cable (a link in the hub namespace)."""
         return f"p{self.hosts.index(host)}"
 
     def address(self, host: str) -> str:
@@ -165,14 +166,14 @@ class PrivateNetwork:
 
     # faults -----------------------------------------------------------------------------------------------
     def cut(self, host: str) -> None:
-        _ip("link", "set", self._port(host), "down", netns=self.hub)
+        _ip("link", "set", self.switch_port(host), "down", netns=self.hub)
 
     def restore(self, host: str, timeout: float = 10.0) -> None:
         """Plug the cable back in; returns once the switch port is up again (the kernel raises it a moment later)."""
-        _ip("link", "set", self._port(host), "up", netns=self.hub)
+        _ip("link", "set", self.switch_port(host), "up", netns=self.hub)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            (link,) = json.loads(_ip("-j", "link", "show", self._port(host), netns=self.hub).stdout)
+            (link,) = json.loads(_ip("-j", "link", "show", self.switch_port(host), netns=self.hub).stdout)
             if link.get("operstate") == "UP":
                 return
             time.sleep(0.05)

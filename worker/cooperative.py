@@ -188,7 +188,11 @@ class CooperativeSource:
         order = self.orders[view]
         for ahead in order[position + 1 : position + 1 + self.prefetch]:
             key = (view, ahead)
-            if key not in self._pending and key not in self._served and key not in self._ahead:
+            if key in self._served or key in self._ahead:
+                continue
+            pending = self._pending.get(key)
+            # look again for a slice that was not stored at the last look (parts work just ahead of the cursor)
+            if pending is None or (pending.done() and not pending.cancelled() and pending.result() is None):
                 self._pending[key] = self._pool.submit(self._fetch_quietly, view, ahead)
 
     def _fetch_quietly(self, view: str, index: int) -> np.ndarray | None:
