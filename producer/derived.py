@@ -127,6 +127,17 @@ def derive_cases(cases_dir: Path, names: list[str] | None = None) -> list[Derive
     return derived
 
 
+def boxes_in_window(boxes: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """(N, 6) box prompts of a volume -> those of its slices start .. stop - 1: the boxes that reach the window,
+    their z-range clipped to it and counted from its first slice (for a sub-volume without ground truth)."""
+    lo = np.maximum(boxes[:, 2], start) - start
+    hi = np.minimum(boxes[:, 5], stop - 1) - start
+    keep = lo <= hi
+    window = boxes[keep].copy()
+    window[:, 2], window[:, 5] = lo[keep], hi[keep]
+    return window
+
+
 def write_cases(cases: list[DerivedCase], out_dir: Path) -> Path:
     """Write cases in the challenge layout (out_dir/imgs, out_dir/gts); returns out_dir."""
     out_dir = Path(out_dir)

@@ -201,12 +201,11 @@ def assert_not_sharing_one_core(result: Watch) -> None:
 
 def subvolume(target: Path, start: int, depth: int = SUBVOLUME) -> Path:
     """Slices start .. start + depth - 1 of 3DBox_CT_tssm with the boxes that reach them (new content per start)."""
+    from producer.derived import boxes_in_window
+
     with np.load(TSSM, allow_pickle=False) as data:
-        image, boxes, spacing = data["imgs"][start : start + depth], data["boxes"].copy(), data["spacing"]
-    lo, hi = np.maximum(boxes[:, 2], start) - start, np.minimum(boxes[:, 5], start + depth - 1) - start
-    keep = lo <= hi
-    boxes = boxes[keep]
-    boxes[:, 2], boxes[:, 5] = lo[keep], hi[keep]
+        image, spacing = data["imgs"][start : start + depth], data["spacing"]
+        boxes = boxes_in_window(data["boxes"], start, start + depth)
     target.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(target, imgs=np.ascontiguousarray(image), boxes=boxes, spacing=spacing)
     return target

@@ -121,8 +121,8 @@ class CooperativeSource:
             if time.monotonic() >= deadline:  # a claim renewed by someone too slow: do it here, once
                 self.stats.gave_up_waiting += 1
                 break
-        else:  # claimed: but a part may have stored it and let go of its claim while this one encoded ahead
-            found = self._stored(view, index) if self.blobs.exists(view, index) else None
+        else:  # claimed: but a part may have stored it and let go of its claim since the last look
+            found = self._stored(view, index)
             if found is not None:
                 return found
         self.stats.encoded += 1

@@ -58,6 +58,7 @@ def child(workload: str, seconds: float, start_at: float) -> dict:
 
     import numpy as np
 
+    from producer.derived import boxes_in_window
     from producer.formats.npz import load_npz_study
     from worker.engine.engine import Engine, EngineSettings
 
@@ -66,15 +67,10 @@ def child(workload: str, seconds: float, start_at: float) -> dict:
     if workload.startswith("3d"):  # 12 slices from the first box's start, with the boxes that reach them
         cut = []
         for study in studies:
-            boxes = study.boxes.copy()
-            start = int(boxes[:, 2].min())
+            start = int(study.boxes[:, 2].min())
             stop = min(start + 12, study.image.shape[0])
-            keep = (boxes[:, 2] < stop) & (boxes[:, 5] >= start)
-            boxes = boxes[keep]
-            boxes[:, 2] = np.maximum(boxes[:, 2], start) - start
-            boxes[:, 5] = np.minimum(boxes[:, 5], stop - 1) - start
             image = np.ascontiguousarray(study.image[start:stop])
-            cut.append(dataclasses.replace(study, image=image, boxes=boxes))
+            cut.append(dataclasses.replace(study, image=image, boxes=boxes_in_window(study.boxes, start, stop)))
         studies = cut
     counter = [os.getpid() * 1000]
 
@@ -149,7 +145,7 @@ def per_study(outs: list[dict]) -> dict[str, float]:
     return row
 
 
-def render(results: dict[str, dict[str, list[dict[str, float]]]], args) -> str:
+def render(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
     keys = (*STAGES, "cpu", "sys", "minflt", "nivcsw", "rate")
     rows = []
     for workload, configs in results.items():
@@ -160,7 +156,7 @@ def render(results: dict[str, dict[str, list[dict[str, float]]]], args) -> str:
             rows.append(
                 [
                     workload,
-                    key if key in ("rate",) else f"{key} per study",
+                    key if key == "rate" else f"{key} per study",
                     f"{alone[key]:.3f}" if unit == "s" else f"{alone[key]:.1f}",
                     f"{together[key]:.3f}" if unit == "s" else f"{together[key]:.1f}",
                     f"{together[key] / alone[key]:.2f}x" if alone[key] else "–",
@@ -200,7 +196,7 @@ def main() -> None:
                     flush=True,
                 )
     info["uptime_end"] = machine_info()["uptime"]
-    table = render(results, args)
+    table = render(results)
     print(table)
     if args.no_write:
         return
