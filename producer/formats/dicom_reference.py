@@ -94,6 +94,8 @@ INSTANCE_KEYWORDS = (
     "SliceThickness",
     "SpacingBetweenSlices",
 )
+# kept for the outputs, but not part of a derived instance UID's content (UIDs derived before it was kept stay)
+OUTPUT_ONLY_KEYWORDS = ("PatientOrientation",)
 TYPE2_KEYWORDS = (
     "PatientName",
     "PatientID",
@@ -188,7 +190,7 @@ def _complete_instances(headers) -> tuple[list[Dataset], list[str]]:
     instances, notes = [], []
     from_meta = derived = 0
     for index, ds in enumerate(headers):
-        instance = _subset(ds, INSTANCE_KEYWORDS)
+        instance = _subset(ds, INSTANCE_KEYWORDS + OUTPUT_ONLY_KEYWORDS)
         if not str(ds.get("SOPClassUID", "") or "").strip():
             instance.SOPClassUID = sop_class_of(ds)
         if not str(ds.get("SOPInstanceUID", "") or "").strip():

@@ -157,7 +157,8 @@ class JobPipeline:
             raise JobFailed(outcome.error)
         files = {"npz": FORMAT_FILES["npz"], **format_of(source).downloads(writer.folder, source, outcome)}
         write_segs(out / files["npz"], outcome.labels)
-        (out / FORMAT_FILES["thumbnail"]).write_bytes(results.thumbnail_png(study.image, outcome.labels))
+        names = outcome.context.segment_labels if outcome.context else ()
+        (out / FORMAT_FILES["thumbnail"]).write_bytes(results.thumbnail_png(study.image, outcome.labels, names))
         return files
 
     def _store(self, job: Job, seg_path: Path) -> dict[str, Any]:
