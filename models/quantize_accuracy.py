@@ -180,17 +180,40 @@ def float_ops(model) -> list[str]:
     ]
 
 
-def keep_quantized_only(quantized, names: set[str]):
+def _bias_of(op):
+    """The Constant added to `op`'s output (its bias, after the export's folding), or None."""
+    consumers = list(op.output(0).get_target_inputs())
+    if len(consumers) != 1 or consumers[0].get_node().get_type_name() != "Add":
+        return None
+    add = consumers[0].get_node()
+    for port in add.inputs():
+        node = port.get_source_output().get_node()
+        while node.get_type_name() in PASS_THROUGH:
+            node = node.input_value(0).get_node()
+        if node.get_type_name() == "Constant" and node is not op:
+            return node
+    return None
+
+
+def keep_quantized_only(quantized, names: set[str], original=None):
     """A copy of a FakeQuantize model (weights not compressed) where only the ops in `names` stay quantized:
-    every other op's FakeQuantize nodes are bypassed (it computes in float on the original weights)."""
+    every other op's FakeQuantize nodes are bypassed, and (given the `original` f32 model) its bias is the original
+    one again, since NNCF's bias correction shifted it to offset an int8 error the float op no longer makes."""
+    import openvino.opset13 as ops
+
     model = quantized.clone()
     keep = {id(fq) for op in model.get_ordered_ops() if op.get_friendly_name() in names for fq in _quantizers_of(op)}
     # a quantizer shared by a kept op and another op stays (it is what the kept op sees)
+    by_name = {op.get_friendly_name(): op for op in original.get_ordered_ops()} if original is not None else {}
     for op in model.get_ordered_ops():
         if op.get_type_name() in QUANTIZABLE and op.get_friendly_name() not in names:
             for fq in _quantizers_of(op):
                 if id(fq) not in keep:
                     fq.output(0).replace(fq.input_value(0))
+            bias, source = _bias_of(op), by_name.get(op.get_friendly_name())
+            first = _bias_of(source) if source is not None else None
+            if bias is not None and first is not None and bias.get_output_shape(0) == first.get_output_shape(0):
+                bias.output(0).replace(ops.constant(first.get_data().copy()).output(0))
     model.validate_nodes_and_infer_types()
     return model
 
@@ -233,7 +256,7 @@ def sensitivity(f32_model, quantized, inputs: list[np.ndarray], threads: int = 0
     reference = embeddings(compile_f32(f32_model, threads), inputs)
     rows = []
     for group, names in op_groups(f32_model).items():
-        candidate = keep_quantized_only(quantized, set(names))
+        candidate = keep_quantized_only(quantized, set(names), f32_model)
         error = embedding_error(reference, embeddings(compile_f32(candidate, threads), inputs))
         rows.append({"group": group, "ops": len(names), **error})
     rows.sort(key=lambda row: -row["nmse"])
@@ -312,7 +335,7 @@ def search_under_control(
     for count in range(0, min(settings.max_steps, len(ranked)) + 1):
         in_float = ranked[:count]
         quantized = {name for group, names in groups.items() if group not in in_float for name in names}
-        candidate = fully if count == 0 else keep_quantized_only(fully, quantized)
+        candidate = fully if count == 0 else keep_quantized_only(fully, quantized, f32_model)
         metric, details = validate(candidate)
         steps.append({"float_groups": in_float, "metric": metric, "details": details})
         if best is None or metric > best[0]:
