@@ -21,6 +21,7 @@ Here:
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +35,7 @@ QUANTIZABLE = ("Convolution", "GroupConvolution", "MatMul")
 # ops between a FakeQuantize and the op it quantizes (weights are reshaped for grouped convolutions)
 PASS_THROUGH = ("Reshape", "Convert", "Transpose", "Unsqueeze", "Squeeze")
 PRESETS = ("performance", "mixed")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,9 @@ def sensitivity(f32_model, quantized, inputs: list[np.ndarray], threads: int = 0
         candidate = keep_quantized_only(quantized, set(names), f32_model)
         error = embedding_error(reference, embeddings(compile_f32(candidate, threads), inputs))
         rows.append({"group": group, "ops": len(names), **error})
+        log.info(
+            "sensitivity: only %s quantized (%d ops): NMSE %.5f, worst cosine %.4f", group, len(names), *error.values()
+        )
     rows.sort(key=lambda row: -row["nmse"])
     whole = embedding_error(reference, embeddings(compile_f32(quantized, threads), inputs))
     rows.append({"group": "all groups", "ops": sum(row["ops"] for row in rows), **whole})
@@ -338,6 +343,7 @@ def search_under_control(
         candidate = fully if count == 0 else keep_quantized_only(fully, quantized, f32_model)
         metric, details = validate(candidate)
         steps.append({"float_groups": in_float, "metric": metric, "details": details})
+        log.info("search: in float %s -> metric %.4f", in_float or "nothing", metric)
         if best is None or metric > best[0]:
             best, chosen = (metric, count), candidate
         if 1.0 - metric <= settings.max_drop:
