@@ -121,8 +121,13 @@ def _search(tiny: Path, max_drop: float, **extra):
     return search_under_control(tiny, _inputs(8), _inputs(3, seed=3), validate, settings)
 
 
-def test_search_puts_groups_back_to_float_only_when_the_metric_asks(tiny):
-    loose = _search(tiny, max_drop=1.0)
+@pytest.fixture(scope="module")
+def loose(tiny):
+    """The search with any drop allowed: every group quantized, nothing put back (shared by the tests below)."""
+    return _search(tiny, max_drop=1.0)
+
+
+def test_search_puts_groups_back_to_float_only_when_the_metric_asks(tiny, loose):
     assert loose.reached and loose.kept_groups == [] and len(loose.steps) == 1
     assert loose.kept_float == float_ops(loose.fully_quantized)  # nothing put back
     strict = _search(tiny, max_drop=0.0)  # no drop allowed: it tries max_steps groups, most sensitive first
@@ -151,8 +156,8 @@ def test_keep_float_groups_are_never_quantized(tiny):
         _search(tiny, max_drop=1.0, keep_float=("attention",))
 
 
-def test_sensitivity_quantizes_one_group_at_a_time(tiny):
-    fully = _search(tiny, max_drop=1.0).fully_quantized
+def test_sensitivity_quantizes_one_group_at_a_time(tiny, loose):
+    fully = loose.fully_quantized
     f32 = ov.Core().read_model(str(tiny))
     inputs = _inputs(3, seed=7)
     reference = embeddings(compile_f32(f32), inputs)
@@ -169,8 +174,8 @@ def test_sensitivity_quantizes_one_group_at_a_time(tiny):
     assert all(row["nmse"] > none["nmse"] for row in rows)
 
 
-def test_compressed_weights_are_int8_and_compute_the_same(tiny):
-    fully = _search(tiny, max_drop=1.0).fully_quantized
+def test_compressed_weights_are_int8_and_compute_the_same(loose):
+    fully = loose.fully_quantized
     small = compressed(fully)
     weights = [op for op in small.get_ordered_ops() if op.get_type_name() == "Constant"]
     assert any(op.get_element_type().get_type_name() == "i8" for op in weights)
