@@ -1,4 +1,4 @@
-"""Accuracy-controlled INT8 encoder profiles (issue 26): NNCF's search with a DSC validation function.
+"""Accuracy-controlled INT8 encoder profiles (issue 26): NNCF quantization, layers chosen by a DSC validation.
 
     python -m worker.int8_search --cases DIR [--models-dir DIR] [--profile int8-ac] [--gate-cases 10]
                                  [--preset mixed] [--max-drop 0.35] [--keep-float GROUP ...] [--report PATH]
@@ -6,17 +6,18 @@
 1. Held out: the cases `worker calibrate --max-cases N` will gate the profile on (worker.calibrate.
    evaluation_cases, N = --gate-cases). Nothing below sees them.
 2. Validation cases, for choosing: other cases derived from the same dev cases (producer.derived), per source
-   case the middle 2D slice/crop not held out and, for propagated (not tri-view) 3D sources, the first
-   sub-volume not held out.
+   case the middle 2D slice/crop not held out, and the --validation-3d smallest 3D sub-volumes not held out
+   (one per propagated, not tri-view, source).
 3. Calibration, for the activation ranges: real slices of the dev volumes that no held-out or validation case
    contains, plus the 2D dev images without ground truth (never scored), at the interpolation their route uses.
-4. models.quantize_accuracy runs nncf.quantize_with_accuracy_control. The metric is the gate's own shape:
-   1 - max over validation cases |DSC(candidate) - DSC(f32)| against ground truth, with the f32 DSCs from this
-   engine at f32; NNCF reverts the groups whose embeddings move most until the metric's drop is within
-   --max-drop points (default 0.35, under calibrate's 0.5).
+4. models.quantize_accuracy.search_under_control: NNCF quantizes, each op group's sensitivity is measured, and
+   the most sensitive groups go back to float one at a time until the metric, the gate's own shape (1 - max over
+   validation cases |DSC(candidate) - DSC(f32)| against ground truth, f32 DSCs from this engine at f32), is within
+   --max-drop points of 1 (default 0.35, under calibrate's 0.5) or --max-steps groups are back; the best step
+   is kept.
 5. The result is stored as an INT8 profile (models.quantize.store_profile) with what it was tuned on (the
    validation case names and the calibration slices), which `worker calibrate` checks against its cases, and a
-   report: per-case deltas before/after the search, the groups kept in float, and per op group the embedding error
+   report: per step the groups in float and each validation case's delta, and per op group the embedding error
    when only that group is quantized (the per-layer sensitivity).
 """
 
@@ -122,7 +123,7 @@ def calibration_slices(
 
 
 class CandidateEncoder:
-    """The engine's compiled model with its encoder replaced by a candidate (an ov.CompiledModel NNCF made)."""
+    """The engine's compiled model with its encoder replaced by a candidate (an ov.CompiledModel of the search)."""
 
     def __init__(self, base, compiled, label: str):
         self.spec = base.spec
