@@ -95,8 +95,9 @@ def local_base_images() -> dict[str, str]:
 
 class ComposeProject:
     """compose.yaml under a project name of its own, with its own .env (passwords, free ports, the host's exported
-    models mounted read-only) and an override that puts the gateway on the host's network (to reach a PACS on
-    127.0.0.1). down() removes its containers, networks and volumes."""
+    models mounted read-only), run from a copy in which only the gateway differs: on the host's network, to reach
+    a PACS on 127.0.0.1 (its published ports dropped, which compose refuses beside network_mode host, and its
+    --host/--port replaced). down() removes its containers, networks and volumes."""
 
     def __init__(self, folder: Path, images: dict[str, str], models_dir: Path, ports: dict[str, int]):
         self.folder = folder
@@ -125,27 +126,23 @@ class ComposeProject:
         }
         self.env_file = folder / "compose.env"
         self.env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
-        self.override = folder / "gateway-on-host.yaml"
-        self.override.write_text(json.dumps(self._gateway_on_host()))
+        self.compose_file = folder / "compose.yaml"
+        self.compose_file.write_text(json.dumps(self._gateway_on_host()))
 
     def _gateway_on_host(self) -> dict:
         import yaml
 
-        command = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["gateway"]["command"]
+        config = yaml.safe_load((REPO / "compose.yaml").read_text())
+        gateway = config["services"]["gateway"]
         port = self.ports["gateway"]
-        command = [
+        gateway["command"] = [
             "--host=127.0.0.1" if a.startswith("--host=") else f"--port={port}" if a.startswith("--port=") else a
-            for a in command
+            for a in gateway["command"]
         ]
-        return {
-            "services": {
-                "gateway": {
-                    "network_mode": "host",
-                    "command": command,
-                    "environment": {"LITEMEDSAM_BROKER": self.host_broker},
-                }
-            }
-        }
+        del gateway["ports"]
+        gateway["network_mode"] = "host"
+        gateway["environment"]["LITEMEDSAM_BROKER"] = self.host_broker
+        return config
 
     @property
     def host_broker(self) -> str:
@@ -161,9 +158,7 @@ class ComposeProject:
             "-p",
             self.name,
             "-f",
-            str(REPO / "compose.yaml"),
-            "-f",
-            str(self.override),
+            str(self.compose_file),
             "--profile",
             "gateway",
             *args,
