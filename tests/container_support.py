@@ -50,8 +50,19 @@ class DockerDaemon:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         self.log = open(self.folder / "dockerd.log", "wb")
+        # No iptables rules, no forwarding switch, no docker0: a default dockerd sets the host's FORWARD policy to
+        # DROP (and keeps it after it stops), which cuts the bridges other tests build between network namespaces.
+        # Compose's own network still joins its containers, published ports go through docker-proxy, and builds
+        # and the gateway use the host's network.
         self.process = subprocess.Popen(
-            [DOCKERD, "--pidfile", str(self.folder / "dockerd.pid")],
+            [
+                DOCKERD,
+                "--pidfile",
+                str(self.folder / "dockerd.pid"),
+                "--iptables=false",
+                "--ip-forward=false",
+                "--bridge=none",
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
