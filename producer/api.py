@@ -22,8 +22,8 @@ from pathlib import Path
 
 from producer.discovery import Skipped, StudySource, discover
 from producer.fleet import Enqueued, FleetClient, SubmissionInterrupted, SubmitOptions
-from producer.outcome import StudyOutcome
-from producer.output_context import OutputContext
+from producer.formats.outcome import StudyOutcome
+from producer.formats.output_context import OutputContext
 from producer.outputs import OutputWriter, parse_dicom_formats
 from producer.source_codec import source_from_json
 from worker.contract.arrays import StoreError

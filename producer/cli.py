@@ -7,26 +7,13 @@ from pathlib import Path
 
 import click
 
+from producer.cli_options import broker_option, broker_required, engine_options, engine_settings
 from producer.console import BatchProgress, console, print_notes, summary_table
 from producer.discovery import discover
-from producer.outcome import StudyOutcome
+from producer.formats.outcome import StudyOutcome
 from producer.outputs import OutputWriter
-from worker.contract.engine_options import engine_config
-from worker.contract.engine_options import engine_options as engine_option_table
 
 SHARED_CASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cases"
-
-
-engine_options = engine_option_table("models_dir", "precision", "threads", "cache_mb", "routing_file")
-"""The in-process engine's options (the embedded default): those of worker.contract.engine_options."""
-
-
-def engine_settings(**options):
-    """The in-process engine's settings: the command line's engine options over the environment's (EngineConfig,
-    the type a fleet worker builds its engine from too)."""
-    from worker.engine.engine import EngineSettings
-
-    return EngineSettings.from_config(engine_config(**options))
 
 
 def print_skipped(skipped) -> None:
@@ -82,21 +69,6 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-
-
-def broker_option(command):
-    return click.option(
-        "--broker",
-        envvar="LITEMEDSAM_BROKER",
-        default=None,
-        help="Redis broker of a worker fleet (env LITEMEDSAM_BROKER); none: run in-process.",
-    )(command)
-
-
-def broker_required(broker: str | None) -> str:
-    if not broker:
-        raise click.UsageError("this command talks to a fleet: give --broker redis://... or set LITEMEDSAM_BROKER")
-    return broker
 
 
 @cli.command()

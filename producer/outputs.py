@@ -24,8 +24,8 @@ from pathlib import Path
 
 from producer.formats.base import OutputFolder, StudySource, check_study_name
 from producer.formats.dicom_kind import DICOM_FORMATS, parse_dicom_formats
+from producer.formats.outcome import StudyOutcome
 from producer.formats.registry import FORMATS, format_of
-from producer.outcome import StudyOutcome
 from worker.contract.study import StudyError
 
 __all__ = [

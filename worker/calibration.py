@@ -28,6 +28,7 @@ from typing import Any
 
 from worker.contract.files import write_text_atomic
 from worker.contract.precision import DEFAULT_PROFILE, FAST, PrecisionProfile, PrecisionTable, ProfileChoice
+from worker.engine.profiles import int8_weights
 
 RECORD_NAME = "precision-calibration.json"
 RECORD_FORMAT = 1
@@ -172,21 +173,13 @@ def select_profile(
 
 def choose_profile(requested: str, routing, models_dir: Path, registry: dict) -> ProfileChoice:
     """The profile a worker or embedded run with `--precision requested` runs, from its routing table (a
-    worker.contract.routing.RoutingTable) and model registry (name -> models.registry.ModelSpec); no OpenVINO needed."""
+    worker.contract.routing.RoutingTable) and model registry (name -> models.registry.ModelSpec); `fast` resolved
+    for this host. The chooser every engine that may be asked for `fast` is built with; no OpenVINO needed."""
     encoder_weights = int8_weights(registry)
     table = routing.precision.with_quantized(encoder_weights)
     return select_profile(
         requested, table, models_dir, {name: spec.sha256 for name, spec in registry.items()}, encoder_weights
     )
-
-
-def int8_weights(registry: dict) -> dict[str, str]:
-    from models.quantize import listed_profiles
-
-    weights: dict[str, str] = {}
-    for spec in registry.values():
-        weights.update(listed_profiles(spec.encoder_xml.parent))
-    return weights
 
 
 def now_iso() -> str:

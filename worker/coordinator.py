@@ -32,7 +32,8 @@ from worker.fanout import (
     decide,
     run_id,
 )
-from worker.job import Delivery, ProgressPublisher, Superseded, WorkerContext
+from worker.job_context import Delivery, ProgressPublisher, Superseded, WorkerContext
+from worker.parts import ViewRunner
 
 log = logging.getLogger(__name__)
 WAIT_POLL = 0.2
@@ -148,8 +149,6 @@ def _end_run(board, blobs: EmbeddingBlobs, order: list[int]) -> None:
 
 
 def _by_views(ctx, msg, delivery, study, key, progress, decision, run) -> Segmentation:
-    from worker.parts import ViewRunner
-
     others = [view for view in TRIVIEW_VIEWS if view != COORDINATOR_VIEW]
     parts = [
         PartMessage(

@@ -27,7 +27,7 @@ from worker.contract.metrics import StudyMetrics
 from worker.contract.study import Study, StudyError
 from worker.embedding_store import Claims, EmbeddingBlobs, pack_exact, unpack_exact
 from worker.fanout import SLICES, TRIVIEW_VIEWS, PartMessage, SplitBoard, all_landed, part_report
-from worker.job import (
+from worker.job_context import (
     MAX_DELIVERIES,
     Delivery,
     ProgressPublisher,

@@ -22,7 +22,8 @@ from worker import misrouted, process
 from worker.contract.keys import NAMESPACE_CONF, NAMESPACE_HEADER, Keys
 from worker.contract.messages import MessageError, Outcome, TaskMessage
 from worker.contract.settings import PART_TASK_NAME, TASK_NAME, FleetSettings, redis_client
-from worker.job import Delivery, WorkerContext, run_study
+from worker.job import run_study
+from worker.job_context import Delivery, WorkerContext
 from worker.ledger import BatchLedger
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ from producer.formats.sidecar import Prompts, SidecarRef, read_prompts
 from worker.contract.study import StudyError
 
 if TYPE_CHECKING:
-    from producer.outcome import StudyOutcome
-    from producer.output_context import OutputContext
+    from producer.formats.outcome import StudyOutcome
+    from producer.formats.output_context import OutputContext
     from worker.contract.study import Study
 
 OUTPUT_MARK = ".seg"  # outputs are <study>.seg.dcm / <study>.seg.nii.gz: discovery leaves them out

@@ -42,10 +42,10 @@ from producer.formats.dicom_groups import DicomGroup, group_headers
 from producer.formats.hospital import build_study
 from producer.formats.nifti import write_label_nifti
 from producer.formats.npz import write_segs
+from producer.formats.outcome import StudyOutcome
+from producer.formats.output_context import OutputContext, dicom_context
 from producer.formats.seg import check_labels, write_dicom_seg
 from producer.formats.sidecar import DICOM_SIDECAR, SidecarRef, lists
-from producer.outcome import StudyOutcome
-from producer.output_context import OutputContext, dicom_context
 from worker.contract.study import Study, StudyError
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class DicomFormat(StudyFormat):
         if seg.is_file():  # else the SEG could not be built and the notes say why
             files["seg"] = seg.name
         context = outcome.context
-        if context is not None and context.nifti is not None:  # the series' grid (producer.output_context)
+        if context is not None and context.nifti is not None:  # the series' grid (producer.formats.output_context)
             write_label_nifti(Path(folder.path) / SERIES_NIFTI, outcome.labels, context.nifti, source.name)
             files["nifti"] = SERIES_NIFTI
         return files

@@ -1,6 +1,6 @@
 """What the DICOM writers (SEG, RTSTRUCT) need from a source series, captured once as JSON-able data.
 
-Captured when a study is loaded (producer.output_context) and stored with a fleet batch, so `producer results`
+Captured when a study is loaded (producer.formats.output_context) and stored with a fleet batch, so `producer results`
 writes the same SEG/RTSTRUCT from any folder or machine, with the sources gone. It holds:
 - `header`: the patient, study, series, frame-of-reference, equipment and image-pixel attributes of the series'
   first instance (and an enhanced multi-frame object's functional groups), as DICOM JSON (pydicom to_json_dict);

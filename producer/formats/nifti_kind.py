@@ -25,9 +25,9 @@ from producer.formats.nifti import (
     reference_of,
     write_label_nifti,
 )
+from producer.formats.outcome import StudyOutcome
+from producer.formats.output_context import OutputContext
 from producer.formats.sidecar import NIFTI_SIDECAR_SUFFIX, Prompts, SidecarRef
-from producer.outcome import StudyOutcome
-from producer.output_context import OutputContext
 from worker.contract.study import Study
 
 

@@ -30,9 +30,9 @@ from pydicom.dataset import Dataset
 
 from producer.formats.dicom_reference import DicomReference
 from producer.formats.seg import ALGORITHM_NAME, SERIES_NUMBER_OFFSET, check_fits, check_labels, output_uids
-from worker import __version__
 from worker.contract.files import atomic_path
 from worker.contract.study import StudyError
+from worker.contract.version import PACKAGE_VERSION as __version__
 
 GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
 

@@ -16,17 +16,18 @@ import numpy as np
 
 from models.paths import compile_cache_dir, default_models_dir
 from models.registry import ModelSpec, load_registry
-from worker import __version__
-from worker.calibration import choose_profile
+from worker.contract.identity import EngineIdentity, routing_data
 from worker.contract.metrics import StudyMetrics
 from worker.contract.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
 from worker.contract.routing import Route, RoutingTable
 from worker.contract.settings import EngineConfig
 from worker.contract.study import Segmentation, Study, is_3d
 from worker.contract.validation import DEFAULT_MAX_VOXELS, check_study
-from worker.cpu_affinity import CoreBinding
+from worker.contract.version import PACKAGE_VERSION
 from worker.engine.cache import EmbeddingCache
+from worker.engine.cores import CoreBinding
 from worker.engine.footprint import study_bytes
+from worker.engine.profiles import ProfileChooser, named_profile
 from worker.engine.runtime import CompiledSam, RuntimeSettings
 from worker.engine.slices import EmbeddingSource, ProgressFn, SliceSegmenter, SliceSettings, StageClock
 from worker.engine.strategies import STRATEGIES_3D, majority_vote, propagate_views, segment_2d
@@ -69,12 +70,14 @@ def study_key(study: Study) -> str:
 
 
 class Engine:
-    def __init__(self, settings: EngineSettings | None = None):
+    def __init__(self, settings: EngineSettings | None = None, choose_profile: ProfileChooser = named_profile):
+        """`choose_profile` turns settings.precision into the profile that runs: named profiles by default;
+        pass worker.calibration.choose_profile where `fast` (this host's calibrated choice) may be asked for."""
         self.settings = settings or EngineSettings()
         self.registry: dict[str, ModelSpec] = load_registry(self.settings.models_dir)
         self.routing = RoutingTable.load(self.settings.routing_file)
         self.cache = EmbeddingCache(self.settings.cache_bytes)
-        self.precision = self._choose_precision()
+        self.precision = self._choose_precision(choose_profile)
         self._compiled: dict[tuple[str, PartPrecision], CompiledSam] = {}
         # threads, cores and compiled cache; each part compiles at the precision its profile gives it (CompiledSam)
         self._runtime = RuntimeSettings(
@@ -82,8 +85,8 @@ class Engine:
         )
         CoreBinding(tuple(self.settings.cores)).apply()  # before OpenVINO starts any thread
 
-    def _choose_precision(self) -> ProfileChoice:
-        """The profile this engine runs (a `fast` request resolved against this host's calibration record)."""
+    def _choose_precision(self, choose_profile: ProfileChooser) -> ProfileChoice:
+        """The profile this engine runs (a `fast` request resolved by the chooser it was given)."""
         choice = choose_profile(self.settings.precision, self.routing, self.settings.models_dir, self.registry)
         if choice.requested == FAST:
             log.info("--precision fast runs %s", choice.reason)
@@ -101,6 +104,19 @@ class Engine:
         for name in self.registry:
             for parts in self.precision.profile.distinct_parts():
                 self.model(name, parts)
+
+    def identity(self) -> EngineIdentity:
+        """The identity of this engine (content keys): per model, the sha256 of the weights that run at its
+        profile's default parts (an int8 profile's encoder differs from the f32 export's), and per model and
+        strategy the precision of each part and its weights. Compiles what it names (call after warm_up())."""
+        models = {name: getattr(self.model(name), "sha256", spec.sha256) for name, spec in self.registry.items()}
+        return EngineIdentity(
+            precision=self.precision.name,
+            package_version=PACKAGE_VERSION,
+            models=models,
+            routing=routing_data(self.settings.routing_file),
+            parts=self.precision_identity(),
+        )
 
     def precision_identity(self) -> dict[str, dict[str, dict[str, str]]]:
         """Per model and strategy: the parts' precisions and the sha256 of the weights that run (content keys)."""
@@ -222,7 +238,7 @@ class Engine:
         if self.precision.requested != self.precision.name or self.precision.reason:
             metrics.provenance.precision_choice = f"--precision {self.precision.requested}: {self.precision.reason}"
         metrics.provenance.strategy = strategy
-        metrics.provenance.package_version = __version__
+        metrics.provenance.package_version = PACKAGE_VERSION
         metrics.provenance.overlap = route.overlap
         if spec.name != preferred:
             metrics.provenance.note = f"{preferred} is not registered; ran {spec.name} instead"

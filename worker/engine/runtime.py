@@ -24,7 +24,7 @@ import openvino as ov
 from models.quantize import PROFILE_PREFIX, profile_encoder
 from models.registry import ModelSpec, combined_sha256
 from worker.contract.precision import PartPrecision
-from worker.cpu_affinity import CoreBinding
+from worker.engine.cores import CoreBinding
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}
 
