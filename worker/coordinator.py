@@ -66,7 +66,7 @@ def _decision(ctx: WorkerContext, msg: TaskMessage, study: Study) -> SplitDecisi
     check_study(study, ctx.engine.settings.max_voxels)  # a malformed study is refused before any planning
     strategy = routing.route(study.modality).strategy(study.is_3d)
     waiting = int(ctx.ledger.client.llen(ctx.keys.queue(msg.queue))) if msg.queue else 0
-    return decide(strategy, tuple(study.image.shape), study.boxes, ctx.split, msg.split, waiting)
+    return decide(strategy, tuple(study.image.shape), study.prompts.box_array(), ctx.split, msg.split, waiting)
 
 
 def _send(ctx: WorkerContext, msg: TaskMessage, parts: list[PartMessage]) -> None:

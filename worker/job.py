@@ -59,7 +59,7 @@ def _execute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, started: 
             "(out of memory or a crash in the engine?)",
         )
     try:
-        key = ctx.identity.result_key(msg.image_digest, msg.boxes_array(), msg.modality)
+        key = ctx.identity.result_key(msg.image_digest, msg.prompts(), msg.modality)
     except (LookupError, ValueError) as error:
         return error_outcome(msg, f"cannot route {msg.modality}: {error}")
     if not msg.force:

@@ -165,9 +165,7 @@ def fetch_study(ctx: WorkerContext, msg: TaskMessage) -> Study:
     image = unpack_image(blob)
     if image_digest(image) != msg.image_digest:
         raise StoreError(f"input image {msg.image_digest[:12]} is corrupt in the store (digest mismatch)")
-    return Study(
-        study_id=msg.study_id, modality=msg.modality, image=image, boxes=msg.boxes_array(), spacing=msg.spacing
-    )
+    return Study(study_id=msg.study_id, modality=msg.modality, image=image, prompts=msg.prompts(), spacing=msg.spacing)
 
 
 def stored_result(ctx: WorkerContext, key: str) -> ResultRecord | None:

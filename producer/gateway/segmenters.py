@@ -49,7 +49,7 @@ class EmbeddedSegmenter:
         from worker.contract.identity import image_digest
 
         try:
-            return self.identity.result_key(image_digest(study.image), study.boxes, study.modality)
+            return self.identity.result_key(image_digest(study.image), study.prompts, study.modality)
         except (LookupError, ValueError):
             return None  # the engine says what is wrong
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from worker.contract.arrays import StoreError, pack_arrays, unpack_arrays
 from worker.contract.metrics import StudyMetrics
+from worker.contract.prompts import Prompts
 
 MESSAGE_VERSION = 1
 
@@ -81,6 +82,11 @@ class TaskMessage(BaseModel):
 
     def boxes_array(self) -> np.ndarray:
         return np.asarray(self.boxes, dtype=np.dtype(self.boxes_dtype)).reshape(self.boxes_shape)
+
+    def prompts(self) -> Prompts:
+        """The study's prompts: version 1 messages carry box-only voxel prompts, as the challenge's box array
+        (PromptError, a StudyError, if that array is none)."""
+        return Prompts.from_boxes(self.boxes_array())
 
     def to_wire(self) -> dict[str, Any]:
         """The Celery task argument (plain JSON types)."""

@@ -153,7 +153,8 @@ class Engine:
         if strategy != "triview":
             raise ValueError(f"{study.modality} runs {strategy}, not triview: it has no views to split")
         before = self._cache_snapshot()
-        labels = propagate_views(study.image, study.boxes, seg, (view,), route.margin, route.overlap, progress)[0]
+        boxes = study.prompts.box_array()
+        labels = propagate_views(study.image, boxes, seg, (view,), route.margin, route.overlap, progress)[0]
         self._account(metrics, seg, before, study, strategy, route)
         metrics.note(view=view)
         metrics.times.total = time.perf_counter() - started
@@ -201,8 +202,12 @@ class Engine:
 
     def memory_needed(self, study: Study) -> int:
         """Bytes this study may add to the process: its arrays at their peak plus the embedding cache's headroom."""
-        image, boxes = np.asarray(study.image), np.asarray(study.boxes)
-        volume = is_3d(image, boxes)  # malformed: segment() says why
+        image = np.asarray(study.image)
+        try:
+            boxes = study.prompts.box_array()
+        except ValueError:  # prompts the engine cannot run: segment() says why
+            boxes = np.zeros((0, 6 if study.prompts.is_3d else 4))
+        volume = is_3d(image, study.prompts)  # malformed: segment() says why
         try:
             views = self.routing.route(study.modality).views(volume)
         except (LookupError, ValueError):
@@ -212,9 +217,10 @@ class Engine:
 
     @staticmethod
     def _run(strategy: str, study: Study, seg: SliceSegmenter, route: Route, progress) -> np.ndarray:
+        boxes = study.prompts.box_array()  # checked: voxel boxes, one per label
         if strategy == "box2d":
-            return segment_2d(study.image, study.boxes, seg, route.overlap, progress)
-        return STRATEGIES_3D[strategy](study.image, study.boxes, seg, route.margin, route.overlap, progress)
+            return segment_2d(study.image, boxes, seg, route.overlap, progress)
+        return STRATEGIES_3D[strategy](study.image, boxes, seg, route.margin, route.overlap, progress)
 
     def _cache_snapshot(self) -> tuple[int, int, int]:
         stats = self.cache.stats
@@ -223,7 +229,7 @@ class Engine:
     def _account(self, metrics: StudyMetrics, seg: SliceSegmenter, before, study: Study, strategy: str, route) -> None:
         hits, misses, evictions = self._cache_snapshot()
         counts = metrics.counts
-        counts.boxes = len(study.boxes)
+        counts.boxes = len(study.prompts)
         counts.slices_encoded = seg.encoder_calls
         counts.decoder_calls = seg.decoder_calls
         counts.cache_hits, counts.cache_misses = hits - before[0], misses - before[1]

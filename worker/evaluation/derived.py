@@ -23,6 +23,8 @@ import numpy as np
 
 from models.phantoms import tight_boxes
 from worker.contract.arrays import write_npz
+from worker.contract.prompts import Prompts
+from worker.contract.study import is_3d
 
 MIN_PIXELS_2D = 20
 MIN_VOXELS_3D = 50
@@ -39,7 +41,8 @@ class DerivedCase:
 
     @property
     def is_3d(self) -> bool:
-        return self.gts.ndim == 3
+        """As the study made of it is (worker.contract.study.is_3d, the one decision)."""
+        return is_3d(self.imgs, Prompts.from_boxes(self.boxes))
 
 
 def keep_labels(gts: np.ndarray, min_size: int) -> np.ndarray:
