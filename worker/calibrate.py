@@ -35,7 +35,8 @@ from worker.calibration import (
     profile_definition,
     write_verdict,
 )
-from worker.contract.precision import DEFAULT_PROFILE, STRATEGIES
+from worker.contract.precision import DEFAULT_PROFILE
+from worker.contract.strategies import STRATEGY_NAMES
 from worker.contract.study import Study
 from worker.evaluation.derived import DerivedCase, derive_cases
 from worker.evaluation.metrics import dsc_case
@@ -121,7 +122,7 @@ def _runtime_by_strategy(engine) -> dict[str, dict]:
     """Per strategy: each part's element-type counts and the weights that run (for the model a case routes to)."""
     out = {}
     for name in engine.registry:
-        for strategy in STRATEGIES:
+        for strategy in STRATEGY_NAMES:
             model = engine.model(name, engine.precision.profile.parts(strategy))
             out[f"{name}/{strategy}"] = {"runtime": model.runtime(), "sha256": model.sha256}
     return out

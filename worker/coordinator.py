@@ -18,6 +18,7 @@ import logging
 import time
 
 from worker.contract.messages import TaskMessage
+from worker.contract.strategies import AXIAL, VIEWS
 from worker.contract.study import Segmentation, Study
 from worker.cooperative import CooperativeSource
 from worker.embedding_store import Claims, EmbeddingBlobs
@@ -78,14 +79,14 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
     from worker.fanout import SplitBoard
 
     space = ctx.engine.embedding_space(study)
-    order = decision.orders["axial"]
+    order = decision.orders[AXIAL]
     parts = [
         PartMessage(
             kind=SLICES,
             run=run,
             index=index,
             parts=len(decision.ranges),
-            view="axial",
+            view=AXIAL,
             study=msg.to_wire(),
             result_key=key,
             coordinator=ctx.node,
@@ -101,10 +102,8 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
     ]
     board = SplitBoard(ctx.ledger.client, ctx.keys, run, ctx.split.blob_ttl)
     blobs = EmbeddingBlobs(ctx.store, space, ctx.split.blob_ttl)
-    from worker.engine.strategies import VIEWS
-
     ahead = ctx.engine.slice_encoder(study)  # the same model and settings as the engine's own run
-    axial = study.image.transpose(VIEWS["axial"][0])  # as parts see it
+    axial = study.image.transpose(VIEWS[AXIAL].axes)  # as parts see it
     source = CooperativeSource(
         blobs,
         Claims(ctx.ledger.client, ctx.split.claim_ttl),
@@ -143,7 +142,7 @@ def _end_run(board, blobs: EmbeddingBlobs, order: list[int]) -> None:
     """Late parts stop at once; the run's embeddings leave the store (else their TTL ends them)."""
     try:
         board.finish()
-        blobs.delete("axial", order)
+        blobs.delete(AXIAL, order)
     except Exception as error:
         log.warning("split run %s not cleaned up (%s): its keys expire by themselves", board.run, error)
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker.contract.prompts import Prompts
 from worker.contract.routing import DEFAULT_ROUTING, Route, RoutingTable
 from worker.contract.routing import ENV_VAR as ROUTING_ENV
+from worker.contract.strategies import STRATEGY_2D
 
 KEY_VERSION = 1
 
@@ -95,7 +96,7 @@ class EngineIdentity(BaseModel):
             "package_version": self.package_version,
         }
         if model in self.parts:  # what each part runs at, for the strategies a study of this modality can take
-            identity["parts"] = {strategy: self.parts[model][strategy] for strategy in ("box2d", route.strategy_3d)}
+            identity["parts"] = {strategy: self.parts[model][strategy] for strategy in (STRATEGY_2D, route.strategy_3d)}
         return identity
 
     def result_key(self, image_sha: str, prompts: Prompts | np.ndarray, modality: str) -> str:

@@ -16,13 +16,15 @@ import numpy as np
 
 from models.paths import compile_cache_dir, default_models_dir
 from models.registry import ModelSpec, load_registry
+from worker.contract.engine_defaults import ENGINE_DEFAULTS
 from worker.contract.identity import EngineIdentity, routing_data
 from worker.contract.metrics import StudyMetrics
-from worker.contract.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
+from worker.contract.precision import F32, FAST, PartPrecision, ProfileChoice
 from worker.contract.routing import Route, RoutingTable
 from worker.contract.settings import EngineConfig
+from worker.contract.strategies import STRATEGY_2D, STRATEGY_NAMES, TRIVIEW
 from worker.contract.study import Segmentation, Study, is_3d
-from worker.contract.validation import DEFAULT_MAX_VOXELS, check_study
+from worker.contract.validation import check_study
 from worker.contract.version import PACKAGE_VERSION
 from worker.engine.cache import EmbeddingCache
 from worker.engine.cores import CoreBinding
@@ -30,7 +32,7 @@ from worker.engine.footprint import study_bytes
 from worker.engine.profiles import ProfileChooser, named_profile
 from worker.engine.runtime import CompiledSam, RuntimeSettings
 from worker.engine.slices import EmbeddingSource, ProgressFn, SliceSegmenter, SliceSettings, StageClock
-from worker.engine.strategies import STRATEGIES_3D, majority_vote, propagate_views, segment_2d
+from worker.engine.strategies import IMPLEMENTATIONS_3D, majority_vote, propagate_views, segment_2d
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineSettings:
     models_dir: Path = field(default_factory=default_models_dir)
-    precision: str = "f32"  # a profile of the routing table's [precision.*], an int8 profile, or "fast"
-    threads: int = 0
-    cache_bytes: int = 2 << 30
-    decode_chunk: int = 16
+    precision: str = ENGINE_DEFAULTS.precision  # a profile of the routing table, an int8 profile, or "fast"
+    threads: int = ENGINE_DEFAULTS.threads
+    cache_bytes: int = ENGINE_DEFAULTS.cache_bytes
+    decode_chunk: int = ENGINE_DEFAULTS.decode_chunk
     routing_file: Path | None = None
-    max_voxels: int = DEFAULT_MAX_VOXELS
+    max_voxels: int = ENGINE_DEFAULTS.max_voxels
     cores: tuple[int, ...] = ()  # explicit cores of this process (worker.cpu_affinity.plan); empty: not pinned
 
     @classmethod
@@ -81,7 +83,7 @@ class Engine:
         self._compiled: dict[tuple[str, PartPrecision], CompiledSam] = {}
         # threads, cores and compiled cache; each part compiles at the precision its profile gives it (CompiledSam)
         self._runtime = RuntimeSettings(
-            "f32", self.settings.threads, compile_cache_dir(self.settings.models_dir), tuple(self.settings.cores)
+            F32, self.settings.threads, compile_cache_dir(self.settings.models_dir), tuple(self.settings.cores)
         )
         CoreBinding(tuple(self.settings.cores)).apply()  # before OpenVINO starts any thread
 
@@ -126,7 +128,7 @@ class Engine:
                     **self.precision.profile.parts(strategy).as_dict(),
                     "sha256": self.model(name, self.precision.profile.parts(strategy)).sha256,
                 }
-                for strategy in STRATEGIES
+                for strategy in STRATEGY_NAMES
             }
             for name in self.registry
         }
@@ -150,7 +152,7 @@ class Engine:
         started = time.perf_counter()
         check_study(study, self.settings.max_voxels)
         route, strategy, seg, metrics = self._prepare(study, None)
-        if strategy != "triview":
+        if strategy != TRIVIEW:
             raise ValueError(f"{study.modality} runs {strategy}, not triview: it has no views to split")
         before = self._cache_snapshot()
         boxes = study.prompts.box_array()
@@ -218,9 +220,9 @@ class Engine:
     @staticmethod
     def _run(strategy: str, study: Study, seg: SliceSegmenter, route: Route, progress) -> np.ndarray:
         boxes = study.prompts.box_array()  # checked: voxel boxes, one per label
-        if strategy == "box2d":
+        if strategy == STRATEGY_2D:
             return segment_2d(study.image, boxes, seg, route.overlap, progress)
-        return STRATEGIES_3D[strategy](study.image, boxes, seg, route.margin, route.overlap, progress)
+        return IMPLEMENTATIONS_3D[strategy](study.image, boxes, seg, route.margin, route.overlap, progress)
 
     def _cache_snapshot(self) -> tuple[int, int, int]:
         stats = self.cache.stats
