@@ -10,6 +10,7 @@ import click
 from producer.cli_options import broker_option, broker_required, engine_options, engine_settings
 from producer.console import BatchProgress, console, print_notes, summary_table
 from producer.discovery import discover
+from producer.formats.dicom_outputs import DEFAULT_DICOM_OUTPUTS, DICOM_OUTPUTS
 from producer.formats.outcome import StudyOutcome
 from producer.outputs import OutputWriter
 
@@ -22,7 +23,7 @@ def print_skipped(skipped) -> None:
 
 
 def run_embedded(
-    study_dir: Path, out_dir: Path, settings, dicom_formats: tuple[str, ...] = ("seg",)
+    study_dir: Path, out_dir: Path, settings, dicom_formats: tuple[str, ...] = DEFAULT_DICOM_OUTPUTS
 ) -> list[StudyOutcome]:
     from producer.embedded import EmbeddedRunner
 
@@ -99,9 +100,9 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--dicom-format",
     "dicom_format",
-    default="seg",
+    default=",".join(DEFAULT_DICOM_OUTPUTS),
     show_default=True,
-    metavar="seg|rtstruct|seg,rtstruct",
+    metavar="|".join(DICOM_OUTPUTS) + ",...",
     help="What DICOM studies are written as: a DICOM SEG, an RT Structure Set, or both.",
 )
 @click.option(

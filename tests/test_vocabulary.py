@@ -88,3 +88,23 @@ def test_engine_defaults_come_from_one_table(monkeypatch):
     assert EngineSettings.from_config(config).cache_bytes == settings.cache_bytes
     assert RuntimeSettings().precision == ENGINE_DEFAULTS.precision and RuntimeSettings().threads == 0
     assert SliceSettings().decode_chunk == settings.decode_chunk == ENGINE_DEFAULTS.decode_chunk
+
+
+def test_output_formats_are_classes_in_one_table():
+    from producer.formats.dicom_outputs import (
+        DEFAULT_DICOM_OUTPUTS,
+        DICOM_OUTPUTS,
+        DOWNLOAD_MEDIA_TYPES,
+        DicomOutput,
+        parse_dicom_formats,
+    )
+    from producer.formats.registry import FORMATS
+
+    assert all(isinstance(output, DicomOutput) and output.name == name for name, output in DICOM_OUTPUTS.items())
+    assert set(DEFAULT_DICOM_OUTPUTS) <= set(DICOM_OUTPUTS)
+    suffixes = [output.suffix for output in DICOM_OUTPUTS.values()]
+    assert len(set(suffixes)) == len(suffixes) and FORMATS["dicom"].suffix == DICOM_OUTPUTS["seg"].suffix
+    assert DOWNLOAD_MEDIA_TYPES["seg"] == DICOM_OUTPUTS["seg"].media_type
+    assert parse_dicom_formats("RTSTRUCT, seg,seg") == ("rtstruct", "seg")
+    with pytest.raises(ValueError, match="choose seg, rtstruct"):
+        parse_dicom_formats("sr")
