@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from worker.contract.errors import validation_message
 from worker.contract.keys import Keys
 from worker.contract.messages import MessageError
 from worker.contract.settings import SplitSettings
@@ -174,10 +175,7 @@ class PartMessage(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise MessageError(
-                f"part message: {error.error_count()} problem(s): "
-                + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            ) from None
+            raise MessageError(f"part message: {validation_message(error)}") from None
 
     def label(self) -> str:
         if self.kind == VIEWS_MODE:

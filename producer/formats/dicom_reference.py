@@ -164,25 +164,6 @@ class DicomReference:
     def shared(self) -> Dataset:
         return Dataset.from_json(self.header)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "header": self.header,
-            "instances": list(self.instances),
-            "slices": [list(ref) for ref in self.slices],
-            "notes": list(self.notes),
-            "derived": list(self.derived),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DicomReference:
-        return cls(
-            data["header"],
-            tuple(data["instances"]),
-            tuple((int(i), f) for i, f in data["slices"]),
-            tuple(data.get("notes", ())),
-            tuple(data.get("derived", ())),
-        )
-
 
 def _complete_instances(headers) -> tuple[list[Dataset], list[str]]:
     instances, notes = [], []

@@ -12,7 +12,7 @@ one place that knows a study's dimensionality (`Prompts.is_3d`; study.is_3d asks
 - `box_array()` is the engine's and the content key's view: the (N, 4) or (N, 6) voxel boxes with the number
   type they came in (`box_dtype`), so a study's masks and result key are those of its box array, bit for bit.
 
-numpy and the standard library only (the contract's rule).
+numpy, pydantic and the standard library only (the contract's rule).
 """
 
 from __future__ import annotations

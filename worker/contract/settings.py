@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.contract.budget import TimeBudget
 from worker.contract.engine_defaults import ENGINE_DEFAULTS
+from worker.contract.errors import validation_message
 from worker.contract.keys import check_namespace
 
 if TYPE_CHECKING:  # redis is imported when a client is made, not with the contract
@@ -144,8 +145,7 @@ def environment() -> Environment:
     try:
         return Environment()
     except ValidationError as error:
-        problems = "; ".join(f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors())
-        raise ValueError(problems) from None
+        raise ValueError(validation_message(error, name=lambda loc: f"{PREFIX}{str(loc[0]).upper()}")) from None
 
 
 def settings_table() -> str:
