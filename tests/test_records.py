@@ -64,3 +64,25 @@ def test_validation_message_is_one_line_with_a_count_of_the_rest():
     assert "\n" not in message
     named = validation_message(caught.value, name=lambda loc: f"LITEMEDSAM_{str(loc[0]).upper()}")
     assert named.count("LITEMEDSAM_") == 3
+
+
+def test_a_calibration_record_that_does_not_fit_is_ignored_and_a_bad_verdict_never_stored(tmp_path, caplog):
+    from worker.calibration import read_record, record_path, write_verdict
+
+    record_path(tmp_path).write_text('{"format": 1, "hosts": {"k": {"host": {}, "profiles": {"bf16": {}}}}}')
+    with caplog.at_level("WARNING"):
+        assert read_record(tmp_path) == {"format": 1, "hosts": {}}
+    assert "hosts.k.calibrated_at: Field required" in caplog.text
+    before = record_path(tmp_path).read_text()
+    with pytest.raises(ValueError, match=r"not stored: .*profiles.bf16.passed: Input should be a valid boolean"):
+        write_verdict(tmp_path, {"host": {}, "calibrated_at": "now", "profiles": {"bf16": {"passed": "maybe"}}})
+    assert record_path(tmp_path).read_text() == before
+    verdict = {
+        "host": {"cpu": "x"},
+        "calibrated_at": "now",
+        "profiles": {"bf16": {"definition": {}, "passed": True, "equivalent_to_f32": False, "speedup": 1.5}},
+        "cases": {"a": {"dsc_f32": 0.9}},  # kept as written
+    }
+    write_verdict(tmp_path, verdict)
+    (stored,) = read_record(tmp_path)["hosts"].values()
+    assert stored["cases"] == {"a": {"dsc_f32": 0.9}} and stored["profiles"]["bf16"]["speedup"] == 1.5
