@@ -123,19 +123,32 @@ def case_study(case: InteractiveCase, seed: int = 0) -> tuple[Study, list[Box202
     return Study(case.name, modality_of(case.name), case.imgs, prompts, case.spacing), boxes
 
 
+def box_step(engine: Engine, case: InteractiveCase, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Step 0: the engine's labels from the boxes (engine label k + 1 for the truth's k-th class), and its seconds."""
+    study, _ = case_study(case, seed)
+    started = time.perf_counter()
+    labels = engine.segment(study).labels
+    return labels, time.perf_counter() - started
+
+
 def run_protocol(
-    engine: Engine, case: InteractiveCase, settings: RefineSettings | None, steps: int = CLICK_STEPS, seed: int = 0
+    engine: Engine,
+    case: InteractiveCase,
+    settings: RefineSettings | None,
+    steps: int = CLICK_STEPS,
+    seed: int = 0,
+    first: tuple[np.ndarray, float] | None = None,
 ) -> InteractiveScore:
-    """Box step and `steps` click steps on one case; scores per step (labels mapped back to the truth's values)."""
+    """Box step and `steps` click steps on one case; scores per step (labels mapped back to the truth's values).
+    `first`: step 0's result (box_step) when several candidates are compared on one case."""
     from worker.engine.click_decoder import refine_study
 
     study, _ = case_study(case, seed)
     values = case.classes
     lookup = np.concatenate([[0], values]).astype(case.gts.dtype)  # engine label k + 1 -> the truth's k-th value
     score = InteractiveScore(case.name, classes=len(values))
-    started = time.perf_counter()
-    labels = engine.segment(study).labels
-    score.seconds.append(time.perf_counter() - started)
+    labels, seconds = first if first is not None else box_step(engine, case, seed)
+    score.seconds.append(seconds)
     _score_step(score, case, lookup[labels])
     clicks: dict[int, list[ClickPrompt]] = {k + 1: [] for k in range(len(values))}
     for _ in range(steps):

@@ -280,7 +280,8 @@ class Refiner:
     ) -> np.ndarray:
         """Guarded propagation: a neighbour changes only in the click's direction, only where its change continues
         the change of the slice before (components touching it, at most `margin` px farther out per slice), so
-        one edit cannot cascade into an unrelated part of the label; and never by more than the slice before)."""
+        one edit cannot cascade into an unrelated part of the label; and a removal never larger than the slice
+        before's, an addition at most a pixel's rim larger)."""
         change = (proposal & ~old) if positive else (old & ~proposal)
         reach = ndimage.binary_dilation(
             previous_change, STRUCTURE_2D, iterations=max(1, int(np.ceil(self.decoder.margin)))
@@ -288,8 +289,11 @@ class Refiner:
         labelled, _ = ndimage.label(change, STRUCTURE_2D)
         touching = np.unique(labelled[reach & change])
         change = np.isin(labelled, touching[touching > 0]) & reach
-        if np.count_nonzero(change) > np.count_nonzero(previous_change):
-            return old  # a change that grows away from the click is the chain running off, not the edit fading out
+        # an over-segmentation ends: a removal only fades away from the click; a missed structure may widen from
+        # slice to slice: an addition may outgrow the one before by a pixel's rim. More is the chain running off.
+        limit = ndimage.binary_dilation(previous_change, STRUCTURE_2D) if positive else previous_change
+        if np.count_nonzero(change) > np.count_nonzero(limit):
+            return old
         return (old | change) if positive else (old & ~change)
 
     @staticmethod
