@@ -68,7 +68,6 @@ CANDIDATES = {
     "none": None,  # clicks ignored: the box prediction as it was (the curve every candidate must beat)
     "crude": RefineSettings("crude", guarded=False),
     "guarded": RefineSettings("guarded"),
-    "guarded-nobite": RefineSettings("guarded-nobite", bite=float("inf")),
     "guarded-noshrink": RefineSettings("guarded-noshrink", shrink=False),
     "guarded-slice": RefineSettings("guarded-slice", propagate=False),
 }
@@ -139,7 +138,10 @@ class Refiner:
             if removed is not None:
                 return removed
         new = mask.copy()
-        new[z], how = (self._background if not click.positive else self._foreground)(mask[z], click, earlier)
+        if click.positive:
+            new[z], how = self._foreground(mask[z], click, earlier, self._neighbour_box(mask, z))
+        else:
+            new[z], how = self._background(mask[z], click, earlier)
         new[z] = _honour(new[z], clicks, z)
         changed = [z] if not np.array_equal(new[z], mask[z]) else []
         if changed and self.settings.propagate and mask.shape[0] > 1:
@@ -216,12 +218,41 @@ class Refiner:
         half = max(self.settings.min_local, self.settings.local_fraction * side)
         return _clip_box(np.array([x - half, y - half, x + half, y + half]), slice_mask.shape)
 
+    @staticmethod
+    def _neighbour_box(mask: np.ndarray, z: int) -> np.ndarray | None:
+        """The tight box of the label on the nearest slice that holds it (None: slice z holds it, or none does)."""
+        if mask[z].any():
+            return None
+        holding = np.flatnonzero(mask.any(axis=(1, 2)))
+        if holding.size == 0:
+            return None
+        return tight_box(mask[int(holding[np.argmin(np.abs(holding - z))])])
+
     def _foreground(
-        self, slice_mask: np.ndarray, click: ClickPrompt, earlier: Sequence[ClickPrompt]
+        self,
+        slice_mask: np.ndarray,
+        click: ClickPrompt,
+        earlier: Sequence[ClickPrompt],
+        neighbour: np.ndarray | None = None,
     ) -> tuple[np.ndarray, str]:
         z, y, x = click.zyx
-        box = tight_box(slice_mask)
         margin = self.decoder.margin
+        if neighbour is not None:
+            # the label is missing on this slice: prompt with its box on the nearest slice that has it (what the
+            # propagation would have done), grown to take the click in
+            grown = np.array(
+                [
+                    min(neighbour[0] - margin, x - margin),
+                    min(neighbour[1] - margin, y - margin),
+                    max(neighbour[2] + margin, x + margin),
+                    max(neighbour[3] + margin, y + margin),
+                ]
+            )
+            proposal = self.decoder.decode(z, _clip_box(grown, slice_mask.shape))
+            if proposal[y, x]:
+                added = component_at(proposal, (y, x), STRUCTURE_2D) if self.settings.guarded else proposal
+                return slice_mask | added, "neighbour-box"
+        box = tight_box(slice_mask)
         outside = box is None or not (
             box[0] - margin <= x <= box[2] + margin and box[1] - margin <= y <= box[3] + margin
         )
@@ -298,10 +329,11 @@ class Refiner:
 
     @staticmethod
     def _in_gap(z: int, z0: int, extent: np.ndarray) -> bool:
-        """Slice z lies between a click beyond the label's slices and the label (a foreground click extending it)."""
+        """Slice z lacks the label but lies inside its z-range, or between a click beyond the range and the label:
+        a foreground click there fills it in."""
         if extent.size == 0:
             return False
-        return bool(z0 < z < extent[0] or extent[-1] < z < z0)
+        return bool(extent[0] < z < extent[-1] or z0 < z < extent[0] or extent[-1] < z < z0)
 
 
 def _click_voxel(shape_like: np.ndarray, y: int, x: int) -> np.ndarray:
