@@ -16,6 +16,7 @@ from producer.derived import from_volume, write_cases
 from producer.interactive import (
     InteractiveCase,
     box_of_class,
+    box_step,
     click_auc,
     error_centre,
     load_cases,
@@ -81,32 +82,43 @@ def test_the_box_dict_takes_the_median_voxels_slice_and_widens_its_box():
 
 
 @pytest.fixture(scope="module")
-def derived_case_dir(tmp_path_factory):
-    """Derived cases of the CT phantom (no dev data needed): its 2D slices and 3D sub-volumes; one of each kept."""
+def derived_cases(tmp_path_factory):
+    """Derived cases of the CT phantom (no dev data needed): one of its 2D slices and its cropped 3D sub-volume,
+    each in a folder of its own in the challenge layout."""
     phantom = next(p for p in build_phantoms() if p.name == "3DBox_CT_phantom")
     cases = from_volume("CT_phantom", phantom.imgs, phantom.gts, phantom.spacing)
-    picked = [next(c for c in cases if not c.is_3d), next(c for c in cases if c.is_3d and "crop" in c.name)]
-    return write_cases(picked, tmp_path_factory.mktemp("derived"))
+    picked = {
+        "2d": next(c for c in cases if not c.is_3d),
+        "3d": next(c for c in cases if c.is_3d and "crop" in c.name),
+    }
+    return {kind: write_cases([case], tmp_path_factory.mktemp(kind)) for kind, case in picked.items()}
 
 
-def test_the_protocol_on_a_derived_case(real_models_dir, derived_case_dir):
-    engine = Engine(EngineSettings(real_models_dir, threads=2))
-    for case in load_cases(derived_case_dir / "imgs", derived_case_dir / "gts"):
-        score = run_protocol(engine, case, CANDIDATES["guarded"])
-        assert len(score.dsc) == len(score.nsd) == len(score.seconds) == 6
-        assert score.dsc_auc == pytest.approx(click_auc(score.dsc)) and 0 < score.dsc_auc <= 4.0
-        assert all(0.0 <= v <= 1.0 for v in score.dsc + score.nsd) and all(t > 0 for t in score.seconds)
-        assert score.dsc[0] > 0.5, score.dsc  # the box step works on a phantom
-        # one click per class per step where the class still has an error, each inside the volume
-        assert all(len(placed) <= score.classes for placed in score.clicks) and any(score.clicks)
-        # the guards: a click never costs more than a sliver
-        assert min(np.diff(score.dsc)) > -0.01, score.dsc
-        none = run_protocol(engine, case, CANDIDATES["none"])
-        assert none.dsc[0] == pytest.approx(score.dsc[0])  # same box step
-        assert none.dsc == [none.dsc[0]] * 6  # clicks ignored: flat
+@pytest.fixture(scope="module")
+def engine(real_models_dir):
+    return Engine(EngineSettings(real_models_dir, threads=2))
 
 
-def test_evaluate_interactive_prints_the_table_and_draws_the_plot(real_models_dir, derived_case_dir, tmp_path):
+def test_the_protocol_on_a_small_derived_3d_case(engine, derived_cases):
+    [case] = load_cases(derived_cases["3d"] / "imgs", derived_cases["3d"] / "gts")
+    first = box_step(engine, case)
+    score = run_protocol(engine, case, CANDIDATES["guarded"], first=first)
+    assert len(score.dsc) == len(score.nsd) == len(score.seconds) == 6
+    assert score.dsc_auc == pytest.approx(click_auc(score.dsc)) and 0 < score.dsc_auc <= 4.0
+    assert score.nsd_auc == pytest.approx(click_auc(score.nsd))
+    assert all(0.0 <= v <= 1.0 for v in score.dsc + score.nsd) and all(t > 0 for t in score.seconds)
+    assert score.dsc[0] > 0.5, score.dsc  # the box step works on a phantom
+    # one click per class per step where the class still has an error, each a (z, y, x) index in the volume
+    assert all(len(placed) <= score.classes for placed in score.clicks) and any(score.clicks)
+    assert all(0 <= c < n for placed in score.clicks for click in placed for c, n in zip(click.zyx, case.gts.shape))
+    # the guards: on this case no click costs more than a sliver, and five clicks gain
+    assert min(np.diff(score.dsc)) > -0.01 and score.dsc[-1] > score.dsc[0], score.dsc
+    none = run_protocol(engine, case, CANDIDATES["none"], first=first)
+    assert none.dsc == [score.dsc[0]] * 6  # clicks ignored: flat at the same box step
+
+
+def test_evaluate_interactive_prints_the_table_and_draws_the_plot(real_models_dir, derived_cases, tmp_path):
+    derived_case_dir = derived_cases["2d"]
     plot, table = tmp_path / "dsc.png", tmp_path / "steps.csv"
     result = CliRunner().invoke(
         cli,
@@ -131,14 +143,15 @@ def test_evaluate_interactive_prints_the_table_and_draws_the_plot(real_models_di
     assert "DSC_AUC" in result.output and "guarded" in result.output
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(table.open()))
-    assert len(rows) == 2
+    assert len(rows) == 1
     for row in rows:
         dsc = [float(row[f"dsc_{k}"]) for k in range(6)]
         assert float(row["dsc_auc"]) == pytest.approx(click_auc(dsc), abs=1e-5)
         assert float(row["dsc_final"]) == pytest.approx(dsc[-1], abs=1e-6)
 
 
-def test_evaluate_interactive_needs_images_and_a_known_candidate(derived_case_dir):
+def test_evaluate_interactive_needs_images_and_a_known_candidate(derived_cases):
+    derived_case_dir = derived_cases["2d"]
     runner = CliRunner()
     missing = runner.invoke(cli, ["evaluate", "--interactive", "--gts", str(derived_case_dir / "gts")])
     assert missing.exit_code != 0 and "--imgs" in missing.output
@@ -158,8 +171,8 @@ def test_evaluate_interactive_needs_images_and_a_known_candidate(derived_case_di
     assert unknown.exit_code != 0 and "magic" in unknown.output
 
 
-def test_a_2d_case_is_one_slice(real_models_dir):
+def test_a_2d_case_is_one_slice(engine):
     phantom = next(p for p in build_phantoms() if p.name == "2DBox_CT_phantom")
     case = InteractiveCase("2DBox_CT_phantom", phantom.imgs, phantom.gts, None)
-    score = run_protocol(Engine(EngineSettings(real_models_dir, threads=2)), case, CANDIDATES["guarded"], steps=2)
+    score = run_protocol(engine, case, CANDIDATES["guarded"], steps=2)
     assert len(score.dsc) == 3 and all(c.zyx[0] == 0 for placed in score.clicks for c in placed)
