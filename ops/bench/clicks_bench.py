@@ -49,12 +49,16 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated substrings of case names")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cases", type=Path, default=SHARED_CASES, help="dev cases (imgs/, gts/)")
+    parser.add_argument("--dims", choices=("2", "3", "both"), default="both", help="2D cases, 3D cases or both")
+    parser.add_argument("--tag", default="", help="suffix of the results file (runs split across processes)")
     args = parser.parse_args()
     names = args.candidates.split(",")
     cases = cases_of(args.cases, args.set, [t for t in args.only.split(",") if t])
+    if args.dims != "both":
+        cases = [c for c in cases if c.gts.ndim == int(args.dims)]
     engine = Engine(EngineSettings(threads=args.threads))
     started_at, load_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), uptime_line()
-    out = RESULTS / f"clicks_{args.set}.json"
+    out = RESULTS / f"clicks_{args.set}{'_' + args.tag if args.tag else ''}.json"
     record: dict = {"date": started_at, "machine": machine_info(), "uptime_start": load_start, "cases": {}}
     for case in cases:
         first = box_step(engine, case)
