@@ -1,0 +1,97 @@
+"""The API's request and response bodies, with every constraint the service enforces, so the OpenAPI document
+(producer.gateway.openapi) tells generated clients what will be accepted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+ROOT_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+NONBLANK = r"\S"
+
+# The prompts entry of the README (producer.formats.sidecar.SidecarEntry) as JSON schema: boxes in voxel indices
+# ([x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1]) or two world corners in mm, exactly one of the two per box.
+_NUMBER3 = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+BOX_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "label": {"type": "string", "pattern": NONBLANK, "maxLength": 64},
+        "voxel": {
+            "type": "array",
+            "items": {"type": "integer"},
+            "minItems": 4,
+            "maxItems": 6,
+            "not": {"minItems": 5, "maxItems": 5},
+            "description": "[x0, y0, x1, y1] (2D) or [x0, y0, z0, x1, y1, z1], inclusive",
+        },
+        "mm": {"type": "array", "items": _NUMBER3, "minItems": 2, "maxItems": 2, "description": "two world corners"},
+        "comment": {},
+    },
+    "oneOf": [
+        {"required": ["voxel"], "not": {"required": ["mm"]}},
+        {"required": ["mm"], "not": {"required": ["voxel"]}},
+    ],
+}
+PROMPTS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["boxes"],
+    "description": "The prompts.json entry of the README: boxes (voxel or mm), labels, optional modality and window",
+    "properties": {
+        "boxes": {"type": "array", "minItems": 1, "maxItems": 255, "items": BOX_SCHEMA},
+        "modality": {"type": "string", "pattern": NONBLANK, "maxLength": 32},
+        "window": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["level", "width"],
+            "properties": {"level": {"type": "number"}, "width": {"type": "number"}, "comment": {}},
+        },
+        "comment": {},
+    },
+}
+
+
+class DicomwebSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dicomweb: str = Field(
+        min_length=8,
+        max_length=2048,
+        pattern=ROOT_PATTERN,
+        description="A DICOMweb root the site configured (the OpenAPI document lists them); credentials come from "
+        "the service's configuration",
+    )
+    study: str = Field(pattern=UID_PATTERN, min_length=1, max_length=64, description="StudyInstanceUID")
+    series: str = Field(pattern=UID_PATTERN, min_length=1, max_length=64, description="SeriesInstanceUID")
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: DicomwebSource
+    prompts: dict[str, Any] = Field(description="PROMPTS_SCHEMA (the OpenAPI document's Prompts)")
+    store: str | None = Field(
+        "source",
+        description='"source": STOW-RS the SEG back to the source server; a configured DICOMweb root: to that '
+        "server; null: keep it here only",
+    )
+
+
+class Accepted(BaseModel):
+    id: str
+    status_url: str
+
+
+class Problem(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(description="what is wrong (a list: one entry per invalid field)")
+
+
+class Health(BaseModel):
+    status: str
+    mode: str
+    pending: int
+    version: str
