@@ -136,3 +136,55 @@ def jwks_server(document: dict) -> LoopbackServer:
         handler.wfile.write(body)
 
     return LoopbackServer(answer)
+
+
+class ServedApp:
+    """An ASGI app served by uvicorn in a thread on a free loopback port (for clients outside this process)."""
+
+    def __init__(self, app):
+        import socket
+
+        import uvicorn
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServedApp:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def fuzz_app(data_dir: Path):
+    """The service as schemathesis sees it: every route, one allowed DICOMweb root where nothing listens (jobs end
+    at once with a clear error), a request rate no fuzz run reaches."""
+    import socket
+
+    from producer.gateway.app import create_app
+    from producer.gateway.dicomweb import ClientSettings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    cfg = config(
+        data_dir,
+        dicomweb_allow=(f"http://127.0.0.1:{closed}/dicom-web",),
+        dicomweb=ClientSettings(connect_timeout=1, read_timeout=2, retries=0),
+        limits=LimitSettings("1000000/minute", 1000),
+    )
+    return create_app(cfg, BoxFillSegmenter())

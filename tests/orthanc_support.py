@@ -195,7 +195,7 @@ class GatewayProcess:
         ]
         environment = {
             **os.environ,
-            "LITEMEDSAM_API_TOKENS": f"tester:{token}:submit,read,admin",
+            "LITEMEDSAM_API_TOKENS": f"tester:{token}:submit+read+admin",
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

@@ -25,6 +25,7 @@ from gateway_support import (
     bearer,
     config,
     counting_server,
+    jwks_server,
     redirecting_server,
     wait_job,
 )
@@ -75,7 +76,7 @@ def test_named_tokens_with_scopes(tmp_path: Path):
     assert table[ALICE].scopes == {"submit", "read"} and table[READER].scopes == {"read"}
     (tmp_path / "tokens.json").write_text(json.dumps({"ris": {"token": "r" * 20, "scopes": ["submit"]}}))
     assert read_tokens(None, tmp_path / "tokens.json")["r" * 20].scopes == {"submit"}
-    (tmp_path / "tokens").write_text("# site\npacs-bridge:" + "p" * 24 + ":submit,read\n")
+    (tmp_path / "tokens").write_text("# site\npacs-bridge:" + "p" * 24 + ":submit+read\n")
     assert read_tokens(None, tmp_path / "tokens")["p" * 24].name == "pacs-bridge"
     for bad, reason in (
         ("0123456789abcdef0123", "give each token a name"),
@@ -334,3 +335,57 @@ def _credentials(pacs: Orthanc) -> dict:
     from producer.gateway.dicomweb import Credentials
 
     return {pacs.dicomweb: Credentials(pacs.user, pacs.password)}
+
+
+# ------------------------------------------------------------------------------------------------ OpenID Connect
+
+
+def _rsa_key(kid: str):
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    return key, {**public, "kid": kid, "use": "sig", "alg": "RS256"}
+
+
+def test_oidc_jwts_against_a_local_jwks(tmp_path: Path, series):
+    import jwt
+
+    from producer.gateway.identity import OidcSettings
+
+    _, files = series
+    issuer, audience = "https://keycloak.example/realms/hospital", "litemedsam-gateway"
+    key, public = _rsa_key("site-key")
+    other, _ = _rsa_key("site-key")  # same kid, another key: a forged token
+
+    def token(signing=key, **claims) -> str:
+        now = int(time.time())
+        body = {"iss": issuer, "aud": audience, "exp": now + 300, "iat": now, "sub": "f3a1", **claims}
+        body.setdefault("preferred_username", "dr.house")
+        return jwt.encode(body, signing, algorithm="RS256", headers={"kid": "site-key"})
+
+    with jwks_server({"keys": [public]}) as keys:
+        oidc = OidcSettings(issuer, audience, jwks_url=f"{keys.url}/certs")
+        cfg = config(tmp_path, oidc=oidc)
+        with TestClient(create_app(cfg, BoxFillSegmenter())) as client:
+            good = token(scope="openid submit read")
+            created = upload(client, files, token=good)
+            assert created.status_code == 202, created.text
+            job = wait_job(client, created.json()["id"], good)
+            assert job["owner"] == "oidc:dr.house"
+            assert client.get(f"/v1/jobs/{job['id']}", headers=bearer(ALICE)).status_code == 404  # not alice's
+            cases = {
+                "expired": (token(scope="read", exp=int(time.time()) - 120), 401, "expired"),
+                "wrong audience": (token(scope="read", aud="another-service"), 401, "audience"),
+                "wrong issuer": (token(scope="read", iss="https://evil.example"), 401, "another issuer"),
+                "wrong key": (token(signing=other, scope="read"), 401, "not valid"),
+                "no scope": (token(scope="openid"), 403, "lacks the 'read' scope"),
+            }
+            for name, (bad, status, reason) in cases.items():
+                response = client.get("/v1/jobs", headers=bearer(bad))
+                assert response.status_code == status and reason in response.json()["detail"], (name, response.text)
+            assert client.get("/v1/jobs", headers=bearer(ALICE)).status_code == 200  # named tokens still work
+        assert keys.requests  # the keys came from the JWKS server
+    text = cfg.audit_path.read_text()
+    assert "oidc:dr.house" in text and good not in text

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from producer.gateway.config import GatewayConfig
 from producer.gateway.middleware import AuditTrail, SecurityHeaders
@@ -62,4 +65,16 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
     app.add_middleware(AuditTrail, audit=gateway.audit)
     app.add_middleware(SecurityHeaders)
     install_schema(app, gateway.servers.allowed)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def method_not_allowed(request: Request, error: StarletteHTTPException):
+        """405's Allow names every method of the path (Starlette's names only the first route's)."""
+        if error.status_code == 405:
+            methods: set[str] = set()
+            for route in app.router.routes:
+                if route.matches(request.scope)[0] != Match.NONE:
+                    methods |= set(getattr(route, "methods", None) or ())
+            error.headers = {**(error.headers or {}), "Allow": ", ".join(sorted(methods))}
+        return await http_exception_handler(request, error)
+
     return app

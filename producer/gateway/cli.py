@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
     "--tokens-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help=f"Named API tokens, NAME:TOKEN[:SCOPE,SCOPE] one a line, or JSON {{NAME: {{token, scopes}}}} (also "
+    help=f"Named API tokens, NAME:TOKEN[:SCOPE+SCOPE] one a line, or JSON {{NAME: {{token, scopes}}}} (also "
     f"${TOKENS_ENV}, comma-separated). Scopes: submit, read (the default), admin.",
 )
 @click.option(

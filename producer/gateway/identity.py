@@ -1,6 +1,6 @@
 """Who is asking: named API tokens and, optionally, OpenID Connect bearer JWTs; each identity has scopes.
 
-- Named tokens: `NAME:TOKEN` or `NAME:TOKEN:SCOPE,SCOPE` (comma-separated in `LITEMEDSAM_API_TOKENS`, one a line in
+- Named tokens: `NAME:TOKEN` or `NAME:TOKEN:SCOPE+SCOPE` (comma-separated in `LITEMEDSAM_API_TOKENS`, one a line in
   `--tokens-file`, `#` comments), or a JSON tokens file `{"NAME": {"token": "...", "scopes": ["submit", "read"]}}`.
   A token without scopes gets submit and read. Tokens are at least 16 characters and compared in constant time
   against every configured one. A token without a name is refused: every action must say who did it.
@@ -74,9 +74,9 @@ def _line(text: str, where: str) -> tuple[str, Identity]:
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0].strip() or not parts[1].strip():
         raise ValueError(
-            f"{where}: give each token a name, as NAME:TOKEN or NAME:TOKEN:SCOPE,SCOPE (scopes: {', '.join(SCOPES)})"
+            f"{where}: give each token a name, as NAME:TOKEN or NAME:TOKEN:SCOPE+SCOPE (scopes: {', '.join(SCOPES)})"
         )
-    scopes = _scopes(parts[2].split(","), where) if len(parts) == 3 else DEFAULT_SCOPES
+    scopes = _scopes(parts[2].split("+"), where) if len(parts) == 3 else DEFAULT_SCOPES
     return _entry(parts[0].strip(), parts[1].strip(), scopes, where)
 
 

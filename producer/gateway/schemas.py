@@ -10,30 +10,36 @@ from pydantic import BaseModel, ConfigDict, Field
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 ROOT_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
-NONBLANK = r"\S"
+# at least one character that is not whitespace as Python's str.strip() sees it, spelled out so that JSON Schema's
+# ECMAScript patterns and Python's re agree (their \s differ)
+NONBLANK = r"[^\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 # The prompts entry of the README (producer.formats.sidecar.SidecarEntry) as JSON schema: boxes in voxel indices
 # ([x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1]) or two world corners in mm, exactly one of the two per box.
 _NUMBER3 = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
-BOX_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "label": {"type": "string", "pattern": NONBLANK, "maxLength": 64},
-        "voxel": {
-            "type": "array",
-            "items": {"type": "integer"},
-            "minItems": 4,
-            "maxItems": 6,
-            "not": {"minItems": 5, "maxItems": 5},
-            "description": "[x0, y0, x1, y1] (2D) or [x0, y0, z0, x1, y1, z1], inclusive",
-        },
-        "mm": {"type": "array", "items": _NUMBER3, "minItems": 2, "maxItems": 2, "description": "two world corners"},
-        "comment": {},
-    },
+_LABEL = {"type": "string", "nullable": True, "pattern": NONBLANK}
+_VOXEL = {
+    "description": "[x0, y0, x1, y1] (2D) or [x0, y0, z0, x1, y1, z1], inclusive indices",
     "oneOf": [
-        {"required": ["voxel"], "not": {"required": ["mm"]}},
-        {"required": ["mm"], "not": {"required": ["voxel"]}},
+        {"type": "array", "items": {"type": "integer"}, "minItems": count, "maxItems": count} for count in (4, 6)
+    ],
+}
+_MM = {"type": "array", "items": _NUMBER3, "minItems": 2, "maxItems": 2, "description": "two opposite world corners"}
+BOX_SCHEMA: dict[str, Any] = {
+    "description": 'one box: "voxel" or "mm", not both',
+    "oneOf": [
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["voxel"],
+            "properties": {"label": _LABEL, "voxel": _VOXEL, "comment": {}},
+        },
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["mm"],
+            "properties": {"label": _LABEL, "mm": _MM, "comment": {}},
+        },
     ],
 }
 PROMPTS_SCHEMA: dict[str, Any] = {
@@ -42,13 +48,17 @@ PROMPTS_SCHEMA: dict[str, Any] = {
     "required": ["boxes"],
     "description": "The prompts.json entry of the README: boxes (voxel or mm), labels, optional modality and window",
     "properties": {
-        "boxes": {"type": "array", "minItems": 1, "maxItems": 255, "items": BOX_SCHEMA},
-        "modality": {"type": "string", "pattern": NONBLANK, "maxLength": 32},
+        "boxes": {"type": "array", "minItems": 1, "items": BOX_SCHEMA},
+        "modality": {"type": "string", "nullable": True, "pattern": NONBLANK},
         "window": {
             "type": "object",
             "additionalProperties": False,
             "required": ["level", "width"],
-            "properties": {"level": {"type": "number"}, "width": {"type": "number"}, "comment": {}},
+            "properties": {
+                "level": {"type": "number"},
+                "width": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+                "comment": {},
+            },
         },
         "comment": {},
     },

@@ -273,11 +273,13 @@ def get_result(
 @router.get(
     "/{job_id}/thumbnail.png",
     summary="The mask over the study's image",
-    responses={200: {"content": {"image/png": {}}}, **problems(*GUARDED, 404)},
+    responses={200: {"content": {"image/png": {}}}, **problems(*GUARDED, 404, 409)},
 )
 def get_thumbnail(job_id: JobId, request: Request, identity: Reader):
     job = _job(request, identity, job_id)
+    if job.state != "ok":
+        raise HTTPException(409, f"job {job_id} is {job.state}: a thumbnail comes with its result")
     path = gateway_of(request).jobs.result_dir(job_id) / "thumbnail.png"
-    if job.state != "ok" or not path.is_file():
-        raise HTTPException(404, f"job {job_id} has no thumbnail ({job.state})")
+    if not path.is_file():
+        raise HTTPException(404, f"job {job_id} has no thumbnail")
     return FileResponse(path, media_type="image/png")
