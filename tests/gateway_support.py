@@ -72,6 +72,7 @@ class LoopbackServer:
 
     def __init__(self, answer):
         self.requests: list[str] = []
+        self.documents: dict[str, dict] = {}
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -126,16 +127,18 @@ def redirecting_server(target: str) -> LoopbackServer:
 
 
 def jwks_server(document: dict) -> LoopbackServer:
-    body = json.dumps(document).encode()
+    """Answers every path with `document` (a JWKS), except the paths in its `.documents` (discovery)."""
 
     def answer(handler):
+        body = json.dumps(server.documents.get(handler.path, document)).encode()
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         handler.wfile.write(body)
 
-    return LoopbackServer(answer)
+    server = LoopbackServer(answer)
+    return server
 
 
 class ServedApp:

@@ -197,6 +197,7 @@ def test_every_route_writes_an_audit_line(tmp_path: Path, series):
         route = path.replace(job_id, "{job_id}") if "static/swagger" not in path else path
         assert f"{method} {route}" in actions, (method, route)
     by_action = {line["action"]: line for line in lines}
+    assert by_action["POST /v1/jobs"]["outcome"] == "202" and by_action["POST /v1/jobs"]["source"] == "upload"
     assert by_action["GET /v1/jobs/{job_id}/result"]["actor"] == "alice"
     assert by_action["GET /v1/jobs/{job_id}/result"]["resource_id"] == job_id
     assert by_action["DELETE /v1/jobs/{job_id}"]["outcome"] == "204"
@@ -366,7 +367,7 @@ def test_oidc_jwts_against_a_local_jwks(tmp_path: Path, series):
         return jwt.encode(body, signing, algorithm="RS256", headers={"kid": "site-key"})
 
     with jwks_server({"keys": [public]}) as keys:
-        oidc = OidcSettings(issuer, audience, jwks_url=f"{keys.url}/certs")
+        oidc = OidcSettings(issuer, audience, jwks_url=f"{keys.url}/certs")  # discovery: the next test
         cfg = config(tmp_path, oidc=oidc)
         with TestClient(create_app(cfg, BoxFillSegmenter())) as client:
             good = token(scope="openid submit read")
@@ -389,3 +390,23 @@ def test_oidc_jwts_against_a_local_jwks(tmp_path: Path, series):
         assert keys.requests  # the keys came from the JWKS server
     text = cfg.audit_path.read_text()
     assert "oidc:dr.house" in text and good not in text
+
+
+def test_oidc_issuer_discovery(tmp_path: Path):
+    """Without --oidc-jwks-url the keys' address comes from the issuer's discovery document."""
+    import jwt
+
+    from producer.gateway.identity import Authenticator, OidcSettings
+
+    key, public = _rsa_key("k1")
+    with jwks_server({"keys": [public]}) as keys:
+        issuer = f"{keys.url}/realms/hospital"
+        keys.documents["/realms/hospital/.well-known/openid-configuration"] = {
+            "issuer": issuer,
+            "jwks_uri": f"{issuer}/certs",
+        }
+        claims = {"iss": issuer, "aud": "gw", "exp": int(time.time()) + 60, "sub": "u1", "scope": "read admin"}
+        token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+        identity = Authenticator({}, OidcSettings(issuer, "gw")).identify(token)
+    assert identity.name == "oidc:u1" and identity.scopes == {"read", "admin"} and identity.via == "oidc"
+    assert keys.requests == ["GET /realms/hospital/.well-known/openid-configuration", "GET /realms/hospital/certs"]

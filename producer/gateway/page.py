@@ -97,6 +97,8 @@ async function refresh() {
     const response = await fetch("/v1/jobs?limit=50", {headers: {Authorization: "Bearer " + token()}});
     if (response.status === 401) { sessionStorage.removeItem(KEY); document.getElementById("auth").hidden = false;
       document.getElementById("summary").textContent = "the token was refused"; return; }
+    if (!response.ok) {  // 403 (no read scope), 429 (over the rate): say why, keep the token
+      document.getElementById("summary").textContent = (await response.json()).detail; return; }
     render(await response.json());
   } catch (error) { document.getElementById("summary").textContent = "the service does not answer: " + error; }
 }
