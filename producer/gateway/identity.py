@@ -221,8 +221,8 @@ class OidcVerifier:
 
 
 class Authenticator:
-    """A bearer credential -> Identity: a JWT (three dot-separated parts) goes to OpenID Connect when it is
-    configured, anything else is compared with the named tokens."""
+    """A bearer credential -> Identity: the named tokens first, then, when OpenID Connect is configured and the
+    credential looks like a JWT (three dot-separated parts), the issuer's keys."""
 
     def __init__(self, tokens: dict[str, Identity], oidc: OidcSettings | None = None):
         self.tokens = TokenCheck(tokens)
@@ -236,9 +236,9 @@ class Authenticator:
     def identify(self, presented: str | None) -> Identity:
         if not presented:
             raise AuthError("a bearer token is required")
+        identity = self.tokens.identify(presented)
+        if identity is not None:
+            return identity
         if self.oidc is not None and presented.count(".") == 2:
             return self.oidc.identify(presented)
-        identity = self.tokens.identify(presented)
-        if identity is None:
-            raise AuthError("the bearer token is not valid")
-        return identity
+        raise AuthError("the bearer token is not valid")
