@@ -111,3 +111,23 @@ def test_restart_requeues_unfinished_jobs_once(tmp_path: Path):
     assert jobs.get(made["error"].id).state == "error"
     with pytest.raises(KeyError):
         jobs.get("../../etc")  # a job id is 32 hex characters, nothing else reaches the file system
+
+
+def test_audit_rotates_keeps_every_file_and_reads_across_them(tmp_path: Path):
+    import stat
+
+    from producer.gateway.audit import AuditLog
+
+    audit = AuditLog(tmp_path / "audit" / "audit.jsonl")
+    audit.write(actor="alice", action="POST /v1/jobs", outcome="202", resource_id="a" * 32)
+    audit._handler.doRollover()  # what midnight UTC does
+    audit.write(actor="carol", action="GET /v1/jobs", outcome="200")
+    audit._handler.doRollover()  # a second rotation named for the same day (a restart) must not delete the first
+    audit.write(actor="bob", action="GET /v1/jobs", outcome="200")
+    files = audit.files()
+    assert len(files) == 3 and all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
+    assert [event["actor"] for event in audit.read(10)] == ["bob", "carol", "alice"]  # newest first, across files
+    assert [event["actor"] for event in audit.read(10, resource_id="a" * 32)] == ["alice"]
+    with pytest.raises(ValueError):  # only the trail's own fields: nothing else can slip into a line
+        audit.write(actor="x", action="y", outcome="z", token="secret")
+    audit.close()

@@ -56,6 +56,15 @@ class _PrivateRotatingFile(logging.handlers.TimedRotatingFileHandler):
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         return os.fdopen(fd, "a", encoding="utf-8")
 
+    def rotation_filename(self, default_name: str) -> str:
+        """The day's name, or the day's name .001, .002, ... if it is taken: the standard handler would delete an
+        existing file of that name (a second rotation the same day, after a restart), and the trail loses nothing."""
+        name, number = default_name, 0
+        while os.path.exists(name):
+            number += 1
+            name = f"{default_name}.{number:03d}"
+        return name
+
 
 class AuditLog:
     def __init__(self, path: Path):
