@@ -105,3 +105,21 @@ class Health(BaseModel):
     mode: str
     pending: int
     version: str
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI: the error statuses a route answers, each with the Problem body."""
+    reasons = {
+        401: "no valid bearer credential",
+        403: "the identity lacks the route's scope",
+        404: "no such resource (or not the caller's)",
+        409: "the resource is not in a state for this",
+        413: "the upload is larger than --max-upload-mb",
+        415: "neither application/json nor multipart/form-data",
+        422: "the request is malformed, or names a DICOMweb root the site did not configure",
+        429: "over the identity's request rate or unfinished resources (Retry-After says when to ask again)",
+    }
+    return {status: {"model": Problem, "description": reasons[status]} for status in statuses}
+
+
+GUARDED = (401, 403, 422, 429)  # every route behind a credential may answer these

@@ -7,8 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 
 from producer.gateway.caller import Admin, gateway_of, note
-from producer.gateway.routes.jobs import GUARDED, problems
-from producer.gateway.schemas import JOB_ID_PATTERN
+from producer.gateway.schemas import GUARDED, JOB_ID_PATTERN, problems
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 

@@ -25,7 +25,7 @@ from producer.gateway.dicomweb import DicomwebError
 from producer.gateway.identity import Identity
 from producer.gateway.jobs import UNFINISHED, Job, new_job_id
 from producer.gateway.limits import LimitExceeded
-from producer.gateway.schemas import JOB_ID_PATTERN, Accepted, JobRequest, Problem
+from producer.gateway.schemas import GUARDED, JOB_ID_PATTERN, Accepted, JobRequest, problems
 from worker.contract.study import StudyError
 
 MEDIA_TYPES = {"seg": "application/dicom", "nifti": "application/gzip", "npz": "application/octet-stream"}
@@ -33,22 +33,6 @@ SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="32 hex digits")]
 
 
-def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI: the error statuses a route answers, each with the Problem body."""
-    reasons = {
-        401: "no valid bearer credential",
-        403: "the identity lacks the route's scope",
-        404: "no such job (or not the caller's)",
-        409: "the job is not in a state for this",
-        413: "the upload is larger than --max-upload-mb",
-        415: "neither application/json nor multipart/form-data",
-        422: "the request is malformed, or names a DICOMweb root the site did not configure",
-        429: "over the identity's request rate or unfinished jobs (Retry-After says when to ask again)",
-    }
-    return {status: {"model": Problem, "description": reasons[status]} for status in statuses}
-
-
-GUARDED = (401, 403, 422, 429)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 

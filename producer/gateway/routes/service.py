@@ -6,8 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from producer.gateway.caller import Admin, gateway_of
-from producer.gateway.routes.jobs import GUARDED, problems
-from producer.gateway.schemas import Health
+from producer.gateway.schemas import GUARDED, Health, problems
 
 router = APIRouter(tags=["service"])
 
