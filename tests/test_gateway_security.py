@@ -410,3 +410,34 @@ def test_oidc_issuer_discovery(tmp_path: Path):
         identity = Authenticator({}, OidcSettings(issuer, "gw")).identify(token)
     assert identity.name == "oidc:u1" and identity.scopes == {"read", "admin"} and identity.via == "oidc"
     assert keys.requests == ["GET /realms/hospital/.well-known/openid-configuration", "GET /realms/hospital/certs"]
+
+
+@needs_orthanc
+def test_oidc_user_runs_a_pacs_job(tmp_path: Path, pacs, series):
+    """An OpenID Connect user's DICOMweb job on the real PACS: theirs alone, and the audit names them."""
+    import jwt
+
+    from producer.gateway.identity import OidcSettings
+
+    spec, files = series
+    pacs.upload(files)
+    key, public = _rsa_key("k2")
+    issuer, audience = "https://idp.example/realms/h", "gw"
+    claims = {"iss": issuer, "aud": audience, "exp": int(time.time()) + 300, "preferred_username": "radiologist"}
+    token = jwt.encode({**claims, "scope": "submit read"}, key, algorithm="RS256", headers={"kid": "k2"})
+    with jwks_server({"keys": [public]}) as keys:
+        cfg = config(
+            tmp_path, credentials=_credentials(pacs), oidc=OidcSettings(issuer, audience, jwks_url=f"{keys.url}/k")
+        )
+        with TestClient(create_app(cfg, BoxFillSegmenter())) as client:
+            accepted = client.post(
+                "/v1/jobs", json=dicomweb_job(pacs.dicomweb, spec, store=None), headers=bearer(token)
+            )
+            assert accepted.status_code == 202, accepted.text
+            job = wait_job(client, accepted.json()["id"], token)
+            assert job["state"] == "ok" and job["owner"] == "oidc:radiologist", job
+            assert client.get(f"/v1/jobs/{job['id']}", headers=bearer(BOB)).status_code == 404
+    fetched = [line for line in audit_lines(cfg) if line["action"] == "job.fetch"]
+    assert [(line["actor"], line["source"], line["outcome"]) for line in fetched] == [
+        ("oidc:radiologist", pacs.dicomweb, "ok")
+    ]
