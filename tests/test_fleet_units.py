@@ -146,10 +146,10 @@ def test_task_message_keeps_boxes_bit_exact_through_json():
     "payload, message",
     [
         ("not an object", "a task message is a JSON object"),
-        ({"version": 1}, "batch_id: Field required"),
+        ({"version": 2}, "batch_id: Field required"),
         (
             {
-                "version": 1,
+                "version": 2,
                 "batch_id": "b",
                 "name": "n",
                 "study_id": "n",
@@ -164,7 +164,7 @@ def test_task_message_keeps_boxes_bit_exact_through_json():
         ),
         (
             {
-                "version": 1,
+                "version": 2,
                 "batch_id": "b",
                 "name": "n",
                 "study_id": "n",
