@@ -98,6 +98,16 @@ def _finite(value: Any, what: str) -> float:
     return float(value)
 
 
+def _indices(value: Any, lengths: tuple[int, ...], shape_message: str) -> tuple[int, ...]:
+    """Integer voxel indices, `lengths` of them; ValueError with `shape_message` (and the value) otherwise."""
+    if not isinstance(value, list) or len(value) not in lengths:
+        raise ValueError(f"{shape_message}, got {value!r}")
+    numbers = [_finite(v, "voxel index") for v in value]
+    if any(not n.is_integer() for n in numbers):
+        raise ValueError(f"voxel indices must be integers, got {value!r}")
+    return tuple(int(n) for n in numbers)
+
+
 class WindowEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -130,12 +140,7 @@ class ClickEntry(BaseModel):
     @field_validator("voxel", mode="before")
     @classmethod
     def _voxel(cls, value: Any) -> Any:
-        if not isinstance(value, list) or len(value) not in (2, 3):
-            raise ValueError(f'a click\'s "voxel" must be [x, y] or [x, y, z], got {value!r}')
-        numbers = [_finite(v, "voxel index") for v in value]
-        if any(not n.is_integer() for n in numbers):
-            raise ValueError(f"voxel indices must be integers, got {value!r}")
-        return tuple(int(n) for n in numbers)
+        return _indices(value, (2, 3), 'a click\'s "voxel" must be [x, y] or [x, y, z]')
 
     @field_validator("mm", mode="before")
     @classmethod
@@ -185,12 +190,7 @@ class BoxEntry(BaseModel):
     @field_validator("voxel", mode="before")
     @classmethod
     def _voxel(cls, value: Any) -> Any:
-        if not isinstance(value, list) or len(value) not in (4, 6):
-            raise ValueError(f'"voxel" must be [x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1], got {value!r}')
-        numbers = [_finite(v, "voxel index") for v in value]
-        if any(not n.is_integer() for n in numbers):
-            raise ValueError(f"voxel indices must be integers, got {value!r}")
-        return tuple(int(n) for n in numbers)
+        return _indices(value, (4, 6), '"voxel" must be [x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1]')
 
     @field_validator("mm", mode="before")
     @classmethod
