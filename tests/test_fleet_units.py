@@ -479,6 +479,15 @@ def _key(client: FleetClient, message: TaskMessage) -> str:
     return client.identity(message.queue).result_key(message.image_digest, message.boxes_array(), message.modality)
 
 
+def test_job_judges_a_message_whose_boxes_are_no_prompts(job):
+    """A producer that skipped its checks sends boxes of the wrong shape: an error outcome naming it, one run."""
+    client, ctx = job
+    message = _message(client, _study()).model_copy(update={"boxes": [[1, 2, 3, 4, 5]], "boxes_shape": (1, 5)})
+    outcome = run_study(ctx, message, Delivery("t-five"))
+    assert outcome.status == "error" and "boxes have shape (1, 5), expected (N, 4)" in outcome.error, outcome
+    assert client.ledger.outcome("b1", message.name).to_json() == outcome.to_json()
+
+
 def test_job_computes_stores_once_and_ignores_a_duplicate_delivery(job):
     client, ctx = job
     study = _study()
