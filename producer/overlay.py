@@ -3,9 +3,9 @@
 Per chosen case and slice one PNG, panels side by side at the image's own size:
   [ground truth over the image | prediction over the image | agreement]   (with --gts)
   [prediction over the image]                                              (without)
-Label k is blended in PALETTE[k] (alpha 0.5 by default); in the agreement panel a pixel is green where prediction
-and ground truth carry the same non-zero label, red where only the prediction (or a different label) is,
-blue where only the ground truth is. Background pixels show the image unchanged.
+Label k is blended in its palette colour (producer.formats.structures; alpha 0.5 by default); in the agreement
+panel a pixel is green where prediction and ground truth carry the same non-zero label, red where only the
+prediction (or a different label) is, blue where only the ground truth is. Background pixels show the image unchanged.
 
 3D cases: by default 3 axial slices at 25 %, 50 % and 75 % of the labelled z-range (ground truth when given, else
 the prediction); choose others with --slice. Files: OUT/<case>.png (2D) or OUT/<case>_z<index>.png (3D).
@@ -20,39 +20,15 @@ import click
 import numpy as np
 
 from producer.evaluate import load_array
+from producer.formats.structures import palette_colour
 from worker.contract.files import atomic_path
 
-PALETTE = np.array(
-    [
-        (0, 0, 0),
-        (230, 25, 75),
-        (60, 180, 75),
-        (255, 225, 25),
-        (0, 130, 200),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-        (240, 50, 230),
-        (210, 245, 60),
-        (250, 190, 212),
-        (0, 128, 128),
-        (220, 190, 255),
-        (170, 110, 40),
-        (255, 250, 200),
-        (128, 0, 0),
-        (170, 255, 195),
-        (128, 128, 0),
-        (255, 215, 180),
-        (0, 0, 128),
-    ],
-    dtype=np.uint8,
-)
 AGREE, PRED_ONLY, GT_ONLY = (0, 200, 0), (230, 0, 0), (0, 90, 255)
 
 
 def label_colour(label: int) -> tuple[int, int, int]:
     """Colour of a label (>= 1); the palette repeats past its end."""
-    return tuple(int(c) for c in PALETTE[1 + (int(label) - 1) % (len(PALETTE) - 1)])
+    return palette_colour(label)
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:

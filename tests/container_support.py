@@ -125,7 +125,7 @@ class ComposeProject:
         env = {
             "REDIS_PASSWORD": self.redis_password,
             "FLOWER_PASSWORD": self.flower_password,
-            "LITEMEDSAM_API_TOKENS": self.gateway_token,
+            "LITEMEDSAM_API_TOKENS": f"tester:{self.gateway_token}",  # NAME:TOKEN: scopes submit and read
             "REDIS_PORT": str(ports["redis"]),
             "FLOWER_PORT": str(ports["flower"]),
             "GATEWAY_PORT": str(ports["gateway"]),

@@ -1,8 +1,16 @@
 """The engine's label volume -> a DICOM Segmentation (highdicom) referencing the source series.
 
 - Segmentation type BINARY (what viewers read most widely); label k+1 <-> segment number k+1 <-> box k.
-- One segment per box, labelled from the prompts sidecar ("box k+1" by default); category and type SNOMED
-  "Tissue" (a box prompt says nothing about anatomy), algorithm type SEMIAUTOMATIC (a person drew the boxes).
+- One segment per box, labelled from the prompts sidecar ("box k+1" by default); a label that names a known
+  structure ("liver", "Kidney_L", "liver tumour") gets its SNOMED CT category and type, any other SNOMED "Tissue"
+  (a box prompt says nothing about anatomy); every segment has a RecommendedDisplayCIELabValue, the colour the
+  overlays and the gateway's pages give that label (producer.formats.structures); algorithm type SEMIAUTOMATIC.
+- A source image without patient geometry (a secondary capture, a photograph, a scanned film) gives a SEG that
+  places nothing either: PatientOrientation is copied from the source (empty if it has none: type 2C), and the
+  shared Pixel Measures are left out (highdicom copies a secondary capture's nominal PixelSpacing there without the
+  SliceThickness that a projection image cannot have, which its own reader then refuses). dciodvfy and highdicom
+  accept the result (tests/test_dicom_validators.py); viewers that place segments in patient space (3D Slicer,
+  OHIF) cannot show such a SEG over its image.
 - Algorithm identification: name "litemedsam-fleet", version = the engine's package version, source = the model
   name, parameters model_sha256 / precision / strategy (from the outcome's provenance).
 - Geometry and references come from the source headers: frame i of the label array is matched to source slice i
@@ -27,13 +35,15 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from producer.formats.dicom_reference import DicomReference
-from worker import __version__
+from producer.formats.structures import segment_structure
 from worker.contract.files import atomic_path
 from worker.contract.study import StudyError
+from worker.contract.version import PACKAGE_VERSION as __version__
 
 ALGORITHM_NAME = "litemedsam-fleet"
 SERIES_NUMBER_OFFSET = 1000
@@ -57,17 +67,21 @@ def algorithm_identification(provenance: Mapping[str, Any]) -> hd.AlgorithmIdent
 def segment_descriptions(
     labels: Sequence[str], algorithm: hd.AlgorithmIdentificationSequence
 ) -> list[hd.seg.SegmentDescription]:
-    return [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=label[:64],
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
-            algorithm_type="SEMIAUTOMATIC",
-            algorithm_identification=algorithm,
+    descriptions = []
+    for number, label in enumerate(labels, start=1):
+        structure = segment_structure(number, label)
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label[:64],
+                segmented_property_category=structure.category,
+                segmented_property_type=structure.type,
+                algorithm_type="SEMIAUTOMATIC",
+                algorithm_identification=algorithm,
+                display_color=hd.color.CIELabColor.from_rgb(*structure.rgb),
+            )
         )
-        for number, label in enumerate(labels, start=1)
-    ]
+    return descriptions
 
 
 def check_fits(reference: DicomReference, labels: np.ndarray) -> np.ndarray:
@@ -140,7 +154,26 @@ def build_segmentation(
     )
     seg.SeriesDescription = f"LiteMedSAM segmentation{derived}"[:64]
     _stable_dimension_organization(seg, _uid(series_uid, "dimension organization"))
+    if not _is_placed(seg):
+        _without_patient_geometry(seg, sources[0])
     return seg
+
+
+def _is_placed(seg: hd.seg.Segmentation) -> bool:
+    """Whether the SEG's frames carry a position in patient space (copied from a source that has one)."""
+    frames = seg.get("PerFrameFunctionalGroupsSequence") or [Dataset()]
+    return (
+        "PlanePositionSequence" in frames[0]
+        or "PlanePositionSequence" in (seg.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+    )
+
+
+def _without_patient_geometry(seg: hd.seg.Segmentation, source: Dataset) -> None:
+    """A SEG of an image that has no place in patient space: what the IOD asks of such an image (module doc)."""
+    seg.PatientOrientation = source.get("PatientOrientation", "")
+    for group in seg.get("SharedFunctionalGroupsSequence", []):
+        if "PixelMeasuresSequence" in group:
+            del group.PixelMeasuresSequence
 
 
 def _stable_dimension_organization(seg: hd.seg.Segmentation, uid: str) -> None:

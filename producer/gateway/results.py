@@ -9,20 +9,9 @@ import io
 
 import numpy as np
 
+from producer.formats.structures import label_colours
+
 THUMBNAIL_SIZE = 192
-PALETTE = np.array(
-    [
-        [230, 25, 75],
-        [60, 180, 75],
-        [255, 225, 25],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-    ],
-    dtype=np.float32,
-)
 
 
 def _thumbnail_slice(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -35,15 +24,17 @@ def _thumbnail_slice(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
     return image[z], labels[z]
 
 
-def thumbnail_png(image: np.ndarray, labels: np.ndarray) -> bytes:
-    """The study's 8-bit image with each label blended in its own colour, longest side THUMBNAIL_SIZE."""
+def thumbnail_png(image: np.ndarray, labels: np.ndarray, names: tuple[str, ...] = ()) -> bytes:
+    """The study's 8-bit image with each label blended in its colour (the SEG's: by `names` where they name a known
+    structure, else the palette), longest side THUMBNAIL_SIZE."""
     from PIL import Image
 
     plane, mask = _thumbnail_slice(image, labels)
     rgb = np.repeat(plane[..., None], 3, axis=2) if plane.ndim == 2 else plane[..., :3]
     rgb = rgb.astype(np.float32)
+    colours = label_colours(int(mask.max()), names).astype(np.float32)
     for label in np.unique(mask[mask > 0]):
-        colour = PALETTE[(int(label) - 1) % len(PALETTE)]
+        colour = colours[int(label)]
         where = mask == label
         rgb[where] = 0.45 * rgb[where] + 0.55 * colour
     picture = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
