@@ -96,6 +96,12 @@ class Environment(BaseSettings):
         description="exported models (read by models.paths)",
         json_schema_extra={"shown": "~/.cache/litemedsam-fleet/models"},
     )
+    compile_cache_dir: str = Field(
+        "",
+        description="OpenVINO's compiled-model cache (read by models.paths; the containers set it, since their "
+        "models dir is read-only)",
+        json_schema_extra={"shown": "<models dir>/.ov-cache"},
+    )
     precision: str = Field(ENGINE_DEFAULTS.precision, description="engine precision profile: " + ENGINE_PRECISIONS)
     threads: int = Field(
         ENGINE_DEFAULTS.threads,

@@ -97,7 +97,7 @@ def check_study(study: Study, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
         raise StudyError(f"2D prompts given for a volume of shape {study.image.shape} (2D images are (H, W, 3))")
     check_runnable(study.prompts)
     if len(study.prompts) > MAX_BOXES:
-        raise StudyError(f"{len(study.prompts)} labels, more than the {MAX_BOXES} uint16 can hold")
+        raise StudyError(f"{len(study.prompts)} boxes or labels, more than the {MAX_BOXES} labels uint16 can hold")
     boxed = Prompts(
         tuple(label for label in study.prompts.labels if label.box is not None),
         study.prompts.dims,
