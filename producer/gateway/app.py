@@ -41,6 +41,7 @@ from producer.gateway.pipeline import JobPipeline
 from producer.gateway.queue import JobQueue
 from producer.gateway.segmenters import make_segmenter
 from producer.gateway.telemetry import GatewayTelemetry
+from producer.gateway.viewer import viewer_router
 from worker import __version__
 from worker.contract.study import StudyError
 
@@ -317,6 +318,7 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
 
         return Response(gateway.telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(viewer_router(gateway.servers, guarded))
     _add_pages(app)
     _add_schema(app)
     return app
