@@ -242,3 +242,219 @@ def test_page_opens_a_series_through_qido_scrolls_and_windows(gateway, series, b
     assert any("/v1/viewer/dicomweb/0/studies" in url for url in seen)  # QIDO-RS through the service
     assert any("/frames/1" in url for url in seen), "the frames came from somewhere else"
     assert not [line for line in console if line.startswith("pageerror")], console
+    assert not [line for line in console if "Content Security Policy" in line], console
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+
+def rle(mask: np.ndarray) -> list[int]:
+    """The sessions API's run lengths of one slice (row-major, background first)."""
+    flat = mask.ravel().astype(np.int8)
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], edges, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return runs if flat[0] == 0 else [0, *runs]
+
+
+class ContractDouble:
+    """The interactive sessions HTTP contract answered inside the browser (Playwright's request routing), with
+    a plain geometric "engine": a box fills its voxels, a click sets (foreground) or clears (background) a 5 x 5
+    square on its slice. It records what the page sends. It stands in for the service's sessions API only to test
+    the page's half of the contract: coordinates, the slice order, RLE masks, undo and store."""
+
+    def __init__(self, shape: tuple[int, int, int], spacing: list[float], slice_uids: list[str]):
+        self.shape, self.spacing, self.slice_uids = shape, spacing, slice_uids
+        self.sent: list[tuple[str, str, dict | None]] = []
+        self.history: dict[str, list[np.ndarray]] = {}
+        self.at: dict[str, int] = {}
+
+    def document(self) -> dict:
+        return {
+            "id": "s1",
+            "shape": list(self.shape),
+            "spacing": self.spacing,
+            "modality": "CT",
+            "labels": [],
+            "slice_uids": self.slice_uids,
+        }
+
+    def answer(self, name: str, before: np.ndarray) -> dict:
+        after = self.history[name][self.at[name]]
+        changed = [int(z) for z in np.flatnonzero((before != after).any(axis=(1, 2)))]
+        voxel_ml = float(np.prod(self.spacing)) / 1000
+        return {
+            "label": name,
+            "number": list(self.history).index(name) + 1,
+            "changed": changed,
+            "masks": {str(z): rle(after[z]) for z in changed},
+            "seconds": 0.01,
+            "volume_ml": float(after.sum()) * voxel_ml,
+            "colour": [221, 130, 101],
+        }
+
+    def interact(self, body: dict) -> dict:
+        name = body["label"]
+        if name not in self.history:
+            self.history[name], self.at[name] = [np.zeros(self.shape, bool)], 0
+        before = self.history[name][self.at[name]]
+        mask = before.copy()
+        if "box" in body:
+            x0, y0, z0, x1, y1, z1 = body["box"]
+            mask[z0 : z1 + 1, y0 : y1 + 1, x0 : x1 + 1] = True
+        else:
+            x, y, z = body["click"]["point"]
+            mask[z, max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = body["click"]["positive"]
+        self.history[name] = self.history[name][: self.at[name] + 1] + [mask]
+        self.at[name] += 1
+        return self.answer(name, before)
+
+    def step(self, name: str, delta: int) -> dict:
+        before = self.history[name][self.at[name]]
+        self.at[name] = min(len(self.history[name]) - 1, max(0, self.at[name] + delta))
+        return self.answer(name, before)
+
+    def route(self, route) -> None:
+        request = route.request
+        path = request.url.split("://", 1)[1].split("/", 1)[1].split("?")[0]
+        body = request.post_data_json if request.method == "POST" and request.post_data else None
+        self.sent.append((request.method, "/" + path, body))
+        if request.method == "POST" and path == "v1/sessions":
+            reply, status = self.document(), 201
+        elif path.endswith("/interactions"):
+            reply, status = self.interact(body), 200
+        elif path.endswith("/undo") or path.endswith("/redo"):
+            reply, status = self.step(body["label"], -1 if path.endswith("/undo") else 1), 200
+        elif path.endswith("/store"):
+            reply, status = (
+                {"stored": [{"sop_instance_uid": "1.2.3.4", "series_instance_uid": "1.2.3", "kind": "seg"}]},
+                200,
+            )
+        elif request.method == "DELETE":
+            return route.fulfill(status=204)
+        else:
+            reply, status = {"detail": f"not in the contract double: {request.method} {path}"}, 404
+        route.fulfill(status=status, content_type="application/json", body=json.dumps(reply))
+
+
+def _changed_region(before: bytes, after: bytes, area: dict) -> tuple[int, int, int, int]:
+    """Where two page screenshots differ inside the viewport (page coordinates)."""
+    left, top = int(area["x"]), int(area["y"])
+    window = np.s_[top : top + int(area["height"]), left : left + int(area["width"])]
+    rows, columns = np.nonzero(np.abs(_grey(before)[window] - _grey(after)[window]) > 8)
+    assert rows.size, "the overlay did not change the picture"
+    return left + int(columns.min()), top + int(rows.min()), left + int(columns.max()), top + int(rows.max())
+
+
+def test_page_prompts_follow_the_sessions_contract(gateway, series, browser, shots):
+    metadata = get(gateway, f"/v1/viewer/dicomweb/0/studies/{series.study_uid}/series/{series.series_uid}/metadata")
+    by_position = sorted(metadata.json(), key=lambda i: i["00200032"]["Value"][2])
+    # the session's order is the one the page must follow: here the opposite of the page's own sort
+    slice_uids = [instance["00080018"]["Value"][0] for instance in reversed(by_position)]
+    double = ContractDouble((12, 128, 128), [0.7, 0.8, 2.5], slice_uids)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url))
+    console: list[str] = []
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    page.route("**/v1/sessions**", double.route)
+    try:
+        page.goto(f"{gateway.url}/viewer#token={TOKEN}")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        page.fill("#study-uid", series.study_uid)
+        page.fill("#series-uid", series.series_uid)
+        page.click("#by-uid button[type=submit]")
+        page.wait_for_selector("body[data-session='s1']", timeout=30_000)
+        page.wait_for_timeout(300)
+        assert double.sent[0][2] == {
+            "dicomweb": {
+                "root": get(gateway, "/v1/viewer/servers").json()[0]["root"],
+                "study": series.study_uid,
+                "series": series.series_uid,
+            }
+        }
+        page.focus("#viewport")
+        page.keyboard.press("Home")
+        # z = 0 is the session's first slice: the last one along the normal (30 + 11 x 2.5 mm)
+        page.wait_for_function("() => document.getElementById('slice-info').dataset.z === '0'")
+        assert page.text_content("#slice-info") == "slice 1 / 12 · 57.5 mm"
+        for _ in range(5):
+            page.keyboard.press("ArrowDown")
+        page.keyboard.press("[")  # the box's first slice: 5
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("]")  # its last: 7
+        page.keyboard.press("ArrowUp")
+        page.wait_for_function("() => document.getElementById('slice-info').dataset.z === '6'")
+        page.fill("#label-name", "liver")
+        page.focus("#viewport")
+        page.keyboard.press("b")
+        plain = page.screenshot()
+
+        area = page.locator("#viewport").bounding_box()
+        cx, cy = area["x"] + area["width"] / 2, area["y"] + area["height"] / 2
+        start, end = (cx - 90, cy - 70), (cx + 60, cy + 80)
+        page.mouse.move(*start)
+        page.mouse.down()
+        page.mouse.move(cx, cy, steps=4)
+        page.mouse.move(*end, steps=4)
+        page.mouse.up()
+        page.wait_for_function("() => Number(document.body.dataset.masks || 0) === 3", timeout=10_000)
+        page.wait_for_timeout(300)
+        boxed = shots(page, "05-box-mask")
+        method, path, body = double.sent[-1]
+        assert (method, path) == ("POST", "/v1/sessions/s1/interactions") and body["label"] == "liver"
+        x0, y0, z0, x1, y1, z1 = body["box"]
+        assert (z0, z1) == (5, 7) and 0 <= x0 < x1 <= 127 and 0 <= y0 < y1 <= 127
+        # the mask (exactly the box here) is painted over the pixels the mouse's box touched: it holds the drawn
+        # rectangle and passes it by less than one image pixel on each side (+1 screen pixel of rounding)
+        left, top, right, bottom = _changed_region(plain, boxed, area)
+        px, py = (right - left + 1) / (x1 - x0 + 1), (bottom - top + 1) / (y1 - y0 + 1)  # screen px per image px
+        assert 3 < px < 8 and 3 < py < 8 and py / px == pytest.approx(0.8 / 0.7, rel=0.05)  # the pixel spacing
+        assert start[0] - px - 1 < left <= start[0] + 1 and start[1] - py - 1 < top <= start[1] + 1
+        assert end[0] - 1 <= right < end[0] + px + 1 and end[1] - 1 <= bottom < end[1] + py + 1
+        volume = (x1 - x0 + 1) * (y1 - y0 + 1) * 3 * 0.7 * 0.8 * 2.5 / 1000
+        assert page.text_content("#labels tbody tr td:last-child") == f"{volume:.2f}"
+
+        page.keyboard.press("h")  # hide, then show again
+        page.wait_for_timeout(200)
+        hidden = _grey(page.screenshot())[int(area["y"]) : int(area["y"] + area["height"]), int(area["x"]) :]
+        assert (
+            np.abs(hidden - _grey(plain)[int(area["y"]) : int(area["y"] + area["height"]), int(area["x"]) :]).max() <= 8
+        )
+        page.keyboard.press("h")
+
+        page.keyboard.press("c")
+        page.mouse.click(cx + 40, cy + 40, button="right")  # background, inside the box
+        page.wait_for_function("() => document.body.dataset.busy === undefined")
+        page.mouse.click(cx + 100, cy - 100, button="left")  # foreground, outside it
+        page.wait_for_function("() => document.body.dataset.busy === undefined")
+        page.wait_for_timeout(300)
+        shots(page, "06-clicks")
+        negative, positive = double.sent[-2][2]["click"], double.sent[-1][2]["click"]
+        assert negative["positive"] is False and positive["positive"] is True
+        for click, (sx, sy) in ((negative, (cx + 40, cy + 40)), (positive, (cx + 100, cy - 100))):
+            x, y, z = click["point"]
+            assert z == 6
+            assert abs(x0 + (sx - left) / px - (x + 0.5)) <= 0.75
+            assert abs(y0 + (sy - top) / py - (y + 0.5)) <= 0.75
+
+        page.keyboard.press("Control+z")
+        page.wait_for_function("() => document.body.dataset.busy === undefined")
+        assert double.sent[-1][1:] == ("/v1/sessions/s1/undo", {"label": "liver"})
+        page.keyboard.press("Control+y")
+        page.wait_for_function("() => document.body.dataset.busy === undefined")
+        assert double.sent[-1][1] == "/v1/sessions/s1/redo"
+
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("ArrowDown")  # slice 8: outside the box's slices, nothing painted
+        page.wait_for_function("() => document.getElementById('slice-info').dataset.z === '8'")
+        page.click("#store")
+        page.wait_for_selector("#stored li")
+        assert double.sent[-1][1:] == ("/v1/sessions/s1/store", {"formats": ["seg"]})
+        assert "SEG 1.2.3.4" in page.text_content("#stored")
+        shots(page, "07-stored")
+    finally:
+        page.close()
+    assert not console, console
+    assert not [url for url in seen if not url.startswith((gateway.url + "/", "blob:", "data:"))]

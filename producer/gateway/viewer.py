@@ -49,6 +49,13 @@ QIDO_KEYS = frozenset(
 )
 MAX_QIDO_VALUE = 128
 FRAME_ACCEPT_DEFAULT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+# The page's own policy: everything from this service; 'wasm-unsafe-eval' lets the image loader's codecs compile
+# their WebAssembly (JPEG, JPEG-LS, JPEG 2000, HTJ2K); no inline script or style, no eval.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:; "
+    "worker-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
 MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".wasm": "application/wasm", ".json": "application/json"}
 
 NOT_BUILT = """<!doctype html>
@@ -130,7 +137,8 @@ def viewer_router(servers: ServerDirectory, guard: list[Any], bundle: Path = BUN
         index = bundle / "index.html"
         if not index.is_file():
             return HTMLResponse(NOT_BUILT.format(where=f"no {bundle.name}/index.html"), status_code=503)
-        return FileResponse(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
+        headers = {"Cache-Control": "no-cache", "Content-Security-Policy": CONTENT_SECURITY_POLICY}
+        return FileResponse(index, media_type="text/html", headers=headers)
 
     @router.get("/viewer/assets/{name:path}", include_in_schema=False)
     def viewer_asset(name: str):

@@ -52,3 +52,24 @@ export function presetRange(name) {
   const [width, level] = PRESETS[name];
   return { lower: level - width / 2, upper: level + width / 2 };
 }
+
+// Image coordinates (x = column, y = row; pixel (i, j) covers [i, i + 1) x [j, j + 1)) to patient mm and back.
+// Written here rather than taken from core.utilities.imageToWorldCoords/worldToImageCoords: those (5.14) scale
+// the row direction by the row spacing (PixelSpacing[0], the distance between rows), which misplaces points
+// on images whose pixels are not square; the rendering itself is right.
+export function imageToWorld(plane, [x, y]) {
+  const origin = plane.imagePositionPatient;
+  const across = plane.columnPixelSpacing || 1; // PixelSpacing[1]: between columns, along a row
+  const down = plane.rowPixelSpacing || 1; // PixelSpacing[0]: between rows, along a column
+  return [0, 1, 2].map(
+    (i) => origin[i] + plane.rowCosines[i] * across * (x - 0.5) + plane.columnCosines[i] * down * (y - 0.5),
+  );
+}
+
+export function worldToImage(plane, world) {
+  const offset = [0, 1, 2].map((i) => world[i] - plane.imagePositionPatient[i]);
+  return [
+    dot(offset, plane.rowCosines) / (plane.columnPixelSpacing || 1) + 0.5,
+    dot(offset, plane.columnCosines) / (plane.rowPixelSpacing || 1) + 0.5,
+  ];
+}

@@ -6,7 +6,7 @@ import * as core from "@cornerstonejs/core";
 import * as loader from "@cornerstonejs/dicom-image-loader";
 import * as tools from "@cornerstonejs/tools";
 import { api, ApiError, setTokenFromFragment, token, setToken } from "./api.js";
-import { decodeRle, sortInstances, position, presetRange } from "./geometry.js";
+import { decodeRle, imageToWorld, position, presetRange, sortInstances, worldToImage } from "./geometry.js";
 
 const $ = (id) => document.getElementById(id);
 const ENGINE_ID = "viewer-engine";
@@ -346,9 +346,12 @@ function currentZ() {
   return viewport ? viewport.getCurrentImageIdIndex() : 0;
 }
 
+function plane() {
+  return core.metaData.get("imagePlaneModule", viewport.getCurrentImageId());
+}
+
 function imagePoint(canvasPoint) {
-  const world = viewport.canvasToWorld(canvasPoint);
-  const [x, y] = core.utilities.worldToImageCoords(viewport.getCurrentImageId(), world);
+  const [x, y] = worldToImage(plane(), viewport.canvasToWorld(canvasPoint));
   const [h, w] = state.shape;
   return [Math.min(w - 1, Math.max(0, Math.floor(x))), Math.min(h - 1, Math.max(0, Math.floor(y)))];
 }
@@ -398,10 +401,7 @@ function applyResult(result) {
 function boxDrawn(event) {
   const annotation = event.detail.annotation;
   if (!annotation || annotation.metadata.toolName !== tools.RectangleROITool.toolName) return;
-  const points = annotation.data.handles.points.map((world) => {
-    const [x, y] = core.utilities.worldToImageCoords(viewport.getCurrentImageId(), world);
-    return [x, y];
-  });
+  const points = annotation.data.handles.points.map((world) => worldToImage(plane(), world));
   tools.annotation.state.removeAnnotation(annotation.annotationUID);
   viewport.render();
   const [h, w] = state.shape || [0, 0];
@@ -541,8 +541,7 @@ function renderLabels() {
 }
 
 function toCanvas(x, y) {
-  const world = core.utilities.imageToWorldCoords(viewport.getCurrentImageId(), [x, y]);
-  return viewport.worldToCanvas(world);
+  return viewport.worldToCanvas(imageToWorld(plane(), [x, y]));
 }
 
 function paintOverlay() {
