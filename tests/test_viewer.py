@@ -177,7 +177,8 @@ def test_page_opens_a_series_through_qido_scrolls_and_windows(gateway, series, b
         page.goto(f"{gateway.url}/viewer#token={TOKEN}")
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
         assert "#token" not in page.url  # the fragment is dropped at once
-        rendering = page.get_attribute("body", "data-rendering")  # "gpu" (WebGL) or "cpu" (Cornerstone's fallback)
+        # "gpu" (WebGL; here SwiftShader, Chromium's software rasterizer) or "cpu" (Cornerstone's own fallback)
+        rendering = f"{page.get_attribute('body', 'data-rendering')} {page.get_attribute('body', 'data-renderer')}"
         shots(page, "01-ready")
 
         page.fill("#patient", "Phantom")
@@ -263,7 +264,7 @@ class ContractDouble:
     square on its slice. It records what the page sends. It stands in for the service's sessions API only to test
     the page's half of the contract: coordinates, the slice order, RLE masks, undo and store."""
 
-    def __init__(self, shape: tuple[int, int, int], spacing: list[float], slice_uids: list[str]):
+    def __init__(self, shape: tuple[int, int, int], spacing: list[float], slice_uids: list[str] | None):
         self.shape, self.spacing, self.slice_uids = shape, spacing, slice_uids
         self.sent: list[tuple[str, str, dict | None]] = []
         self.history: dict[str, list[np.ndarray]] = {}
@@ -293,6 +294,17 @@ class ContractDouble:
             "colour": [221, 130, 101],
         }
 
+    def slice_png(self, z: int) -> bytes:
+        """The engine's 8-bit slice z: a left-to-right ramp with a bright square whose size grows with z."""
+        from PIL import Image
+
+        _, height, width = self.shape
+        image = np.tile(np.linspace(0, 160, width, dtype=np.uint8), (height, 1))
+        image[10 : 14 + 2 * z, 10 : 14 + 2 * z] = 255
+        out = io.BytesIO()
+        Image.fromarray(image).save(out, format="PNG")
+        return out.getvalue()
+
     def interact(self, body: dict) -> dict:
         name = body["label"]
         if name not in self.history:
@@ -317,10 +329,17 @@ class ContractDouble:
     def route(self, route) -> None:
         request = route.request
         path = request.url.split("://", 1)[1].split("/", 1)[1].split("?")[0]
-        body = request.post_data_json if request.method == "POST" and request.post_data else None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            body = {"multipart": request.post_data_buffer}  # Playwright leaves the files' bytes out
+        else:
+            body = request.post_data_json if request.method == "POST" and request.post_data else None
         self.sent.append((request.method, "/" + path, body))
         if request.method == "POST" and path == "v1/sessions":
             reply, status = self.document(), 201
+        elif path.endswith(".png"):
+            return route.fulfill(
+                status=200, content_type="image/png", body=self.slice_png(int(path[:-4].rsplit("/")[-1]))
+            )
         elif path.endswith("/interactions"):
             reply, status = self.interact(body), 200
         elif path.endswith("/undo") or path.endswith("/redo"):
@@ -457,4 +476,52 @@ def test_page_prompts_follow_the_sessions_contract(gateway, series, browser, sho
     finally:
         page.close()
     assert not console, console
+    assert not [url for url in seen if not url.startswith((gateway.url + "/", "blob:", "data:"))]
+
+
+def test_uploaded_files_are_shown_as_the_sessions_slices(gateway, browser, shots, tmp_path):
+    double = ContractDouble((4, 64, 80), [0.9, 0.9, 3.0], None)
+    upload = tmp_path / "case.npz"
+    np.savez_compressed(upload, imgs=np.zeros((4, 64, 80), np.uint8))
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url))
+    console: list[str] = []
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    page.route("**/v1/sessions**", double.route)
+    try:
+        page.goto(f"{gateway.url}/viewer#token={TOKEN}")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        page.set_input_files("#files", str(upload))
+        page.click("#upload button[type=submit]")
+        page.wait_for_function(
+            "() => document.getElementById('slice-info').textContent.startsWith('slice 3 / 4')", timeout=30_000
+        )
+        page.wait_for_timeout(300)
+        assert b'filename="case.npz"' in double.sent[0][2]["multipart"]
+        viewport = page.locator("#viewport")
+        third = _grey(viewport.screenshot())
+        shots(page, "08-upload")
+        assert third.max() > 200 and third.std() > 10  # the ramp and the square are drawn, not a black canvas
+        page.focus("#viewport")
+        page.keyboard.press("ArrowDown")
+        page.wait_for_function("() => document.getElementById('slice-info').dataset.z === '3'")
+        page.wait_for_timeout(300)
+        fourth = _grey(viewport.screenshot())
+        assert (fourth > 200).sum() > (third > 200).sum()  # slice 3's square is larger than slice 2's
+        page.keyboard.press("b")
+        area = viewport.bounding_box()
+        cx, cy = area["x"] + area["width"] / 2, area["y"] + area["height"] / 2
+        page.mouse.move(cx - 50, cy - 50)
+        page.mouse.down()
+        page.mouse.move(cx + 50, cy + 50, steps=5)
+        page.mouse.up()
+        page.wait_for_function("() => Number(document.body.dataset.masks || 0) === 1", timeout=10_000)
+        x0, y0, z0, x1, y1, z1 = double.sent[-1][2]["box"]
+        assert (z0, z1) == (3, 3) and 0 <= x0 < x1 <= 79 and 0 <= y0 < y1 <= 63
+        assert 39 <= (x0 + x1) / 2 <= 41 and 31 <= (y0 + y1) / 2 <= 33  # drawn around the image's middle
+    finally:
+        page.close()
+    assert not console, console
+    assert any(url.endswith("/v1/sessions/s1/slices/3.png") for url in seen)
     assert not [url for url in seen if not url.startswith((gateway.url + "/", "blob:", "data:"))]

@@ -62,8 +62,12 @@ async function setUp() {
   group.setToolActive(tools.StackScrollTool.toolName, { bindings: [{ mouseButton: tools.Enums.MouseBindings.Wheel }] });
   group.setToolActive(tools.PanTool.toolName, { bindings: [{ mouseButton: tools.Enums.MouseBindings.Auxiliary }] });
   setMode("window");
-  const rendering = core.getShouldUseCPURendering() ? "CPU rendering (no WebGL)" : "WebGL rendering";
+  const capabilities = core.getRenderingCapabilities();
+  const rendering = core.getShouldUseCPURendering()
+    ? "CPU rendering (no WebGL)"
+    : `WebGL rendering: ${capabilities.renderer}${capabilities.softwareRasterizer ? ", a software rasterizer" : ""}`;
   document.body.dataset.rendering = core.getShouldUseCPURendering() ? "cpu" : "gpu";
+  document.body.dataset.renderer = capabilities.renderer || "";
   const element = $("viewport");
   element.addEventListener(core.Enums.Events.IMAGE_RENDERED, () => {
     paintOverlay();
