@@ -233,6 +233,19 @@ def test_page_opens_a_series_through_qido_scrolls_and_windows(gateway, series, b
         # (its level -600 puts 40 HU near white), and its noise is stretched in the narrow brain window
         assert np.abs(soft - lung).mean() > 5 and np.abs(soft - brain).mean() > 1
         assert len(_grey(opened)) > 0
+
+        if rendering.startswith("gpu"):  # sagittal and coronal views: a Cornerstone volume (WebGL)
+            page.keyboard.press("1")
+            page.keyboard.press("o")
+            page.wait_for_selector("body[data-ortho='ready']", timeout=60_000)
+            page.wait_for_timeout(1500)
+            shots(page, "04b-orthogonal")
+            for view in ("#sagittal", "#coronal"):
+                picture = _grey(page.locator(view).screenshot())
+                # the body (40 HU) is mid-grey in the soft-tissue window, the organ brighter: not a blank view
+                assert picture.std() > 20 and (picture > 60).mean() > 0.1, view
+            page.keyboard.press("o")
+            assert page.locator("#ortho").is_hidden()
     finally:
         (ARTIFACTS / "console.log").write_text("\n".join([f"rendering: {rendering}", *console]))
         page.close()

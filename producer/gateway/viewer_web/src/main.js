@@ -54,6 +54,10 @@ async function setUp() {
     defaultOptions: { background: [0, 0, 0] },
   });
   viewport = engine.getViewport(VIEWPORT_ID);
+  core.volumeLoader.registerVolumeLoader(
+    "cornerstoneStreamingImageVolume",
+    core.cornerstoneStreamingImageVolumeLoader,
+  );
   const group = tools.ToolGroupManager.createToolGroup(TOOLGROUP_ID);
   for (const Tool of [tools.PanTool, tools.ZoomTool, tools.WindowLevelTool, tools.StackScrollTool, tools.RectangleROITool]) {
     group.addTool(Tool.toolName);
@@ -332,6 +336,7 @@ function reorderBySession(sliceUids) {
 }
 
 function clearSession() {
+  if (!$("ortho").hidden) toggleOrtho();
   if (state.session) api("DELETE", `/v1/sessions/${state.session.id}`).catch(() => {});
   state.session = null;
   state.labels.clear();
@@ -643,11 +648,73 @@ function jump(index) {
   viewport.setImageIdIndex(target);
 }
 
+// Sagittal and coronal views of a DICOM series: a Cornerstone volume made from the stack's images (WebGL only).
+let orthoSeries = 0;
+
+async function toggleOrtho() {
+  const panel = $("ortho");
+  const button = $("ortho-toggle");
+  const engine = core.getRenderingEngine(ENGINE_ID);
+  if (!panel.hidden) {
+    panel.hidden = true;
+    button.setAttribute("aria-pressed", "false");
+    for (const id of ["sagittal", "coronal"]) if (engine.getViewport(id)) engine.disableElement(id);
+    delete document.body.dataset.ortho;
+    return;
+  }
+  if (core.getShouldUseCPURendering()) return say("orthogonal views need WebGL, which this browser lacks", true);
+  if (state.imageIds.length < 2 || !state.imageIds[0].startsWith("wadors:")) {
+    return say("orthogonal views are for a 3D series from the PACS", true);
+  }
+  panel.hidden = false;
+  button.setAttribute("aria-pressed", "true");
+  document.body.dataset.ortho = "loading";
+  orthoSeries += 1;
+  const volumeId = `cornerstoneStreamingImageVolume:series-${orthoSeries}`;
+  try {
+    const volume = await core.volumeLoader.createAndCacheVolume(volumeId, { imageIds: state.imageIds });
+    const { ORTHOGRAPHIC } = core.Enums.ViewportType;
+    for (const id of ["sagittal", "coronal"]) {
+      engine.enableElement({
+        viewportId: id,
+        type: ORTHOGRAPHIC,
+        element: $(id),
+        defaultOptions: { orientation: core.Enums.OrientationAxis[id.toUpperCase()], background: [0, 0, 0] },
+      });
+    }
+    volume.load();
+    await core.setVolumesForViewports(engine, [{ volumeId }], ["sagittal", "coronal"]);
+    const voi = viewport.getProperties().voiRange;
+    for (const id of ["sagittal", "coronal"]) {
+      if (voi) engine.getViewport(id).setProperties({ voiRange: voi });
+      engine.getViewport(id).render();
+    }
+    engine.resize(true, true);
+    document.body.dataset.ortho = "ready";
+  } catch (error) {
+    say(`orthogonal views: ${error.message || error}`, true);
+  }
+}
+
+function syncOrthoWindow() {
+  const engine = core.getRenderingEngine(ENGINE_ID);
+  const voi = viewport.getProperties().voiRange;
+  if (!voi || $("ortho").hidden) return;
+  for (const id of ["sagittal", "coronal"]) {
+    const view = engine.getViewport(id);
+    if (view) {
+      view.setProperties({ voiRange: voi });
+      view.render();
+    }
+  }
+}
+
 function applyPreset(name) {
   if (!state.imageIds.length) return;
   if (name === "auto") viewport.resetProperties();
   else viewport.setProperties({ voiRange: presetRange(name) });
   viewport.render();
+  syncOrthoWindow();
   document.body.dataset.preset = name;
 }
 
@@ -693,6 +760,7 @@ function onKey(event) {
     3: () => applyPreset("bone"),
     4: () => applyPreset("brain"),
     5: () => applyPreset("auto"),
+    o: () => toggleOrtho(),
     w: () => setMode("window"),
     b: () => setMode("box"),
     c: () => setMode("click"),
@@ -741,6 +809,7 @@ async function main() {
   for (const button of document.querySelectorAll("#presets button")) {
     button.addEventListener("click", () => applyPreset(button.dataset.preset));
   }
+  $("ortho-toggle").addEventListener("click", toggleOrtho);
   $("reset-view").addEventListener("click", () => {
     viewport.resetCamera();
     viewport.resetProperties();

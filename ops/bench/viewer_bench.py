@@ -1,0 +1,188 @@
+"""Viewer benchmark (issue 25; a benchmark, not a test): what a user of the /viewer page waits for.
+
+    .venv/bin/python ops/bench/viewer_bench.py [--reps 3] [--series 64x512,24x256] [--no-write]
+
+A real Orthanc (Debian's, with its DICOMweb plugin) holds CT series written like the tests' (RLE Lossless, the
+phantom of tests/orthanc_support.py); `producer serve` runs in front of it; Debian's Chromium (headless, no GPU:
+WebGL through SwiftShader) opens the page with Playwright. Per series and repetition, in a new tab:
+- open: from the "Open series" click to the first slice on screen (metadata through the service's QIDO/WADO
+  proxy, the middle slice's frame, decoded in the loader's worker, rendered);
+- all slices: from the click until every frame has arrived (the stack prefetch fetches the rest);
+- scroll: one arrow-key step to the next slice drawn, once every slice is cached (median of 10 steps);
+- first mask / mask after a click: box or click sent to the interactive sessions API until the mask is painted,
+  only when this service has /v1/sessions (otherwise "n/a": the page then views only).
+The table gives medians over the repetitions; RESULTS.md gets a section with the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "ops" / "bench"))
+sys.path.insert(0, str(REPO / "tests"))
+
+from common import machine_info, machine_lines, md_table, uptime_line  # noqa: E402
+
+from orthanc_support import GatewayProcess, Orthanc, make_series  # noqa: E402
+from producer.gateway.viewer import BUNDLE  # noqa: E402
+
+TOKEN = "viewer-bench-token-0123456789abcdef"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def measure(browser, gateway: GatewayProcess, spec, depth: int) -> dict:
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    frames: list[float] = []
+    page.on("response", lambda response: frames.append(time.perf_counter()) if "/frames/" in response.url else None)
+    try:
+        page.goto(f"{gateway.url}/viewer#token={TOKEN}")
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        page.fill("#study-uid", spec.study_uid)
+        page.fill("#series-uid", spec.series_uid)
+        started = time.perf_counter()
+        page.click("#by-uid button[type=submit]")
+        page.wait_for_function("() => document.body.dataset.openMs !== undefined", timeout=120_000)
+        opened = time.perf_counter() - started
+        deadline = time.perf_counter() + 300
+        while len(frames) < depth and time.perf_counter() < deadline:
+            page.wait_for_timeout(20)
+        every = (max(frames) - started) if len(frames) >= depth else float("nan")
+        page.focus("#viewport")
+        page.keyboard.press("Home")
+        page.wait_for_function("() => document.getElementById('slice-info').dataset.z === '0'")
+        steps = []
+        for z in range(1, min(depth, 11)):
+            begun = time.perf_counter()
+            page.keyboard.press("ArrowDown")
+            page.wait_for_function(f"() => document.getElementById('slice-info').dataset.z === '{z}'")
+            steps.append(time.perf_counter() - begun)
+        first_mask = click_mask = float("nan")
+        page.wait_for_timeout(2000)  # the session request runs after the series is shown
+        if page.get_attribute("body", "data-session"):
+            first_mask, click_mask = prompt(page, depth)
+        return {
+            "open": opened,
+            "all": every,
+            "scroll": statistics.median(steps),
+            "first_mask": first_mask,
+            "click_mask": click_mask,
+            "renderer": page.get_attribute("body", "data-renderer") or "CPU",
+        }
+    finally:
+        page.close()
+
+
+def prompt(page, depth: int) -> tuple[float, float]:
+    page.keyboard.press("End")
+    page.keyboard.press("Home")
+    for _ in range(depth // 2):
+        page.keyboard.press("ArrowDown")
+    page.keyboard.press("b")
+    area = page.locator("#viewport").bounding_box()
+    cx, cy = area["x"] + area["width"] / 2, area["y"] + area["height"] / 2
+    page.mouse.move(cx - 60, cy - 60)
+    page.mouse.down()
+    page.mouse.move(cx + 60, cy + 60, steps=5)
+    page.mouse.up()
+    page.wait_for_function("() => document.body.dataset.lastMs !== undefined", timeout=600_000)
+    first = float(page.get_attribute("body", "data-last-ms")) / 1000
+    page.keyboard.press("c")
+    page.evaluate("() => { delete document.body.dataset.lastMs; }")
+    page.mouse.click(cx + 10, cy + 10)
+    page.wait_for_function("() => document.body.dataset.lastMs !== undefined", timeout=600_000)
+    return first, float(page.get_attribute("body", "data-last-ms")) / 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--series", default="64x512,24x256", help="DEPTHxSIZE, comma-separated")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args()
+    if not (BUNDLE / "index.html").is_file():
+        sys.exit(f"the viewer bundle is not built ({BUNDLE}): run ops/setup.sh")
+    from playwright.sync_api import sync_playwright
+
+    info = machine_info()
+    scratch = Path(tempfile.mkdtemp(prefix="viewer-bench-"))
+    pacs = Orthanc(scratch / "orthanc")
+    pacs.start()
+    gateway = None
+    rows = []
+    renderer = "?"
+    try:
+        made = []
+        for index, item in enumerate(args.series.split(",")):
+            depth, size = (int(v) for v in item.split("x"))
+            spec = make_series(scratch / f"series{index}", depth, size, seed=index)
+            pacs.upload(sorted((scratch / f"series{index}").iterdir()))
+            made.append((depth, size, spec))
+        credentials = {pacs.dicomweb: {"username": pacs.user, "password": pacs.password}}
+        gateway = GatewayProcess(scratch / "gateway", TOKEN, credentials, "--threads", "1")
+        gateway.wait_ready()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+            try:
+                for depth, size, spec in made:
+                    runs = [measure(browser, gateway, spec, depth) for _ in range(args.reps)]
+                    renderer = runs[-1]["renderer"]
+
+                    def median(key: str, runs=runs) -> str:
+                        values = [run[key] for run in runs if run[key] == run[key]]
+                        return f"{statistics.median(values):.2f}" if values else "n/a"
+
+                    rows.append(
+                        [
+                            f"{depth} x {size} x {size} CT (RLE)",
+                            str(args.reps),
+                            median("open"),
+                            median("all"),
+                            f"{1000 * statistics.median(run['scroll'] for run in runs):.0f}",
+                            median("first_mask"),
+                            median("click_mask"),
+                        ]
+                    )
+            finally:
+                browser.close()
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        pacs.stop()
+    info["uptime_end"] = uptime_line()
+    header = ["series", "runs", "open: first slice s", "all slices s", "scroll step ms", "first mask s", "click mask s"]
+    table = md_table(header, rows)
+    print(table)
+    if args.no_write:
+        return
+    section = [
+        "",
+        f"### {info['date']} — the viewer page (`ops/bench/viewer_bench.py --reps {args.reps}`)",
+        "",
+        *machine_lines(info),
+        f"- Browser: Debian's Chromium, headless, --disable-gpu; Cornerstone3D renders with WebGL on {renderer}.",
+        "- Orthanc and `producer serve` on loopback; frames fetched through the service's DICOMweb proxy.",
+        "",
+        table,
+        "",
+    ]
+    results = REPO / "ops" / "bench" / "RESULTS.md"
+    results.write_text(results.read_text() + "\n".join(section))
+
+
+if __name__ == "__main__":
+    main()
