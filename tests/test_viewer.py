@@ -349,6 +349,9 @@ class ContractDouble:
         self.sent.append((request.method, "/" + path, body))
         if request.method == "POST" and path == "v1/sessions":
             reply, status = self.document(), 201
+        elif path.endswith("/result"):
+            format_ = request.url.rsplit("format=", 1)[-1]
+            return route.fulfill(status=200, content_type="application/octet-stream", body=f"{format_} of s1".encode())
         elif path.endswith(".png"):
             return route.fulfill(
                 status=200, content_type="image/png", body=self.slice_png(int(path[:-4].rsplit("/")[-1]))
@@ -486,6 +489,14 @@ def test_page_prompts_follow_the_sessions_contract(gateway, series, browser, sho
         assert double.sent[-1][1:] == ("/v1/sessions/s1/store", {"formats": ["seg"]})
         assert "SEG 1.2.3.4" in page.text_content("#stored")
         shots(page, "07-stored")
+        for button, name, content in (
+            ("#download-seg", "s1.dcm", b"seg of s1"),
+            ("#download-nifti", "s1.nii.gz", b"nifti of s1"),
+        ):
+            with page.expect_download() as download:
+                page.click(button)
+            assert download.value.suggested_filename == name
+            assert Path(download.value.path()).read_bytes() == content
     finally:
         page.close()
     assert not console, console

@@ -309,9 +309,16 @@ function sessionMetadata(type, imageId) {
 }
 
 // ------------------------------------------------------------------------------------------------ session
+let opening = 0; // counts series opened: a session answer for an earlier one is dropped (and deleted)
+
 async function startSession(body) {
+  const ticket = ++opening;
   try {
     const session = await api("POST", "/v1/sessions", body);
+    if (ticket !== opening) {
+      api("DELETE", `/v1/sessions/${session.id}`).catch(() => {});
+      return;
+    }
     state.session = session;
     state.shape = session.shape.slice(-2);
     if (session.slice_uids && state.sliceUids) reorderBySession(session.slice_uids);
@@ -319,6 +326,7 @@ async function startSession(body) {
     setPrompting(true);
     say(`session ready (${session.modality || "?"}, ${session.shape.join(" × ")})`);
   } catch (error) {
+    if (ticket !== opening) return;
     setPrompting(false);
     const reason = error instanceof ApiError && error.status === 404 ? "this service has no interactive sessions" : String(error.message || error);
     say(`viewing only: ${reason}`, !(error instanceof ApiError && error.status === 404));
@@ -413,7 +421,8 @@ function boxDrawn(event) {
   const points = annotation.data.handles.points.map((world) => worldToImage(plane(), world));
   tools.annotation.state.removeAnnotation(annotation.annotationUID);
   viewport.render();
-  const [h, w] = state.shape || [0, 0];
+  if (!state.session || !state.shape) return say("the box needs an interactive session: open a series first", true);
+  const [h, w] = state.shape;
   const xs = points.map((p) => p[0]);
   const ys = points.map((p) => p[1]);
   const clamp = (v, hi) => Math.min(hi, Math.max(0, v));
@@ -825,6 +834,15 @@ async function main() {
   $("download-seg").addEventListener("click", () => download("seg"));
   $("download-nifti").addEventListener("click", () => download("nifti"));
   document.addEventListener("keydown", onKey);
+  window.addEventListener("pagehide", () => {
+    if (state.session) {
+      fetch(`/v1/sessions/${state.session.id}`, {
+        method: "DELETE",
+        keepalive: true,
+        headers: { Authorization: `Bearer ${token()}` },
+      }).catch(() => {});
+    }
+  });
   setPrompting(false);
   if (!token()) {
     $("auth").hidden = false;
