@@ -11,12 +11,15 @@ WebGL through SwiftShader) opens the page with Playwright. Per series and repeti
 - scroll: one arrow-key step to the next slice drawn, once every slice is cached (median of 10 steps);
 - first mask / mask after a click: box or click sent to the interactive sessions API until the mask is painted,
   only when this service has /v1/sessions (otherwise "n/a": the page then views only).
-The table gives medians over the repetitions; RESULTS.md gets a section with the machine and its load.
+A second table sets what the service's DICOMweb proxy adds side by side: every frame of each series fetched one
+after another by a Python client, straight from Orthanc and through the proxy (medians of the repetitions).
+The tables give medians over the repetitions; RESULTS.md gets a section with the machine and its load.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -87,6 +90,25 @@ def measure(browser, gateway: GatewayProcess, spec, depth: int) -> dict:
         page.close()
 
 
+def fetch_frames(base: str, headers: dict, auth, metadata_path: str) -> float:
+    """Seconds to fetch every frame of a series one after another (a pooled connection, as a browser keeps)."""
+    import requests
+
+    with requests.Session() as session:
+        session.headers.update(headers)
+        session.auth = auth
+        started = time.perf_counter()
+        instances = json.loads(session.get(f"{base}/{metadata_path}", timeout=60).content)
+        accept = {"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}
+        for instance in instances:
+            sop = instance["00080018"]["Value"][0]
+            response = session.get(
+                f"{base}/{metadata_path[: -len('metadata')]}instances/{sop}/frames/1", headers=accept
+            )
+            response.raise_for_status()
+        return time.perf_counter() - started
+
+
 def prompt(page, depth: int) -> tuple[float, float]:
     page.keyboard.press("End")
     page.keyboard.press("Home")
@@ -124,6 +146,7 @@ def main() -> None:
     pacs.start()
     gateway = None
     rows = []
+    proxy_rows = []
     renderer = "?"
     try:
         made = []
@@ -135,6 +158,16 @@ def main() -> None:
         credentials = {pacs.dicomweb: {"username": pacs.user, "password": pacs.password}}
         gateway = GatewayProcess(scratch / "gateway", TOKEN, credentials, "--threads", "1")
         gateway.wait_ready()
+        for depth, size, spec in made:
+            path = f"studies/{spec.study_uid}/series/{spec.series_uid}/metadata"
+            direct, proxied = [], []
+            for _ in range(args.reps):
+                direct.append(fetch_frames(pacs.dicomweb, {}, pacs.auth, path))
+                proxied.append(fetch_frames(f"{gateway.url}/v1/viewer/dicomweb/0", gateway.headers, None, path))
+            d, p = statistics.median(direct), statistics.median(proxied)
+            proxy_rows.append(
+                [f"{depth} x {size} x {size} CT (RLE)", str(args.reps), f"{d:.2f}", f"{p:.2f}", f"{p / d:.2f}x"]
+            )
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
             try:
@@ -166,7 +199,12 @@ def main() -> None:
     info["uptime_end"] = uptime_line()
     header = ["series", "runs", "open: first slice s", "all slices s", "scroll step ms", "first mask s", "click mask s"]
     table = md_table(header, rows)
+    proxy_table = md_table(
+        ["series", "runs", "frames from Orthanc s", "frames through the proxy s", "proxy / direct"], proxy_rows
+    )
     print(table)
+    print()
+    print(proxy_table)
     if args.no_write:
         return
     section = [
@@ -178,6 +216,8 @@ def main() -> None:
         "- Orthanc and `producer serve` on loopback; frames fetched through the service's DICOMweb proxy.",
         "",
         table,
+        "",
+        proxy_table,
         "",
     ]
     results = REPO / "ops" / "bench" / "RESULTS.md"
