@@ -549,3 +549,21 @@ def test_uploaded_files_are_shown_as_the_sessions_slices(gateway, browser, shots
     assert not console, console
     assert any(url.endswith("/v1/sessions/s1/slices/3.png") for url in seen)
     assert not [url for url in seen if not url.startswith((gateway.url + "/", "blob:", "data:"))]
+
+
+def test_a_session_of_other_images_leaves_the_page_viewing_only(gateway, series, browser):
+    double = ContractDouble((12, 128, 128), [0.7, 0.8, 2.5], [f"1.2.3.{z}" for z in range(12)])
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.route("**/v1/sessions**", double.route)
+    try:
+        page.goto(f"{gateway.url}/viewer#token={TOKEN}")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        page.fill("#study-uid", series.study_uid)
+        page.fill("#series-uid", series.series_uid)
+        page.click("#by-uid button[type=submit]")
+        page.wait_for_function("() => document.getElementById('message').textContent.startsWith('viewing only')")
+        assert "not this series' images" in page.text_content("#message")
+        assert page.is_disabled("#store") and page.get_attribute("body", "data-session") is None
+        assert double.sent[-1][:2] == ("DELETE", "/v1/sessions/s1")  # the useless session is ended
+    finally:
+        page.close()

@@ -201,6 +201,7 @@ async function openSeries(server, study, series) {
   });
   await showStack(imageIds, instances.map((i) => attr(i, "00080018")));
   document.body.dataset.openMs = String(Math.round(performance.now() - started));
+  $("open-panel").open = false; // room for the prompt controls at 1280 x 800; a click opens it again
   say(`series open: ${imageIds.length} slices`);
   startSession({ dicomweb: { root: state.servers[server].root, study, series } });
 }
@@ -319,9 +320,13 @@ async function startSession(body) {
       api("DELETE", `/v1/sessions/${session.id}`).catch(() => {});
       return;
     }
+    if (session.slice_uids && state.sliceUids && !reorderBySession(session.slice_uids)) {
+      api("DELETE", `/v1/sessions/${session.id}`).catch(() => {});
+      setPrompting(false);
+      return say("viewing only: the session's slices are not this series' images, so prompts would miss", true);
+    }
     state.session = session;
     state.shape = session.shape.slice(-2);
-    if (session.slice_uids && state.sliceUids) reorderBySession(session.slice_uids);
     document.body.dataset.session = session.id;
     setPrompting(true);
     say(`session ready (${session.modality || "?"}, ${session.shape.join(" × ")})`);
@@ -336,11 +341,12 @@ async function startSession(body) {
 // The session's z order is the engine's (sorted along the slice normal); the stack follows it exactly.
 function reorderBySession(sliceUids) {
   const byUid = new Map(state.sliceUids.map((uid, index) => [uid, state.imageIds[index]]));
-  if (sliceUids.some((uid) => !byUid.has(uid))) return say("the session's slices differ from the PACS series", true);
+  if (sliceUids.length !== state.sliceUids.length || sliceUids.some((uid) => !byUid.has(uid))) return false;
   const current = state.sliceUids[viewport.getCurrentImageIdIndex()];
   state.imageIds = sliceUids.map((uid) => byUid.get(uid));
   state.sliceUids = sliceUids.slice();
   viewport.setStack(state.imageIds, Math.max(0, sliceUids.indexOf(current)));
+  return true;
 }
 
 function clearSession() {
