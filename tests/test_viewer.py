@@ -558,8 +558,10 @@ def test_a_session_of_other_images_leaves_the_page_viewing_only(gateway, series,
     try:
         page.goto(f"{gateway.url}/viewer#token={TOKEN}")
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
-        page.fill("#study-uid", series.study_uid)
+        page.fill("#study-uid", "../../../jobs")  # pasted text is checked before it becomes part of a path
         page.fill("#series-uid", series.series_uid)
+        assert page.eval_on_selector("#study-uid", "input => input.validity.valid") is False
+        page.fill("#study-uid", series.study_uid)
         page.click("#by-uid button[type=submit]")
         page.wait_for_function("() => document.getElementById('message').textContent.startsWith('viewing only')")
         assert "not this series' images" in page.text_content("#message")

@@ -174,7 +174,12 @@ async function listSeries(server, study) {
   }
 }
 
+const UID = /^[0-9]+(\.[0-9]+)*$/;
+
 async function openSeries(server, study, series) {
+  if (!UID.test(study) || !UID.test(series) || study.length > 64 || series.length > 64) {
+    return say("study and series UIDs are digits and dots, at most 64 characters", true);
+  }
   const started = performance.now();
   clearSession();
   state.server = server;
@@ -199,7 +204,11 @@ async function openSeries(server, study, series) {
     loader.wadors.metaDataManager.add(imageId, instance);
     return imageId;
   });
-  await showStack(imageIds, instances.map((i) => attr(i, "00080018")));
+  try {
+    await showStack(imageIds, instances.map((i) => attr(i, "00080018")));
+  } catch (error) {
+    return say(`the series cannot be shown (${error.message || error}): is it an image series?`, true);
+  }
   document.body.dataset.openMs = String(Math.round(performance.now() - started));
   $("open-panel").open = false; // room for the prompt controls at 1280 x 800; a click opens it again
   say(`series open: ${imageIds.length} slices`);
