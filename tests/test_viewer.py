@@ -130,6 +130,15 @@ def test_viewer_route_says_when_the_bundle_is_not_built(tmp_path):
 # ------------------------------------------------------------------------------------------------ the page
 
 
+def _unlabelled(page) -> list[str]:
+    """Controls without a name a screen reader can say (no label, no aria-label, no text)."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('input, select, button')].filter(control =>
+             !(control.labels && control.labels.length) && !control.getAttribute('aria-label')
+             && !control.textContent.trim()).map(control => control.id || control.outerHTML)"""
+    )
+
+
 def _grey(png: bytes) -> np.ndarray:
     from PIL import Image
 
@@ -177,6 +186,7 @@ def test_page_opens_a_series_through_qido_scrolls_and_windows(gateway, series, b
         page.goto(f"{gateway.url}/viewer#token={TOKEN}")
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
         assert "#token" not in page.url  # the fragment is dropped at once
+        assert _unlabelled(page) == []
         # "gpu" (WebGL; here SwiftShader, Chromium's software rasterizer) or "cpu" (Cornerstone's own fallback)
         rendering = f"{page.get_attribute('body', 'data-rendering')} {page.get_attribute('body', 'data-renderer')}"
         shots(page, "01-ready")
@@ -488,6 +498,7 @@ def test_page_prompts_follow_the_sessions_contract(gateway, series, browser, sho
         page.wait_for_selector("#stored li")
         assert double.sent[-1][1:] == ("/v1/sessions/s1/store", {"formats": ["seg"]})
         assert "SEG 1.2.3.4" in page.text_content("#stored")
+        assert _unlabelled(page) == []  # the label rows' show, colour and opacity controls too
         shots(page, "07-stored")
         for button, name, content in (
             ("#download-seg", "s1.dcm", b"seg of s1"),
