@@ -25,7 +25,8 @@ from worker.contract.messages import MessageError, Outcome, Progress, ResultReco
 from worker.contract.metrics import StudyMetrics
 from worker.contract.settings import FleetSettings, parse_routes
 from worker.contract.study import Study
-from worker.job import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext, run_study
+from worker.job import run_study
+from worker.job_context import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext
 from worker.ledger import BatchLedger
 from worker.store import FileStore, open_store
 
@@ -111,9 +112,8 @@ def test_result_key_changes_with_everything_that_changes_masks():
 
 def test_engine_identity_survives_json_and_names_the_weights_that_run(echo_engine):
     from models.registry import load_registry
-    from worker.process import engine_identity
 
-    identity = engine_identity(echo_engine)
+    identity = echo_engine.identity()
     assert EngineIdentity.model_validate_json(identity.model_dump_json()) == identity
     spec = load_registry(echo_engine.settings.models_dir)["litemedsam"]
     assert identity.models == {"litemedsam": spec.sha256} and identity.precision == "f32"
@@ -447,13 +447,11 @@ def echo_engine(echo_models_dir):
 @pytest.fixture()
 def job(slot, echo_engine, echo_models_dir):
     """A worker context and a producer client on the same private Redis (a fresh namespace per test)."""
-    from worker.process import engine_identity
-
     settings = FleetSettings(broker_url=slot.url, namespace=f"{slot.namespace}-{time.monotonic_ns()}")
     client = FleetClient(settings)
     ctx = WorkerContext(
         engine=echo_engine,
-        identity=engine_identity(echo_engine),
+        identity=echo_engine.identity(),
         store=client.store,
         ledger=client.ledger,
         result_ttl=600,

@@ -15,12 +15,13 @@ import numpy as np
 from producer.formats import modality as modalities
 from producer.formats.boxes import resolve_boxes
 from producer.formats.intensity import Window, to_uint8
-from producer.formats.sidecar import Prompts
+from producer.formats.sidecar import SidecarPrompts
 from producer.formats.volume import ImageVolume
+from worker.contract.prompts import Prompts
 from worker.contract.study import Study, StudyError
 
 
-def resolve_modality(prompts: Prompts, volume: ImageVolume, fallback: str | None, where: str) -> str:
+def resolve_modality(prompts: SidecarPrompts, volume: ImageVolume, fallback: str | None, where: str) -> str:
     if prompts.modality:
         return modalities.normalise(prompts.modality)
     if volume.modality_tag:
@@ -42,10 +43,10 @@ def prepare_image(volume: ImageVolume, modality: str, window: Window | None) -> 
     return np.ascontiguousarray(plane if plane.ndim == 3 else np.repeat(plane[..., None], 3, axis=2))
 
 
-def build_study(name: str, volume: ImageVolume, prompts: Prompts, fallback_modality: str | None = None) -> Study:
+def build_study(name: str, volume: ImageVolume, prompts: SidecarPrompts, fallback_modality: str | None = None) -> Study:
     modality = resolve_modality(prompts, volume, fallback_modality, name)
     is_3d = volume.depth > 1
     boxes = resolve_boxes(prompts.boxes, tuple(volume.values.shape[:3]), volume.geometry, is_3d)
     image = prepare_image(volume, modality, prompts.window)
     spacing = volume.spacing if is_3d or volume.spacing is None else tuple(volume.spacing[:2])
-    return Study(study_id=name, modality=modality, image=image, boxes=boxes, spacing=spacing)
+    return Study(study_id=name, modality=modality, image=image, prompts=Prompts.from_boxes(boxes), spacing=spacing)

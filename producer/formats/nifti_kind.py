@@ -25,9 +25,9 @@ from producer.formats.nifti import (
     reference_of,
     write_label_nifti,
 )
-from producer.formats.sidecar import NIFTI_SIDECAR_SUFFIX, Prompts, SidecarRef
-from producer.outcome import StudyOutcome
-from producer.output_context import OutputContext
+from producer.formats.outcome import StudyOutcome
+from producer.formats.output_context import OutputContext
+from producer.formats.sidecar import NIFTI_SIDECAR_SUFFIX, SidecarPrompts, SidecarRef
 from worker.contract.study import Study
 
 
@@ -63,7 +63,7 @@ class NiftiFormat(StudyFormat):
     def context(self, source: StudySource) -> OutputContext:
         return self._context(source, prompts_of(source))
 
-    def _context(self, source: StudySource, prompts: Prompts) -> OutputContext:
+    def _context(self, source: StudySource, prompts: SidecarPrompts) -> OutputContext:
         return OutputContext(self.kind, prompts.labels, nifti=reference_of(source.path), notes=source.notes)
 
     def write(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome, context: OutputContext) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from worker.contract.files import atomic_path
+from worker.contract.prompts import Prompts
 from worker.contract.study import Study, StudyError
 from worker.contract.validation import DEFAULT_MAX_VOXELS
 
@@ -71,7 +72,13 @@ def load_npz_study(path: Path) -> Study:
         raise StudyError(f"{path.name}: corrupt or truncated npz ({error})") from error
     if name.startswith("3DBox_") and image.ndim != 3:
         raise StudyError(f"{path.name}: a 3DBox study needs a (D, H, W) volume, got shape {image.shape}")
-    return Study(study_id=name, modality=modality_from_name(name), image=image, boxes=boxes, spacing=spacing)
+    return Study(
+        study_id=name,
+        modality=modality_from_name(name),
+        image=image,
+        prompts=Prompts.from_boxes(boxes),
+        spacing=spacing,
+    )
 
 
 def write_segs(path: Path, labels: np.ndarray) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from producer.formats.base import Finder, OutputFolder, Skipped, StudyFormat, StudySource
 from producer.formats.npz import is_challenge_npz, load_npz_study, write_segs
-from producer.outcome import StudyOutcome
-from producer.output_context import OutputContext
+from producer.formats.outcome import StudyOutcome
+from producer.formats.output_context import OutputContext
 from worker.contract.study import Study
 
 

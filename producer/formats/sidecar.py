@@ -50,7 +50,7 @@ class BoxPrompt:
 
 
 @dataclass(frozen=True)
-class Prompts:
+class SidecarPrompts:
     boxes: tuple[BoxPrompt, ...]
     modality: str | None = None
     window: Window | None = None
@@ -168,9 +168,9 @@ class SidecarEntry(BaseModel):
             raise ValueError(f'"window" must be {{"level": L, "width": W}}, got {value!r}')
         return value
 
-    def prompts(self) -> Prompts:
+    def prompts(self) -> SidecarPrompts:
         window = Window(self.window.level, self.window.width) if self.window is not None else None
-        return Prompts(tuple(box.prompt(i) for i, box in enumerate(self.boxes)), self.modality, window)
+        return SidecarPrompts(tuple(box.prompt(i) for i, box in enumerate(self.boxes)), self.modality, window)
 
 
 def _where(error: dict[str, Any], entry: dict[str, Any], where: str) -> str:
@@ -199,7 +199,7 @@ def _study_error(error: ValidationError, entry: dict[str, Any], where: str) -> S
     return StudyError(f"{_where(first, entry, where)}{separator}{message}")
 
 
-def parse_entry(entry: Any, where: str) -> Prompts:
+def parse_entry(entry: Any, where: str) -> SidecarPrompts:
     if not isinstance(entry, dict):
         raise StudyError(f"{where}: expected a JSON object, got {type(entry).__name__}")
     try:
@@ -241,7 +241,7 @@ def _entry(document: Any, ref: SidecarRef) -> Any:
     return section[ref.uid]
 
 
-def read_prompts(ref: SidecarRef) -> Prompts:
+def read_prompts(ref: SidecarRef) -> SidecarPrompts:
     return parse_entry(_entry(_load_json(ref.path), ref), str(ref.path))
 
 

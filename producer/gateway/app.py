@@ -42,8 +42,8 @@ from producer.gateway.queue import JobQueue
 from producer.gateway.segmenters import make_segmenter
 from producer.gateway.telemetry import GatewayTelemetry
 from producer.gateway.viewer import viewer_router
-from worker import __version__
 from worker.contract.study import StudyError
+from worker.contract.version import PACKAGE_VERSION as __version__
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 MEDIA_TYPES = {"seg": "application/dicom", "nifti": "application/gzip", "npz": "application/octet-stream"}

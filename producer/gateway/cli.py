@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from producer.cli import broker_option, engine_options, engine_settings
+from producer.cli_options import broker_option, engine_options, engine_settings
 from producer.formats.npz import max_voxels
 from producer.gateway.config import TOKENS_ENV, GatewayConfig, default_data_dir, read_tokens
 from producer.gateway.dicomweb import ClientSettings, load_credentials

@@ -23,6 +23,7 @@ from typing import Any
 from pydicom import dcmread
 
 from producer.discovery import StudySource, discover
+from producer.formats.dicom_outputs import DicomSeg
 from producer.formats.npz import write_segs
 from producer.formats.registry import FORMATS, format_of
 from producer.gateway import results
@@ -115,10 +116,10 @@ class JobPipeline:
             "progress": {"done": done_total, "total": done_total},
         }
         if job.store:
-            if "seg" not in files:
+            if DicomSeg.name not in files:
                 raise JobFailed("no DICOM SEG could be built to store: " + "; ".join(outcome.notes))
             mark = time.perf_counter()
-            changes["stored"] = self._store(job, self.jobs.result_dir(job.id) / files["seg"])
+            changes["stored"] = self._store(job, self.jobs.result_dir(job.id) / files[DicomSeg.name])
             timings["store"] = time.perf_counter() - mark
         return changes
 

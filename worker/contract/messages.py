@@ -21,22 +21,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.contract.arrays import StoreError, pack_arrays, unpack_arrays
+from worker.contract.errors import validation_message
 from worker.contract.metrics import StudyMetrics
+from worker.contract.prompts import Prompts
 
 MESSAGE_VERSION = 1
 
 
 class MessageError(ValueError):
     """A task message, outcome or progress entry that does not parse: what is wrong with it, in one line."""
-
-
-def _summary(error: ValidationError) -> str:
-    parts = []
-    for problem in error.errors()[:5]:
-        where = ".".join(str(step) for step in problem["loc"]) or "message"
-        parts.append(f"{where}: {problem['msg'].removeprefix('Value error, ')}")
-    more = error.error_count() - len(parts)
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def _is_number(value: Any) -> bool:
@@ -77,10 +70,15 @@ class TaskMessage(BaseModel):
         try:
             return cls(**fields)
         except ValidationError as error:
-            raise MessageError(_summary(error)) from None
+            raise MessageError(validation_message(error)) from None
 
     def boxes_array(self) -> np.ndarray:
         return np.asarray(self.boxes, dtype=np.dtype(self.boxes_dtype)).reshape(self.boxes_shape)
+
+    def prompts(self) -> Prompts:
+        """The study's prompts: version 1 messages carry box-only voxel prompts, as the challenge's box array
+        (PromptError, a StudyError, if that array is none)."""
+        return Prompts.from_boxes(self.boxes_array())
 
     def to_wire(self) -> dict[str, Any]:
         """The Celery task argument (plain JSON types)."""
@@ -96,7 +94,7 @@ class TaskMessage(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise MessageError(_summary(error)) from None
+            raise MessageError(validation_message(error)) from None
 
 
 class Outcome(BaseModel):
@@ -121,7 +119,7 @@ class Outcome(BaseModel):
         try:
             return cls.model_validate_json(text)
         except ValidationError as error:
-            raise MessageError(f"outcome: {_summary(error)}") from None
+            raise MessageError(f"outcome: {validation_message(error)}") from None
 
 
 class Progress(BaseModel):
@@ -147,7 +145,7 @@ class Progress(BaseModel):
         try:
             return cls.model_validate_json(text)
         except ValidationError as error:
-            raise MessageError(f"progress: {_summary(error)}") from None
+            raise MessageError(f"progress: {validation_message(error)}") from None
 
 
 @dataclass
@@ -167,7 +165,7 @@ class ResultRecord:
         try:
             metrics = StudyMetrics.model_validate_json(arrays["metrics"].tobytes())
         except ValidationError as error:
-            raise StoreError(f"result blob's metrics do not parse ({_summary(error)})") from None
+            raise StoreError(f"result blob's metrics do not parse ({validation_message(error)})") from None
         return cls(arrays["segs"], metrics)
 
 

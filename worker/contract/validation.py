@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.contract.study import BOX_WIDTH_2D, BOX_WIDTH_3D, Study, StudyError, has_3d_boxes
+from worker.contract.prompts import BOX_WIDTH_2D, BOX_WIDTH_3D, VOXEL, Prompts
+from worker.contract.study import Study, StudyError
 
 MAX_BOXES = 65535  # labels are uint16 and 0 is background
 DEFAULT_MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels of uint8 input; configurable by callers
@@ -57,11 +58,24 @@ def _check_one_box(index: int, lo: np.ndarray, hi: np.ndarray, limits: np.ndarra
         raise StudyError(f"box {index} {np.r_[lo, hi].tolist()} has z_max < z_min")
 
 
+def check_runnable(prompts: Prompts) -> None:
+    """The engine runs voxel box prompts, one box per label: clicks, labels without a box and mm boxes (which a
+    format maps to voxels) are refused by name, never dropped."""
+    for index, label in enumerate(prompts.labels):
+        if label.box is None:
+            raise StudyError(f"label {index + 1} has no box: this engine runs box prompts only")
+        if label.box.space != VOXEL:
+            raise StudyError(f"label {index + 1}: its box is in {label.box.space}; the engine takes voxel boxes")
+        if label.clicks:
+            raise StudyError(f"label {index + 1} has clicks: this engine runs box prompts only")
+
+
 def check_study(study: Study, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
     check_image(study.image, max_voxels)
-    is_3d = has_3d_boxes(study.boxes)  # the boxes say which; the image must agree (Study.is_3d once checked)
+    is_3d = study.prompts.is_3d  # the prompts say which; the image must agree (Study.is_3d once checked)
     if is_3d and study.image.ndim != 3:
         raise StudyError(f"3D boxes given for an image of shape {study.image.shape}")
     if not is_3d and study.image.ndim == 3 and study.image.shape[-1] != 3:
         raise StudyError(f"2D boxes given for a volume of shape {study.image.shape} (2D images are (H, W, 3))")
-    check_boxes(study.boxes, study.image.shape, is_3d)
+    check_runnable(study.prompts)
+    check_boxes(study.prompts.box_array(), study.image.shape, is_3d)
