@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import requests
 
-from orthanc_support import GatewayProcess, Orthanc, make_series, orthanc_available
+from dicom_factory import SeriesSpec, write_series
+from orthanc_support import GatewayProcess, Orthanc, make_series, orthanc_available, phantom
 from producer.gateway.viewer import BUNDLE
 
 TOKEN = "viewer-test-token-0123456789abcdef"
@@ -580,3 +582,58 @@ def test_a_session_of_other_images_leaves_the_page_viewing_only(gateway, series,
         assert double.sent[-1][:2] == ("DELETE", "/v1/sessions/s1")  # the useless session is ended
     finally:
         page.close()
+
+
+def jpeg_series(folder: Path, depth: int = 6, size: int = 96) -> SeriesSpec:
+    """An 8-bit series in JPEG Baseline (lossy; what many PACS send): the phantom's HU mapped to 0..255 by a
+    soft-tissue window, each slice compressed by Pillow and encapsulated."""
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    spec = SeriesSpec(stored=phantom(depth, size, seed=9), intercept=-1024.0)
+    for path in write_series(folder, spec):
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array.astype(np.float32) - 1024.0
+        grey = np.clip((hu + 160.0) / 400.0 * 255.0, 0, 255).astype(np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(grey).save(out, format="JPEG", quality=95)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.WindowCenter, ds.WindowWidth = 128, 256
+        ds.PixelData = encapsulate([out.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.save_as(path, enforce_file_format=True)
+    return spec
+
+
+def test_jpeg_series_decodes_in_webassembly_under_the_pages_policy(gateway, pacs, browser, shots, tmp_path):
+    spec = jpeg_series(tmp_path / "jpeg")
+    pacs.upload(sorted((tmp_path / "jpeg").iterdir()))
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url))
+    page.on("worker", lambda worker: worker.on("request", lambda request: seen.append(request.url)))
+    console: list[str] = []
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    try:
+        page.goto(f"{gateway.url}/viewer#token={TOKEN}")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        page.fill("#study-uid", spec.study_uid)
+        page.fill("#series-uid", spec.series_uid)
+        page.click("#by-uid button[type=submit]")
+        page.wait_for_function("() => document.body.dataset.openMs !== undefined", timeout=30_000)
+        page.wait_for_timeout(500)
+        shots(page, "09-jpeg")
+        picture = _grey(page.locator("#viewport").screenshot())
+        # the body (40 HU: grey 127 in this window) and the brighter organ are drawn: not a blank or failed slice
+        assert (np.abs(picture - 127) < 20).mean() > 0.15 and (picture > 160).mean() > 0.02
+    finally:
+        page.close()
+    assert not [line for line in console if "Content Security Policy" in line or line.startswith("pageerror")], console
+    assert not [url for url in seen if not url.startswith((gateway.url + "/", "blob:", "data:"))]
+    # the decoder compiled libjpeg-turbo's WebAssembly, fetched from the service
+    assert any(url.endswith("/viewer/assets/@cornerstonejs/codec-libjpeg-turbo-8bit/decodewasm") for url in seen), seen

@@ -49,8 +49,9 @@ QIDO_KEYS = frozenset(
 )
 MAX_QIDO_VALUE = 128
 FRAME_ACCEPT_DEFAULT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
-# The page's own policy: everything from this service; 'wasm-unsafe-eval' lets the image loader's codecs compile
-# their WebAssembly (JPEG, JPEG-LS, JPEG 2000, HTJ2K); no inline script or style, no eval.
+# The page's own policy, on the page and its assets (the decode worker runs under its script's policy): everything
+# from this service; 'wasm-unsafe-eval' lets the image loader's codecs compile their WebAssembly in that worker
+# (JPEG, JPEG-LS, JPEG 2000, HTJ2K); no inline script or style, no eval.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:; "
     "worker-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
@@ -148,7 +149,9 @@ def viewer_router(servers: ServerDirectory, guard: list[Any], bundle: Path = BUN
         media_type = MEDIA_TYPES.get(path.suffix)
         if media_type is None and path.name.endswith("wasm"):  # the codecs' files are named decodewasm, wasm
             media_type = "application/wasm"
-        return FileResponse(path, media_type=media_type or "application/octet-stream")
+        # the policy goes with the assets too: a worker runs under the policy of its own script's response
+        headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY}
+        return FileResponse(path, media_type=media_type or "application/octet-stream", headers=headers)
 
     @router.get("/v1/viewer/servers", dependencies=guard, tags=["viewer"], summary="The configured DICOMweb roots")
     def list_servers():
