@@ -256,6 +256,13 @@ def test_page_opens_a_series_through_qido_scrolls_and_windows(gateway, series, b
                 picture = _grey(page.locator(view).screenshot())
                 # the body (40 HU) is mid-grey in the soft-tissue window, the organ brighter: not a blank view
                 assert picture.std() > 20 and (picture > 60).mean() > 0.1, view
+            # the axial slice is a reference line across them: it moves with the slice
+            before = _grey(page.locator("#sagittal").screenshot())
+            page.focus("#viewport")
+            for _ in range(3):
+                page.keyboard.press("ArrowUp")
+            page.wait_for_timeout(500)
+            assert np.abs(_grey(page.locator("#sagittal").screenshot()) - before).max() > 50
             page.keyboard.press("o")
             assert page.locator("#ortho").is_hidden()
     finally:

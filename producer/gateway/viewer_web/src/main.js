@@ -43,7 +43,14 @@ async function setUp() {
     beforeSend: () => ({ Authorization: `Bearer ${token()}` }),
   });
   tools.init();
-  for (const Tool of [tools.PanTool, tools.ZoomTool, tools.WindowLevelTool, tools.StackScrollTool, tools.RectangleROITool]) {
+  for (const Tool of [
+    tools.PanTool,
+    tools.ZoomTool,
+    tools.WindowLevelTool,
+    tools.StackScrollTool,
+    tools.RectangleROITool,
+    tools.ReferenceLinesTool,
+  ]) {
     tools.addTool(Tool);
   }
   const engine = new core.RenderingEngine(ENGINE_ID);
@@ -708,6 +715,14 @@ async function toggleOrtho() {
     }
     volume.load();
     await core.setVolumesForViewports(engine, [{ volumeId }], ["sagittal", "coronal"]);
+    // the axial slice shown on the left, as a line across the sagittal and coronal views
+    let lines = tools.ToolGroupManager.getToolGroup("ortho-tools");
+    if (!lines) {
+      lines = tools.ToolGroupManager.createToolGroup("ortho-tools");
+      lines.addTool(tools.ReferenceLinesTool.toolName, { sourceViewportId: VIEWPORT_ID });
+    }
+    for (const id of ["sagittal", "coronal"]) lines.addViewport(id, ENGINE_ID);
+    lines.setToolEnabled(tools.ReferenceLinesTool.toolName);
     const voi = viewport.getProperties().voiRange;
     for (const id of ["sagittal", "coronal"]) {
       if (voi) engine.getViewport(id).setProperties({ voiRange: voi });
