@@ -84,7 +84,14 @@ async function setUp() {
     paintOverlay();
     showSliceInfo();
   });
-  element.addEventListener(core.Enums.Events.STACK_NEW_IMAGE, showSliceInfo);
+  element.addEventListener(core.Enums.Events.STACK_NEW_IMAGE, () => {
+    showSliceInfo();
+    // the reference line's tool hears camera changes of its own group's views only: tell it the axial slice moved
+    const lines = tools.ToolGroupManager.getToolGroup("ortho-tools");
+    if (lines && !$("ortho").hidden) {
+      lines.setToolConfiguration(tools.ReferenceLinesTool.toolName, { sourceViewportId: VIEWPORT_ID });
+    }
+  });
   element.addEventListener("contextmenu", (event) => event.preventDefault());
   element.addEventListener("mousedown", clickPrompt, true);
   core.eventTarget.addEventListener(tools.Enums.Events.ANNOTATION_COMPLETED, boxDrawn);
