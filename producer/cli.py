@@ -127,6 +127,13 @@ def cli(verbose: bool) -> None:
     default=None,
     help='DICOMweb: JSON {"<root>": {"username": .., "password": ..} or {"token": ..}}.',
 )
+@click.option(
+    "--dicomweb-allow",
+    "dicomweb_allow",
+    multiple=True,
+    metavar="ROOT",
+    help="DICOMweb: a root that may be used without credentials (the credentials file's roots are allowed).",
+)
 @engine_options
 def submit(
     study_dir: Path | None,
@@ -145,6 +152,7 @@ def submit(
     prompts_file: Path | None,
     stow: bool,
     dicomweb_credentials: Path | None,
+    dicomweb_allow: tuple[str, ...],
     **engine,
 ) -> None:
     """Segment every study in STUDY_DIR (or one DICOMweb series) and write OUT/<study>.* plus OUT/metrics.jsonl.
@@ -165,7 +173,17 @@ def submit(
 
     if dicomweb:
         _submit_dicomweb(
-            dicomweb, study_uid, series_uid, prompts_file, stow, dicomweb_credentials, study_dir, no_wait, run, out_dir
+            dicomweb,
+            study_uid,
+            series_uid,
+            prompts_file,
+            stow,
+            dicomweb_credentials,
+            dicomweb_allow,
+            study_dir,
+            no_wait,
+            run,
+            out_dir,
         )
         return
     if study_dir is None:
@@ -201,7 +219,7 @@ def _submit(
 
 
 def _submit_dicomweb(
-    root, study_uid, series_uid, prompts_file, stow, credentials_file, study_dir, no_wait, run, out_dir
+    root, study_uid, series_uid, prompts_file, stow, credentials_file, allow, study_dir, no_wait, run, out_dir
 ) -> None:
     import tempfile
 
@@ -219,7 +237,7 @@ def _submit_dicomweb(
     from worker.contract.study import StudyError
 
     try:
-        directory = servers(credentials_file)
+        directory = servers(credentials_file, tuple(allow))
         with tempfile.TemporaryDirectory(prefix="litemedsam-dicomweb-") as folder:
             fetch_series_folder(directory, root, study_uid, series_uid, prompts_file, Path(folder))
             outcomes = run(Path(folder))

@@ -7,11 +7,13 @@ The metrics' public names stay importable from here.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from worker.contract.engine_options import engine_config, engine_options
 from worker.evaluation.metrics import (
     NSD_MIN_DSC,
     NSD_TOLERANCE,
@@ -67,10 +69,40 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 @click.command("evaluate")
 @click.option("--gts", "gts_dir", required=True, type=_DIR, help="Directory of ground-truth *.npz (gts[, spacing]).")
-@click.option("--segs", "segs_dir", required=True, type=_DIR, help="Directory of segmentation *.npz (segs).")
+@click.option("--segs", "segs_dir", type=_DIR, help="Directory of segmentation *.npz (segs).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write per-case CSV.")
-def evaluate_command(gts_dir: Path, segs_dir: Path, csv_path: Path | None) -> None:
-    """Score segmentations against ground truth with the challenge's DSC and NSD."""
+@click.option(
+    "--interactive",
+    is_flag=True,
+    help="Run the CVPR 2025 protocol in-process instead (boxes, then 5 clicks per class): needs --imgs.",
+)
+@click.option("--imgs", "imgs_dir", type=_DIR, help="--interactive: the cases' images (*.npz with imgs).")
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="--interactive: DSC per step, PNG."
+)
+@click.option("--refine", default=None, help="--interactive: the refinement candidate (default: the engine's).")
+@engine_options("models_dir", "precision", "threads", "cache_mb", "routing_file")
+def evaluate_command(
+    gts_dir: Path,
+    segs_dir: Path | None,
+    csv_path: Path | None,
+    interactive: bool,
+    imgs_dir: Path | None,
+    plot_path: Path | None,
+    refine: str | None,
+    **engine: Any,
+) -> None:
+    """Score segmentations against ground truth with the challenge's DSC and NSD (or, with --interactive, run the
+    2025 interactive protocol on the cases and score every step)."""
+    if interactive:
+        if imgs_dir is None:
+            raise click.UsageError("--interactive needs --imgs (the cases' images)")
+        from producer.interactive_cli import run_interactive
+
+        run_interactive(imgs_dir, gts_dir, plot_path, csv_path, refine, engine_config(**engine))
+        return
+    if segs_dir is None:
+        raise click.UsageError("--segs is required (or --interactive with --imgs)")
     try:
         scores = evaluate_dirs(gts_dir, segs_dir)
     except ValueError as err:

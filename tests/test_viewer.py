@@ -114,19 +114,38 @@ def test_proxy_reaches_only_configured_servers_with_checked_requests(gateway, pa
     assert get(gateway, "/v1/viewer/structures").json()[0].keys() == {"name", "rgb"}
 
 
-def test_viewer_route_says_when_the_bundle_is_not_built(tmp_path):
+def test_viewer_route_says_when_the_bundle_is_not_built(tmp_path, monkeypatch):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from producer.gateway.dicomweb import ServerDirectory
-    from producer.gateway.viewer import viewer_router
+    from producer.gateway import viewer
+    from producer.gateway.routes.viewer import router
 
+    monkeypatch.setattr(viewer, "BUNDLE", tmp_path / "dist")
     app = FastAPI()
-    app.include_router(viewer_router(ServerDirectory(), [], bundle=tmp_path / "dist"))
+    app.include_router(router)
     client = TestClient(app)
     response = client.get("/viewer")
     assert response.status_code == 503 and "ops/setup.sh" in response.text
     assert client.get("/viewer/assets/../../pyproject.toml").status_code == 404
+
+
+def test_viewer_headers_policy_and_caching(gateway):
+    """The viewer's own policy replaces the service's default (one policy, with 'wasm-unsafe-eval'); its assets
+    may be cached, its data may not."""
+    if not (BUNDLE / "index.html").is_file():
+        pytest.skip("the viewer bundle is not built")
+    page = requests.get(f"{gateway.url}/viewer", timeout=10)
+    asset = requests.get(f"{gateway.url}/viewer/assets/viewer.css", timeout=10)
+    for response in (page, asset):
+        policies = [v for k, v in response.raw.headers.items() if k.lower() == "content-security-policy"]
+        assert len(policies) == 1 and "'wasm-unsafe-eval'" in policies[0] and "frame-ancestors 'none'" in policies[0]
+        assert response.headers["x-frame-options"] == "DENY"
+    assert "no-store" not in asset.headers.get("cache-control", "")
+    servers = get(gateway, "/v1/viewer/servers")
+    assert servers.headers["cache-control"] == "no-store"
+    jobs_page = requests.get(f"{gateway.url}/", timeout=10)
+    assert "'wasm-unsafe-eval'" not in jobs_page.headers["content-security-policy"]  # the default elsewhere
 
 
 # ------------------------------------------------------------------------------------------------ the page

@@ -1,9 +1,10 @@
-"""The viewer (issue 25): its built page under /viewer and a read-only DICOMweb proxy for it under /v1/viewer.
+"""The viewer (issue 25): where its built page lies and the read-only DICOMweb proxy behind it; the routes are in
+producer.gateway.routes.viewer (/viewer, /viewer/assets/..., /v1/viewer/...).
 
 - `/viewer` serves the bundle `ops/setup.sh` builds with Node.js from `producer/gateway/viewer_web/` into its
   `dist/` folder (out of git). Without a build the route answers 503 with a page that says so; jobs are unaffected.
   The page and its assets carry no patient data and need no token, like the jobs page.
-- `/v1/viewer/servers` lists the DICOMweb roots this service is configured for (its credentials file), by index.
+- `/v1/viewer/servers` lists the DICOMweb roots this service may use (ServerDirectory.allowed), by index.
   The browser names a server by that index, never by URL, so the proxy reaches only configured roots, with the
   service's own credentials; nothing the browser sends becomes a host, a path outside the DICOMweb resources
   below, or a header other than a checked Accept.
@@ -15,16 +16,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse, Response
 
-from producer.formats.structures import KNOWN
 from producer.gateway.dicomweb import DicomwebError, DicomwebServer, ServerDirectory
 
 BUNDLE = Path(__file__).resolve().parent / "viewer_web" / "dist"
@@ -72,7 +70,7 @@ class DicomwebProxy:
 
     def __init__(self, servers: ServerDirectory):
         self.servers = servers
-        self.roots = sorted(servers.credentials)
+        self.roots = sorted(servers.allowed)
         self._open: dict[int, DicomwebServer] = {}
         self._lock = threading.Lock()
 
@@ -99,7 +97,7 @@ class DicomwebProxy:
         return Response(upstream.content, media_type=upstream.headers.get("content-type", accept))
 
 
-def _without_bulk_data(instances: Any) -> Any:
+def without_bulk_data(instances: Any) -> Any:
     if not isinstance(instances, list):
         raise HTTPException(502, "the DICOMweb server's metadata is not a list of instances")
     for instance in instances:
@@ -111,7 +109,7 @@ def _without_bulk_data(instances: Any) -> Any:
     return instances
 
 
-def _qido_params(request: Request) -> dict[str, str]:
+def qido_params(request: Request) -> dict[str, str]:
     params = {}
     for key, value in request.query_params.items():
         if key not in QIDO_KEYS:
@@ -122,93 +120,6 @@ def _qido_params(request: Request) -> dict[str, str]:
     return params
 
 
-def _frame_accept(request: Request) -> str:
+def frame_accept(request: Request) -> str:
     accept = request.headers.get("accept", "")
     return accept if accept.startswith("multipart/related") and len(accept) < 200 else FRAME_ACCEPT_DEFAULT
-
-
-def viewer_router(servers: ServerDirectory, guard: list[Any], bundle: Path = BUNDLE) -> APIRouter:
-    """The viewer's routes; `guard`: the dependencies of every /v1 route (the bearer token)."""
-    router = APIRouter()
-    proxy = DicomwebProxy(servers)
-    assets = (bundle / "assets").resolve()
-
-    @router.get("/viewer", include_in_schema=False)
-    def viewer_page():
-        index = bundle / "index.html"
-        if not index.is_file():
-            return HTMLResponse(NOT_BUILT.format(where=f"no {bundle.name}/index.html"), status_code=503)
-        headers = {"Cache-Control": "no-cache", "Content-Security-Policy": CONTENT_SECURITY_POLICY}
-        return FileResponse(index, media_type="text/html", headers=headers)
-
-    @router.get("/viewer/assets/{name:path}", include_in_schema=False)
-    def viewer_asset(name: str):
-        path = (assets / name).resolve()
-        if not path.is_relative_to(assets) or not path.is_file():
-            raise HTTPException(404, "no such viewer asset")
-        media_type = MEDIA_TYPES.get(path.suffix)
-        if media_type is None and path.name.endswith("wasm"):  # the codecs' files are named decodewasm, wasm
-            media_type = "application/wasm"
-        # the policy goes with the assets too: a worker runs under the policy of its own script's response
-        headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY}
-        return FileResponse(path, media_type=media_type or "application/octet-stream", headers=headers)
-
-    @router.get("/v1/viewer/servers", dependencies=guard, tags=["viewer"], summary="The configured DICOMweb roots")
-    def list_servers():
-        return [{"id": index, "root": root} for index, root in enumerate(proxy.roots)]
-
-    @router.get("/v1/viewer/structures", dependencies=guard, tags=["viewer"], summary="Known structures for labels")
-    def list_structures():
-        return [{"name": known.words[0], "rgb": list(known.structure.rgb)} for known in KNOWN]
-
-    @router.get("/v1/viewer/dicomweb/{server}/studies", dependencies=guard, tags=["viewer"], summary="QIDO-RS studies")
-    def search_studies(request: Request, server: int):
-        return proxy.get(server, "studies", "application/dicom+json", _qido_params(request))
-
-    @router.get(
-        "/v1/viewer/dicomweb/{server}/studies/{study}/series",
-        dependencies=guard,
-        tags=["viewer"],
-        summary="QIDO-RS a study's series",
-    )
-    def search_series(request: Request, server: int, study: str = PathParam(pattern=UID, max_length=64)):
-        return proxy.get(server, f"studies/{study}/series", "application/dicom+json", _qido_params(request))
-
-    @router.get(
-        "/v1/viewer/dicomweb/{server}/studies/{study}/series/{series}/metadata",
-        dependencies=guard,
-        tags=["viewer"],
-        summary="WADO-RS series metadata (without bulk data URIs)",
-    )
-    def series_metadata(
-        server: int,
-        study: str = PathParam(pattern=UID, max_length=64),
-        series: str = PathParam(pattern=UID, max_length=64),
-    ):
-        response = proxy.get(server, f"studies/{study}/series/{series}/metadata", "application/dicom+json")
-        if isinstance(response, JSONResponse):  # 204: nothing there
-            return response
-        try:
-            instances = json.loads(response.body)
-        except ValueError:
-            raise HTTPException(502, "the DICOMweb server's metadata is not JSON") from None
-        return JSONResponse(_without_bulk_data(instances), media_type="application/dicom+json")
-
-    @router.get(
-        "/v1/viewer/dicomweb/{server}/studies/{study}/series/{series}/instances/{sop}/frames/{frames}",
-        dependencies=guard,
-        tags=["viewer"],
-        summary="WADO-RS frames (multipart, as the PACS sends them)",
-    )
-    def frames(
-        request: Request,
-        server: int,
-        study: str = PathParam(pattern=UID, max_length=64),
-        series: str = PathParam(pattern=UID, max_length=64),
-        sop: str = PathParam(pattern=UID, max_length=64),
-        frames: str = PathParam(pattern=FRAMES),
-    ):
-        path = f"studies/{study}/series/{series}/instances/{sop}/frames/{frames}"
-        return proxy.get(server, path, _frame_accept(request))
-
-    return router

@@ -124,7 +124,10 @@ class Environment(BaseSettings):
         None, description="serve a worker's Prometheus metrics on this port", json_schema_extra={"shown": "(off)"}
     )
     api_tokens: str = Field(
-        "", description="the gateway's API tokens, comma-separated", repr=False, json_schema_extra={"shown": "(none)"}
+        "",
+        description="the gateway's named API tokens, `NAME:TOKEN[:SCOPE+SCOPE]`, comma-separated",
+        repr=False,
+        json_schema_extra={"shown": "(none)"},
     )
     worker_queues: str = Field(
         "",
