@@ -671,3 +671,33 @@ def test_jpeg_series_decodes_in_webassembly_under_the_pages_policy(gateway, pacs
     assert not [url for url in seen if not url.startswith((gateway.url + "/", "blob:", "data:"))]
     # the decoder compiled libjpeg-turbo's WebAssembly, fetched from the service
     assert any(url.endswith("/viewer/assets/@cornerstonejs/codec-libjpeg-turbo-8bit/decodewasm") for url in seen), seen
+
+
+def test_a_slice_refused_by_the_rate_limit_is_said_on_the_page(
+    tmp_path_factory, pacs, series, browser, echo_models_dir
+):
+    """Every frame is one request against the caller's --rate-limit: when it runs out the page says so."""
+    credentials = {pacs.dicomweb: {"username": pacs.user, "password": pacs.password}}
+    service = GatewayProcess(
+        tmp_path_factory.mktemp("limited"),
+        TOKEN,
+        credentials,
+        "--rate-limit",
+        "8/minute",
+        env={"LITEMEDSAM_MODELS_DIR": str(echo_models_dir)},
+    )
+    try:
+        service.wait_ready()
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        try:
+            page.goto(f"{service.url}/viewer#token={TOKEN}")
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            page.fill("#study-uid", series.study_uid)
+            page.fill("#series-uid", series.series_uid)
+            page.click("#by-uid button[type=submit]")
+            page.wait_for_selector("body[data-load-failed='429']", timeout=30_000)
+            assert "--rate-limit" in page.text_content("#load-error") and page.is_visible("#load-error")
+        finally:
+            page.close()
+    finally:
+        service.stop()

@@ -95,6 +95,15 @@ async function setUp() {
   element.addEventListener("contextmenu", (event) => event.preventDefault());
   element.addEventListener("mousedown", clickPrompt, true);
   core.eventTarget.addEventListener(tools.Enums.Events.ANNOTATION_COMPLETED, boxDrawn);
+  core.eventTarget.addEventListener(core.Enums.Events.IMAGE_LOAD_FAILED, (event) => {
+    const { imageId, error } = event.detail || {};
+    const status = error?.status || error?.request?.status || error?.xhr?.status;
+    const z = state.imageIds.indexOf(imageId);
+    const why = status === 429 ? "HTTP 429: the service's request limit per user (--rate-limit) was reached" : status ? `HTTP ${status}` : String(error?.message || error || "failed");
+    $("load-error").textContent = `slice ${z + 1} could not be loaded (${why})`;
+    $("load-error").hidden = false;
+    document.body.dataset.loadFailed = String(status || "error");
+  });
   new ResizeObserver(() => {
     engine.resize(true, true);
     paintOverlay();
@@ -230,6 +239,7 @@ async function openSeries(server, study, series) {
 }
 
 async function showStack(imageIds, sliceUids) {
+  $("load-error").hidden = true;
   state.imageIds = imageIds;
   state.sliceUids = sliceUids;
   const middle = Math.floor(imageIds.length / 2);
