@@ -211,9 +211,11 @@ def test_page_opens_a_series_through_qido_scrolls_and_windows(gateway, series, b
     rendering = None
     page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
     try:
-        page.goto(f"{gateway.url}/viewer#token={TOKEN}")
+        # from the jobs page, in the same tab: the token the user gave there carries over (the tab's storage)
+        page.goto(f"{gateway.url}/#token={TOKEN}")
+        page.click("a[href='/viewer']")
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
-        assert "#token" not in page.url  # the fragment is dropped at once
+        assert page.is_hidden("#auth") and page.text_content("#message").startswith("ready")
         assert _unlabelled(page) == []
         # "gpu" (WebGL; here SwiftShader, Chromium's software rasterizer) or "cpu" (Cornerstone's own fallback)
         rendering = f"{page.get_attribute('body', 'data-rendering')} {page.get_attribute('body', 'data-renderer')}"
@@ -442,6 +444,7 @@ def test_page_prompts_follow_the_sessions_contract(gateway, series, browser, sho
     try:
         page.goto(f"{gateway.url}/viewer#token={TOKEN}")
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert "#token" not in page.url  # the fragment is dropped at once
         page.fill("#study-uid", series.study_uid)
         page.fill("#series-uid", series.series_uid)
         page.click("#by-uid button[type=submit]")
