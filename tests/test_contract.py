@@ -72,9 +72,9 @@ def test_a_box_array_that_is_no_prompts_is_a_study_error():
 
 
 def test_validation_rejects_what_is_3d_rejects():
-    with pytest.raises(StudyError, match="3D boxes given for an image"):
+    with pytest.raises(StudyError, match="3D prompts given for an image"):
         check_study(Study("s", "CT", np.zeros((16, 16), np.uint8), np.array([[1, 1, 0, 5, 5, 3]])))
-    with pytest.raises(StudyError, match="2D boxes given for a volume"):
+    with pytest.raises(StudyError, match="2D prompts given for a volume"):
         check_study(Study("s", "CT", np.zeros((8, 16, 16), np.uint8), np.array([[1, 1, 5, 5]])))
 
 

@@ -81,14 +81,23 @@ def test_the_engine_refuses_what_it_cannot_run_by_name():
     image = np.zeros((8, 16, 16), np.uint8)
     box = Box((1, 1, 0, 5, 5, 3))
     cases = {
-        "label 1 has clicks": LabelPrompt(box, (Click((2, 2, 1)),)),
-        "label 1 has no box": LabelPrompt(None, (Click((2, 2, 1)),)),
+        "label 1 has neither a box nor a foreground click": LabelPrompt(None, (Click((2, 2, 1), foreground=False),)),
         "its box is in mm": LabelPrompt(Box((1, 1, 0, 5, 5, 3), MM)),
+        "a click is in mm": LabelPrompt(box, (Click((2, 2, 1), space=MM),)),
+        r"click \[16.0, 2.0, 1.0\] lies outside the image": LabelPrompt(box, (Click((16, 2, 1)),)),
+        r"click \[2.0, 2.0, 8.0\] lies outside": LabelPrompt(None, (Click((2, 2, 8)),)),
     }
     for message, label in cases.items():
         with pytest.raises(StudyError, match=message):
             check_study(Study("s", "CT", image, Prompts((label,), dims=3)))
+    with pytest.raises(StudyError, match="no boxes or clicks"):
+        check_study(Study("s", "CT", image, Prompts((), dims=3)))
     check_study(Study("s", "CT", image, Prompts((LabelPrompt(box),), dims=3)))
+    runnable = (
+        LabelPrompt(box, (Click((2, 2, 1)), Click((4, 4, 2), foreground=False))),
+        LabelPrompt(None, (Click((9, 9, 7)),)),
+    )
+    check_study(Study("s", "CT", image, Prompts(runnable, dims=3)))  # clicks after a box, and clicks alone
 
 
 def test_result_keys_tell_clicks_apart_and_keep_box_keys():

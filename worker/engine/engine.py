@@ -27,9 +27,12 @@ from worker.contract.study import Segmentation, Study, is_3d
 from worker.contract.validation import check_study
 from worker.contract.version import PACKAGE_VERSION
 from worker.engine.cache import EmbeddingCache
+from worker.engine.click_decoder import EngineSliceDecoder
 from worker.engine.cores import CoreBinding
 from worker.engine.footprint import study_bytes
+from worker.engine.labelwise import segment_labelwise
 from worker.engine.profiles import ProfileChooser, named_profile
+from worker.engine.refine import DEFAULT as DEFAULT_REFINE
 from worker.engine.runtime import CompiledSam, RuntimeSettings
 from worker.engine.slices import EmbeddingSource, ProgressFn, SliceSegmenter, SliceSettings, StageClock
 from worker.engine.strategies import IMPLEMENTATIONS_3D, majority_vote, propagate_views, segment_2d
@@ -141,7 +144,11 @@ class Engine:
         check_study(study, self.settings.max_voxels)
         route, strategy, seg, metrics = self._prepare(study, source)
         before = self._cache_snapshot()
-        labels = self._run(strategy, study, seg, route, progress)
+        if study.prompts.boxes_only:
+            labels = self._run(strategy, study, seg, route, progress)
+        else:  # clicks, or labels given by clicks alone: each label on its own (worker.engine.labelwise)
+            labels = segment_labelwise(self, study)
+            metrics.note(labelwise=True, refine=DEFAULT_REFINE)
         self._account(metrics, seg, before, study, strategy, route)
         metrics.times.total = time.perf_counter() - started
         return Segmentation(study.study_id, labels, metrics)
@@ -167,6 +174,10 @@ class Engine:
         """The tri-view majority vote of the axial, coronal and sagittal labels (as segment() ends a triview)."""
         with StageClock(metrics.times).stage("vote"):
             return majority_vote(*views)
+
+    def slice_decoder(self, study: Study) -> EngineSliceDecoder:
+        """The study's slices decoded with any box on this engine's cached embeddings (clicks' refinement)."""
+        return EngineSliceDecoder(self.slice_encoder(study), study, self.routing.route(study.modality).margin)
 
     def slice_encoder(self, study: Study) -> SliceSegmenter:
         """The slice segmenter segment() would use for this study (to encode its slices for another worker)."""

@@ -17,13 +17,15 @@ from worker.contract.strategies import PROPAGATE, STRATEGIES, TRIVIEW, VIEWS
 from worker.engine.overlap import ViewMasks, box_sizes
 from worker.engine.slices import ProgressFn, SliceSegmenter
 
+VIEW_2D = "2d"  # the embedding cache's view name of a 2D image (one slice, index 0)
+
 
 def segment_2d(
     image: np.ndarray, boxes: np.ndarray, seg: SliceSegmenter, overlap: str, progress: ProgressFn | None
 ) -> np.ndarray:
     """Encode once, decode every box, label by the overlap rule."""
     geo = geometry_for(image.shape[:2], seg.size)
-    embedding = seg.embedding("2d", 0, image)
+    embedding = seg.embedding(VIEW_2D, 0, image)
     masks = seg.masks(embedding, geo, scale_boxes(boxes[:, :4], geo, seg.settings.box_rounding))
     with seg.clock.stage("postprocess"):
         view = ViewMasks((1, *image.shape[:2]), box_sizes(boxes[:, :4]))
