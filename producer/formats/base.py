@@ -134,6 +134,11 @@ class StudyFormat(ABC):
     def load(self, source: StudySource) -> tuple[Study, OutputContext]:
         """The study to run and what its writers need."""
 
+    def load_image(self, source: StudySource, modality: str | None = None) -> tuple[Study, OutputContext]:
+        """The image alone, without prompts (an interactive session's), and what its writers need; `modality`
+        overrides the source's. A StudyError when this format has no image without its prompts."""
+        raise StudyError(f"a {self.title} study cannot be opened without its prompts")
+
     @abstractmethod
     def context(self, source: StudySource) -> OutputContext:
         """What the writers need, read from headers and sidecar only (no pixels)."""

@@ -38,7 +38,7 @@ from producer.formats.dicom_files import (
 )
 from producer.formats.dicom_groups import DicomGroup, group_headers
 from producer.formats.dicom_outputs import DICOM_OUTPUTS, DicomSeg
-from producer.formats.hospital import build_study
+from producer.formats.hospital import build_study, image_study
 from producer.formats.nifti import write_label_nifti
 from producer.formats.npz import write_segs
 from producer.formats.outcome import StudyOutcome
@@ -137,6 +137,11 @@ class DicomFormat(StudyFormat):
         layout = read_layout(source.files)  # headers read once: the volume and the writers' reference
         study = build_study(source.name, volume_of(layout), prompts)
         return study, dicom_context(layout, prompts.labels, source.notes)
+
+    def load_image(self, source: StudySource, modality: str | None = None) -> tuple[Study, OutputContext]:
+        layout = read_layout(source.files)
+        study = image_study(source.name, volume_of(layout), modality=modality)
+        return study, dicom_context(layout, (), source.notes)
 
     def context(self, source: StudySource) -> OutputContext:
         prompts = prompts_of(source)

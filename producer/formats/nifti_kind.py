@@ -16,7 +16,7 @@ from producer.formats.base import (
     prompts_of,
     relative_name,
 )
-from producer.formats.hospital import build_study
+from producer.formats.hospital import build_study, image_study
 from producer.formats.nifti import (
     bids_modality,
     is_nifti,
@@ -59,6 +59,11 @@ class NiftiFormat(StudyFormat):
         prompts = prompts_of(source)  # a missing sidecar fails before any pixel is read
         study = build_study(source.name, load_nifti_volume(source.path), prompts, bids_modality(source.path))
         return study, self._context(source, prompts)
+
+    def load_image(self, source: StudySource, modality: str | None = None) -> tuple[Study, OutputContext]:
+        volume = load_nifti_volume(source.path)
+        study = image_study(source.name, volume, modality=modality, fallback_modality=bids_modality(source.path))
+        return study, OutputContext(self.kind, (), nifti=reference_of(source.path), notes=source.notes)
 
     def context(self, source: StudySource) -> OutputContext:
         return self._context(source, prompts_of(source))

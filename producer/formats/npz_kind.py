@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from producer.formats.base import Finder, OutputFolder, Skipped, StudyFormat, StudySource
-from producer.formats.npz import is_challenge_npz, load_npz_study, write_segs
+from producer.formats.npz import is_challenge_npz, load_npz_image, load_npz_study, write_segs
 from producer.formats.npz2025 import is_2025_npz, study_from_2025
 from producer.formats.outcome import StudyOutcome
 from producer.formats.output_context import OutputContext
@@ -62,6 +62,9 @@ class NpzFormat(StudyFormat):
     def load(self, source: StudySource) -> tuple[Study, OutputContext]:
         study = study_from_2025(source.path) if is_2025_npz(source.path) else load_npz_study(source.path)
         return study, self.context(source)
+
+    def load_image(self, source: StudySource, modality: str | None = None) -> tuple[Study, OutputContext]:
+        return load_npz_image(source.path, modality), self.context(source)
 
     def context(self, source: StudySource) -> OutputContext:
         return OutputContext(self.kind, notes=source.notes)

@@ -32,7 +32,7 @@ from starlette.routing import Match
 from producer.gateway.config import GatewayConfig
 from producer.gateway.middleware import AuditTrail, SecurityHeaders
 from producer.gateway.openapi import install_schema
-from producer.gateway.routes import audit, jobs, pages, service, viewer
+from producer.gateway.routes import audit, jobs, pages, service, sessions, viewer
 from producer.gateway.service import Gateway
 from worker.contract.version import PACKAGE_VERSION as __version__
 
@@ -58,7 +58,7 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
         "(submit, read, admin); a job is seen by its creator and admins only.",
     )
     app.state.gateway = gateway
-    for router in (jobs.router, audit.router, service.router, pages.router, viewer.router):
+    for router in (jobs.router, sessions.router, audit.router, service.router, pages.router, viewer.router):
         app.include_router(router)
     import swagger_ui_bundle
 

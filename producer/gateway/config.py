@@ -21,6 +21,7 @@ from producer.gateway.dicomweb import ClientSettings, Credentials
 from producer.gateway.identity import Identity, OidcSettings
 from producer.gateway.limits import LimitSettings
 from producer.gateway.retention import DEFAULT_RETENTION_DAYS
+from producer.sessions import SessionLimits
 
 TOKENS_ENV = "LITEMEDSAM_API_TOKENS"
 
@@ -46,6 +47,7 @@ class GatewayConfig:
     engine_settings: object | None = None  # worker.engine.engine.EngineSettings for the embedded queue
     max_upload_mb: int = 2048
     fleet_timeout: float | None = None  # seconds a fleet job may take before it is an error; None: no limit
+    session_limits: SessionLimits = field(default_factory=SessionLimits)  # open sessions, their bytes, idle time
 
     @property
     def jobs_at_once(self) -> int:

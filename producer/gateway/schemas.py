@@ -118,6 +118,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         415: "neither application/json nor multipart/form-data",
         422: "the request is malformed, or names a DICOMweb root the site did not configure",
         429: "over the identity's request rate or unfinished resources (Retry-After says when to ask again)",
+        502: "the DICOMweb server refused or failed the request",
     }
     return {status: {"model": Problem, "description": reasons[status]} for status in statuses}
 

@@ -4,6 +4,7 @@ pipeline, telemetry, the audit trail, identities, limits and retention. Routes r
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from producer.gateway.audit import AuditLog
@@ -17,6 +18,7 @@ from producer.gateway.queue import JobQueue
 from producer.gateway.retention import Retention
 from producer.gateway.segmenters import make_segmenter
 from producer.gateway.telemetry import GatewayTelemetry
+from producer.sessions import SessionEngine, SessionStore
 
 
 class Gateway:
@@ -40,6 +42,30 @@ class Gateway:
         self.queue = JobQueue(self.jobs, self.pipeline, config.jobs_at_once)
         results = data_dir / "results" if config.broker is None else None
         self.retention = Retention(self.jobs, results, config.retention_days, self.audit)
+        self.sessions_dir = data_dir / "sessions"
+        shutil.rmtree(self.sessions_dir, ignore_errors=True)  # sessions live in memory: a restart closes them all
+        self.sessions_dir.mkdir(mode=0o700)
+        self.sessions = SessionStore(config.session_limits, on_close=self._closed)
+        # sessions share one engine of their own (an embedded gateway's jobs keep theirs, so a running job never
+        # holds up a click), one interaction at a time
+        self.session_engine = SessionEngine(config.engine_settings)
+
+    # ---------------------------------------------------------------- interactive sessions
+    def session_dir(self, session_id: str) -> Path:
+        folder = self.sessions_dir / session_id if session_id else self.sessions_dir
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
+
+    def _closed(self, session, why: str) -> None:
+        shutil.rmtree(self.sessions_dir / session.id, ignore_errors=True)
+        self.audit.write(
+            actor="service",
+            action="session.close",
+            outcome=why,
+            resource="session",
+            resource_id=session.id,
+            owner=session.owner,
+        )
 
     def accept(self, job: Job) -> Job:
         self.telemetry.created.inc()

@@ -6,10 +6,7 @@ names must be one the site configured (422 naming the rule, before anything is f
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -26,10 +23,9 @@ from producer.gateway.identity import Identity
 from producer.gateway.jobs import UNFINISHED, Job, new_job_id
 from producer.gateway.limits import LimitExceeded
 from producer.gateway.schemas import GUARDED, JOB_ID_PATTERN, Accepted, JobRequest, problems
+from producer.gateway.uploads import MEDIA_TYPES, save_uploads
 from worker.contract.study import StudyError
 
-MEDIA_TYPES = {"seg": "application/dicom", "nifti": "application/gzip", "npz": "application/octet-stream"}
-SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="32 hex digits")]
 
 
@@ -85,28 +81,6 @@ def _check_store(request: Request, store: str | None, source_root: str | None) -
     return root
 
 
-def _upload_name(index: int, filename: str | None, taken: set[str]) -> str:
-    name = SAFE_NAME.sub("_", Path(filename or "").name).lstrip(".")
-    if not name or name in taken or name == "prompts.json":
-        name = f"upload{index:05d}" + "".join(Path(filename or "").suffixes[-2:]).replace("/", "")
-    taken.add(name)
-    return name
-
-
-async def _save_uploads(folder: Path, files: list[UploadFile], limit: int) -> None:
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    taken: set[str] = set()
-    total = 0
-    for index, upload in enumerate(files):
-        path = folder / _upload_name(index, upload.filename, taken)
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
-            while chunk := await upload.read(1 << 20):
-                total += len(chunk)
-                if total > limit:
-                    raise HTTPException(413, f"the upload is larger than {limit >> 20} MB (--max-upload-mb)")
-                handle.write(chunk)
-
-
 async def _json_job(request: Request, identity: Identity) -> Job:
     try:
         body = JobRequest.model_validate(await request.json())
@@ -146,7 +120,7 @@ async def _upload_job(request: Request, identity: Identity) -> Job:
     store = _check_store(request, store_field if isinstance(store_field, str) else None, None)
     job = gateway.jobs.create(Job(new_job_id(), "upload", identity.name, prompts, store, {"files": len(files)}))
     try:
-        await _save_uploads(gateway.jobs.input_dir(job.id), files, gateway.config.max_upload_mb << 20)
+        await save_uploads(gateway.jobs.input_dir(job.id), files, gateway.config.max_upload_mb << 20)
     except BaseException:
         shutil.rmtree(gateway.jobs.folder(job.id), ignore_errors=True)
         raise
