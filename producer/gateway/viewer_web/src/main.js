@@ -601,6 +601,14 @@ function toCanvas(x, y) {
   return viewport.worldToCanvas(imageToWorld(plane(), [x, y]));
 }
 
+// Where image coordinates (x = column, y = row, pixel corners at integers) are on the page, in CSS pixels: what
+// the overlay uses; tests and the console read it as viewerState.imageToPage.
+state.imageToPage = (x, y) => {
+  const rect = $("viewport").getBoundingClientRect();
+  const [cx, cy] = toCanvas(x, y);
+  return [rect.left + cx, rect.top + cy];
+};
+
 function paintOverlay() {
   const canvas = $("overlay");
   const ratio = window.devicePixelRatio || 1;
