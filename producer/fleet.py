@@ -253,8 +253,7 @@ class FleetClient:
                 key = identity.result_key(digest, study.prompts, study.modality)
             except (LookupError, ValueError) as error:
                 log.info("%s: no result key (%s); the worker will say what is wrong", name, error)
-        check_runnable(study.prompts)  # task messages carry voxel boxes, one per label: others refused by name
-        boxes = study.prompts.box_array()
+        check_runnable(study.prompts)  # task messages carry voxel prompts: others refused by name
         message = TaskMessage.create(
             batch_id=batch_id,
             name=name,
@@ -262,9 +261,7 @@ class FleetClient:
             modality=study.modality,
             image_digest=digest,
             image_shape=tuple(study.image.shape),
-            boxes=boxes.tolist(),
-            boxes_dtype=boxes.dtype.str,
-            boxes_shape=tuple(boxes.shape),
+            **TaskMessage.prompt_fields(study.prompts),
             spacing=study.spacing,
             force=options.force,
             queue=queue,

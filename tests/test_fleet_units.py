@@ -146,10 +146,10 @@ def test_task_message_keeps_boxes_bit_exact_through_json():
     "payload, message",
     [
         ("not an object", "a task message is a JSON object"),
-        ({"version": 1}, "batch_id: Field required"),
+        ({"version": 2}, "batch_id: Field required"),
         (
             {
-                "version": 1,
+                "version": 2,
                 "batch_id": "b",
                 "name": "n",
                 "study_id": "n",
@@ -164,7 +164,7 @@ def test_task_message_keeps_boxes_bit_exact_through_json():
         ),
         (
             {
-                "version": 1,
+                "version": 2,
                 "batch_id": "b",
                 "name": "n",
                 "study_id": "n",
@@ -477,6 +477,15 @@ def _message(client: FleetClient, study: Study, batch="b1", force=False, upload=
 def _key(client: FleetClient, message: TaskMessage) -> str:
     """The result key the producer expects (from the queue's published engine identity)."""
     return client.identity(message.queue).result_key(message.image_digest, message.boxes_array(), message.modality)
+
+
+def test_job_judges_a_message_whose_boxes_are_no_prompts(job):
+    """A producer that skipped its checks sends boxes of the wrong shape: an error outcome naming it, one run."""
+    client, ctx = job
+    message = _message(client, _study()).model_copy(update={"boxes": [[1, 2, 3, 4, 5]], "boxes_shape": (1, 5)})
+    outcome = run_study(ctx, message, Delivery("t-five"))
+    assert outcome.status == "error" and "boxes have shape (1, 5), expected (N, 4)" in outcome.error, outcome
+    assert client.ledger.outcome("b1", message.name).to_json() == outcome.to_json()
 
 
 def test_job_computes_stores_once_and_ignores_a_duplicate_delivery(job):

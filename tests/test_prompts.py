@@ -126,3 +126,41 @@ def test_a_task_message_carries_box_prompts():
         boxes_shape=boxes.shape,
     )
     assert message.prompts().box_array().tobytes() == boxes.tobytes()
+
+
+def test_a_task_message_carries_clicks_and_labels_of_clicks_alone_and_refuses_version_1():
+    import json
+
+    from worker.contract.messages import MessageError
+
+    prompts = Prompts(
+        (
+            LabelPrompt(Box((1.5, 2, 0, 30, 40, 5)), (Click((3, 4, 1)), Click((9, 9, 2), foreground=False))),
+            LabelPrompt(None, (Click((7, 7, 3)),)),
+        ),
+        dims=3,
+    )
+    message = TaskMessage.create(
+        batch_id="b",
+        name="n",
+        study_id="s",
+        modality="CT",
+        image_digest="d",
+        image_shape=(8, 64, 64),
+        **TaskMessage.prompt_fields(prompts),
+    )
+    back = TaskMessage.from_wire(json.loads(json.dumps(message.to_wire())))
+    assert back.prompts() == prompts
+    boxes = np.array([[1, 2, 0, 5, 6, 3]])
+    box_only = TaskMessage.create(
+        batch_id="b",
+        name="n",
+        study_id="s",
+        modality="CT",
+        image_digest="d",
+        image_shape=(8, 64, 64),
+        **TaskMessage.prompt_fields(Prompts.from_boxes(boxes)),
+    )
+    assert box_only.labels is None and box_only.prompts().box_array().tobytes() == boxes.tobytes()
+    with pytest.raises(MessageError, match="version 1, this worker reads 2"):
+        TaskMessage.from_wire({**message.to_wire(), "version": 1})

@@ -58,10 +58,10 @@ def segment_study(
 
 def _decision(ctx: WorkerContext, msg: TaskMessage, study: Study) -> SplitDecision | None:
     """None where splitting cannot apply at all (no part sender: an embedded-like context, or an engine
-    without routing)."""
+    without routing; or prompts that are not box-only)."""
     routing = getattr(ctx.engine, "routing", None)
-    if ctx.send_part is None or routing is None:
-        return None
+    if ctx.send_part is None or routing is None or not study.prompts.boxes_only:
+        return None  # (prompts with clicks run labelwise, in one process: worker.engine.labelwise)
     from worker.contract.validation import check_study
 
     check_study(study, ctx.engine.settings.max_voxels)  # a malformed study is refused before any planning

@@ -59,7 +59,11 @@ def _execute(ctx: WorkerContext, msg: TaskMessage, delivery: Delivery, started: 
             "(out of memory or a crash in the engine?)",
         )
     try:
-        key = ctx.identity.result_key(msg.image_digest, msg.prompts(), msg.modality)
+        prompts = msg.prompts()
+    except StudyError as error:  # a box array that is no prompts (a producer that skipped its checks)
+        return error_outcome(msg, str(error))
+    try:
+        key = ctx.identity.result_key(msg.image_digest, prompts, msg.modality)
     except (LookupError, ValueError) as error:
         return error_outcome(msg, f"cannot route {msg.modality}: {error}")
     if not msg.force:

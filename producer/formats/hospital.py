@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from producer.formats import modality as modalities
-from producer.formats.boxes import resolve_boxes
+from producer.formats.boxes import resolve_prompts
 from producer.formats.intensity import Window, to_uint8
 from producer.formats.sidecar import SidecarPrompts
 from producer.formats.volume import ImageVolume
@@ -62,5 +62,5 @@ def image_study(
 
 def build_study(name: str, volume: ImageVolume, prompts: SidecarPrompts, fallback_modality: str | None = None) -> Study:
     is_3d = volume.depth > 1
-    boxes = resolve_boxes(prompts.boxes, tuple(volume.values.shape[:3]), volume.geometry, is_3d)
-    return image_study(name, volume, Prompts.from_boxes(boxes), prompts.modality, prompts.window, fallback_modality)
+    resolved = resolve_prompts(prompts.boxes, tuple(volume.values.shape[:3]), volume.geometry, is_3d)
+    return image_study(name, volume, resolved, prompts.modality, prompts.window, fallback_modality)

@@ -7,12 +7,13 @@ checks the route's scope (producer.gateway.access: 403), counts the request agai
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from producer.gateway.access import Forbidden, require_scope
+from producer.gateway.access import Forbidden, can_see, require_scope
 from producer.gateway.identity import ADMIN, READ, SUBMIT, AuthError, Identity
 from producer.gateway.limits import LimitExceeded
 from producer.gateway.service import Gateway
@@ -30,6 +31,20 @@ def note(request: Request, **fields: Any) -> None:
     current = getattr(request.state, AUDIT_STATE, None) or {}
     current.update({key: value for key, value in fields.items() if value not in (None, "")})
     setattr(request.state, AUDIT_STATE, current)
+
+
+def owned(request: Request, identity: Identity, kind: str, resource_id: str, lookup: Callable[[str], Any]) -> Any:
+    """The job or session `resource_id` if the identity may see it (producer.gateway.access), else a 404 as if it
+    did not exist; the audit line names it and its owner."""
+    note(request, resource=kind, resource_id=resource_id)
+    try:
+        resource = lookup(resource_id)
+    except KeyError:
+        resource = None
+    if resource is None or not can_see(identity, resource):
+        raise HTTPException(404, f"no {kind} {resource_id}")
+    note(request, owner=resource.owner)
+    return resource
 
 
 def too_many(error: LimitExceeded) -> HTTPException:

@@ -25,20 +25,52 @@ _VOXEL = {
     ],
 }
 _MM = {"type": "array", "items": _NUMBER3, "minItems": 2, "maxItems": 2, "description": "two opposite world corners"}
-BOX_SCHEMA: dict[str, Any] = {
-    "description": 'one box: "voxel" or "mm", not both',
+_CLICK = {
+    "description": 'one click: "voxel" [x, y] (2D) or [x, y, z], or "mm" [x, y, z]; positive (default) or not',
     "oneOf": [
         {
             "type": "object",
             "additionalProperties": False,
             "required": ["voxel"],
-            "properties": {"label": _LABEL, "voxel": _VOXEL, "comment": {}},
+            "properties": {
+                "voxel": {
+                    "oneOf": [
+                        {"type": "array", "items": {"type": "integer"}, "minItems": n, "maxItems": n} for n in (2, 3)
+                    ]
+                },
+                "positive": {"type": "boolean"},
+                "comment": {},
+            },
         },
         {
             "type": "object",
             "additionalProperties": False,
             "required": ["mm"],
-            "properties": {"label": _LABEL, "mm": _MM, "comment": {}},
+            "properties": {"mm": _NUMBER3, "positive": {"type": "boolean"}, "comment": {}},
+        },
+    ],
+}
+_CLICKS = {"type": "array", "items": _CLICK, "description": "refining clicks, in order"}
+BOX_SCHEMA: dict[str, Any] = {
+    "description": 'one label: a box ("voxel" or "mm", not both) and optional clicks, or clicks alone',
+    "oneOf": [
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["voxel"],
+            "properties": {"label": _LABEL, "voxel": _VOXEL, "clicks": _CLICKS, "comment": {}},
+        },
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["mm"],
+            "properties": {"label": _LABEL, "mm": _MM, "clicks": _CLICKS, "comment": {}},
+        },
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["clicks"],
+            "properties": {"label": _LABEL, "clicks": {**_CLICKS, "minItems": 1}, "comment": {}},
         },
     ],
 }

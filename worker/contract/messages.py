@@ -23,9 +23,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from worker.contract.arrays import StoreError, pack_arrays, unpack_arrays
 from worker.contract.errors import validation_message
 from worker.contract.metrics import StudyMetrics
-from worker.contract.prompts import Prompts
+from worker.contract.prompts import Box, Click, LabelPrompt, Prompts
 
-MESSAGE_VERSION = 1
+MESSAGE_VERSION = 2  # 2: prompts with clicks (`labels`); a version 1 message is refused by name
+
+
+class WireClick(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    point: list[int | float]
+    foreground: bool = True
+
+
+class WireLabel(BaseModel):
+    """One label's voxel prompts on the wire (the producer maps mm to voxels before it sends)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    box: list[int | float] | None = None
+    clicks: list[WireClick] = []
 
 
 class MessageError(ValueError):
@@ -55,6 +71,9 @@ class TaskMessage(BaseModel):
     upload_seconds: float = 0.0
     version: int = MESSAGE_VERSION
     split: bool = True  # False (`producer submit --split off`): never split this study across workers
+    # prompts that are not box-only (clicks, labels of clicks alone): every label here, `boxes` then empty
+    labels: list[WireLabel] | None = None
+    dims: Literal[2, 3] | None = None  # with `labels`: the prompts' dimensionality
 
     @field_validator("boxes", mode="before")
     @classmethod
@@ -75,10 +94,37 @@ class TaskMessage(BaseModel):
     def boxes_array(self) -> np.ndarray:
         return np.asarray(self.boxes, dtype=np.dtype(self.boxes_dtype)).reshape(self.boxes_shape)
 
+    @staticmethod
+    def prompt_fields(prompts: Prompts) -> dict[str, Any]:
+        """The message fields that carry these voxel prompts: box-only as the challenge's box array (bit for bit,
+        in its number type), anything else label by label."""
+        if prompts.boxes_only:
+            boxes = prompts.box_array()
+            return {"boxes": boxes.tolist(), "boxes_dtype": boxes.dtype.str, "boxes_shape": tuple(boxes.shape)}
+        labels = [
+            WireLabel(
+                box=list(label.box.coords) if label.box is not None else None,
+                clicks=[WireClick(point=list(click.point), foreground=click.foreground) for click in label.clicks],
+            )
+            for label in prompts.labels
+        ]
+        width = 6 if prompts.is_3d else 4
+        return {"boxes": [], "boxes_dtype": "<i8", "boxes_shape": (0, width), "labels": labels, "dims": prompts.dims}
+
     def prompts(self) -> Prompts:
-        """The study's prompts: version 1 messages carry box-only voxel prompts, as the challenge's box array
-        (PromptError, a StudyError, if that array is none)."""
-        return Prompts.from_boxes(self.boxes_array())
+        """The study's voxel prompts (PromptError, a StudyError, if they are none)."""
+        if self.labels is None:
+            return Prompts.from_boxes(self.boxes_array())
+        return Prompts(
+            tuple(
+                LabelPrompt(
+                    Box(tuple(label.box)) if label.box is not None else None,
+                    tuple(Click(tuple(click.point), click.foreground) for click in label.clicks),
+                )
+                for label in self.labels
+            ),
+            self.dims or 3,
+        )
 
     def to_wire(self) -> dict[str, Any]:
         """The Celery task argument (plain JSON types)."""

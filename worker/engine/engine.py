@@ -20,6 +20,7 @@ from worker.contract.engine_defaults import ENGINE_DEFAULTS
 from worker.contract.identity import EngineIdentity, routing_data
 from worker.contract.metrics import StudyMetrics
 from worker.contract.precision import F32, FAST, PartPrecision, ProfileChoice
+from worker.contract.prompts import BOX_WIDTH
 from worker.contract.routing import Route, RoutingTable
 from worker.contract.settings import EngineConfig
 from worker.contract.strategies import STRATEGY_2D, STRATEGY_NAMES, TRIVIEW
@@ -219,7 +220,7 @@ class Engine:
         try:
             boxes = study.prompts.box_array()
         except ValueError:  # prompts the engine cannot run: segment() says why
-            boxes = np.zeros((0, 6 if study.prompts.is_3d else 4))
+            boxes = np.zeros((0, BOX_WIDTH[study.prompts.dims]))
         volume = is_3d(image, study.prompts)  # malformed: segment() says why
         try:
             views = self.routing.route(study.modality).views(volume)

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from producer.formats.sidecar import parse_entry
-from producer.gateway.access import can_see, owner_filter
-from producer.gateway.caller import Reader, Submitter, gateway_of, note, too_many
+from producer.gateway.access import owner_filter
+from producer.gateway.caller import Reader, Submitter, gateway_of, note, owned, too_many
 from producer.gateway.dicomweb import DicomwebError
 from producer.gateway.identity import Identity
 from producer.gateway.jobs import UNFINISHED, Job, new_job_id
@@ -33,16 +33,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 def _job(request: Request, identity: Identity, job_id: str) -> Job:
-    note(request, resource="job", resource_id=job_id)
-    try:
-        job = gateway_of(request).jobs.get(job_id)
-    except KeyError:
-        job = None
-    if job is None or not can_see(identity, job):
-        raise HTTPException(404, f"no job {job_id}")
+    job = owned(request, identity, "job", job_id, gateway_of(request).jobs.get)
     note(
         request,
-        owner=job.owner,
         study_uid=job.source.get("study"),
         series_uid=job.source.get("series"),
         source=job.source.get("dicomweb", "upload"),

@@ -32,8 +32,8 @@ from starlette.datastructures import UploadFile
 from producer.discovery import discover
 from producer.formats.base import StudySource
 from producer.formats.registry import format_of
-from producer.gateway.access import can_see, owner_filter
-from producer.gateway.caller import Reader, Submitter, gateway_of, note, too_many
+from producer.gateway.access import owner_filter
+from producer.gateway.caller import Reader, Submitter, gateway_of, note, owned, too_many
 from producer.gateway.dicomweb import DicomwebError
 from producer.gateway.identity import Identity
 from producer.gateway.limits import LimitExceeded
@@ -96,14 +96,8 @@ class Change(BaseModel):
 
 
 def _session(request: Request, identity: Identity, session_id: str) -> Session:
-    note(request, resource="session", resource_id=session_id)
-    try:
-        session = gateway_of(request).sessions.get(session_id)
-    except KeyError:
-        session = None
-    if session is None or not can_see(identity, session):
-        raise HTTPException(404, f"no session {session_id}")
-    note(request, owner=session.owner, source=session.origin.get("dicomweb", "upload"))
+    session = owned(request, identity, "session", session_id, gateway_of(request).sessions.get)
+    note(request, source=session.origin.get("dicomweb", "upload"))
     return session
 
 
