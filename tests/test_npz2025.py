@@ -191,3 +191,18 @@ def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+def test_clicks_are_read_in_the_order_stored_not_the_order_documented(tmp_path):
+    """The script's text says [x, y, z]; it stores the (z, y, x) index. In a (6, 20, 24) volume, [4, 8, 18] is a
+    voxel only as (z, y, x) and [20, 3, 2] only as (x, y, z): the first is read, the second refused."""
+    for stored, readable in (([4, 8, 18], True), ([20, 3, 2], False)):
+        path = tmp_path / f"CT_Order_{stored[0]}.npz"
+        np.savez_compressed(
+            path, imgs=volume(), boxes=BOXES[:1], clicks=[{"fg": [stored], "bg": []}], clicks_order=[["fg"]]
+        )
+        if readable:
+            assert read_2025_npz(path).clicks == [[Click((4, 8, 18), True)]]
+        else:
+            with pytest.raises(StudyError, match=r"\[20, 3, 2\] \(z, y, x\) lies outside the volume"):
+                read_2025_npz(path)

@@ -51,7 +51,11 @@ def main() -> None:
     parser.add_argument("--cases", type=Path, default=SHARED_CASES, help="dev cases (imgs/, gts/)")
     parser.add_argument("--dims", choices=("2", "3", "both"), default="both", help="2D cases, 3D cases or both")
     parser.add_argument("--tag", default="", help="suffix of the results file (runs split across processes)")
+    parser.add_argument("--render", nargs="+", type=Path, help="print the tables of results files and stop")
     args = parser.parse_args()
+    if args.render:
+        render(args.render)
+        return
     names = args.candidates.split(",")
     cases = cases_of(args.cases, args.set, [t for t in args.only.split(",") if t])
     if args.dims != "both":
@@ -82,6 +86,28 @@ def main() -> None:
         record["uptime_end"] = uptime_line()
         out.write_text(json.dumps(record, indent=1))
     print_table(record, names)
+
+
+def render(paths: list[Path]) -> None:
+    """Markdown: the candidates' mean curves over all files' cases, then per file; per case, each candidate's curve."""
+    records = [json.loads(path.read_text()) for path in paths]
+    pooled = {"machine": records[0]["machine"], "uptime_start": records[0]["uptime_start"], "cases": {}}
+    pooled["uptime_end"] = records[-1].get("uptime_end")
+    for record in records:
+        pooled["cases"].update(record["cases"])
+    names = list(dict.fromkeys(name for per in pooled["cases"].values() for name in per))
+    print("\n#### all files")
+    print_table(pooled, names)
+    for path in paths:
+        record = json.loads(path.read_text())
+        names = list(dict.fromkeys(name for per in record["cases"].values() for name in per))
+        print(f"\n#### {path.name}")
+        print_table(record, names)
+        print("\n| case | candidate | DSC box, clicks 1..5 | DSC_AUC | NSD_AUC |\n| --- | --- | --- | --- | --- |")
+        for case, per in record["cases"].items():
+            for name, run in per.items():
+                curve = " ".join(f"{v:.3f}" for v in run["dsc"])
+                print(f"| {case} | {name} | {curve} | {run['dsc_auc']:.3f} | {run['nsd_auc']:.3f} |")
 
 
 def print_table(record: dict, names: list[str]) -> None:
