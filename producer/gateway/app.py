@@ -10,6 +10,7 @@
     GET    /v1/health                    no credential
     GET    /metrics                      Prometheus (admins)
     GET    /  and  /docs                 the jobs page and the API docs, every asset served from here
+    GET    /viewer, /v1/viewer/...        the viewer and its read-only DICOMweb proxy (producer.gateway.routes.viewer)
 
 Every /v1 route but health and /metrics need `Authorization: Bearer <credential>` (producer.gateway.caller): a named
 token or an OpenID Connect JWT, with the route's scope. The page shell, the docs, the OpenAPI schema and the static
@@ -31,7 +32,7 @@ from starlette.routing import Match
 from producer.gateway.config import GatewayConfig
 from producer.gateway.middleware import AuditTrail, SecurityHeaders
 from producer.gateway.openapi import install_schema
-from producer.gateway.routes import audit, jobs, pages, service, sessions
+from producer.gateway.routes import audit, jobs, pages, service, sessions, viewer
 from producer.gateway.service import Gateway
 from worker.contract.version import PACKAGE_VERSION as __version__
 
@@ -57,7 +58,7 @@ def create_app(config: GatewayConfig, segmenter=None) -> FastAPI:
         "(submit, read, admin); a job is seen by its creator and admins only.",
     )
     app.state.gateway = gateway
-    for router in (jobs.router, sessions.router, audit.router, service.router, pages.router):
+    for router in (jobs.router, sessions.router, audit.router, service.router, pages.router, viewer.router):
         app.include_router(router)
     import swagger_ui_bundle
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import requests
 from pydicom.dataset import Dataset
@@ -222,6 +222,16 @@ class DicomwebServer:
             missing_ok=True,
         )
         return found[0] if found else None
+
+    def read(self, path: str, accept: str, params: dict[str, str] | None = None) -> requests.Response:
+        """A GET of a resource under this root (the viewer's read-only proxy): the response with any status;
+        connection failures and timeouts are DicomwebErrors like every other exchange's. QIDO-RS wildcards stay
+        literal: Orthanc (1.10) does not match a percent-encoded `*`."""
+        query = f"?{urlencode(params, quote_via=quote, safe='*')}" if params else ""
+        return self._call(
+            f"reading {path}",
+            lambda: self.session.get(f"{self.root}/{path}{query}", headers={"Accept": accept}),
+        )
 
     # ------------------------------------------------------------------------------------------------ storing
     def store_instance(self, dataset: Dataset) -> StoredInstance:

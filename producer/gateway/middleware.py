@@ -2,7 +2,8 @@
 
 - SecurityHeaders: a Content-Security-Policy allowing only this service (no inline script or style, no framing),
   X-Frame-Options DENY, X-Content-Type-Options nosniff, no referrer; `Cache-Control: no-store` on everything but
-  the static assets (job data, results and thumbnails are never kept by a browser or proxy).
+  the static assets (job data, results and thumbnails are never kept by a browser or proxy). A route that sets a
+  policy of its own keeps it instead (the viewer: the same plus 'wasm-unsafe-eval' for its image decoders).
 - AuditTrail: one audit line per request (producer.gateway.audit) with its route, status and client address, the
   identity producer.gateway.caller found, and what the route noted (job id, study, source, destination).
 """
@@ -24,7 +25,8 @@ HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]
-CACHEABLE_PREFIX = "/static/"
+CACHEABLE_PREFIXES = ("/static/", "/viewer/assets/")
+CSP_HEADER = b"content-security-policy"
 
 
 class SecurityHeaders:
@@ -34,12 +36,13 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        cacheable = scope["path"].startswith(CACHEABLE_PREFIX)
+        cacheable = scope["path"].startswith(CACHEABLE_PREFIXES)
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control" or cacheable]
-                headers += HEADERS
+                own_policy = any(k.lower() == CSP_HEADER for k, _ in headers)
+                headers += [(k, v) for k, v in HEADERS if not (own_policy and k == CSP_HEADER)]
                 if not cacheable:
                     headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}

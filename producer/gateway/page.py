@@ -16,7 +16,8 @@ PAGE = """<!doctype html>
 <link rel="stylesheet" href="/static/page.css"></head>
 <body>
 <h1>litemedsam-fleet gateway</h1>
-<p><a href="/docs">API documentation</a> &middot; <span id="summary">loading…</span></p>
+<p><a href="/docs">API documentation</a> &middot; <a href="/viewer">Viewer</a> &middot;
+<span id="summary">loading…</span></p>
 <form id="auth" hidden><label>API token <input id="token" type="password" autocomplete="off" size="40"></label>
 <button type="submit">Show jobs</button></form>
 <table><thead><tr><th>job</th><th>created</th><th>study</th><th>state</th><th>progress</th><th>timings (s)</th>
