@@ -33,7 +33,9 @@ WHO = {"admin": bearer(ADMIN), "submitter": bearer(ALICE), "no credential": {}}
 
 
 def run(url: str, headers: dict[str, str], examples: int, seed: int, folder: Path) -> dict:
-    command = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", "all", "--workers", "1"]
+    config = Path(__file__).resolve().parents[2] / "tests" / "schemathesis.toml"
+    command = [str(SCHEMATHESIS), "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all"]
+    command += ["--workers", "1"]
     command += ["--max-examples", str(examples), "--seed", str(seed), "--no-shrink"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]

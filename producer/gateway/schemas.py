@@ -142,6 +142,7 @@ class Health(BaseModel):
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI: the error statuses a route answers, each with the Problem body."""
     reasons = {
+        400: "the body could not be parsed at all (not JSON)",
         401: "no valid bearer credential",
         403: "the identity lacks the route's scope",
         404: "no such resource (or not the caller's)",

@@ -258,7 +258,7 @@ def get_session(session_id: SessionId, request: Request, identity: Reader) -> di
     "/{session_id}/interactions",
     response_model=Change,
     summary="A box (restarts the label) or a click (refines it) on a named label; new names make new labels",
-    responses=problems(*GUARDED, 404),
+    responses=problems(*GUARDED, 400, 404),
 )
 def interact(session_id: SessionId, body: Interaction, request: Request, identity: Submitter) -> dict[str, Any]:
     session = _session(request, identity, session_id)
@@ -290,7 +290,7 @@ def _step(request: Request, identity: Identity, session_id: str, body: LabelRef,
     "/{session_id}/undo",
     response_model=Change,
     summary="Undo a label's last interaction",
-    responses=problems(*GUARDED, 404, 409),
+    responses=problems(*GUARDED, 400, 404, 409),
 )
 def undo(session_id: SessionId, body: LabelRef, request: Request, identity: Submitter) -> dict[str, Any]:
     return _step(request, identity, session_id, body, forward=False)
@@ -300,7 +300,7 @@ def undo(session_id: SessionId, body: LabelRef, request: Request, identity: Subm
     "/{session_id}/redo",
     response_model=Change,
     summary="Redo a label's undone interaction",
-    responses=problems(*GUARDED, 404, 409),
+    responses=problems(*GUARDED, 400, 404, 409),
 )
 def redo(session_id: SessionId, body: LabelRef, request: Request, identity: Submitter) -> dict[str, Any]:
     return _step(request, identity, session_id, body, forward=True)
