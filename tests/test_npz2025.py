@@ -115,14 +115,20 @@ def test_a_step_zero_case_is_a_box_study_claimed_by_the_npz_kind(tmp_path):
     assert study.boxes.tolist() == [[3, 4, 1, 10, 12, 4], [12, 2, 0, 20, 9, 5]]  # [x0, y0, z0, x1, y1, z1]
 
 
-def test_clicks_and_clicks_only_cases_are_refused_by_submit_with_a_reason(tmp_path):
-    with pytest.raises(StudyError, match="holds clicks"):
-        study_from_2025(write_like_the_script(tmp_path / "CT_Abdomen_001.npz"))
+def test_cases_with_clicks_become_prompts_with_clicks_in_the_stored_order(tmp_path):
+    from worker.contract.prompts import Click as PromptClick
+
+    study = study_from_2025(write_like_the_script(tmp_path / "CT_Abdomen_001.npz"))
+    case = read_2025_npz(tmp_path / "CT_Abdomen_001.npz")
+    for label, box, clicks in zip(study.prompts.labels, case.boxes, case.clicks):
+        assert label.box.coords == tuple(box.as_3d())
+        assert label.clicks == tuple(PromptClick((c.zyx[2], c.zyx[1], c.zyx[0]), c.positive) for c in clicks)
+    assert study.prompts.has_clicks
     path = tmp_path / "CT_Vessels_003.npz"
     np.savez_compressed(path, imgs=volume(), clicks=[{"fg": [[1, 2, 3]], "bg": []}], clicks_order=[["fg"]])
     assert read_2025_npz(path).boxes is None
-    with pytest.raises(StudyError, match="holds clicks"):
-        study_from_2025(path)
+    alone = study_from_2025(path).prompts.labels
+    assert len(alone) == 1 and alone[0].box is None and alone[0].clicks == (PromptClick((3, 2, 1), True),)
 
 
 def test_a_malicious_pickle_is_refused_by_name_and_nothing_runs(tmp_path):

@@ -26,6 +26,8 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from producer.formats.npz import check_size_before_loading, max_voxels
+from worker.contract.prompts import Box, LabelPrompt, Prompts
+from worker.contract.prompts import Click as PromptClick
 from worker.contract.study import Study, StudyError
 
 BOX_KEYS = ("z_min", "z_max", "z_mid", "z_mid_x_min", "z_mid_y_min", "z_mid_x_max", "z_mid_y_max")
@@ -257,9 +259,11 @@ def modality_of_2025(name: str) -> str:
 
 
 def study_from_2025(path: Path) -> Study:
-    """A 2025 case with a box for every class and no clicks, as a box study (class k -> label k + 1, `segs` as
-    for every npz). Clicks (and classes given by clicks alone) are refused by name: prompts beyond boxes do not
-    reach the engine through a study yet."""
+    """A 2025 case as a study: class k -> label k + 1 (`segs` as for every npz), its box (the z range and its z_mid
+    box) and its clicks in the order given (`clicks_order`), each the voxel (x, y, z) of the stored (z, y, x) index.
+    The engine runs the box and then every click (worker.engine.labelwise), so `prev_pred` is not needed: the
+    same run of the earlier steps gives it. A class with neither a box nor a foreground click is refused by the
+    engine's validation, naming it."""
     path = Path(path)
     try:
         check_size_before_loading(path, max_voxels())
@@ -268,13 +272,17 @@ def study_from_2025(path: Path) -> Study:
             raise
         raise StudyError(f"{path.name}: corrupt or truncated npz ({error})") from None
     case = read_2025_npz(path)
-    if case.has_clicks:
-        raise StudyError(
-            f"{path.name}: holds clicks; a study takes box prompts only for now (clicks are run by "
-            "`producer evaluate --interactive`)"
+    if not case.has_clicks and case.boxes is not None and all(box is not None for box in case.boxes):
+        boxes = np.array([box.as_3d() for box in case.boxes if box is not None], dtype=np.int64).reshape(-1, 6)
+        return Study(path.stem, modality_of_2025(path.stem), case.imgs, boxes, case.spacing)
+    labels = []
+    for k in range(case.classes):
+        box = case.boxes[k] if case.boxes is not None and k < len(case.boxes) else None
+        clicks = case.clicks[k] if k < len(case.clicks) else []
+        labels.append(
+            LabelPrompt(
+                Box(tuple(int(v) for v in box.as_3d())) if box is not None else None,
+                tuple(PromptClick((c.zyx[2], c.zyx[1], c.zyx[0]), c.positive) for c in clicks),
+            )
         )
-    missing = [k for k, box in enumerate(case.boxes or ()) if box is None]
-    if case.boxes is None or missing:
-        raise StudyError(f"{path.name}: class(es) {missing or 'all'} have no box; a study needs a box per class")
-    boxes = np.array([box.as_3d() for box in case.boxes if box is not None], dtype=np.int64).reshape(-1, 6)
-    return Study(path.stem, modality_of_2025(path.stem), case.imgs, boxes, case.spacing)
+    return Study(path.stem, modality_of_2025(path.stem), case.imgs, Prompts(tuple(labels), 3, "<i8"), case.spacing)
