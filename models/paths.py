@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 ENV_VAR = "LITEMEDSAM_MODELS_DIR"
+COMPILE_CACHE_ENV_VAR = "LITEMEDSAM_COMPILE_CACHE_DIR"
 
 
 def default_models_dir() -> Path:
@@ -17,5 +18,8 @@ def default_models_dir() -> Path:
 
 
 def compile_cache_dir(models_dir: Path) -> Path:
-    """OpenVINO's CACHE_DIR for compiled blobs, beside the IR."""
+    """OpenVINO's CACHE_DIR for compiled blobs: $LITEMEDSAM_COMPILE_CACHE_DIR (for a read-only models dir, as the
+    containers mount it), else beside the IR."""
+    if os.environ.get(COMPILE_CACHE_ENV_VAR):
+        return Path(os.environ[COMPILE_CACHE_ENV_VAR]).expanduser()
     return Path(models_dir) / ".ov-cache"

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from producer.discovery import Skipped, StudySource, discover
 from producer.fleet import Enqueued, FleetClient, SubmissionInterrupted, SubmitOptions
-from producer.outcome import StudyOutcome
-from producer.output_context import OutputContext
+from producer.formats.dicom_outputs import DEFAULT_DICOM_OUTPUTS
+from producer.formats.outcome import StudyOutcome
+from producer.formats.output_context import OutputContext
 from producer.outputs import OutputWriter, parse_dicom_formats
 from producer.source_codec import source_from_json
 from worker.contract.arrays import StoreError
@@ -185,7 +186,7 @@ def results(
         batch_id,
         sorted(manifest.entries),
         out_dir=Path(out_dir) if out_dir else None,
-        dicom_formats=parse_dicom_formats(meta.get("dicom_formats") or ("seg",)),
+        dicom_formats=parse_dicom_formats(meta.get("dicom_formats") or DEFAULT_DICOM_OUTPUTS),
     )
     if wait:  # a batch still being submitted: follow() reads the full list once the submitter has sealed it
         names = set(manifest.entries) if meta.get("sealed") else None

@@ -7,26 +7,14 @@ from pathlib import Path
 
 import click
 
+from producer.cli_options import broker_option, broker_required, engine_options, engine_settings
 from producer.console import BatchProgress, console, print_notes, summary_table
 from producer.discovery import discover
-from producer.outcome import StudyOutcome
+from producer.formats.dicom_outputs import DEFAULT_DICOM_OUTPUTS, DICOM_OUTPUTS
+from producer.formats.outcome import StudyOutcome
 from producer.outputs import OutputWriter
-from worker.contract.engine_options import engine_config
-from worker.contract.engine_options import engine_options as engine_option_table
 
 SHARED_CASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cases"
-
-
-engine_options = engine_option_table("models_dir", "precision", "threads", "cache_mb", "routing_file")
-"""The in-process engine's options (the embedded default): those of worker.contract.engine_options."""
-
-
-def engine_settings(**options):
-    """The in-process engine's settings: the command line's engine options over the environment's (EngineConfig,
-    the type a fleet worker builds its engine from too)."""
-    from worker.engine.engine import EngineSettings
-
-    return EngineSettings.from_config(engine_config(**options))
 
 
 def print_skipped(skipped) -> None:
@@ -35,7 +23,7 @@ def print_skipped(skipped) -> None:
 
 
 def run_embedded(
-    study_dir: Path, out_dir: Path, settings, dicom_formats: tuple[str, ...] = ("seg",)
+    study_dir: Path, out_dir: Path, settings, dicom_formats: tuple[str, ...] = DEFAULT_DICOM_OUTPUTS
 ) -> list[StudyOutcome]:
     from producer.embedded import EmbeddedRunner
 
@@ -84,21 +72,6 @@ def cli(verbose: bool) -> None:
     )
 
 
-def broker_option(command):
-    return click.option(
-        "--broker",
-        envvar="LITEMEDSAM_BROKER",
-        default=None,
-        help="Redis broker of a worker fleet (env LITEMEDSAM_BROKER); none: run in-process.",
-    )(command)
-
-
-def broker_required(broker: str | None) -> str:
-    if not broker:
-        raise click.UsageError("this command talks to a fleet: give --broker redis://... or set LITEMEDSAM_BROKER")
-    return broker
-
-
 @cli.command()
 @click.argument("study_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -127,9 +100,9 @@ def broker_required(broker: str | None) -> str:
 @click.option(
     "--dicom-format",
     "dicom_format",
-    default="seg",
+    default=",".join(DEFAULT_DICOM_OUTPUTS),
     show_default=True,
-    metavar="seg|rtstruct|seg,rtstruct",
+    metavar="|".join(DICOM_OUTPUTS) + ",...",
     help="What DICOM studies are written as: a DICOM SEG, an RT Structure Set, or both.",
 )
 @click.option(
@@ -154,6 +127,13 @@ def broker_required(broker: str | None) -> str:
     default=None,
     help='DICOMweb: JSON {"<root>": {"username": .., "password": ..} or {"token": ..}}.',
 )
+@click.option(
+    "--dicomweb-allow",
+    "dicomweb_allow",
+    multiple=True,
+    metavar="ROOT",
+    help="DICOMweb: a root that may be used without credentials (the credentials file's roots are allowed).",
+)
 @engine_options
 def submit(
     study_dir: Path | None,
@@ -172,6 +152,7 @@ def submit(
     prompts_file: Path | None,
     stow: bool,
     dicomweb_credentials: Path | None,
+    dicomweb_allow: tuple[str, ...],
     **engine,
 ) -> None:
     """Segment every study in STUDY_DIR (or one DICOMweb series) and write OUT/<study>.* plus OUT/metrics.jsonl.
@@ -192,7 +173,17 @@ def submit(
 
     if dicomweb:
         _submit_dicomweb(
-            dicomweb, study_uid, series_uid, prompts_file, stow, dicomweb_credentials, study_dir, no_wait, run, out_dir
+            dicomweb,
+            study_uid,
+            series_uid,
+            prompts_file,
+            stow,
+            dicomweb_credentials,
+            dicomweb_allow,
+            study_dir,
+            no_wait,
+            run,
+            out_dir,
         )
         return
     if study_dir is None:
@@ -228,7 +219,7 @@ def _submit(
 
 
 def _submit_dicomweb(
-    root, study_uid, series_uid, prompts_file, stow, credentials_file, study_dir, no_wait, run, out_dir
+    root, study_uid, series_uid, prompts_file, stow, credentials_file, allow, study_dir, no_wait, run, out_dir
 ) -> None:
     import tempfile
 
@@ -246,7 +237,7 @@ def _submit_dicomweb(
     from worker.contract.study import StudyError
 
     try:
-        directory = servers(credentials_file)
+        directory = servers(credentials_file, tuple(allow))
         with tempfile.TemporaryDirectory(prefix="litemedsam-dicomweb-") as folder:
             fetch_series_folder(directory, root, study_uid, series_uid, prompts_file, Path(folder))
             outcomes = run(Path(folder))

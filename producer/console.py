@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from producer.outcome import StudyOutcome
+from producer.formats.outcome import StudyOutcome
 
 console = Console(stderr=True)
 

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 
 from producer.discovery import StudySource
+from producer.formats.outcome import StudyOutcome
 from producer.loading import load_study_and_context
-from producer.outcome import StudyOutcome
 from worker.contract.study import Study, StudyError
 
 log = logging.getLogger(__name__)
@@ -17,9 +17,10 @@ SliceProgress = Callable[[str, int, int], None]
 
 class EmbeddedRunner:
     def __init__(self, engine_settings=None):
+        from worker.calibration import choose_profile
         from worker.engine.engine import Engine  # OpenVINO is needed only when studies run in-process
 
-        self.engine = Engine(engine_settings)
+        self.engine = Engine(engine_settings, choose_profile)  # `fast`: this host's calibrated profile
 
     def run_one(self, source: StudySource, on_slices: SliceProgress | None = None) -> StudyOutcome:
         started = time.perf_counter()

@@ -29,6 +29,7 @@ from worker.contract.metrics import MetricsExtra, StudyMetrics, Transfer
 from worker.contract.routing import Route
 from worker.contract.settings import FleetSettings, redis_client
 from worker.contract.study import Study, StudyError
+from worker.contract.validation import check_runnable
 from worker.directory import IdentityDirectory
 from worker.ledger import BatchLedger
 from worker.store import open_store
@@ -249,9 +250,10 @@ class FleetClient:
         key = ""
         if identity is not None:
             try:
-                key = identity.result_key(digest, study.boxes, study.modality)
+                key = identity.result_key(digest, study.prompts, study.modality)
             except (LookupError, ValueError) as error:
                 log.info("%s: no result key (%s); the worker will say what is wrong", name, error)
+        check_runnable(study.prompts)  # task messages carry voxel prompts: others refused by name
         message = TaskMessage.create(
             batch_id=batch_id,
             name=name,
@@ -259,9 +261,7 @@ class FleetClient:
             modality=study.modality,
             image_digest=digest,
             image_shape=tuple(study.image.shape),
-            boxes=study.boxes.tolist(),
-            boxes_dtype=study.boxes.dtype.str,
-            boxes_shape=tuple(study.boxes.shape),
+            **TaskMessage.prompt_fields(study.prompts),
             spacing=study.spacing,
             force=options.force,
             queue=queue,

@@ -17,7 +17,7 @@ from rich.table import Table
 from producer import api
 from producer.console import console, print_notes, summary_table
 from producer.fleet import SubmissionInterrupted
-from producer.outcome import StudyOutcome
+from producer.formats.outcome import StudyOutcome
 from worker.contract.metrics import StudyMetrics
 
 

@@ -9,8 +9,8 @@ producer.formats.hospital builds the 8-bit Study.
 from __future__ import annotations
 
 from producer.formats.base import StudySource
+from producer.formats.output_context import OutputContext
 from producer.formats.registry import format_of
-from producer.output_context import OutputContext
 from worker.contract.study import Study
 
 

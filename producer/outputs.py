@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 from producer.formats.base import OutputFolder, StudySource, check_study_name
-from producer.formats.dicom_kind import DICOM_FORMATS, parse_dicom_formats
+from producer.formats.dicom_outputs import DEFAULT_DICOM_OUTPUTS, DICOM_OUTPUTS, DicomSeg, parse_dicom_formats
+from producer.formats.outcome import StudyOutcome
 from producer.formats.registry import FORMATS, format_of
-from producer.outcome import StudyOutcome
 from worker.contract.study import StudyError
 
 __all__ = [
-    "DICOM_FORMATS",
+    "DICOM_OUTPUTS",
     "METRICS_FILE",
     "SUFFIXES",
     "OutputWriter",
@@ -43,13 +43,13 @@ METRICS_FILE = "metrics.jsonl"
 SUFFIXES = {kind: fmt.suffix for kind, fmt in FORMATS.items()}  # each kind's main output
 
 
-def output_path(out_dir: Path, source: StudySource, dicom_format: str = "seg") -> Path:
+def output_path(out_dir: Path, source: StudySource, dicom_format: str = DicomSeg.name) -> Path:
     """Where a study's mask goes: always directly inside out_dir, whatever the name says."""
     return format_of(source).main_output(OutputFolder(Path(out_dir), (dicom_format,)), source)
 
 
 class OutputWriter:
-    def __init__(self, out_dir: Path, dicom_formats: tuple[str, ...] = ("seg",)):
+    def __init__(self, out_dir: Path, dicom_formats: tuple[str, ...] = DEFAULT_DICOM_OUTPUTS):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out_dir / METRICS_FILE

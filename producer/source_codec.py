@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from producer.formats.base import StudySource
+from worker.contract.errors import validation_message
 from worker.contract.study import StudyError
 
 SOURCE = TypeAdapter(StudySource)
@@ -27,5 +28,5 @@ def source_from_json(data: dict[str, Any]) -> StudySource:
     try:
         return SOURCE.validate_python(data)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in error.errors())
+        problems = validation_message(error, whole="entry")
         raise StudyError(f"the batch manifest's study entry does not fit: {problems}") from None

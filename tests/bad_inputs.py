@@ -68,7 +68,7 @@ def _npz_corpus(folder: Path) -> dict[str, str | None]:
         "2DBox_CT_inverted": "[40, 10, 10, 50] is inverted",
         "2DBox_CT_zeroarea": "[10, 10, 10, 50] is inverted or has zero area",
         "2DBox_CT_toomanyboxes": "more than the 65535 labels",
-        "2DBox_CT_2dboxon3d": "2D boxes given for a volume",
+        "2DBox_CT_2dboxon3d": "2D prompts given for a volume",
         "3DBox_CT_huge": "above the limit",
     }
 
@@ -179,9 +179,10 @@ def bad_studies_in_memory() -> dict[str, tuple[Study, str | None]]:
         "outside": (Study("outside", "CT", image, np.array([[10, 10, 400, 50]])), "outside the image"),
         "inverted": (Study("inverted", "CT", image, np.array([[40, 10, 10, 50]])), "inverted"),
         "toomany": (Study("toomany", "CT", image, np.tile(box, (65536, 1))), "more than the 65535 labels"),
-        "2dboxon3d": (Study("2dboxon3d", "MR", volume, box), "2D boxes given for a volume"),
+        "2dboxon3d": (Study("2dboxon3d", "MR", volume, box), "2D prompts given for a volume"),
         "emptyimage": (Study("emptyimage", "CT", np.zeros((0, 80, 3), np.uint8), box), "empty"),
-        "fiveperbox": (Study("fiveperbox", "CT", image, np.array([[1, 2, 3, 4, 5]])), "expected (N, 4)"),
+        # a box array of the wrong shape is no Study at all (Prompts.from_boxes refuses it where it is built); a
+        # task message carrying one is judged by the worker: tests/test_fleet_units.py
         "fourdims": (
             Study("fourdims", "CT", np.zeros((2, 6, 32, 32), np.uint8), np.array([[1, 1, 0, 9, 9, 1]])),
             "image has 4 dimensions",

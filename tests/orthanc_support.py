@@ -169,7 +169,10 @@ class Orthanc:
 
 
 class GatewayProcess:
-    """`producer serve` as a subprocess on a free port; stopped (its whole session) at the end."""
+    """`producer serve` as a subprocess on a free port; stopped (its whole session) at the end.
+
+    `token` is an admin's (named `tester`); the tests poll fast, so the request rate is raised unless `args` set it.
+    """
 
     def __init__(self, folder: Path, token: str, credentials: dict, *args: str, env: dict | None = None):
         self.folder, self.token = folder, token
@@ -187,9 +190,15 @@ class GatewayProcess:
             str(folder / "data"),
             "--dicomweb-credentials",
             str(folder / "credentials.json"),
+            *([] if "--rate-limit" in args else ["--rate-limit", "100000/minute"]),
             *args,
         ]
-        environment = {**os.environ, "LITEMEDSAM_API_TOKENS": token, "PYTHONUNBUFFERED": "1", **(env or {})}
+        environment = {
+            **os.environ,
+            "LITEMEDSAM_API_TOKENS": f"tester:{token}:submit+read+admin",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.log_path = folder / "gateway.log"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(

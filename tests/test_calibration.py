@@ -175,7 +175,6 @@ class _FakeSpec:
 def test_engine_runs_each_strategy_at_its_parts_and_says_so(echo_models_dir):
     from worker.contract.study import Study
     from worker.engine.engine import Engine, EngineSettings
-    from worker.process import engine_identity
 
     engine = Engine(EngineSettings(models_dir=echo_models_dir, precision="bf16-encoder-3d"))
     volume = np.random.default_rng(1).integers(0, 255, (8, 64, 64), dtype=np.uint8)
@@ -184,10 +183,10 @@ def test_engine_runs_each_strategy_at_its_parts_and_says_so(echo_models_dir):
     prov2 = engine.segment(Study("2DBox_CT_a", "CT", image, np.array([[5, 5, 40, 40]]))).metrics.provenance
     assert (prov3.precision, prov3.encoder_precision, prov3.decoder_precision) == ("bf16-encoder-3d", "bf16", "f32")
     assert (prov2.precision, prov2.encoder_precision, prov2.decoder_precision) == ("bf16-encoder-3d", "f32", "f32")
-    identity = engine_identity(engine)
+    identity = engine.identity()
     parts = identity.route_identity("CT")["parts"]
     assert parts["box2d"]["encoder"] == "f32" and parts["propagate"]["encoder"] == "bf16"
-    f32 = engine_identity(Engine(EngineSettings(models_dir=echo_models_dir)))
+    f32 = Engine(EngineSettings(models_dir=echo_models_dir)).identity()
     assert f32.route_identity("CT")["parts"]["propagate"]["encoder"] == "f32"
     assert identity.result_key("i", np.zeros((1, 6)), "CT") != f32.result_key("i", np.zeros((1, 6)), "CT")
     assert type(identity).model_validate_json(identity.model_dump_json()) == identity
@@ -263,7 +262,7 @@ def test_calibrate_records_a_per_case_verdict_and_fast_uses_it(private_models_di
         assert stored["fast"] == "f32"
     else:
         assert encoder_runtime.get("bf16", 0) > 100 and not entry["equivalent_to_f32"]
-    engine = Engine(EngineSettings(models_dir=private_models_dir, precision=FAST))
+    engine = Engine(EngineSettings(models_dir=private_models_dir, precision=FAST), choose_profile)
     assert engine.precision.name == stored["fast"] and engine.precision.reason.startswith(stored["fast"])
     assert "calibration of" in engine.precision.reason  # it found this host's record
 
@@ -310,12 +309,12 @@ def test_worker_calibrate_cli_and_fast_ignores_a_forged_record_of_another_cpu(pr
     del record["hosts"][key]
     record["hosts"][host_key(forged["host"])] = forged
     record_path(private_models_dir).write_text(json.dumps(record))
-    engine = Engine(EngineSettings(models_dir=private_models_dir, precision=FAST))
+    engine = Engine(EngineSettings(models_dir=private_models_dir, precision=FAST), choose_profile)
     assert engine.precision.name == "f32" and "no calibration for this host" in engine.precision.reason
     # A forged entry filed under this host's key but naming another CPU is refused too.
     record["hosts"][key] = forged
     record_path(private_models_dir).write_text(json.dumps(record))
-    assert Engine(EngineSettings(models_dir=private_models_dir, precision=FAST)).precision.name == "f32"
+    assert Engine(EngineSettings(models_dir=private_models_dir, precision=FAST), choose_profile).precision.name == "f32"
 
 
 def test_an_int8_encoder_is_never_gated_on_the_data_it_was_quantized_on(tmp_path):

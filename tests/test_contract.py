@@ -56,20 +56,25 @@ def test_the_producers_client_builds_no_worker_app():
         ((16, 16, 3), [[1, 1, 5, 5]], False),
         ((8, 16, 16), [[1, 1, 5, 5]], False),  # 2D boxes on a volume: not run as 3D (validation says why)
         ((16, 16), [[1, 1, 0, 5, 5, 3]], False),
-        ((8, 16, 16), [1, 1, 0, 5, 5, 3], False),  # malformed boxes
     ],
 )
 def test_is_3d_is_one_decision(image_shape, boxes, expected):
     image, boxes = np.zeros(image_shape, np.uint8), np.asarray(boxes)
     study = Study("s", "CT", image, boxes)
-    assert is_3d(image, boxes) is expected and study.is_3d is expected
+    assert is_3d(image, study.prompts) is expected and study.is_3d is expected
+    assert study.prompts.is_3d is (boxes.shape[1] == 6)  # the prompts decide, the image must agree
     assert study_work(study, None)[2] == (MAX_VIEWS if expected else 1)
 
 
+def test_a_box_array_that_is_no_prompts_is_a_study_error():
+    with pytest.raises(StudyError, match=r"boxes have shape \(6,\)"):
+        Study("s", "CT", np.zeros((8, 16, 16), np.uint8), np.array([1, 1, 0, 5, 5, 3]))
+
+
 def test_validation_rejects_what_is_3d_rejects():
-    with pytest.raises(StudyError, match="3D boxes given for an image"):
+    with pytest.raises(StudyError, match="3D prompts given for an image"):
         check_study(Study("s", "CT", np.zeros((16, 16), np.uint8), np.array([[1, 1, 0, 5, 5, 3]])))
-    with pytest.raises(StudyError, match="2D boxes given for a volume"):
+    with pytest.raises(StudyError, match="2D prompts given for a volume"):
         check_study(Study("s", "CT", np.zeros((8, 16, 16), np.uint8), np.array([[1, 1, 5, 5]])))
 
 

@@ -25,7 +25,7 @@ from producer.formats.dicom_files import read_dataset
 from producer.formats.structures import PALETTE, known_structure, label_colours, segment_structure
 from producer.outcome import StudyOutcome
 from producer.outputs import OutputWriter
-from test_dicom_anonymised import PYDICOM_TEST_FILES, anonymise
+from test_dicom_anonymised import PYDICOM_TEST_FILES, _centre_box_folder, anonymise
 from test_rtstruct import dice, rasterise
 
 PROVENANCE = {"model": "litemedsam", "package_version": "0.1.0"}
@@ -132,22 +132,14 @@ def test_outputs_of_the_odd_dicom_corpus_add_no_error(tmp_path: Path):
 
 
 def _corpus_folder(source: Path, folder: Path) -> bool:
-    """A study folder for one pydicom test file: a centre box, and an override where its modality routes nowhere
-    (secondary captures, NM): the SEGs of images without patient geometry are the point here."""
-    try:
-        ds = read_dataset(source, pixels=False)
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except Exception:
+    """test_dicom_anonymised's folder for one pydicom test file (a centre box), with an override where its modality
+    routes nowhere (secondary captures, NM): the SEGs of images without patient geometry are the point here."""
+    if not _centre_box_folder(source, folder):
         return False
-    folder.mkdir(parents=True)
-    shutil.copy(source, folder / source.name)
-    box = [columns // 4, rows // 4, 3 * columns // 4, 3 * rows // 4]
-    if frames > 1:
-        box = [box[0], box[1], 0, box[2], box[3], frames - 1]
-    document: dict = {"boxes": [{"voxel": box, "label": "liver"}]}
+    document = json.loads((folder / "prompts.json").read_text())
+    document["boxes"][0]["label"] = "liver"
     try:
-        modalities.from_dicom_tag(str(ds.get("Modality", "")))
+        modalities.from_dicom_tag(str(read_dataset(source, pixels=False).get("Modality", "")))
     except Exception:
         document["modality"] = "Endoscopy"
     (folder / "prompts.json").write_text(json.dumps(document))

@@ -39,7 +39,8 @@ from worker.fanout import (
     decide,
     part_ranges,
 )
-from worker.job import Delivery, WorkerContext, run_study
+from worker.job import run_study
+from worker.job_context import Delivery, WorkerContext
 
 RNG = np.random.default_rng(12)
 
@@ -297,14 +298,12 @@ def test_the_coordinator_encodes_ahead_while_a_part_holds_the_slice_it_needs(slo
 @pytest.fixture()
 def split_job(slot, echo_engines):
     """A worker context whose part sender is chosen by the test, and a producer client, on a fresh namespace."""
-    from worker.process import engine_identity
-
     echo_engine = echo_engines[0]
     settings = FleetSettings(broker_url=slot.url, namespace=f"{slot.namespace}-{time.monotonic_ns()}")
     client = FleetClient(settings)
     ctx = WorkerContext(
         engine=echo_engine,
-        identity=engine_identity(echo_engine),
+        identity=echo_engine.identity(),
         store=client.store,
         ledger=client.ledger,
         result_ttl=600,

@@ -367,3 +367,30 @@ def test_a_study_whose_worker_process_dies_is_redelivered_and_completes_once(fle
     assert fleet.ledger.runs(batch.batch_id) == {name: 2} and outcome.metrics["extra"]["delivery"] == 2
     assert read_segs(tmp_path / f"{name}.npz").max() > 0
     assert all(w.alive() for w in fleet.workers)
+
+
+def test_prompts_with_clicks_travel_to_a_worker_and_match_the_embedded_engine(fleet, real_models_dir):
+    """The Python API with clicks (a label refined by clicks and a label of clicks alone): the task message carries
+    them (version 2) and the worker's label map equals the in-process engine's, bit for bit."""
+    from models.phantoms import build_phantoms
+    from worker.contract.prompts import Box, Click, LabelPrompt, Prompts
+    from worker.contract.study import Study
+    from worker.engine.engine import Engine, EngineSettings
+
+    phantom = next(p for p in build_phantoms() if p.name == "3DBox_CT_phantom")
+    first = phantom.boxes[0].tolist()
+    z = (first[2] + first[5]) // 2
+    prompts = Prompts(
+        (
+            LabelPrompt(Box(tuple(first)), (Click((first[0], first[1], z), foreground=False),)),
+            LabelPrompt(None, (Click(((first[0] + first[3]) // 2, (first[1] + first[4]) // 2, z)),)),
+        ),
+        dims=3,
+    )
+    study = Study("clicks", "CT", phantom.imgs, prompts, tuple(phantom.spacing))
+    batch = api.submit_studies({"clicks": study}, settings=fleet.settings, timeout=TIMEOUT)
+    (outcome,) = batch.outcomes
+    assert outcome.ok, (outcome.error, fleet.logs())
+    assert outcome.metrics["extra"]["labelwise"] is True
+    expected = Engine(EngineSettings(models_dir=real_models_dir, threads=THREADS)).segment(study).labels
+    assert np.array_equal(outcome.labels, expected), f"{np.count_nonzero(outcome.labels != expected)} voxels differ"

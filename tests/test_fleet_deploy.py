@@ -1,6 +1,6 @@
 """The deployment files hold together: compose.yaml parses and points at files and stages that exist.
 
-Docker is not runnable here, so this is what can be checked without it.
+What can be checked without Docker; tests/test_containers.py builds the images and runs the compose fleet.
 """
 
 from __future__ import annotations
@@ -95,3 +95,39 @@ def test_dockerfile_copies_what_exists_and_never_installs_torch_in_the_worker():
 def test_local_fleet_script_is_valid_bash():
     script = REPO / "ops" / "fleet" / "fleet.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_base_and_third_party_images_are_variables_defaulting_to_the_official_ones(compose):
+    services = compose["services"]
+    assert services["redis"]["image"] == "${REDIS_IMAGE:-redis:7.2-alpine}"
+    assert services["flower"]["image"] == "${FLOWER_IMAGE:-mher/flower:2.0}"
+    for name in ("worker", "gateway"):
+        assert services[name]["build"]["args"]["PYTHON_IMAGE"] == "${PYTHON_IMAGE:-python:3.11-slim}"
+        assert services[name]["build"]["network"] == "host"  # apt and pip as the host reaches them
+    dockerfile = (REPO / "ops" / "worker.Dockerfile").read_text()
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile and "FROM ${PYTHON_IMAGE} AS base" in dockerfile
+    printed = re.findall(r'^echo "(\w+)=\$', (REPO / "ops" / "images.sh").read_text(), re.MULTILINE)
+    assert sorted(printed) == ["FLOWER_IMAGE", "PYTHON_IMAGE", "REDIS_IMAGE"]  # what ops/images.sh >> .env sets
+
+
+def test_the_gateway_serves_behind_its_token_with_the_credentials_file_and_a_data_volume(compose):
+    gateway, worker = compose["services"]["gateway"], compose["services"]["worker"]
+    assert gateway["profiles"] == ["gateway"] and gateway["command"][:2] == ["producer", "serve"]
+    flags = dict(arg.split("=", 1) for arg in gateway["command"][2:])
+    parsed = (re.fullmatch(r"(.+):(/[^:]+)(?::ro)?", volume) for volume in gateway["volumes"])
+    mounts = {found.group(2): found.group(1) for found in parsed if found}
+    assert mounts[flags["--data-dir"]] == "gateway-data" and "gateway-data" in compose["volumes"]
+    assert flags["--dicomweb-credentials"] in mounts
+    assert gateway["environment"]["LITEMEDSAM_API_TOKENS"] == "${LITEMEDSAM_API_TOKENS:-}"  # none: it refuses to start
+    assert gateway["environment"]["LITEMEDSAM_BROKER"] == worker["environment"]["LITEMEDSAM_BROKER"]
+    assert all(port.startswith("${GATEWAY_BIND:-127.0.0.1}:") for port in gateway["ports"])
+
+
+def test_every_service_runs_as_a_non_root_user(compose):
+    assert compose["services"]["redis"]["user"] == "redis"  # the official image would run `sh -c` as root
+    dockerfile = (REPO / "ops" / "worker.Dockerfile").read_text()
+    for stage in ("gateway", "worker"):
+        body = dockerfile.split(f"AS {stage}\n")[1].split("\nFROM ")[0]
+        assert "USER fleet" in body, stage
+    for local in ("redis", "flower"):
+        assert re.search(r"^USER (redis|flower)$", (REPO / "ops" / "images" / f"{local}.Dockerfile").read_text(), re.M)

@@ -25,7 +25,8 @@ from worker.contract.messages import MessageError, Outcome, Progress, ResultReco
 from worker.contract.metrics import StudyMetrics
 from worker.contract.settings import FleetSettings, parse_routes
 from worker.contract.study import Study
-from worker.job import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext, run_study
+from worker.job import run_study
+from worker.job_context import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext
 from worker.ledger import BatchLedger
 from worker.store import FileStore, open_store
 
@@ -111,9 +112,8 @@ def test_result_key_changes_with_everything_that_changes_masks():
 
 def test_engine_identity_survives_json_and_names_the_weights_that_run(echo_engine):
     from models.registry import load_registry
-    from worker.process import engine_identity
 
-    identity = engine_identity(echo_engine)
+    identity = echo_engine.identity()
     assert EngineIdentity.model_validate_json(identity.model_dump_json()) == identity
     spec = load_registry(echo_engine.settings.models_dir)["litemedsam"]
     assert identity.models == {"litemedsam": spec.sha256} and identity.precision == "f32"
@@ -146,10 +146,10 @@ def test_task_message_keeps_boxes_bit_exact_through_json():
     "payload, message",
     [
         ("not an object", "a task message is a JSON object"),
-        ({"version": 1}, "batch_id: Field required"),
+        ({"version": 2}, "batch_id: Field required"),
         (
             {
-                "version": 1,
+                "version": 2,
                 "batch_id": "b",
                 "name": "n",
                 "study_id": "n",
@@ -164,7 +164,7 @@ def test_task_message_keeps_boxes_bit_exact_through_json():
         ),
         (
             {
-                "version": 1,
+                "version": 2,
                 "batch_id": "b",
                 "name": "n",
                 "study_id": "n",
@@ -447,13 +447,11 @@ def echo_engine(echo_models_dir):
 @pytest.fixture()
 def job(slot, echo_engine, echo_models_dir):
     """A worker context and a producer client on the same private Redis (a fresh namespace per test)."""
-    from worker.process import engine_identity
-
     settings = FleetSettings(broker_url=slot.url, namespace=f"{slot.namespace}-{time.monotonic_ns()}")
     client = FleetClient(settings)
     ctx = WorkerContext(
         engine=echo_engine,
-        identity=engine_identity(echo_engine),
+        identity=echo_engine.identity(),
         store=client.store,
         ledger=client.ledger,
         result_ttl=600,
@@ -479,6 +477,15 @@ def _message(client: FleetClient, study: Study, batch="b1", force=False, upload=
 def _key(client: FleetClient, message: TaskMessage) -> str:
     """The result key the producer expects (from the queue's published engine identity)."""
     return client.identity(message.queue).result_key(message.image_digest, message.boxes_array(), message.modality)
+
+
+def test_job_judges_a_message_whose_boxes_are_no_prompts(job):
+    """A producer that skipped its checks sends boxes of the wrong shape: an error outcome naming it, one run."""
+    client, ctx = job
+    message = _message(client, _study()).model_copy(update={"boxes": [[1, 2, 3, 4, 5]], "boxes_shape": (1, 5)})
+    outcome = run_study(ctx, message, Delivery("t-five"))
+    assert outcome.status == "error" and "boxes have shape (1, 5), expected (N, 4)" in outcome.error, outcome
+    assert client.ledger.outcome("b1", message.name).to_json() == outcome.to_json()
 
 
 def test_job_computes_stores_once_and_ignores_a_duplicate_delivery(job):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 import subprocess
 import sys
 import threading
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.model, pytest.mark.skipif(not orthanc_available(), rea
 TOKEN = "gateway-test-token-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
 ENGINE_MAX_VOXELS = 200_000  # the gateway's engine refuses bigger images (the "engine refuses" case)
+DOWN_ROOT = f"http://127.0.0.1:{free_port()}/dicom-web"  # allowed (--dicomweb-allow), nothing listens there
 PROMPTS = {
     "modality": "CT",
     "boxes": [
@@ -120,6 +122,8 @@ def gateway(tmp_path_factory, pacs, real_models_dir):
         "3",
         "--dicomweb-retries",
         "1",
+        "--dicomweb-allow",
+        DOWN_ROOT,
         env={"LITEMEDSAM_MODELS_DIR": str(real_models_dir), "LITEMEDSAM_MAX_VOXELS": str(ENGINE_MAX_VOXELS)},
     )
     try:
@@ -202,7 +206,7 @@ def test_bad_cases_are_one_jobs_clear_error(gateway, pacs, series):
             job_body(pacs, SeriesSpec(stored=np.zeros((1, 1, 1), np.int16), study_uid=spec.study_uid)),
             "is not on the DICOMweb",
         ),
-        "PACS down": (job_body(pacs, spec, root=f"http://127.0.0.1:{free_port()}/dicom-web"), "is unreachable"),
+        "PACS down": (job_body(pacs, spec, root=DOWN_ROOT), "is unreachable"),
         "wrong PACS password": (
             job_body(pacs, spec, root=pacs.dicomweb.replace("127.0.0.1", "localhost")),
             "refused the credentials",
@@ -267,6 +271,8 @@ def test_job_requests_are_checked_at_once(gateway, pacs, series):
         job_body(pacs, spec, {"boxes": []}),
         job_body(pacs, spec, root="http://u:secret@127.0.0.1:1/dicom-web"),
         {**job_body(pacs, spec), "source": {"dicomweb": pacs.dicomweb, "study": "x", "series": "1.2"}},
+        job_body(pacs, spec, root=f"http://127.0.0.1:{free_port()}/dicom-web"),  # not a configured root
+        job_body(pacs, spec, store=f"http://127.0.0.1:{free_port()}/dicom-web"),
     ]
     for body in bad:
         response = requests.post(f"{gateway.url}/v1/jobs", json=body, headers=gateway.headers, timeout=10)
@@ -307,6 +313,10 @@ def test_upload_runs_like_the_dicomweb_job(gateway, series, reference):
     assert job["state"] == "ok" and job["stored"] is None, job
     seg = requests.get(f"{gateway.url}/v1/jobs/{job['id']}/result", headers=gateway.headers, timeout=30)
     np.testing.assert_array_equal(seg_labels(seg.content, files), seg_labels(reference, files))
+    data = gateway.folder / "data"  # the service's umask: its folders and files are its user's only
+    written = [path for path in data.rglob("*") if path.is_file()]
+    assert written and all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in written), written
+    assert all(stat.S_IMODE(path.stat().st_mode) == 0o700 for path in [data, *data.rglob("*")] if path.is_dir())
 
 
 def test_npz_and_bad_uploads(gateway, tmp_path):
@@ -329,7 +339,7 @@ def test_npz_and_bad_uploads(gateway, tmp_path):
         timeout=30,
         files=[
             ("files", ("2DBox_CT_upload.npz", buffer.getvalue())),
-            ("store", (None, "http://127.0.0.1:9/dicom-web")),
+            ("store", (None, DOWN_ROOT)),
         ],
     )
     job = gateway.wait(stored.json()["id"])

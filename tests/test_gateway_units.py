@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from orthanc_support import free_port
-from producer.gateway.config import TokenCheck, read_tokens
 from producer.gateway.dicomweb import (
     ClientSettings,
     Credentials,
@@ -20,6 +19,7 @@ from producer.gateway.dicomweb import (
     normalise_root,
     redact,
 )
+from producer.gateway.identity import Authenticator, AuthError, TokenCheck, read_tokens
 from producer.gateway.jobs import Job, JobStore, new_job_id
 from producer.gateway.queue import JobQueue
 
@@ -27,15 +27,18 @@ TOKEN = "a-long-enough-token-0123456789"
 
 
 def test_tokens_constant_time_check_and_rules(tmp_path: Path):
-    check = TokenCheck((TOKEN, "another-token-abcdefghij"))
-    assert check.accepts(TOKEN) and check.accepts("another-token-abcdefghij")
-    assert not check.accepts(TOKEN[:-1]) and not check.accepts("") and not check.accepts(None)
+    table = read_tokens(f"ris:{TOKEN}, viewer:another-token-abcdefghij:read", None)
+    check = TokenCheck(table)
+    assert check.identify(TOKEN).name == "ris" and check.identify("another-token-abcdefghij").name == "viewer"
+    assert check.identify(TOKEN[:-1]) is None and check.identify("") is None
     with pytest.raises(ValueError, match="no API tokens"):
-        TokenCheck(())
-    (tmp_path / "tokens").write_text(f"# site tokens\n{TOKEN}\n\n")
-    assert read_tokens("x" * 20 + ", " + TOKEN, tmp_path / "tokens") == ("x" * 20, TOKEN)
+        Authenticator({})
+    with pytest.raises(AuthError, match="required"):
+        Authenticator(table).identify(None)
+    (tmp_path / "tokens").write_text(f"# site tokens\nris:{TOKEN}\n\n")
+    assert set(read_tokens("other:" + "x" * 20, tmp_path / "tokens")) == {"x" * 20, TOKEN}
     with pytest.raises(ValueError, match="shorter than 16"):
-        read_tokens("short", None)
+        read_tokens("a:short", None)
 
 
 def test_urls_never_carry_credentials_into_messages():
@@ -96,7 +99,7 @@ class RecordingPipeline:
 def test_restart_requeues_unfinished_jobs_once(tmp_path: Path):
     jobs = JobStore(tmp_path)
     made = {
-        state: jobs.create(Job(new_job_id(), "dicomweb", {"boxes": []}, None, state=state))
+        state: jobs.create(Job(new_job_id(), "dicomweb", "ris", {"boxes": []}, None, state=state))
         for state in ("queued", "running", "ok", "error")
     }
     pipeline = RecordingPipeline(jobs)
@@ -108,3 +111,23 @@ def test_restart_requeues_unfinished_jobs_once(tmp_path: Path):
     assert jobs.get(made["error"].id).state == "error"
     with pytest.raises(KeyError):
         jobs.get("../../etc")  # a job id is 32 hex characters, nothing else reaches the file system
+
+
+def test_audit_rotates_keeps_every_file_and_reads_across_them(tmp_path: Path):
+    import stat
+
+    from producer.gateway.audit import AuditLog
+
+    audit = AuditLog(tmp_path / "audit" / "audit.jsonl")
+    audit.write(actor="alice", action="POST /v1/jobs", outcome="202", resource_id="a" * 32)
+    audit._handler.doRollover()  # what midnight UTC does
+    audit.write(actor="carol", action="GET /v1/jobs", outcome="200")
+    audit._handler.doRollover()  # a second rotation named for the same day (a restart) must not delete the first
+    audit.write(actor="bob", action="GET /v1/jobs", outcome="200")
+    files = audit.files()
+    assert len(files) == 3 and all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
+    assert [event["actor"] for event in audit.read(10)] == ["bob", "carol", "alice"]  # newest first, across files
+    assert [event["actor"] for event in audit.read(10, resource_id="a" * 32)] == ["alice"]
+    with pytest.raises(ValueError):  # only the trail's own fields: nothing else can slip into a line
+        audit.write(actor="x", action="y", outcome="z", token="secret")
+    audit.close()

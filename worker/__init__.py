@@ -3,4 +3,6 @@
 Importing this package does not import OpenVINO; only worker.engine.runtime does.
 """
 
-__version__ = "0.1.0"
+from worker.contract.version import PACKAGE_VERSION as __version__
+
+__all__ = ["__version__"]

@@ -1,8 +1,8 @@
 """`worker calibrate`: check each precision profile against f32 on this host, per case, and record the verdict.
 
-1. Evaluation cases with ground truth derived by producer.derived (other slices as 2D cases, sub-volumes and crops
-   as 3D cases) from a folder of cases with ground truth (default: ../shared/data/cases beside the checkout when
-   present, else the project's phantoms): never the cases a profile was made or tuned on.
+1. Evaluation cases with ground truth derived by worker.evaluation.derived (other slices as 2D cases, sub-volumes
+   and crops as 3D cases) from a folder of cases with ground truth (default: ../shared/data/cases beside the
+   checkout when present, else the project's phantoms): never the cases a profile was made or tuned on.
 2. f32 and every candidate profile, each its own Engine (compiled once, not timed), run every case; the order of
    the profiles alternates from case to case so each sees the same machine. A fresh embedding cache per run.
 3. The gate, per case and two-sided: |DSC(profile) - DSC(f32)| <= 0.5 points against the ground truth, on every
@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from producer.derived import DerivedCase, derive_cases
-from producer.evaluate import dsc_case
 from worker.calibration import (
     GATE_DSC,
     MIN_SPEEDUP,
@@ -37,8 +35,11 @@ from worker.calibration import (
     profile_definition,
     write_verdict,
 )
-from worker.contract.precision import DEFAULT_PROFILE, STRATEGIES
+from worker.contract.precision import DEFAULT_PROFILE
+from worker.contract.strategies import STRATEGY_NAMES
 from worker.contract.study import Study
+from worker.evaluation.derived import DerivedCase, derive_cases
+from worker.evaluation.metrics import dsc_case
 
 log = logging.getLogger(__name__)
 SHARED_CASES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cases"
@@ -51,7 +52,7 @@ PHANTOMS = "project phantoms"
 
 def evaluation_folder(source: Path | None, scratch: Path) -> tuple[Path, str]:
     """The folder of cases with ground truth to derive from, and what it is (PHANTOMS when generated)."""
-    from producer.phantoms import demo_dir_or_phantoms
+    from worker.evaluation.phantom_cases import demo_dir_or_phantoms
 
     if source:
         return Path(source), str(Path(source).resolve())
@@ -131,7 +132,7 @@ def _runtime_by_strategy(engine) -> dict[str, dict]:
     """Per strategy: each part's element-type counts and the weights that run (for the model a case routes to)."""
     out = {}
     for name in engine.registry:
-        for strategy in STRATEGIES:
+        for strategy in STRATEGY_NAMES:
             model = engine.model(name, engine.precision.profile.parts(strategy))
             out[f"{name}/{strategy}"] = {"runtime": model.runtime(), "sha256": model.sha256}
     return out

@@ -11,7 +11,9 @@ definition (and INT8 encoder weights) are still what was calibrated. Otherwise f
     {"format": 1, "hosts": {"<host key>": {"host": {...}, "calibrated_at": ..., "gate": {...}, "cases": [...],
                                            "profiles": {"<name>": {"passed": ..., "speedup": ..., ...}}}}}
 
-Only the standard library (and worker.contract.precision): the worker's parent resolves `fast` before any fork.
+The record is read and written through pydantic models (CalibrationRecord, HostVerdict, ProfileVerdict): a file
+that does not fit them is ignored with a logged reason. No OpenVINO: the worker's parent resolves `fast` before any
+fork.
 """
 
 from __future__ import annotations
@@ -19,16 +21,22 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import platform
 import re
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from worker.contract.errors import validation_message
 from worker.contract.files import write_text_atomic
 from worker.contract.precision import DEFAULT_PROFILE, FAST, PrecisionProfile, PrecisionTable, ProfileChoice
+from worker.engine.profiles import int8_weights
 
+log = logging.getLogger(__name__)
 RECORD_NAME = "precision-calibration.json"
 RECORD_FORMAT = 1
 GATE_DSC = 0.005  # each case's DSC within +-0.5 points of f32's, against ground truth
@@ -90,25 +98,63 @@ def host_key(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class ProfileVerdict(BaseModel):
+    """One profile's verdict on one host: what `fast` reads (the rest, per case and runtime, is kept as written)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    definition: dict[str, Any]
+    passed: bool
+    equivalent_to_f32: bool
+    speedup: float
+
+
+class HostVerdict(BaseModel):
+    """One host's calibration: its fingerprint, when, each profile's verdict, and what `fast` selects."""
+
+    model_config = ConfigDict(extra="allow")
+
+    host: dict[str, Any]
+    calibrated_at: str
+    profiles: dict[str, ProfileVerdict]
+    fast: str | None = None  # what `fast` selected when it was calibrated (fastest_passed decides it afresh)
+
+
+class CalibrationRecord(BaseModel):
+    """The file: per host key (host_key of its fingerprint), that host's latest verdict."""
+
+    format: Literal[1]
+    hosts: dict[str, HostVerdict]
+
+
 def read_record(models_dir: Path) -> dict[str, Any]:
-    """The record, or an empty one if there is none or it is unreadable (then nothing is calibrated)."""
+    """The record as JSON data, or an empty one if there is none or it does not fit CalibrationRecord (then
+    nothing is calibrated, and the log says why)."""
+    empty: dict[str, Any] = {"format": RECORD_FORMAT, "hosts": {}}
     try:
-        data = json.loads(record_path(models_dir).read_text())
-    except (OSError, ValueError):
-        return {"format": RECORD_FORMAT, "hosts": {}}
-    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT or not isinstance(data.get("hosts"), dict):
-        return {"format": RECORD_FORMAT, "hosts": {}}
-    return data
+        text = record_path(models_dir).read_text()
+    except OSError:
+        return empty
+    try:
+        return CalibrationRecord.model_validate_json(text).model_dump(mode="json")
+    except ValidationError as error:
+        log.warning("%s ignored: %s", record_path(models_dir), validation_message(error, whole="record"))
+        return empty
 
 
 def write_verdict(models_dir: Path, verdict: dict[str, Any]) -> Path:
-    """Store one host's verdict (replacing that host's previous one), atomically, under a file lock."""
+    """Store one host's verdict (replacing that host's previous one), atomically, under a file lock; a verdict
+    that does not fit HostVerdict is refused (ValueError) before the file is touched."""
     models_dir = Path(models_dir)
     path = record_path(models_dir)
+    try:
+        checked = HostVerdict.model_validate(verdict).model_dump(mode="json")
+    except ValidationError as error:
+        raise ValueError(f"calibration verdict not stored: {validation_message(error, whole='verdict')}") from None
     with open(models_dir / f".{RECORD_NAME}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         record = read_record(models_dir)
-        record["hosts"][host_key(verdict["host"])] = verdict
+        record["hosts"][host_key(checked["host"])] = checked
         write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n", mode=0o644)
     return path
 
@@ -172,21 +218,13 @@ def select_profile(
 
 def choose_profile(requested: str, routing, models_dir: Path, registry: dict) -> ProfileChoice:
     """The profile a worker or embedded run with `--precision requested` runs, from its routing table (a
-    worker.contract.routing.RoutingTable) and model registry (name -> models.registry.ModelSpec); no OpenVINO needed."""
+    worker.contract.routing.RoutingTable) and model registry (name -> models.registry.ModelSpec); `fast` resolved
+    for this host. The chooser every engine that may be asked for `fast` is built with; no OpenVINO needed."""
     encoder_weights = int8_weights(registry)
     table = routing.precision.with_quantized(encoder_weights)
     return select_profile(
         requested, table, models_dir, {name: spec.sha256 for name, spec in registry.items()}, encoder_weights
     )
-
-
-def int8_weights(registry: dict) -> dict[str, str]:
-    from models.quantize import listed_profiles
-
-    weights: dict[str, str] = {}
-    for spec in registry.values():
-        weights.update(listed_profiles(spec.encoder_xml.parent))
-    return weights
 
 
 def now_iso() -> str:

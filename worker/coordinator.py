@@ -18,6 +18,7 @@ import logging
 import time
 
 from worker.contract.messages import TaskMessage
+from worker.contract.strategies import AXIAL, VIEWS
 from worker.contract.study import Segmentation, Study
 from worker.cooperative import CooperativeSource
 from worker.embedding_store import Claims, EmbeddingBlobs
@@ -32,7 +33,8 @@ from worker.fanout import (
     decide,
     run_id,
 )
-from worker.job import Delivery, ProgressPublisher, Superseded, WorkerContext
+from worker.job_context import Delivery, ProgressPublisher, Superseded, WorkerContext
+from worker.parts import ViewRunner
 
 log = logging.getLogger(__name__)
 WAIT_POLL = 0.2
@@ -56,16 +58,16 @@ def segment_study(
 
 def _decision(ctx: WorkerContext, msg: TaskMessage, study: Study) -> SplitDecision | None:
     """None where splitting cannot apply at all (no part sender: an embedded-like context, or an engine
-    without routing)."""
+    without routing; or prompts that are not box-only)."""
     routing = getattr(ctx.engine, "routing", None)
-    if ctx.send_part is None or routing is None:
-        return None
+    if ctx.send_part is None or routing is None or not study.prompts.boxes_only:
+        return None  # (prompts with clicks run labelwise, in one process: worker.engine.labelwise)
     from worker.contract.validation import check_study
 
     check_study(study, ctx.engine.settings.max_voxels)  # a malformed study is refused before any planning
     strategy = routing.route(study.modality).strategy(study.is_3d)
     waiting = int(ctx.ledger.client.llen(ctx.keys.queue(msg.queue))) if msg.queue else 0
-    return decide(strategy, tuple(study.image.shape), study.boxes, ctx.split, msg.split, waiting)
+    return decide(strategy, tuple(study.image.shape), study.prompts.box_array(), ctx.split, msg.split, waiting)
 
 
 def _send(ctx: WorkerContext, msg: TaskMessage, parts: list[PartMessage]) -> None:
@@ -77,14 +79,14 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
     from worker.fanout import SplitBoard
 
     space = ctx.engine.embedding_space(study)
-    order = decision.orders["axial"]
+    order = decision.orders[AXIAL]
     parts = [
         PartMessage(
             kind=SLICES,
             run=run,
             index=index,
             parts=len(decision.ranges),
-            view="axial",
+            view=AXIAL,
             study=msg.to_wire(),
             result_key=key,
             coordinator=ctx.node,
@@ -100,10 +102,8 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
     ]
     board = SplitBoard(ctx.ledger.client, ctx.keys, run, ctx.split.blob_ttl)
     blobs = EmbeddingBlobs(ctx.store, space, ctx.split.blob_ttl)
-    from worker.engine.strategies import VIEWS
-
     ahead = ctx.engine.slice_encoder(study)  # the same model and settings as the engine's own run
-    axial = study.image.transpose(VIEWS["axial"][0])  # as parts see it
+    axial = study.image.transpose(VIEWS[AXIAL].axes)  # as parts see it
     source = CooperativeSource(
         blobs,
         Claims(ctx.ledger.client, ctx.split.claim_ttl),
@@ -142,14 +142,12 @@ def _end_run(board, blobs: EmbeddingBlobs, order: list[int]) -> None:
     """Late parts stop at once; the run's embeddings leave the store (else their TTL ends them)."""
     try:
         board.finish()
-        blobs.delete("axial", order)
+        blobs.delete(AXIAL, order)
     except Exception as error:
         log.warning("split run %s not cleaned up (%s): its keys expire by themselves", board.run, error)
 
 
 def _by_views(ctx, msg, delivery, study, key, progress, decision, run) -> Segmentation:
-    from worker.parts import ViewRunner
-
     others = [view for view in TRIVIEW_VIEWS if view != COORDINATOR_VIEW]
     parts = [
         PartMessage(

@@ -39,14 +39,16 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from worker.contract.errors import validation_message
 from worker.contract.keys import Keys
 from worker.contract.messages import MessageError
 from worker.contract.settings import SplitSettings
+from worker.contract.strategies import AXIAL, STRATEGIES, TRIVIEW
 
 PART_MESSAGE_VERSION = 1
 SLICES, VIEWS_MODE, NONE = "slices", "views", "none"
-TRIVIEW_VIEWS = ("axial", "coronal", "sagittal")
-COORDINATOR_VIEW = "axial"  # the view the coordinator starts with; view tasks are sent for the others
+TRIVIEW_VIEWS = STRATEGIES[TRIVIEW].views
+COORDINATOR_VIEW = TRIVIEW_VIEWS[0]  # the view the coordinator starts with (axial); view tasks go for the others
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class SplitDecision:
 
 
 def study_views(strategy: str) -> tuple[str, ...]:
-    return TRIVIEW_VIEWS if strategy == "triview" else ("axial",)
+    return STRATEGIES[strategy].views if strategy in STRATEGIES else (AXIAL,)
 
 
 def study_orders(strategy: str, shape: tuple[int, ...], boxes: np.ndarray) -> tuple[dict[str, list[int]], int]:
@@ -97,7 +99,7 @@ def decide(
     strategy: str, shape: tuple[int, ...], boxes: np.ndarray, settings: SplitSettings, requested: bool, waiting: int
 ) -> SplitDecision:
     """Whether and how to split a study, when its coordinator starts (`waiting`: messages on its queue)."""
-    if strategy not in ("propagate", "triview"):
+    if strategy not in STRATEGIES or not STRATEGIES[strategy].splittable:
         return SplitDecision(NONE, f"{strategy}: one image, nothing to split")
     orders, steps = study_orders(strategy, shape, boxes)
     needed = sum(len(order) for order in orders.values())
@@ -116,9 +118,12 @@ def decide(
         return SplitDecision(
             NONE, f"queue busy: {waiting} message(s) waiting, one study per worker", orders, steps=steps
         )
-    if strategy == "triview":
-        return SplitDecision(VIEWS_MODE, f"{needed} slices in 3 views: views run as tasks", orders, steps=steps)
-    ranges = part_ranges(len(orders["axial"]), settings.max_parts, settings.part_slices)
+    views = STRATEGIES[strategy].views
+    if len(views) > 1:
+        return SplitDecision(
+            VIEWS_MODE, f"{needed} slices in {len(views)} views: views run as tasks", orders, steps=steps
+        )
+    ranges = part_ranges(len(orders[AXIAL]), settings.max_parts, settings.part_slices)
     if len(ranges) < 1:
         return SplitDecision(
             NONE,
@@ -170,10 +175,7 @@ class PartMessage(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise MessageError(
-                f"part message: {error.error_count()} problem(s): "
-                + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            ) from None
+            raise MessageError(f"part message: {validation_message(error)}") from None
 
     def label(self) -> str:
         if self.kind == VIEWS_MODE:

@@ -44,12 +44,12 @@ from models.quantize_accuracy import (
     search_under_control,
     spread,
 )
-from producer.derived import DerivedCase, derive_cases
-from producer.evaluate import dsc_case
 from worker.calibrate import _study, evaluation_cases
 from worker.contract.precision import PartPrecision
 from worker.engine.cache import EmbeddingCache
 from worker.engine.engine import Engine, EngineSettings
+from worker.evaluation.derived import DerivedCase, derive_cases
+from worker.evaluation.metrics import dsc_case
 
 log = logging.getLogger(__name__)
 DEFAULT_PROFILE_NAME = "int8-ac"

@@ -24,10 +24,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from worker.contract.arrays import StoreError
 from worker.contract.messages import Outcome, TaskMessage
 from worker.contract.metrics import StudyMetrics
+from worker.contract.strategies import VIEWS
 from worker.contract.study import Study, StudyError
 from worker.embedding_store import Claims, EmbeddingBlobs, pack_exact, unpack_exact
 from worker.fanout import SLICES, TRIVIEW_VIEWS, PartMessage, SplitBoard, all_landed, part_report
-from worker.job import (
+from worker.job_context import (
     MAX_DELIVERIES,
     Delivery,
     ProgressPublisher,
@@ -150,10 +151,9 @@ def _encode_range(
             delivery=runs,
             encoded=0,
         )
-    from worker.engine.strategies import VIEWS
 
     seg = ctx.engine.slice_encoder(study)
-    volume = study.image.transpose(VIEWS[part.view][0])
+    volume = study.image.transpose(VIEWS[part.view].axes)
     blobs = EmbeddingBlobs(ctx.store, part.space, ctx.split.blob_ttl)
     claims = Claims(ctx.ledger.client, ctx.split.claim_ttl)
     owner = f"part{part.index}:{ctx.node}:{delivery.task_id}"

@@ -10,12 +10,12 @@ import logging
 import os
 import time
 
-from worker.contract.identity import EngineIdentity, routing_data
+from worker.calibration import choose_profile
 from worker.contract.keys import Keys
 from worker.contract.settings import EngineConfig, FleetSettings, redis_client
 from worker.cpu_affinity import CoreBinding, plan
 from worker.directory import IdentityDirectory
-from worker.job import WorkerContext
+from worker.job_context import WorkerContext
 from worker.ledger import BatchLedger
 from worker.memory import MemoryGuard
 from worker.store import open_store
@@ -24,22 +24,6 @@ log = logging.getLogger(__name__)
 QUEUES_ENV = "LITEMEDSAM_WORKER_QUEUES"  # set by the parent (lifecycle) for its children
 _context: WorkerContext | None = None
 _failure: str = ""
-
-
-def engine_identity(engine) -> EngineIdentity:
-    """The identity of the engine this process built: per model, the sha256 of the weights that run at its
-    profile's default parts (an int8 profile's encoder differs from the f32 export's), and per model and strategy
-    the precision of each part and its weights; call after engine.warm_up()."""
-    from worker import __version__
-
-    models = {name: getattr(engine.model(name), "sha256", spec.sha256) for name, spec in engine.registry.items()}
-    return EngineIdentity(
-        precision=engine.precision.name,
-        package_version=__version__,
-        models=models,
-        routing=routing_data(engine.settings.routing_file),
-        parts=engine.precision_identity(),
-    )
 
 
 def core_binding(config: EngineConfig) -> CoreBinding:
@@ -55,7 +39,7 @@ def build_context(node: str, settings: FleetSettings, config: EngineConfig, tele
 
     started = time.perf_counter()
     binding = core_binding(config)
-    engine = Engine(EngineSettings.from_config(config, binding.cores))
+    engine = Engine(EngineSettings.from_config(config, binding.cores), choose_profile)
     engine.warm_up()
     log.info(
         "%s: %d model(s) compiled in %.1f s (precision %s: %s%s, %d thread(s), %s)",
@@ -73,7 +57,7 @@ def build_context(node: str, settings: FleetSettings, config: EngineConfig, tele
     store = open_store(settings.store, settings.namespace, client if settings.store == settings.broker_url else None)
     return WorkerContext(
         engine=engine,
-        identity=engine_identity(engine),
+        identity=engine.identity(),
         store=store,
         ledger=BatchLedger(client, keys, settings.batch_ttl),
         result_ttl=settings.result_ttl,

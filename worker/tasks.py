@@ -22,7 +22,9 @@ from worker import misrouted, process
 from worker.contract.keys import NAMESPACE_CONF, NAMESPACE_HEADER, Keys
 from worker.contract.messages import MessageError, Outcome, TaskMessage
 from worker.contract.settings import PART_TASK_NAME, TASK_NAME, FleetSettings, redis_client
-from worker.job import Delivery, WorkerContext, run_study
+from worker.contract.strategies import STRATEGIES, TRIVIEW
+from worker.job import run_study
+from worker.job_context import Delivery, WorkerContext
 from worker.ledger import BatchLedger
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class PartSender:
         self.budget = FleetSettings.from_env().budget
 
     def __call__(self, part, queue: str) -> None:
-        work = len(part.slices) if part.slices else max(1, part.steps // 3)
+        work = len(part.slices) if part.slices else max(1, part.steps // STRATEGIES[TRIVIEW].view_count)
         soft, hard = self.budget.limits(work, len(part.study.get("boxes") or ()), 1)
         self.app.send_task(
             PART_TASK_NAME,

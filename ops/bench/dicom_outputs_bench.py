@@ -26,9 +26,9 @@ CASES = ("3DBox_CT_tssm", "3DBox_MR_brats01646", "3DBox_CT_tsup")
 def measure(case: str, scratch: Path, reps: int) -> list:
     from dicom_factory import SeriesSpec, write_series
     from producer.formats.dicom import read_layout
+    from producer.formats.output_context import dicom_context
     from producer.formats.rtstruct import write_rtstruct
     from producer.formats.seg import write_dicom_seg
-    from producer.output_context import dicom_context
 
     image = np.load(SHARED_CASES / "imgs" / f"{case}.npz")["imgs"]
     labels = np.load(SHARED_CASES / "gts" / f"{case}.npz")["gts"].astype(np.uint16)

@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from producer.formats.npz import load_npz_study, write_segs
+    from worker.calibration import choose_profile
     from worker.engine.engine import Engine, EngineSettings
 
     imported = time.time()
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 continue
     started = time.perf_counter()
-    engine = Engine(EngineSettings(**kwargs))
+    engine = Engine(EngineSettings(**kwargs), choose_profile)
     study = load_npz_study(args.case)
     route = engine.routing.route(study.modality)
     name = route.pick_model(engine.registry)

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from producer.formats.sidecar import Prompts, SidecarRef, read_prompts
+from producer.formats.sidecar import SidecarPrompts, SidecarRef, read_prompts
 from worker.contract.study import StudyError
 
 if TYPE_CHECKING:
-    from producer.outcome import StudyOutcome
-    from producer.output_context import OutputContext
+    from producer.formats.outcome import StudyOutcome
+    from producer.formats.output_context import OutputContext
     from worker.contract.study import Study
 
 OUTPUT_MARK = ".seg"  # outputs are <study>.seg.dcm / <study>.seg.nii.gz: discovery leaves them out
@@ -65,7 +65,7 @@ def relative_name(folder: Path, path: Path) -> str:
     return slug("_".join(relative.parts)) if relative.parts else slug(folder.resolve().name)
 
 
-def prompts_of(source: StudySource) -> Prompts:
+def prompts_of(source: StudySource) -> SidecarPrompts:
     """The box prompts of a DICOM or NIfTI study, from its sidecar."""
     if source.sidecar is None:
         raise StudyError(f"{source.name}: no prompts sidecar location")
@@ -133,6 +133,11 @@ class StudyFormat(ABC):
     @abstractmethod
     def load(self, source: StudySource) -> tuple[Study, OutputContext]:
         """The study to run and what its writers need."""
+
+    def load_image(self, source: StudySource, modality: str | None = None) -> tuple[Study, OutputContext]:
+        """The image alone, without prompts (an interactive session's), and what its writers need; `modality`
+        overrides the source's. A StudyError when this format has no image without its prompts."""
+        raise StudyError(f"a {self.title} study cannot be opened without its prompts")
 
     @abstractmethod
     def context(self, source: StudySource) -> OutputContext:

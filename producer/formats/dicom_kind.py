@@ -14,11 +14,9 @@ the folder holds several studies, plus `_<n>` for the n-th separate 2D image of 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from producer.formats.base import (
-    OUTPUT_MARK,
     Finder,
     OutputFolder,
     Skipped,
@@ -39,31 +37,19 @@ from producer.formats.dicom_files import (
     read_dataset,
 )
 from producer.formats.dicom_groups import DicomGroup, group_headers
-from producer.formats.hospital import build_study
+from producer.formats.dicom_outputs import DICOM_OUTPUTS, DicomSeg
+from producer.formats.hospital import build_study, image_study
 from producer.formats.nifti import write_label_nifti
 from producer.formats.npz import write_segs
-from producer.formats.seg import check_labels, write_dicom_seg
+from producer.formats.outcome import StudyOutcome
+from producer.formats.output_context import OutputContext, dicom_context
+from producer.formats.seg import check_labels
 from producer.formats.sidecar import DICOM_SIDECAR, SidecarRef, lists
-from producer.outcome import StudyOutcome
-from producer.output_context import OutputContext, dicom_context
 from worker.contract.study import Study, StudyError
 
 log = logging.getLogger(__name__)
-DICOM_FORMATS = {"seg": (f"{OUTPUT_MARK}.dcm", "DICOM SEG"), "rtstruct": (".rtstruct.dcm", "RTSTRUCT")}
 FALLBACK_SUFFIXES = {"nifti": ".labels.nii.gz", "npz": ".labels.npz"}
 SERIES_NIFTI = "labels.nii.gz"  # a job's download of the mask as NIfTI, on the series' grid (LPS -> RAS)
-
-
-def parse_dicom_formats(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """ "seg", "rtstruct", "seg,rtstruct" (or a list) -> a tuple of known formats; ValueError otherwise."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    formats = tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
-    unknown = [f for f in formats if f not in DICOM_FORMATS]
-    if unknown or not formats:
-        raise ValueError(
-            f"DICOM output format(s) {unknown or value!r} unknown: choose seg, rtstruct or both (seg,rtstruct)"
-        )
-    return formats
 
 
 def _scan(path: Path) -> DicomHeader | Skipped:
@@ -128,18 +114,6 @@ class _DicomFinder(Finder):
         return studies, skipped
 
 
-def _writer(kind: str) -> Callable:
-    if kind == "seg":
-        return write_dicom_seg
-    try:
-        from producer.formats.rtstruct import write_rtstruct
-    except ImportError as error:
-        raise StudyError(
-            "RTSTRUCT output needs rt-utils: run ops/setup.sh, or pip install --no-deps rt-utils==1.2.7"
-        ) from error
-    return write_rtstruct
-
-
 def _failure_reason(what: str, error: Exception) -> str:
     if isinstance(error, StudyError):
         return str(error)
@@ -152,7 +126,7 @@ def _failure_reason(what: str, error: Exception) -> str:
 class DicomFormat(StudyFormat):
     kind = "dicom"
     title = "DICOM"
-    suffix = DICOM_FORMATS["seg"][0]
+    suffix = DicomSeg.suffix
     gives_seg = True
 
     def finder(self, folder: Path) -> Finder:
@@ -164,6 +138,11 @@ class DicomFormat(StudyFormat):
         study = build_study(source.name, volume_of(layout), prompts)
         return study, dicom_context(layout, prompts.labels, source.notes)
 
+    def load_image(self, source: StudySource, modality: str | None = None) -> tuple[Study, OutputContext]:
+        layout = read_layout(source.files)
+        study = image_study(source.name, volume_of(layout), modality=modality)
+        return study, dicom_context(layout, (), source.notes)
+
     def context(self, source: StudySource) -> OutputContext:
         prompts = prompts_of(source)
         return dicom_context(read_layout(source.files), prompts.labels, source.notes)
@@ -173,18 +152,19 @@ class DicomFormat(StudyFormat):
 
     @staticmethod
     def output(folder: OutputFolder, source: StudySource, dicom_format: str) -> Path:
-        return folder.file(source.name, DICOM_FORMATS[dicom_format][0])
+        return folder.file(source.name, DICOM_OUTPUTS[dicom_format].suffix)
 
     def write(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome, context: OutputContext) -> None:
         labels = check_labels(outcome.labels, context.segment_labels)
         provenance = outcome.metrics.get("provenance", {})
         failed = []
         for kind in folder.dicom_formats:
-            what = DICOM_FORMATS[kind][1]
+            output = DICOM_OUTPUTS[kind]
+            what = output.title
             try:
                 if context.dicom is None:
                     raise StudyError("its headers could not be kept (see the notes above)")
-                _writer(kind)(
+                output.write(
                     self.output(folder, source, kind), context.dicom, labels, context.segment_labels, provenance
                 )
             except Exception as error:
@@ -198,11 +178,11 @@ class DicomFormat(StudyFormat):
 
     def downloads(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome) -> dict[str, str]:
         files: dict[str, str] = {}
-        seg = self.output(folder, source, "seg")
+        seg = self.output(folder, source, DicomSeg.name)
         if seg.is_file():  # else the SEG could not be built and the notes say why
-            files["seg"] = seg.name
+            files[DicomSeg.name] = seg.name
         context = outcome.context
-        if context is not None and context.nifti is not None:  # the series' grid (producer.output_context)
+        if context is not None and context.nifti is not None:  # the series' grid (producer.formats.output_context)
             write_label_nifti(Path(folder.path) / SERIES_NIFTI, outcome.labels, context.nifti, source.name)
             files["nifti"] = SERIES_NIFTI
         return files

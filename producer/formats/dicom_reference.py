@@ -1,6 +1,6 @@
 """What the DICOM writers (SEG, RTSTRUCT) need from a source series, captured once as JSON-able data.
 
-Captured when a study is loaded (producer.output_context) and stored with a fleet batch, so `producer results`
+Captured when a study is loaded (producer.formats.output_context) and stored with a fleet batch, so `producer results`
 writes the same SEG/RTSTRUCT from any folder or machine, with the sources gone. It holds:
 - `header`: the patient, study, series, frame-of-reference, equipment and image-pixel attributes of the series'
   first instance (and an enhanced multi-frame object's functional groups), as DICOM JSON (pydicom to_json_dict);
@@ -165,25 +165,6 @@ class DicomReference:
     @property
     def shared(self) -> Dataset:
         return Dataset.from_json(self.header)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "header": self.header,
-            "instances": list(self.instances),
-            "slices": [list(ref) for ref in self.slices],
-            "notes": list(self.notes),
-            "derived": list(self.derived),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DicomReference:
-        return cls(
-            data["header"],
-            tuple(data["instances"]),
-            tuple((int(i), f) for i, f in data["slices"]),
-            tuple(data.get("notes", ())),
-            tuple(data.get("derived", ())),
-        )
 
 
 def _complete_instances(headers) -> tuple[list[Dataset], list[str]]:

@@ -13,16 +13,18 @@ from __future__ import annotations
 import numpy as np
 
 from producer.formats import modality as modalities
-from producer.formats.boxes import resolve_boxes
+from producer.formats.boxes import resolve_prompts
 from producer.formats.intensity import Window, to_uint8
-from producer.formats.sidecar import Prompts
+from producer.formats.sidecar import SidecarPrompts
 from producer.formats.volume import ImageVolume
+from worker.contract.prompts import Prompts
 from worker.contract.study import Study, StudyError
 
 
-def resolve_modality(prompts: Prompts, volume: ImageVolume, fallback: str | None, where: str) -> str:
-    if prompts.modality:
-        return modalities.normalise(prompts.modality)
+def resolve_modality(override: str | None, volume: ImageVolume, fallback: str | None, where: str) -> str:
+    """The sidecar's (or a session's) override, else the DICOM tag, else the fallback, else a StudyError."""
+    if override:
+        return modalities.normalise(override)
     if volume.modality_tag:
         return modalities.from_dicom_tag(volume.modality_tag)
     if fallback:
@@ -42,10 +44,23 @@ def prepare_image(volume: ImageVolume, modality: str, window: Window | None) -> 
     return np.ascontiguousarray(plane if plane.ndim == 3 else np.repeat(plane[..., None], 3, axis=2))
 
 
-def build_study(name: str, volume: ImageVolume, prompts: Prompts, fallback_modality: str | None = None) -> Study:
-    modality = resolve_modality(prompts, volume, fallback_modality, name)
+def image_study(
+    name: str,
+    volume: ImageVolume,
+    prompts: Prompts | None = None,
+    modality: str | None = None,
+    window: Window | None = None,
+    fallback_modality: str | None = None,
+) -> Study:
+    """The 8-bit Study of a decoded image; `prompts` None: none yet (an interactive session's image)."""
+    chosen = resolve_modality(modality, volume, fallback_modality, name)
     is_3d = volume.depth > 1
-    boxes = resolve_boxes(prompts.boxes, tuple(volume.values.shape[:3]), volume.geometry, is_3d)
-    image = prepare_image(volume, modality, prompts.window)
+    image = prepare_image(volume, chosen, window)
     spacing = volume.spacing if is_3d or volume.spacing is None else tuple(volume.spacing[:2])
-    return Study(study_id=name, modality=modality, image=image, boxes=boxes, spacing=spacing)
+    return Study(name, chosen, image, prompts or Prompts((), 3 if is_3d else 2), spacing)
+
+
+def build_study(name: str, volume: ImageVolume, prompts: SidecarPrompts, fallback_modality: str | None = None) -> Study:
+    is_3d = volume.depth > 1
+    resolved = resolve_prompts(prompts.boxes, tuple(volume.values.shape[:3]), volume.geometry, is_3d)
+    return image_study(name, volume, resolved, prompts.modality, prompts.window, fallback_modality)

@@ -16,7 +16,7 @@ from producer.formats.base import (
     prompts_of,
     relative_name,
 )
-from producer.formats.hospital import build_study
+from producer.formats.hospital import build_study, image_study
 from producer.formats.nifti import (
     bids_modality,
     is_nifti,
@@ -25,9 +25,9 @@ from producer.formats.nifti import (
     reference_of,
     write_label_nifti,
 )
-from producer.formats.sidecar import NIFTI_SIDECAR_SUFFIX, Prompts, SidecarRef
-from producer.outcome import StudyOutcome
-from producer.output_context import OutputContext
+from producer.formats.outcome import StudyOutcome
+from producer.formats.output_context import OutputContext
+from producer.formats.sidecar import NIFTI_SIDECAR_SUFFIX, SidecarPrompts, SidecarRef
 from worker.contract.study import Study
 
 
@@ -60,10 +60,15 @@ class NiftiFormat(StudyFormat):
         study = build_study(source.name, load_nifti_volume(source.path), prompts, bids_modality(source.path))
         return study, self._context(source, prompts)
 
+    def load_image(self, source: StudySource, modality: str | None = None) -> tuple[Study, OutputContext]:
+        volume = load_nifti_volume(source.path)
+        study = image_study(source.name, volume, modality=modality, fallback_modality=bids_modality(source.path))
+        return study, OutputContext(self.kind, (), nifti=reference_of(source.path), notes=source.notes)
+
     def context(self, source: StudySource) -> OutputContext:
         return self._context(source, prompts_of(source))
 
-    def _context(self, source: StudySource, prompts: Prompts) -> OutputContext:
+    def _context(self, source: StudySource, prompts: SidecarPrompts) -> OutputContext:
         return OutputContext(self.kind, prompts.labels, nifti=reference_of(source.path), notes=source.notes)
 
     def write(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome, context: OutputContext) -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
+from producer.formats import modality as modalities
 from worker.contract.files import atomic_path
+from worker.contract.prompts import Prompts
 from worker.contract.study import Study, StudyError
 from worker.contract.validation import DEFAULT_MAX_VOXELS
 
@@ -71,7 +73,40 @@ def load_npz_study(path: Path) -> Study:
         raise StudyError(f"{path.name}: corrupt or truncated npz ({error})") from error
     if name.startswith("3DBox_") and image.ndim != 3:
         raise StudyError(f"{path.name}: a 3DBox study needs a (D, H, W) volume, got shape {image.shape}")
-    return Study(study_id=name, modality=modality_from_name(name), image=image, boxes=boxes, spacing=spacing)
+    return Study(
+        study_id=name,
+        modality=modality_from_name(name),
+        image=image,
+        prompts=Prompts.from_boxes(boxes),
+        spacing=spacing,
+    )
+
+
+def load_npz_image(path: Path, modality: str | None = None) -> Study:
+    """An npz's `imgs` (and `spacing`) without prompts: an interactive session's image. 2D: (H, W, 3) or grey
+    (H, W); 3D: (D, H, W); uint8 as the challenge stores them. The modality: `modality`, else the file name's."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "imgs" not in data.files:
+                raise StudyError(f"{path.name} has no 'imgs' array (has {sorted(data.files)})")
+            check_size_before_loading(path, max_voxels())
+            image = data["imgs"]
+            spacing = tuple(float(v) for v in data["spacing"]) if "spacing" in data.files else None
+    except StudyError:
+        raise
+    except ValueError as error:
+        raise StudyError(f"{path.name}: unreadable npz ({error})") from error
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as error:
+        raise StudyError(f"{path.name}: corrupt or truncated npz ({error})") from error
+    if image.dtype != np.uint8:
+        raise StudyError(f"{path.name}: imgs is {image.dtype}; the challenge layout is uint8")
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    is_3d = image.ndim == 3 and image.shape[-1] != 3
+    if image.ndim != 3:
+        raise StudyError(f"{path.name}: imgs of shape {image.shape} is neither (H, W[, 3]) nor (D, H, W)")
+    chosen = modalities.normalise(modality) if modality else modality_from_name(path.stem)
+    return Study(path.stem, chosen, np.ascontiguousarray(image), Prompts((), 3 if is_3d else 2), spacing)
 
 
 def write_segs(path: Path, labels: np.ndarray) -> None:

@@ -1,6 +1,7 @@
 """The challenge npz as a study kind: found in the top folder (or its imgs/), loaded as stored, written as `segs`.
 
-Challenge npz (2DBox_*/3DBox_*) are read from the top folder only, or, when it has none, from its `imgs/` subfolder
+Challenge npz (2DBox_*/3DBox_*, and the 2025 challenge's cases, recognised by their pickled box list:
+producer.formats.npz2025) are read from the top folder only, or, when it has none, from its `imgs/` subfolder
 (the challenge layout; `gts/` beside it holds ground truth, not studies); other npz files are counted and left out.
 """
 
@@ -9,16 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from producer.formats.base import Finder, OutputFolder, Skipped, StudyFormat, StudySource
-from producer.formats.npz import is_challenge_npz, load_npz_study, write_segs
-from producer.outcome import StudyOutcome
-from producer.output_context import OutputContext
+from producer.formats.npz import is_challenge_npz, load_npz_image, load_npz_study, write_segs
+from producer.formats.npz2025 import is_2025_npz, study_from_2025
+from producer.formats.outcome import StudyOutcome
+from producer.formats.output_context import OutputContext
 from worker.contract.study import Study
 
 
 def challenge_npz(folder: Path) -> list[Path]:
-    found = [p for p in sorted(folder.glob("*.npz")) if is_challenge_npz(p)]
+    found = [p for p in sorted(folder.glob("*.npz")) if is_challenge_npz(p) or is_2025_npz(p)]
     if not found and (folder / "imgs").is_dir():
-        found = [p for p in sorted((folder / "imgs").glob("*.npz")) if is_challenge_npz(p)]
+        found = [p for p in sorted((folder / "imgs").glob("*.npz")) if is_challenge_npz(p) or is_2025_npz(p)]
     return found
 
 
@@ -58,7 +60,11 @@ class NpzFormat(StudyFormat):
         return _NpzFinder(folder)
 
     def load(self, source: StudySource) -> tuple[Study, OutputContext]:
-        return load_npz_study(source.path), self.context(source)
+        study = study_from_2025(source.path) if is_2025_npz(source.path) else load_npz_study(source.path)
+        return study, self.context(source)
+
+    def load_image(self, source: StudySource, modality: str | None = None) -> tuple[Study, OutputContext]:
+        return load_npz_image(source.path, modality), self.context(source)
 
     def context(self, source: StudySource) -> OutputContext:
         return OutputContext(self.kind, notes=source.notes)

@@ -44,9 +44,9 @@ from pydicom.valuerep import format_number_as_ds
 from producer.formats.dicom_reference import DicomReference
 from producer.formats.seg import ALGORITHM_NAME, SERIES_NUMBER_OFFSET, check_fits, check_labels, output_uids
 from producer.formats.structures import segment_structure
-from worker import __version__
 from worker.contract.files import atomic_path
 from worker.contract.study import StudyError
+from worker.contract.version import PACKAGE_VERSION as __version__
 
 GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
 GROWN_HALF_WIDTH = 0.4  # pixels: the square grown around each point of a one- or two-point contour

@@ -41,9 +41,9 @@ from pydicom.uid import generate_uid
 
 from producer.formats.dicom_reference import DicomReference
 from producer.formats.structures import segment_structure
-from worker import __version__
 from worker.contract.files import atomic_path
 from worker.contract.study import StudyError
+from worker.contract.version import PACKAGE_VERSION as __version__
 
 ALGORITHM_NAME = "litemedsam-fleet"
 SERIES_NUMBER_OFFSET = 1000

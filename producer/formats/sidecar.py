@@ -13,11 +13,16 @@ An entry:
     {
       "modality": "CT",                        optional: routing name or DICOM tag; required for NIfTI
       "window": {"level": 40, "width": 400},   optional: 8-bit window for this study, any modality
-      "boxes": [                               required, at least one; box k becomes label / segment k+1
+      "boxes": [                               required, at least one; entry k becomes label / segment k+1
         {"label": "liver", "voxel": [x0, y0, z0, x1, y1, z1]},
-        {"label": "lesion", "mm": [[x, y, z], [x, y, z]]}
+        {"label": "lesion", "mm": [[x, y, z], [x, y, z]]},
+        {"label": "kidney", "voxel": [...], "clicks": [{"voxel": [x, y, z]}, {"voxel": [x, y, z], "positive": false}]},
+        {"label": "vessel", "clicks": [{"mm": [x, y, z]}]}
       ]
     }
+"clicks" (optional) refine the label after its box, in the order given: "positive" true (the default) marks a voxel
+of the structure, false one outside it; each click is "voxel" [x, y(, z)] or "mm" [x, y, z]. An entry may have
+clicks and no box (with at least one positive click): the label starts from its clicks.
 "voxel": inclusive integer indices, [x0, y0, x1, y1] for a 2D image (x = column, y = row, z = slice, as in
 producer.formats.volume). "mm": two opposite corners in world millimetres (DICOM patient LPS for DICOM, the NIfTI
 RAS world for NIfTI); both are mapped to voxel indices with the image's real geometry (producer.formats.boxes).
@@ -43,14 +48,28 @@ SECTIONS = ("series", "instances")
 
 
 @dataclass(frozen=True)
-class BoxPrompt:
-    label: str
-    voxel: tuple[int, ...] | None = None  # 4 or 6 inclusive indices
-    mm: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+class ClickEntryPrompt:
+    positive: bool = True
+    voxel: tuple[int, ...] | None = None  # 2 or 3 indices
+    mm: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
-class Prompts:
+class BoxPrompt:
+    """One label's prompts: its box (voxel or mm; None: clicks alone) and its clicks, in order."""
+
+    label: str
+    voxel: tuple[int, ...] | None = None  # 4 or 6 inclusive indices
+    mm: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    clicks: tuple[ClickEntryPrompt, ...] = ()
+
+    @property
+    def has_box(self) -> bool:
+        return self.voxel is not None or self.mm is not None
+
+
+@dataclass(frozen=True)
+class SidecarPrompts:
     boxes: tuple[BoxPrompt, ...]
     modality: str | None = None
     window: Window | None = None
@@ -79,6 +98,16 @@ def _finite(value: Any, what: str) -> float:
     return float(value)
 
 
+def _indices(value: Any, lengths: tuple[int, ...], shape_message: str) -> tuple[int, ...]:
+    """Integer voxel indices, `lengths` of them; ValueError with `shape_message` (and the value) otherwise."""
+    if not isinstance(value, list) or len(value) not in lengths:
+        raise ValueError(f"{shape_message}, got {value!r}")
+    numbers = [_finite(v, "voxel index") for v in value]
+    if any(not n.is_integer() for n in numbers):
+        raise ValueError(f"voxel indices must be integers, got {value!r}")
+    return tuple(int(n) for n in numbers)
+
+
 class WindowEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -87,23 +116,68 @@ class WindowEntry(BaseModel):
     comment: Any = None
 
 
+class ClickEntry(BaseModel):
+    """One click: exactly one of `voxel` ([x, y] or [x, y, z] indices) and `mm` ([x, y, z] world)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    voxel: tuple[int, ...] | None = None
+    mm: tuple[float, float, float] | None = None
+    positive: bool = True
+    comment: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_point(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or set(value) - set(cls.model_fields):
+            raise ValueError(f'a click must be an object with "voxel" or "mm" (and optional "positive"), got {value!r}')
+        if ("voxel" in value) == ("mm" in value):
+            raise ValueError('a click gives exactly one of "voxel" and "mm"')
+        if not isinstance(value.get("positive", True), bool):
+            raise ValueError(f'"positive" must be true or false, got {value.get("positive")!r}')
+        return value
+
+    @field_validator("voxel", mode="before")
+    @classmethod
+    def _voxel(cls, value: Any) -> Any:
+        return _indices(value, (2, 3), 'a click\'s "voxel" must be [x, y] or [x, y, z]')
+
+    @field_validator("mm", mode="before")
+    @classmethod
+    def _mm(cls, value: Any) -> Any:
+        if not isinstance(value, list) or len(value) != 3:
+            raise ValueError(f'a click\'s "mm" must be [x, y, z], got {value!r}')
+        return tuple(_finite(v, "mm coordinate") for v in value)
+
+    def prompt(self) -> ClickEntryPrompt:
+        return ClickEntryPrompt(self.positive, self.voxel, self.mm)
+
+
 class BoxEntry(BaseModel):
-    """One box prompt: exactly one of `voxel` (inclusive indices) and `mm` (two opposite world corners)."""
+    """One label's prompts: at most one of `voxel` (inclusive indices) and `mm` (two opposite world corners), and
+    `clicks`; a label without a box needs clicks, the first positive."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     label: str | None = None
     voxel: tuple[int, ...] | None = None
     mm: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    clicks: list[ClickEntry] = []
     comment: Any = None
 
     @model_validator(mode="before")
     @classmethod
     def _one_box(cls, value: Any) -> Any:
         if not isinstance(value, dict) or set(value) - set(cls.model_fields):
-            raise ValueError(f'must be an object with "voxel" or "mm" (and optional "label"), got {value!r}')
-        if ("voxel" in value) == ("mm" in value):
+            raise ValueError(
+                f'must be an object with "voxel" or "mm" and/or "clicks" (and optional "label"), got {value!r}'
+            )
+        if "voxel" in value and "mm" in value:
             raise ValueError('give exactly one of "voxel" and "mm"')
+        if "voxel" not in value and "mm" not in value:
+            clicks = value.get("clicks")
+            if not isinstance(clicks, list) or not clicks:
+                raise ValueError('give exactly one of "voxel" and "mm", or "clicks"')
         return value
 
     @field_validator("label", mode="before")
@@ -116,12 +190,7 @@ class BoxEntry(BaseModel):
     @field_validator("voxel", mode="before")
     @classmethod
     def _voxel(cls, value: Any) -> Any:
-        if not isinstance(value, list) or len(value) not in (4, 6):
-            raise ValueError(f'"voxel" must be [x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1], got {value!r}')
-        numbers = [_finite(v, "voxel index") for v in value]
-        if any(not n.is_integer() for n in numbers):
-            raise ValueError(f"voxel indices must be integers, got {value!r}")
-        return tuple(int(n) for n in numbers)
+        return _indices(value, (4, 6), '"voxel" must be [x0, y0, x1, y1] or [x0, y0, z0, x1, y1, z1]')
 
     @field_validator("mm", mode="before")
     @classmethod
@@ -133,7 +202,8 @@ class BoxEntry(BaseModel):
         return tuple(tuple(_finite(v, "mm coordinate") for v in corner) for corner in value)
 
     def prompt(self, index: int) -> BoxPrompt:
-        return BoxPrompt(self.label or f"box {index + 1}", voxel=self.voxel, mm=self.mm)
+        clicks = tuple(click.prompt() for click in self.clicks)
+        return BoxPrompt(self.label or f"box {index + 1}", voxel=self.voxel, mm=self.mm, clicks=clicks)
 
 
 class SidecarEntry(BaseModel):
@@ -168,9 +238,9 @@ class SidecarEntry(BaseModel):
             raise ValueError(f'"window" must be {{"level": L, "width": W}}, got {value!r}')
         return value
 
-    def prompts(self) -> Prompts:
+    def prompts(self) -> SidecarPrompts:
         window = Window(self.window.level, self.window.width) if self.window is not None else None
-        return Prompts(tuple(box.prompt(i) for i, box in enumerate(self.boxes)), self.modality, window)
+        return SidecarPrompts(tuple(box.prompt(i) for i, box in enumerate(self.boxes)), self.modality, window)
 
 
 def _where(error: dict[str, Any], entry: dict[str, Any], where: str) -> str:
@@ -199,7 +269,7 @@ def _study_error(error: ValidationError, entry: dict[str, Any], where: str) -> S
     return StudyError(f"{_where(first, entry, where)}{separator}{message}")
 
 
-def parse_entry(entry: Any, where: str) -> Prompts:
+def parse_entry(entry: Any, where: str) -> SidecarPrompts:
     if not isinstance(entry, dict):
         raise StudyError(f"{where}: expected a JSON object, got {type(entry).__name__}")
     try:
@@ -241,7 +311,7 @@ def _entry(document: Any, ref: SidecarRef) -> Any:
     return section[ref.uid]
 
 
-def read_prompts(ref: SidecarRef) -> Prompts:
+def read_prompts(ref: SidecarRef) -> SidecarPrompts:
     return parse_entry(_entry(_load_json(ref.path), ref), str(ref.path))
 
 

@@ -1,6 +1,7 @@
 """`producer serve`: the gateway over uvicorn (click wiring; producer/cli.py registers the command).
 
 TLS: give uvicorn's --ssl-certfile/--ssl-keyfile here, or put the service behind the site's reverse proxy.
+The process's umask is 077: every folder and file it writes (job data, audit) is its user's only.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from pathlib import Path
 
 import click
 
-from producer.cli import broker_option, engine_options, engine_settings
+from producer.cli_options import broker_option, engine_options, engine_settings
 from producer.formats.npz import max_voxels
-from producer.gateway.config import TOKENS_ENV, GatewayConfig, default_data_dir, read_tokens
+from producer.gateway.config import TOKENS_ENV, GatewayConfig, default_data_dir
 from producer.gateway.dicomweb import ClientSettings, load_credentials
+from producer.gateway.identity import OidcSettings, read_tokens
+from producer.gateway.limits import DEFAULT_ACTIVE, DEFAULT_RATE, LimitSettings, parse_rate
+from producer.gateway.retention import DEFAULT_RETENTION_DAYS
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +32,54 @@ log = logging.getLogger(__name__)
     "--tokens-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help=f"API bearer tokens, one a line (also ${TOKENS_ENV}, comma-separated).",
+    help=f"Named API tokens, NAME:TOKEN[:SCOPE+SCOPE] one a line, or JSON {{NAME: {{token, scopes}}}} (also "
+    f"${TOKENS_ENV}, comma-separated). Scopes: submit, read (the default), admin.",
 )
+@click.option(
+    "--oidc-issuer", default=None, metavar="URL", help="OpenID Connect issuer whose bearer JWTs are accepted."
+)
+@click.option("--oidc-audience", default=None, help="The audience (aud) those JWTs must name (this service).")
+@click.option("--oidc-jwks-url", default=None, metavar="URL", help="The issuer's JWKS (default: from its discovery).")
 @click.option(
     "--dicomweb-credentials",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help='JSON {"<DICOMweb root>": {"username": .., "password": ..} or {"token": ..}}.',
+    help='JSON {"<DICOMweb root>": {"username": .., "password": ..} or {"token": ..}}; these roots may be used.',
+)
+@click.option(
+    "--dicomweb-allow",
+    multiple=True,
+    metavar="ROOT",
+    help="A DICOMweb root jobs may read from and store to without credentials (repeat for several).",
 )
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Job records, uploads and results (default ~/.cache/litemedsam-fleet/gateway).",
+    help="Job records, uploads, results and the audit trail (default ~/.cache/litemedsam-fleet/gateway).",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The audit trail's file, rotated daily, never purged (default DATA_DIR/audit/audit.jsonl).",
+)
+@click.option(
+    "--retention-days",
+    type=float,
+    default=DEFAULT_RETENTION_DAYS,
+    show_default=True,
+    help="Days a job's data (uploads, SEG, NIfTI, thumbnail) is kept after it ended.",
+)
+@click.option(
+    "--rate-limit", default=DEFAULT_RATE, show_default=True, help="Requests per identity (N/second|minute|hour)."
+)
+@click.option(
+    "--max-active-jobs",
+    type=click.IntRange(min=1),
+    default=DEFAULT_ACTIVE,
+    show_default=True,
+    help="Unfinished jobs one identity may have at once.",
 )
 @click.option("--concurrency", type=int, default=0, help="Fleet jobs followed at once (default 4); embedded: 1.")
 @click.option(
@@ -67,8 +106,16 @@ def serve(
     port: int,
     broker: str | None,
     tokens_file: Path | None,
+    oidc_issuer: str | None,
+    oidc_audience: str | None,
+    oidc_jwks_url: str | None,
     dicomweb_credentials: Path | None,
+    dicomweb_allow: tuple[str, ...],
     data_dir: Path | None,
+    audit_log: Path | None,
+    retention_days: float,
+    rate_limit: str,
+    max_active_jobs: int,
     concurrency: int,
     dicomweb_timeout: float,
     dicomweb_retries: int,
@@ -86,13 +133,22 @@ def serve(
 
     from producer.gateway.app import create_app
 
+    os.umask(0o077)
     try:
-        tokens = read_tokens(os.environ.get(TOKENS_ENV), tokens_file)
+        tokens = read_tokens(os.environ.get(TOKENS_ENV), tokens_file, f"${TOKENS_ENV}")
         credentials = load_credentials(dicomweb_credentials) if dicomweb_credentials else {}
+        if bool(oidc_issuer) != bool(oidc_audience):
+            raise ValueError("OpenID Connect needs both --oidc-issuer and --oidc-audience")
+        parse_rate(rate_limit)
         config = GatewayConfig(
             tokens=tokens,
             data_dir=data_dir or default_data_dir(),
             credentials=credentials,
+            dicomweb_allow=dicomweb_allow,
+            oidc=OidcSettings(oidc_issuer, oidc_audience, oidc_jwks_url) if oidc_issuer and oidc_audience else None,
+            audit_log=audit_log,
+            retention_days=retention_days,
+            limits=LimitSettings(rate_limit, max_active_jobs),
             dicomweb=ClientSettings(read_timeout=dicomweb_timeout, retries=max(0, dicomweb_retries)),
             broker=broker or None,
             concurrency=concurrency,

@@ -1,23 +1,29 @@
-"""The gateway's settings: API tokens, DICOMweb credentials, where jobs live, how jobs run.
+"""The gateway's settings: who may call it, which DICOMweb servers it may use, where jobs and the audit live, how
+long data stays, what one identity may do at once, how jobs run.
 
-- API tokens: `LITEMEDSAM_API_TOKENS` (comma-separated) and/or `--tokens-file` (one a line, `#` comments). The
-  service refuses to start without at least one: every endpoint but /v1/health needs one.
-- DICOMweb credentials: `--dicomweb-credentials FILE` (producer.gateway.dicomweb.load_credentials).
-- Data folder (`--data-dir`, default ~/.cache/litemedsam-fleet/gateway): job records, uploads, results,
-  thumbnails and (embedded mode) the content-addressed result store.
+- Identities (producer.gateway.identity): named tokens from `LITEMEDSAM_API_TOKENS` (`NAME:TOKEN[:SCOPES]`,
+  comma-separated) and/or `--tokens-file`, and/or OpenID Connect (`--oidc-issuer`, `--oidc-audience`). The service
+  refuses to start without one way in: every endpoint but /v1/health needs it.
+- DICOMweb: credentials (`--dicomweb-credentials FILE`, producer.gateway.dicomweb.load_credentials); the roots
+  that may be used are the credentials' and `--dicomweb-allow ROOT` ones.
+- Data folder (`--data-dir`, default ~/.cache/litemedsam-fleet/gateway, 0700): job records, uploads, results,
+  thumbnails, (embedded mode) the content-addressed result store, and the audit trail (`audit/`, or
+  `--audit-log PATH`); `--retention-days` (default 7) after a job ended its data is purged, the audit kept.
 """
 
 from __future__ import annotations
 
-import hmac
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from producer.gateway.dicomweb import ClientSettings, Credentials
+from producer.gateway.identity import Identity, OidcSettings
+from producer.gateway.limits import LimitSettings
+from producer.gateway.retention import DEFAULT_RETENTION_DAYS
+from producer.sessions import SessionLimits
 
 TOKENS_ENV = "LITEMEDSAM_API_TOKENS"
-MIN_TOKEN_LENGTH = 16
 
 
 def default_data_dir() -> Path:
@@ -25,52 +31,30 @@ def default_data_dir() -> Path:
     return base / "litemedsam-fleet" / "gateway"
 
 
-def read_tokens(env_value: str | None, tokens_file: Path | None) -> tuple[str, ...]:
-    tokens = [t.strip() for t in (env_value or "").split(",") if t.strip()]
-    if tokens_file is not None:
-        lines = Path(tokens_file).read_text(encoding="utf-8").splitlines()
-        tokens += [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    short = [t for t in tokens if len(t) < MIN_TOKEN_LENGTH]
-    if short:
-        raise ValueError(
-            f"{len(short)} API token(s) shorter than {MIN_TOKEN_LENGTH} characters: use long random "
-            "tokens, e.g. `openssl rand -hex 24`"
-        )
-    return tuple(dict.fromkeys(tokens))
-
-
-class TokenCheck:
-    """Constant-time comparison against every configured token (no early exit on the first match)."""
-
-    def __init__(self, tokens: tuple[str, ...]):
-        if not tokens:
-            raise ValueError(f"no API tokens: set {TOKENS_ENV} or give --tokens-file (one token a line)")
-        self._tokens = tuple(t.encode() for t in tokens)
-
-    def accepts(self, presented: str | None) -> bool:
-        if not presented:
-            return False
-        candidate = presented.encode()
-        matched = False
-        for token in self._tokens:
-            matched |= hmac.compare_digest(candidate, token)
-        return matched
-
-
 @dataclass(frozen=True)
 class GatewayConfig:
-    tokens: tuple[str, ...]
+    tokens: dict[str, Identity]  # token -> identity (producer.gateway.identity.read_tokens)
     data_dir: Path = field(default_factory=default_data_dir)
     credentials: dict[str, Credentials] = field(default_factory=dict)
+    dicomweb_allow: tuple[str, ...] = ()  # roots allowed without credentials
     dicomweb: ClientSettings = field(default_factory=ClientSettings)
+    oidc: OidcSettings | None = None
+    audit_log: Path | None = None  # None: <data dir>/audit/audit.jsonl
+    retention_days: float = DEFAULT_RETENTION_DAYS
+    limits: LimitSettings = field(default_factory=LimitSettings)
     broker: str | None = None  # None: the embedded queue in this process
     concurrency: int = 0  # jobs at once; 0: 1 embedded (one engine), 4 with a fleet
     engine_settings: object | None = None  # worker.engine.engine.EngineSettings for the embedded queue
     max_upload_mb: int = 2048
     fleet_timeout: float | None = None  # seconds a fleet job may take before it is an error; None: no limit
+    session_limits: SessionLimits = field(default_factory=SessionLimits)  # open sessions, their bytes, idle time
 
     @property
     def jobs_at_once(self) -> int:
         if self.concurrency > 0:
             return 1 if self.broker is None else self.concurrency
         return 1 if self.broker is None else 4
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_log or Path(self.data_dir) / "audit" / "audit.jsonl"

@@ -2,6 +2,9 @@
 
 - Credentials come from the site's configuration (`--dicomweb-credentials FILE`, see `load_credentials`), never
   from a job: a root URL carrying a user or password is refused.
+- Only the roots the site configured may be read from or stored to (`ServerDirectory.allowed_root`): the
+  credentials file's roots and those given with `--dicomweb-allow`. A server's redirect is never followed (it could
+  point anywhere): it is an error naming the server.
 - Every request has a timeout (connect and read) and idempotent failures are retried a bounded number of times
   with backoff (connection errors, timeouts, 429/502/503/504). Storing is idempotent too: SEG UIDs are derived
   from the source and the mask, and `store_instance` first asks whether the instance is already there.
@@ -18,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import requests
 from pydicom.dataset import Dataset
@@ -32,6 +35,13 @@ RETRY_STATUSES = (429, 502, 503, 504)
 
 class DicomwebError(Exception):
     """A DICOMweb exchange failed; the message is safe to show (no credentials)."""
+
+
+class RootNotAllowed(DicomwebError):
+    """A root URL the site did not configure (a job may not name any server it likes)."""
+
+
+ALLOW_RULE = "only DICOMweb roots the site configured may be used (--dicomweb-credentials, --dicomweb-allow)"
 
 
 def redact(url: str) -> str:
@@ -113,19 +123,31 @@ class ClientSettings:
 
 
 class _TimeoutSession(requests.Session):
-    """A session whose every request has the configured timeout (dicomweb-client passes none)."""
+    """A session whose every request has the configured timeout (dicomweb-client passes none) and follows no
+    redirect: a 3xx answer is an error naming the server (a redirect could lead to any host)."""
 
-    def __init__(self, timeout: tuple[float, float]):
+    def __init__(self, root: str, timeout: tuple[float, float]):
         super().__init__()
-        self.timeout = timeout
+        self.root, self.timeout = root, timeout
 
     def request(self, method, url, **kwargs):
         kwargs.setdefault("timeout", self.timeout)
         return super().request(method, url, **kwargs)
 
+    def send(self, request, **kwargs):  # every request passes here, also those sent as prepared requests
+        kwargs["allow_redirects"] = False
+        response = super().send(request, **kwargs)
+        if 300 <= response.status_code < 400:
+            response.close()
+            raise DicomwebError(
+                f"the DICOMweb server {self.root} answered with a redirect (HTTP {response.status_code}); "
+                "redirects are not followed: configure the root the server really answers at"
+            )
+        return response
 
-def _session(credentials: Credentials | None, settings: ClientSettings) -> requests.Session:
-    session = _TimeoutSession((settings.connect_timeout, settings.read_timeout))
+
+def _session(root: str, credentials: Credentials | None, settings: ClientSettings) -> requests.Session:
+    session = _TimeoutSession(root, (settings.connect_timeout, settings.read_timeout))
     retry = Retry(
         total=settings.retries,
         connect=settings.retries,
@@ -158,7 +180,7 @@ class DicomwebServer:
 
         self.root = normalise_root(root)
         self.settings = settings or ClientSettings()
-        self.session = _session(credentials, self.settings)
+        self.session = _session(self.root, credentials, self.settings)
         self.client = DICOMwebClient(
             url=self.root, session=self.session, timeout=(self.settings.connect_timeout, self.settings.read_timeout)
         )
@@ -200,6 +222,16 @@ class DicomwebServer:
             missing_ok=True,
         )
         return found[0] if found else None
+
+    def read(self, path: str, accept: str, params: dict[str, str] | None = None) -> requests.Response:
+        """A GET of a resource under this root (the viewer's read-only proxy): the response with any status;
+        connection failures and timeouts are DicomwebErrors like every other exchange's. QIDO-RS wildcards stay
+        literal: Orthanc (1.10) does not match a percent-encoded `*`."""
+        query = f"?{urlencode(params, quote_via=quote, safe='*')}" if params else ""
+        return self._call(
+            f"reading {path}",
+            lambda: self.session.get(f"{self.root}/{path}{query}", headers={"Accept": accept}),
+        )
 
     # ------------------------------------------------------------------------------------------------ storing
     def store_instance(self, dataset: Dataset) -> StoredInstance:
@@ -276,12 +308,26 @@ class DicomwebServer:
 
 
 class ServerDirectory:
-    """Opens a DicomwebServer for a root URL with the credentials configured for it (if any)."""
+    """The site's DICOMweb servers: the roots that may be used (those with credentials, and those allowed without)
+    and a DicomwebServer for one of them, with its credentials (if any)."""
 
-    def __init__(self, credentials: dict[str, Credentials] | None = None, settings: ClientSettings | None = None):
+    def __init__(
+        self,
+        credentials: dict[str, Credentials] | None = None,
+        settings: ClientSettings | None = None,
+        allow: tuple[str, ...] | list[str] = (),
+    ):
         self.credentials = dict(credentials or {})
         self.settings = settings or ClientSettings()
+        self.allowed = frozenset(self.credentials) | frozenset(normalise_root(root) for root in allow)
+
+    def allowed_root(self, url: str) -> str:
+        """The normalised root, if the site configured it; RootNotAllowed (naming the rule) if not."""
+        root = normalise_root(url)
+        if root not in self.allowed:
+            raise RootNotAllowed(f"the DICOMweb root {root} is not allowed: {ALLOW_RULE}")
+        return root
 
     def open(self, root: str) -> DicomwebServer:
-        root = normalise_root(root)
+        root = self.allowed_root(root)
         return DicomwebServer(root, self.credentials.get(root), self.settings)

@@ -5,8 +5,10 @@ on start, jobs left `queued` or `running` are queued again (producer.gateway.que
 results are content-addressed (the fleet's store, or the embedded result store) and SEG UIDs are deterministic,
 so the PACS ends up holding one SEG whatever happened.
 
-A job's folder also holds its input (`input/`: the retrieved or uploaded files, removed once the job ends) and
-its outputs (`result/`: the SEG or label map the producer writes, `labels.npz`, `thumbnail.png`).
+A job's folder also holds its input (`input/`: the retrieved or uploaded files; a retrieved series is removed once
+the job ends) and its outputs (`result/`: the SEG or label map the producer writes, `labels.npz`, `thumbnail.png`).
+Each job belongs to the identity that created it (`owner`). Folders are 0700 and records 0600; a job's folder goes
+with `DELETE /v1/jobs/{id}` or when retention purges it (producer.gateway.retention).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ UNFINISHED = ("queued", "running")
 class Job:
     id: str
     kind: str  # "dicomweb" or "upload"
+    owner: str  # the name of the identity that created it (producer.gateway.identity)
     prompts: dict[str, Any] | None  # the prompts.json schema (None: an npz upload carries its own boxes)
     store: str | None  # "source", another DICOMweb root, or None (kept in the service only)
     source: dict[str, Any] = field(default_factory=dict)  # dicomweb: {"dicomweb", "study", "series"}; upload: files
@@ -64,7 +67,7 @@ class JobStore:
 
     def __init__(self, data_dir: Path):
         self.root = Path(data_dir) / "jobs"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
 
     def folder(self, job_id: str) -> Path:
@@ -80,7 +83,7 @@ class JobStore:
 
     def create(self, job: Job) -> Job:
         with self._lock:
-            self.folder(job.id).mkdir(parents=True, exist_ok=False)
+            self.folder(job.id).mkdir(mode=0o700, exist_ok=False)
             self._write(job)
         return job
 
@@ -90,6 +93,7 @@ class JobStore:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise KeyError(job_id) from error
+        data.setdefault("owner", "")  # a record from before owners: only admins see it
         return Job(**data)
 
     def update(self, job_id: str, **changes: Any) -> Job:
@@ -100,21 +104,33 @@ class JobStore:
             self._write(job)
             return job
 
-    def recent(self, limit: int = 50) -> list[Job]:
+    def recent(self, limit: int = 50, owner: str | None = None) -> list[Job]:
+        """The newest jobs, of one owner (or everyone's: None)."""
         jobs = []
         for folder in self.root.iterdir():
             try:
-                jobs.append(self.get(folder.name))
+                job = self.get(folder.name)
             except KeyError:
                 continue
+            if owner is None or job.owner == owner:
+                jobs.append(job)
         return sorted(jobs, key=lambda j: j.created_at, reverse=True)[:limit]
 
-    def unfinished(self) -> list[Job]:
-        return sorted((j for j in self.recent(limit=10**9) if j.state in UNFINISHED), key=lambda j: j.created_at)
+    def unfinished(self, owner: str | None = None) -> list[Job]:
+        everything = self.recent(limit=10**9, owner=owner)
+        return sorted((j for j in everything if j.state in UNFINISHED), key=lambda j: j.created_at)
+
+    def delete(self, job_id: str) -> None:
+        """The job's folder and everything in it (its record last: a half-deleted job still says what it was)."""
+        with self._lock:
+            folder = self.folder(job_id)
+            for part in ("input", "result"):
+                shutil.rmtree(folder / part, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
 
     def drop_input(self, job_id: str) -> None:
         shutil.rmtree(self.input_dir(job_id), ignore_errors=True)
 
     def _write(self, job: Job) -> None:
         path = self.folder(job.id) / "job.json"
-        write_text_atomic(path, json.dumps(asdict(job)))
+        write_text_atomic(path, json.dumps(asdict(job)), mode=0o600)

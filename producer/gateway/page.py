@@ -1,9 +1,11 @@
 """The jobs page for people (GET /): recent jobs with state, progress, errors, timings and a thumbnail of each
-finished study's mask, refreshing every 2 s. One self-contained HTML document: nothing is loaded from elsewhere.
+finished study's mask, refreshing every 2 s. Everything it loads is served by this service.
 
-The page holds no data itself: its script reads /v1/jobs with the bearer token the user types in (kept in the
-tab's sessionStorage) or passes in the URL fragment (`/#token=...`, never sent to the server, removed from the
-address bar at once). Text from jobs is inserted with textContent, never as HTML.
+Its style and script are files of their own (/static/page.css, /static/page.js): the Content-Security-Policy
+allows nothing inline and nothing from elsewhere. The page holds no data itself: its
+script reads /v1/jobs with the bearer token the user types in (kept in the tab's sessionStorage) or passes in
+the URL fragment (`/#token=...`, never sent to the server, removed from the address bar at once).
+Text from jobs is inserted with textContent, never as HTML.
 """
 
 from __future__ import annotations
@@ -11,23 +13,28 @@ from __future__ import annotations
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>litemedsam-fleet gateway: jobs</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+<link rel="stylesheet" href="/static/page.css"></head>
+<body>
+<h1>litemedsam-fleet gateway</h1>
+<p><a href="/docs">API documentation</a> &middot; <a href="/viewer">Viewer</a> &middot;
+<span id="summary">loading…</span></p>
+<form id="auth" hidden><label>API token <input id="token" type="password" autocomplete="off" size="40"></label>
+<button type="submit">Show jobs</button></form>
+<table><thead><tr><th>job</th><th>created</th><th>study</th><th>state</th><th>progress</th><th>timings (s)</th>
+<th>error / stored SEG</th><th>mask</th></tr></thead><tbody id="jobs"></tbody></table>
+<script src="/static/page.js"></script></body></html>
+"""
+
+
+PAGE_CSS = """body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; width: 100%; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; font-size: 14px; }
 .ok { color: #17753a; } .error { color: #b3261e; } .running { color: #1a5fb4; } .queued { color: #666; }
 .err { max-width: 34em; white-space: pre-wrap; } img.thumb { max-width: 160px; max-height: 160px; }
 #auth { margin-bottom: 1em; } code { font-size: 12px; }
-</style></head>
-<body>
-<h1>litemedsam-fleet gateway</h1>
-<p><a href="/docs">API documentation</a> &middot; <span id="summary">loading…</span></p>
-<form id="auth" hidden><label>API token <input id="token" type="password" autocomplete="off" size="40"></label>
-<button type="submit">Show jobs</button></form>
-<table><thead><tr><th>job</th><th>created</th><th>study</th><th>state</th><th>progress</th><th>timings (s)</th>
-<th>error / stored SEG</th><th>mask</th></tr></thead><tbody id="jobs"></tbody></table>
-<script>
-"use strict";
+"""
+
+PAGE_JS = """"use strict";
 const KEY = "litemedsam-gateway-token";
 const fragment = new URLSearchParams(location.hash.slice(1));
 if (fragment.get("token")) {
@@ -91,6 +98,8 @@ async function refresh() {
     const response = await fetch("/v1/jobs?limit=50", {headers: {Authorization: "Bearer " + token()}});
     if (response.status === 401) { sessionStorage.removeItem(KEY); document.getElementById("auth").hidden = false;
       document.getElementById("summary").textContent = "the token was refused"; return; }
+    if (!response.ok) {  // 403 (no read scope), 429 (over the rate): say why, keep the token
+      document.getElementById("summary").textContent = (await response.json()).detail; return; }
     render(await response.json());
   } catch (error) { document.getElementById("summary").textContent = "the service does not answer: " + error; }
 }
@@ -100,9 +109,19 @@ document.getElementById("auth").addEventListener("submit", event => {
 });
 refresh();
 setInterval(refresh, 2000);
-</script></body></html>
 """
 
+DOCS = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>litemedsam-fleet gateway: API</title>
+<link rel="stylesheet" href="/static/swagger/swagger-ui.css">
+<link rel="icon" type="image/png" href="/static/swagger/favicon-32x32.png"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static/swagger/swagger-ui-bundle.js"></script>
+<script src="/static/docs.js"></script></body></html>
+"""
 
-def page_html() -> str:
-    return PAGE
+DOCS_JS = """"use strict";
+window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+  layout: "BaseLayout", validatorUrl: null});
+"""

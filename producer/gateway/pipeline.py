@@ -10,6 +10,8 @@
    and the thumbnail (producer.gateway.results).
 5. store: only once the SEG file is complete, one STOW-RS of that one instance (nothing if the PACS holds it).
 Any failure is this job's error with its reason; the service and the other jobs go on.
+Each step that reaches outside the service is an audit line (producer.gateway.audit): started, series fetched
+(from which root), SEG stored (to which root, which SOP Instance UID), finished (state, reason).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from typing import Any
 from pydicom import dcmread
 
 from producer.discovery import StudySource, discover
+from producer.formats.dicom_outputs import DicomSeg
 from producer.formats.npz import write_segs
 from producer.formats.registry import FORMATS, format_of
 from producer.gateway import results
-from producer.gateway.dicomweb import DicomwebError, ServerDirectory
+from producer.gateway.audit import AuditLog
+from producer.gateway.dicomweb import DicomwebError, ServerDirectory, redact
 from producer.gateway.jobs import Job, JobStore
 from producer.loading import load_study_and_context
 from producer.outputs import OutputWriter
@@ -41,8 +45,22 @@ class JobFailed(Exception):
 
 
 class JobPipeline:
-    def __init__(self, jobs: JobStore, segmenter, servers: ServerDirectory, telemetry=None):
-        self.jobs, self.segmenter, self.servers, self.telemetry = jobs, segmenter, servers, telemetry
+    def __init__(self, jobs: JobStore, segmenter, servers: ServerDirectory, audit: AuditLog, telemetry=None):
+        self.jobs, self.segmenter, self.servers, self.audit, self.telemetry = jobs, segmenter, servers, audit, telemetry
+
+    def _audit(self, job: Job, action: str, outcome: str, **fields: Any) -> None:
+        self.audit.write(
+            actor=job.owner or "service",
+            action=action,
+            outcome=outcome,
+            resource="job",
+            resource_id=job.id,
+            owner=job.owner,
+            study_uid=job.source.get("study", ""),
+            series_uid=job.source.get("series", ""),
+            source=job.source.get("dicomweb", "upload"),
+            **fields,
+        )
 
     def run(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -57,6 +75,7 @@ class JobPipeline:
             stored=None,
             timings={},
         )
+        self._audit(job, "job.started", "ok", detail=f"run {job.runs}")
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
@@ -72,6 +91,15 @@ class JobPipeline:
                 self.jobs.drop_input(job_id)  # the PACS holds the series; uploads stay until the job is deleted
         timings["total"] = time.perf_counter() - started
         job = self.jobs.update(job_id, state=state, error=error, finished_at=time.time(), timings=timings, **changes)
+        stored = job.stored or {}
+        self._audit(
+            job,
+            "job.finished",
+            state,
+            stored_to=stored.get("dicomweb", ""),
+            stored_uid=stored.get("sop_uid", ""),
+            detail=error,
+        )
         if self.telemetry is not None:
             self.telemetry.finished(job)
         return job
@@ -81,8 +109,13 @@ class JobPipeline:
         folder = self.jobs.input_dir(job.id)
         mark = time.perf_counter()
         if job.kind == "dicomweb":
-            with self.servers.open(job.source["dicomweb"]) as server:
-                server.fetch_series(job.source["study"], job.source["series"], folder)
+            try:
+                with self.servers.open(job.source["dicomweb"]) as server:
+                    server.fetch_series(job.source["study"], job.source["series"], folder)
+            except DicomwebError as error:
+                self._audit(job, "job.fetch", "error", detail=str(error))
+                raise
+            self._audit(job, "job.fetch", "ok")
         timings["fetch"] = time.perf_counter() - mark
         source = self._find_study(folder, job.prompts)
         if job.store and not format_of(source).gives_seg:
@@ -115,10 +148,10 @@ class JobPipeline:
             "progress": {"done": done_total, "total": done_total},
         }
         if job.store:
-            if "seg" not in files:
+            if DicomSeg.name not in files:
                 raise JobFailed("no DICOM SEG could be built to store: " + "; ".join(outcome.notes))
             mark = time.perf_counter()
-            changes["stored"] = self._store(job, self.jobs.result_dir(job.id) / files["seg"])
+            changes["stored"] = self._store(job, self.jobs.result_dir(job.id) / files[DicomSeg.name])
             timings["store"] = time.perf_counter() - mark
         return changes
 
@@ -166,8 +199,19 @@ class JobPipeline:
         if not root:
             raise JobFailed('"store": "source" needs a DICOMweb source')
         dataset = dcmread(seg_path)
-        with self.servers.open(root) as server:
-            stored = server.store_instance(dataset)
+        try:
+            with self.servers.open(root) as server:
+                stored = server.store_instance(dataset)
+        except DicomwebError as error:
+            self._audit(job, "job.store", "error", stored_to=redact(root), detail=str(error))
+            raise
+        self._audit(
+            job,
+            "job.store",
+            "already present" if stored.already_present else "ok",
+            stored_to=server.root,
+            stored_uid=stored.sop_uid,
+        )
         return {
             "dicomweb": server.root,
             "study_uid": stored.study_uid,

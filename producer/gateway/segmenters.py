@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from producer.outcome import StudyOutcome
+from producer.formats.outcome import StudyOutcome
 from worker.contract.files import write_bytes_atomic
 from worker.contract.study import Study, StudyError
 
@@ -37,11 +37,10 @@ class EmbeddedSegmenter:
 
     def __init__(self, engine_settings, results_dir: Path):
         from producer.embedded import EmbeddedRunner
-        from worker.process import engine_identity
 
         self.runner = EmbeddedRunner(engine_settings)
         self.runner.engine.warm_up()
-        self.identity = engine_identity(self.runner.engine)
+        self.identity = self.runner.engine.identity()
         self.results_dir = Path(results_dir)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # one engine: one study at a time, whatever calls it
@@ -50,7 +49,7 @@ class EmbeddedSegmenter:
         from worker.contract.identity import image_digest
 
         try:
-            return self.identity.result_key(image_digest(study.image), study.boxes, study.modality)
+            return self.identity.result_key(image_digest(study.image), study.prompts, study.modality)
         except (LookupError, ValueError):
             return None  # the engine says what is wrong
 

@@ -18,8 +18,10 @@ from producer.outcome import StudyOutcome
 from producer.outputs import SUFFIXES
 
 
-def servers(credentials_file: Path | None) -> ServerDirectory:
-    return ServerDirectory(load_credentials(credentials_file) if credentials_file else {})
+def servers(credentials_file: Path | None, allow: tuple[str, ...] = ()) -> ServerDirectory:
+    """The servers `producer submit --dicomweb` may use: as for the gateway, the credentials file's roots and the
+    `--dicomweb-allow` ones."""
+    return ServerDirectory(load_credentials(credentials_file) if credentials_file else {}, allow=allow)
 
 
 def fetch_series_folder(
@@ -28,6 +30,7 @@ def fetch_series_folder(
     """The series' files and its prompts.json in `folder` (checked before anything is fetched)."""
     prompts = json.loads(Path(prompts_file).read_text(encoding="utf-8"))
     parse_entry(prompts, str(prompts_file))
+    directory.allowed_root(root)
     with directory.open(root) as server:
         server.fetch_series(study, series, folder)
     (folder / DICOM_SIDECAR).write_text(json.dumps(prompts), encoding="utf-8")

@@ -34,7 +34,7 @@ class TimeBudget:
 
 def study_work(study: Study, route: Route | None) -> tuple[int, int, int]:
     """(slices, boxes, views) of a study for its time budget; a 3D study of unknown route counts MAX_VIEWS."""
-    boxes = len(study.boxes)
+    boxes = len(study.prompts)
     if not study.is_3d:  # 2D (or malformed: the worker says what is wrong)
         return 1, boxes, 1
     views = route.views(True) if route is not None else MAX_VIEWS

@@ -22,8 +22,10 @@ import numpy as np
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.contract.prompts import Prompts
 from worker.contract.routing import DEFAULT_ROUTING, Route, RoutingTable
 from worker.contract.routing import ENV_VAR as ROUTING_ENV
+from worker.contract.strategies import STRATEGY_2D
 
 KEY_VERSION = 1
 
@@ -40,6 +42,19 @@ def image_digest(image: np.ndarray) -> str:
 def boxes_digest(boxes: np.ndarray) -> str:
     boxes = np.ascontiguousarray(boxes)
     return hashlib.sha256(f"{boxes.dtype.str}|{boxes.shape}|".encode() + boxes.tobytes()).hexdigest()
+
+
+def prompts_digest(prompts: Prompts) -> dict[str, str]:
+    """What a result key says about the prompts: box-only voxel prompts are their box array's digest (keys made
+    before Prompts existed stay valid); any others (clicks, labels without a box, mm) the digest of all of them."""
+    if prompts.boxes_only:
+        return {"boxes": boxes_digest(prompts.box_array())}
+    data = [
+        [list(label.box.coords) if label.box else None, label.box.space if label.box else None]
+        for label in prompts.labels
+    ]
+    whole = {"dims": prompts.dims, "boxes": data, "clicks": prompts.clicks_digest_data()}
+    return {"prompts": hashlib.sha256(_canonical(whole)).hexdigest()}
 
 
 def _canonical(data: Any) -> bytes:
@@ -81,14 +96,15 @@ class EngineIdentity(BaseModel):
             "package_version": self.package_version,
         }
         if model in self.parts:  # what each part runs at, for the strategies a study of this modality can take
-            identity["parts"] = {strategy: self.parts[model][strategy] for strategy in ("box2d", route.strategy_3d)}
+            identity["parts"] = {strategy: self.parts[model][strategy] for strategy in (STRATEGY_2D, route.strategy_3d)}
         return identity
 
-    def result_key(self, image_sha: str, boxes: np.ndarray, modality: str) -> str:
+    def result_key(self, image_sha: str, prompts: Prompts | np.ndarray, modality: str) -> str:
+        """The content key of a study's result (`prompts`: a Prompts value, or the challenge's box array)."""
         payload = {
             "v": KEY_VERSION,
             "image": image_sha,
-            "boxes": boxes_digest(boxes),
+            **prompts_digest(prompts if isinstance(prompts, Prompts) else Prompts.from_boxes(prompts)),
             "modality": modality,
             "engine": self.route_identity(modality),
         }

@@ -21,22 +21,31 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.contract.arrays import StoreError, pack_arrays, unpack_arrays
+from worker.contract.errors import validation_message
 from worker.contract.metrics import StudyMetrics
+from worker.contract.prompts import Box, Click, LabelPrompt, Prompts
 
-MESSAGE_VERSION = 1
+MESSAGE_VERSION = 2  # 2: prompts with clicks (`labels`); a version 1 message is refused by name
+
+
+class WireClick(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    point: list[int | float]
+    foreground: bool = True
+
+
+class WireLabel(BaseModel):
+    """One label's voxel prompts on the wire (the producer maps mm to voxels before it sends)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    box: list[int | float] | None = None
+    clicks: list[WireClick] = []
 
 
 class MessageError(ValueError):
     """A task message, outcome or progress entry that does not parse: what is wrong with it, in one line."""
-
-
-def _summary(error: ValidationError) -> str:
-    parts = []
-    for problem in error.errors()[:5]:
-        where = ".".join(str(step) for step in problem["loc"]) or "message"
-        parts.append(f"{where}: {problem['msg'].removeprefix('Value error, ')}")
-    more = error.error_count() - len(parts)
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def _is_number(value: Any) -> bool:
@@ -62,6 +71,9 @@ class TaskMessage(BaseModel):
     upload_seconds: float = 0.0
     version: int = MESSAGE_VERSION
     split: bool = True  # False (`producer submit --split off`): never split this study across workers
+    # prompts that are not box-only (clicks, labels of clicks alone): every label here, `boxes` then empty
+    labels: list[WireLabel] | None = None
+    dims: Literal[2, 3] | None = None  # with `labels`: the prompts' dimensionality
 
     @field_validator("boxes", mode="before")
     @classmethod
@@ -77,10 +89,42 @@ class TaskMessage(BaseModel):
         try:
             return cls(**fields)
         except ValidationError as error:
-            raise MessageError(_summary(error)) from None
+            raise MessageError(validation_message(error)) from None
 
     def boxes_array(self) -> np.ndarray:
         return np.asarray(self.boxes, dtype=np.dtype(self.boxes_dtype)).reshape(self.boxes_shape)
+
+    @staticmethod
+    def prompt_fields(prompts: Prompts) -> dict[str, Any]:
+        """The message fields that carry these voxel prompts: box-only as the challenge's box array (bit for bit,
+        in its number type), anything else label by label."""
+        if prompts.boxes_only:
+            boxes = prompts.box_array()
+            return {"boxes": boxes.tolist(), "boxes_dtype": boxes.dtype.str, "boxes_shape": tuple(boxes.shape)}
+        labels = [
+            WireLabel(
+                box=list(label.box.coords) if label.box is not None else None,
+                clicks=[WireClick(point=list(click.point), foreground=click.foreground) for click in label.clicks],
+            )
+            for label in prompts.labels
+        ]
+        width = 6 if prompts.is_3d else 4
+        return {"boxes": [], "boxes_dtype": "<i8", "boxes_shape": (0, width), "labels": labels, "dims": prompts.dims}
+
+    def prompts(self) -> Prompts:
+        """The study's voxel prompts (PromptError, a StudyError, if they are none)."""
+        if self.labels is None:
+            return Prompts.from_boxes(self.boxes_array())
+        return Prompts(
+            tuple(
+                LabelPrompt(
+                    Box(tuple(label.box)) if label.box is not None else None,
+                    tuple(Click(tuple(click.point), click.foreground) for click in label.clicks),
+                )
+                for label in self.labels
+            ),
+            self.dims or 3,
+        )
 
     def to_wire(self) -> dict[str, Any]:
         """The Celery task argument (plain JSON types)."""
@@ -96,7 +140,7 @@ class TaskMessage(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise MessageError(_summary(error)) from None
+            raise MessageError(validation_message(error)) from None
 
 
 class Outcome(BaseModel):
@@ -121,7 +165,7 @@ class Outcome(BaseModel):
         try:
             return cls.model_validate_json(text)
         except ValidationError as error:
-            raise MessageError(f"outcome: {_summary(error)}") from None
+            raise MessageError(f"outcome: {validation_message(error)}") from None
 
 
 class Progress(BaseModel):
@@ -147,7 +191,7 @@ class Progress(BaseModel):
         try:
             return cls.model_validate_json(text)
         except ValidationError as error:
-            raise MessageError(f"progress: {_summary(error)}") from None
+            raise MessageError(f"progress: {validation_message(error)}") from None
 
 
 @dataclass
@@ -167,7 +211,7 @@ class ResultRecord:
         try:
             metrics = StudyMetrics.model_validate_json(arrays["metrics"].tobytes())
         except ValidationError as error:
-            raise StoreError(f"result blob's metrics do not parse ({_summary(error)})") from None
+            raise StoreError(f"result blob's metrics do not parse ({validation_message(error)})") from None
         return cls(arrays["segs"], metrics)
 
 

@@ -22,13 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from worker.contract.strategies import STRATEGY_NAMES
 
 PARTS = ("encoder", "decoder")
-STRATEGIES = ("box2d", "propagate", "triview")
-FLOAT_PRECISIONS = ("f32", "bf16")
+FloatPrecision = Literal["f32", "bf16"]  # a part's float precision (INT8 encoders are named profiles: int8*)
+F32: FloatPrecision = "f32"
+BF16: FloatPrecision = "bf16"
+FLOAT_PRECISIONS: tuple[FloatPrecision, ...] = (F32, BF16)
 QUANTIZED_PREFIX = "int8"  # models.quantize.PROFILE_PREFIX (not imported: that module imports numpy)
-DEFAULT_PROFILE = "f32"
+DEFAULT_PROFILE = F32
 FAST = "fast"
 
 
@@ -36,8 +40,8 @@ FAST = "fast"
 class PartPrecision:
     """What one strategy runs: the encoder's and the decoder's precision."""
 
-    encoder: str = "f32"
-    decoder: str = "f32"
+    encoder: str = F32
+    decoder: str = F32
 
     def as_dict(self) -> dict[str, str]:
         return {"encoder": self.encoder, "decoder": self.decoder}
@@ -76,11 +80,11 @@ class PrecisionProfile:
         return dict(self.per_strategy).get(strategy, self.default)
 
     def distinct_parts(self) -> list[PartPrecision]:
-        return list(dict.fromkeys(self.parts(strategy) for strategy in STRATEGIES))
+        return list(dict.fromkeys(self.parts(strategy) for strategy in STRATEGY_NAMES))
 
     def as_dict(self) -> dict[str, dict[str, str]]:
         """Strategy -> {encoder, decoder}: the profile's definition, as recorded by a calibration."""
-        return {strategy: self.parts(strategy).as_dict() for strategy in STRATEGIES}
+        return {strategy: self.parts(strategy).as_dict() for strategy in STRATEGY_NAMES}
 
     def quantized_encoders(self) -> list[str]:
         return sorted({p.encoder for p in self.distinct_parts() if p.encoder.startswith(QUANTIZED_PREFIX)})
@@ -91,18 +95,18 @@ class PrecisionProfile:
     def describe(self) -> str:
         if len(self.distinct_parts()) == 1:
             return self.default.label()
-        return "; ".join(f"{s}: {self.parts(s).label()}" for s in STRATEGIES)
+        return "; ".join(f"{s}: {self.parts(s).label()}" for s in STRATEGY_NAMES)
 
     @classmethod
     def from_table(cls, name: str, entry: dict[str, Any]) -> PrecisionProfile:
         where = f"routing table [precision.{name}]"
-        unknown = set(entry) - set(PARTS) - set(STRATEGIES)
+        unknown = set(entry) - set(PARTS) - set(STRATEGY_NAMES)
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; use {list(PARTS + STRATEGIES)}")
+            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; use {list(PARTS + STRATEGY_NAMES)}")
         default = _part({k: v for k, v in entry.items() if k in PARTS}, PartPrecision(), where)
         per_strategy = tuple(
             (strategy, _part(entry[strategy], default, f"{where} {strategy}"))
-            for strategy in STRATEGIES
+            for strategy in STRATEGY_NAMES
             if strategy in entry
         )
         return cls(name, default, per_strategy)

@@ -11,12 +11,12 @@ from typing import Any
 import tomllib
 
 from worker.contract.precision import PrecisionTable
+from worker.contract.strategies import MAX_VIEWS, PROPAGATE, STRATEGIES, STRATEGIES_3D, STRATEGY_2D, Strategy
+
+__all__ = ["MAX_VIEWS", "Route", "RoutingTable"]  # MAX_VIEWS: worker.contract.strategies, for the budget
 
 DEFAULT_ROUTING = Path(__file__).parents[1] / "routing.toml"  # worker/routing.toml, the file users edit
 ENV_VAR = "LITEMEDSAM_ROUTING"
-STRATEGIES_3D = ("propagate", "triview")
-VIEWS = {"box2d": 1, "propagate": 1, "triview": 3}  # how many views (slice directions) each strategy runs
-MAX_VIEWS = max(VIEWS.values())  # what a study whose route is unknown may take
 INTERPOLATIONS = ("linear", "area")
 BOX_ROUNDINGS = ("truncate", "fractional")  # truncate: int(coord * S / max(h, w)), the official baseline's
 OVERLAP_RULES = ("smaller", "later")  # worker/engine/overlap.py says what each means
@@ -36,7 +36,7 @@ CHOICES = {
 class Route:
     modality: str
     models: tuple[str, ...]
-    strategy_3d: str
+    strategy_3d: Strategy  # one of STRATEGIES_3D (checked when the table is read)
     margin: float
     interpolation_2d: str
     interpolation_3d: str
@@ -44,12 +44,12 @@ class Route:
     box_rounding_3d: str
     overlap: str
 
-    def strategy(self, is_3d: bool) -> str:
-        return self.strategy_3d if is_3d else "box2d"
+    def strategy(self, is_3d: bool) -> Strategy:
+        return self.strategy_3d if is_3d else STRATEGY_2D
 
     def views(self, is_3d: bool) -> int:
         """How many views (axial; coronal and sagittal too for tri-view) a study of this route runs."""
-        return VIEWS[self.strategy(is_3d)]
+        return STRATEGIES[self.strategy(is_3d)].view_count
 
     def interpolation(self, is_3d: bool) -> str:
         """The longest-side resize of the image (or of each slice)."""
@@ -108,7 +108,7 @@ class RoutingTable:
         route = Route(
             modality=modality,
             models=tuple(entry.get("models", ("litemedsam",))),
-            strategy_3d=str(entry.get("strategy_3d", "propagate")),
+            strategy_3d=entry.get("strategy_3d", PROPAGATE),
             margin=float(entry.get("margin", 3.0)),
             overlap=str(entry.get("overlap", "smaller")),
             **per_dimension,

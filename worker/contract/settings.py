@@ -18,8 +18,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.contract.budget import TimeBudget
+from worker.contract.engine_defaults import ENGINE_DEFAULTS
+from worker.contract.errors import validation_message
 from worker.contract.keys import check_namespace
-from worker.contract.validation import DEFAULT_MAX_VOXELS
 
 if TYPE_CHECKING:  # redis is imported when a client is made, not with the contract
     import redis
@@ -95,19 +96,27 @@ class Environment(BaseSettings):
         description="exported models (read by models.paths)",
         json_schema_extra={"shown": "~/.cache/litemedsam-fleet/models"},
     )
-    precision: str = Field("f32", description="engine precision profile: " + ENGINE_PRECISIONS)
+    compile_cache_dir: str = Field(
+        "",
+        description="OpenVINO's compiled-model cache (read by models.paths; the containers set it, since their "
+        "models dir is read-only)",
+        json_schema_extra={"shown": "<models dir>/.ov-cache"},
+    )
+    precision: str = Field(ENGINE_DEFAULTS.precision, description="engine precision profile: " + ENGINE_PRECISIONS)
     threads: int = Field(
-        0, description="OpenVINO threads per engine process", json_schema_extra={"shown": "cores / processes"}
+        ENGINE_DEFAULTS.threads,
+        description="OpenVINO threads per engine process",
+        json_schema_extra={"shown": "cores / processes"},
     )
     cpus: str = Field(
         "",
         description="cores a worker owns (`all` or a list like `0-3,6`); none: not pinned",
         json_schema_extra={"shown": "(none)"},
     )
-    cache_mb: int = Field(2048, description="embedding cache bound per engine process (MB)")
+    cache_mb: int = Field(ENGINE_DEFAULTS.cache_mb, description="embedding cache bound per engine process (MB)")
     routing: str = Field("", description="routing table file", json_schema_extra={"shown": "worker/routing.toml"})
     max_voxels: int = Field(
-        DEFAULT_MAX_VOXELS,
+        ENGINE_DEFAULTS.max_voxels,
         description="largest image accepted (voxels; checked from the file "
         "header where the format allows, and by the engine)",
         json_schema_extra={"shown": "512 Mi"},
@@ -121,7 +130,10 @@ class Environment(BaseSettings):
         None, description="serve a worker's Prometheus metrics on this port", json_schema_extra={"shown": "(off)"}
     )
     api_tokens: str = Field(
-        "", description="the gateway's API tokens, comma-separated", repr=False, json_schema_extra={"shown": "(none)"}
+        "",
+        description="the gateway's named API tokens, `NAME:TOKEN[:SCOPE+SCOPE]`, comma-separated",
+        repr=False,
+        json_schema_extra={"shown": "(none)"},
     )
     worker_queues: str = Field(
         "",
@@ -142,8 +154,7 @@ def environment() -> Environment:
     try:
         return Environment()
     except ValidationError as error:
-        problems = "; ".join(f"{PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors())
-        raise ValueError(problems) from None
+        raise ValueError(validation_message(error, name=lambda loc: f"{PREFIX}{str(loc[0]).upper()}")) from None
 
 
 def settings_table() -> str:
@@ -263,12 +274,12 @@ class EngineConfig:
     process that runs the engine)."""
 
     models_dir: Path | None = None  # None: models.paths.default_models_dir()
-    precision: str = "f32"
-    threads: int = 0  # 0: every core this process may use (a fleet worker: cores // its processes)
-    cache_mb: int = 2048
+    precision: str = ENGINE_DEFAULTS.precision
+    threads: int = ENGINE_DEFAULTS.threads
+    cache_mb: int = ENGINE_DEFAULTS.cache_mb
     routing_file: Path | None = None
     cpus: str = ""  # cores the worker owns ("" none, "all", or a cpu list): worker.cpu_affinity.plan
-    max_voxels: int = DEFAULT_MAX_VOXELS
+    max_voxels: int = ENGINE_DEFAULTS.max_voxels
 
     @classmethod
     def from_env(cls) -> EngineConfig:

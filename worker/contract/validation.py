@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.contract.study import BOX_WIDTH_2D, BOX_WIDTH_3D, Study, StudyError, has_3d_boxes
+from worker.contract.prompts import BOX_WIDTH_2D, BOX_WIDTH_3D, VOXEL, Prompts
+from worker.contract.study import Study, StudyError
 
 MAX_BOXES = 65535  # labels are uint16 and 0 is background
 DEFAULT_MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels of uint8 input; configurable by callers
@@ -57,11 +58,51 @@ def _check_one_box(index: int, lo: np.ndarray, hi: np.ndarray, limits: np.ndarra
         raise StudyError(f"box {index} {np.r_[lo, hi].tolist()} has z_max < z_min")
 
 
+def check_runnable(prompts: Prompts) -> None:
+    """The engine runs voxel prompts: per label a box, clicks, or both (a label without a box needs a foreground
+    click to start from); mm boxes and clicks (which a format maps to voxels) are refused by name, never dropped."""
+    if len(prompts) == 0:
+        raise StudyError("no boxes or clicks: nothing to segment")
+    for index, label in enumerate(prompts.labels):
+        if label.box is not None and label.box.space != VOXEL:
+            raise StudyError(f"label {index + 1}: its box is in {label.box.space}; the engine takes voxel boxes")
+        if any(click.space != VOXEL for click in label.clicks):
+            raise StudyError(f"label {index + 1}: a click is in mm; the engine takes voxel clicks")
+        if label.box is None and not label.foreground:
+            raise StudyError(f"label {index + 1} has neither a box nor a foreground click: nothing says where it is")
+
+
+def check_clicks(prompts: Prompts, image_shape: tuple[int, ...], is_3d: bool) -> None:
+    """Every click on a voxel of the image (x, y[, z] within its columns, rows[, slices])."""
+    limits = np.array([image_shape[2], image_shape[1], image_shape[0]] if is_3d else [image_shape[1], image_shape[0]])
+    for index, label in enumerate(prompts.labels):
+        for click in label.clicks:
+            point = np.asarray(click.point, dtype=np.float64)
+            if not np.all(np.isfinite(point)):
+                raise StudyError(f"label {index + 1}: a click holds NaN or infinity")
+            rounded = np.rint(point)
+            if np.any(rounded < 0) or np.any(rounded >= limits):
+                raise StudyError(
+                    f"label {index + 1}: click {point.tolist()} lies outside the image "
+                    f"(x, y{', z' if is_3d else ''} limits {limits.tolist()})"
+                )
+
+
 def check_study(study: Study, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
     check_image(study.image, max_voxels)
-    is_3d = has_3d_boxes(study.boxes)  # the boxes say which; the image must agree (Study.is_3d once checked)
+    is_3d = study.prompts.is_3d  # the prompts say which; the image must agree (Study.is_3d once checked)
     if is_3d and study.image.ndim != 3:
-        raise StudyError(f"3D boxes given for an image of shape {study.image.shape}")
+        raise StudyError(f"3D prompts given for an image of shape {study.image.shape}")
     if not is_3d and study.image.ndim == 3 and study.image.shape[-1] != 3:
-        raise StudyError(f"2D boxes given for a volume of shape {study.image.shape} (2D images are (H, W, 3))")
-    check_boxes(study.boxes, study.image.shape, is_3d)
+        raise StudyError(f"2D prompts given for a volume of shape {study.image.shape} (2D images are (H, W, 3))")
+    check_runnable(study.prompts)
+    if len(study.prompts) > MAX_BOXES:
+        raise StudyError(f"{len(study.prompts)} boxes or labels, more than the {MAX_BOXES} labels uint16 can hold")
+    boxed = Prompts(
+        tuple(label for label in study.prompts.labels if label.box is not None),
+        study.prompts.dims,
+        study.prompts.box_dtype,
+    )
+    if len(boxed):
+        check_boxes(boxed.box_array(), study.image.shape, is_3d)
+    check_clicks(study.prompts, study.image.shape, is_3d)

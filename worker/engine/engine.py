@@ -16,20 +16,27 @@ import numpy as np
 
 from models.paths import compile_cache_dir, default_models_dir
 from models.registry import ModelSpec, load_registry
-from worker import __version__
-from worker.calibration import choose_profile
+from worker.contract.engine_defaults import ENGINE_DEFAULTS
+from worker.contract.identity import EngineIdentity, routing_data
 from worker.contract.metrics import StudyMetrics
-from worker.contract.precision import FAST, STRATEGIES, PartPrecision, ProfileChoice
+from worker.contract.precision import F32, FAST, PartPrecision, ProfileChoice
+from worker.contract.prompts import BOX_WIDTH
 from worker.contract.routing import Route, RoutingTable
 from worker.contract.settings import EngineConfig
+from worker.contract.strategies import STRATEGY_2D, STRATEGY_NAMES, TRIVIEW
 from worker.contract.study import Segmentation, Study, is_3d
-from worker.contract.validation import DEFAULT_MAX_VOXELS, check_study
-from worker.cpu_affinity import CoreBinding
+from worker.contract.validation import check_study
+from worker.contract.version import PACKAGE_VERSION
 from worker.engine.cache import EmbeddingCache
+from worker.engine.click_decoder import EngineSliceDecoder
+from worker.engine.cores import CoreBinding
 from worker.engine.footprint import study_bytes
+from worker.engine.labelwise import segment_labelwise
+from worker.engine.profiles import ProfileChooser, named_profile
+from worker.engine.refine import DEFAULT as DEFAULT_REFINE
 from worker.engine.runtime import CompiledSam, RuntimeSettings
 from worker.engine.slices import EmbeddingSource, ProgressFn, SliceSegmenter, SliceSettings, StageClock
-from worker.engine.strategies import STRATEGIES_3D, majority_vote, propagate_views, segment_2d
+from worker.engine.strategies import IMPLEMENTATIONS_3D, majority_vote, propagate_views, segment_2d
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +44,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineSettings:
     models_dir: Path = field(default_factory=default_models_dir)
-    precision: str = "f32"  # a profile of the routing table's [precision.*], an int8 profile, or "fast"
-    threads: int = 0
-    cache_bytes: int = 2 << 30
-    decode_chunk: int = 16
+    precision: str = ENGINE_DEFAULTS.precision  # a profile of the routing table, an int8 profile, or "fast"
+    threads: int = ENGINE_DEFAULTS.threads
+    cache_bytes: int = ENGINE_DEFAULTS.cache_bytes
+    decode_chunk: int = ENGINE_DEFAULTS.decode_chunk
     routing_file: Path | None = None
-    max_voxels: int = DEFAULT_MAX_VOXELS
+    max_voxels: int = ENGINE_DEFAULTS.max_voxels
     cores: tuple[int, ...] = ()  # explicit cores of this process (worker.cpu_affinity.plan); empty: not pinned
 
     @classmethod
@@ -69,21 +76,23 @@ def study_key(study: Study) -> str:
 
 
 class Engine:
-    def __init__(self, settings: EngineSettings | None = None):
+    def __init__(self, settings: EngineSettings | None = None, choose_profile: ProfileChooser = named_profile):
+        """`choose_profile` turns settings.precision into the profile that runs: named profiles by default;
+        pass worker.calibration.choose_profile where `fast` (this host's calibrated choice) may be asked for."""
         self.settings = settings or EngineSettings()
         self.registry: dict[str, ModelSpec] = load_registry(self.settings.models_dir)
         self.routing = RoutingTable.load(self.settings.routing_file)
         self.cache = EmbeddingCache(self.settings.cache_bytes)
-        self.precision = self._choose_precision()
+        self.precision = self._choose_precision(choose_profile)
         self._compiled: dict[tuple[str, PartPrecision], CompiledSam] = {}
         # threads, cores and compiled cache; each part compiles at the precision its profile gives it (CompiledSam)
         self._runtime = RuntimeSettings(
-            "f32", self.settings.threads, compile_cache_dir(self.settings.models_dir), tuple(self.settings.cores)
+            F32, self.settings.threads, compile_cache_dir(self.settings.models_dir), tuple(self.settings.cores)
         )
         CoreBinding(tuple(self.settings.cores)).apply()  # before OpenVINO starts any thread
 
-    def _choose_precision(self) -> ProfileChoice:
-        """The profile this engine runs (a `fast` request resolved against this host's calibration record)."""
+    def _choose_precision(self, choose_profile: ProfileChooser) -> ProfileChoice:
+        """The profile this engine runs (a `fast` request resolved by the chooser it was given)."""
         choice = choose_profile(self.settings.precision, self.routing, self.settings.models_dir, self.registry)
         if choice.requested == FAST:
             log.info("--precision fast runs %s", choice.reason)
@@ -102,6 +111,19 @@ class Engine:
             for parts in self.precision.profile.distinct_parts():
                 self.model(name, parts)
 
+    def identity(self) -> EngineIdentity:
+        """The identity of this engine (content keys): per model, the sha256 of the weights that run at its
+        profile's default parts (an int8 profile's encoder differs from the f32 export's), and per model and
+        strategy the precision of each part and its weights. Compiles what it names (call after warm_up())."""
+        models = {name: getattr(self.model(name), "sha256", spec.sha256) for name, spec in self.registry.items()}
+        return EngineIdentity(
+            precision=self.precision.name,
+            package_version=PACKAGE_VERSION,
+            models=models,
+            routing=routing_data(self.settings.routing_file),
+            parts=self.precision_identity(),
+        )
+
     def precision_identity(self) -> dict[str, dict[str, dict[str, str]]]:
         """Per model and strategy: the parts' precisions and the sha256 of the weights that run (content keys)."""
         return {
@@ -110,7 +132,7 @@ class Engine:
                     **self.precision.profile.parts(strategy).as_dict(),
                     "sha256": self.model(name, self.precision.profile.parts(strategy)).sha256,
                 }
-                for strategy in STRATEGIES
+                for strategy in STRATEGY_NAMES
             }
             for name in self.registry
         }
@@ -123,7 +145,11 @@ class Engine:
         check_study(study, self.settings.max_voxels)
         route, strategy, seg, metrics = self._prepare(study, source)
         before = self._cache_snapshot()
-        labels = self._run(strategy, study, seg, route, progress)
+        if study.prompts.boxes_only:
+            labels = self._run(strategy, study, seg, route, progress)
+        else:  # clicks, or labels given by clicks alone: each label on its own (worker.engine.labelwise)
+            labels = segment_labelwise(self, study)
+            metrics.note(labelwise=True, refine=DEFAULT_REFINE)
         self._account(metrics, seg, before, study, strategy, route)
         metrics.times.total = time.perf_counter() - started
         return Segmentation(study.study_id, labels, metrics)
@@ -134,10 +160,11 @@ class Engine:
         started = time.perf_counter()
         check_study(study, self.settings.max_voxels)
         route, strategy, seg, metrics = self._prepare(study, None)
-        if strategy != "triview":
+        if strategy != TRIVIEW:
             raise ValueError(f"{study.modality} runs {strategy}, not triview: it has no views to split")
         before = self._cache_snapshot()
-        labels = propagate_views(study.image, study.boxes, seg, (view,), route.margin, route.overlap, progress)[0]
+        boxes = study.prompts.box_array()
+        labels = propagate_views(study.image, boxes, seg, (view,), route.margin, route.overlap, progress)[0]
         self._account(metrics, seg, before, study, strategy, route)
         metrics.note(view=view)
         metrics.times.total = time.perf_counter() - started
@@ -148,6 +175,10 @@ class Engine:
         """The tri-view majority vote of the axial, coronal and sagittal labels (as segment() ends a triview)."""
         with StageClock(metrics.times).stage("vote"):
             return majority_vote(*views)
+
+    def slice_decoder(self, study: Study) -> EngineSliceDecoder:
+        """The study's slices decoded with any box on this engine's cached embeddings (clicks' refinement)."""
+        return EngineSliceDecoder(self.slice_encoder(study), study, self.routing.route(study.modality).margin)
 
     def slice_encoder(self, study: Study) -> SliceSegmenter:
         """The slice segmenter segment() would use for this study (to encode its slices for another worker)."""
@@ -185,8 +216,12 @@ class Engine:
 
     def memory_needed(self, study: Study) -> int:
         """Bytes this study may add to the process: its arrays at their peak plus the embedding cache's headroom."""
-        image, boxes = np.asarray(study.image), np.asarray(study.boxes)
-        volume = is_3d(image, boxes)  # malformed: segment() says why
+        image = np.asarray(study.image)
+        try:
+            boxes = study.prompts.box_array()
+        except ValueError:  # prompts the engine cannot run: segment() says why
+            boxes = np.zeros((0, BOX_WIDTH[study.prompts.dims]))
+        volume = is_3d(image, study.prompts)  # malformed: segment() says why
         try:
             views = self.routing.route(study.modality).views(volume)
         except (LookupError, ValueError):
@@ -196,9 +231,10 @@ class Engine:
 
     @staticmethod
     def _run(strategy: str, study: Study, seg: SliceSegmenter, route: Route, progress) -> np.ndarray:
-        if strategy == "box2d":
-            return segment_2d(study.image, study.boxes, seg, route.overlap, progress)
-        return STRATEGIES_3D[strategy](study.image, study.boxes, seg, route.margin, route.overlap, progress)
+        boxes = study.prompts.box_array()  # checked: voxel boxes, one per label
+        if strategy == STRATEGY_2D:
+            return segment_2d(study.image, boxes, seg, route.overlap, progress)
+        return IMPLEMENTATIONS_3D[strategy](study.image, boxes, seg, route.margin, route.overlap, progress)
 
     def _cache_snapshot(self) -> tuple[int, int, int]:
         stats = self.cache.stats
@@ -207,7 +243,7 @@ class Engine:
     def _account(self, metrics: StudyMetrics, seg: SliceSegmenter, before, study: Study, strategy: str, route) -> None:
         hits, misses, evictions = self._cache_snapshot()
         counts = metrics.counts
-        counts.boxes = len(study.boxes)
+        counts.boxes = len(study.prompts)
         counts.slices_encoded = seg.encoder_calls
         counts.decoder_calls = seg.decoder_calls
         counts.cache_hits, counts.cache_misses = hits - before[0], misses - before[1]
@@ -222,7 +258,7 @@ class Engine:
         if self.precision.requested != self.precision.name or self.precision.reason:
             metrics.provenance.precision_choice = f"--precision {self.precision.requested}: {self.precision.reason}"
         metrics.provenance.strategy = strategy
-        metrics.provenance.package_version = __version__
+        metrics.provenance.package_version = PACKAGE_VERSION
         metrics.provenance.overlap = route.overlap
         if spec.name != preferred:
             metrics.provenance.note = f"{preferred} is not registered; ran {spec.name} instead"

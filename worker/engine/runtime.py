@@ -23,10 +23,11 @@ import openvino as ov
 
 from models.quantize import PROFILE_PREFIX, profile_encoder
 from models.registry import ModelSpec, combined_sha256
-from worker.contract.precision import PartPrecision
-from worker.cpu_affinity import CoreBinding
+from worker.contract.engine_defaults import ENGINE_DEFAULTS
+from worker.contract.precision import F32, FLOAT_PRECISIONS, PartPrecision
+from worker.engine.cores import CoreBinding
 
-PRECISIONS = {"f32": "f32", "bf16": "bf16"}
+PRECISIONS = {precision: precision for precision in FLOAT_PRECISIONS}  # profile part -> OpenVINO's hint
 
 
 def is_quantized(precision: str) -> bool:
@@ -35,8 +36,8 @@ def is_quantized(precision: str) -> bool:
 
 @dataclass(frozen=True)
 class RuntimeSettings:
-    precision: str = "f32"
-    threads: int = 0  # 0: let OpenVINO use all cores of this process
+    precision: str = ENGINE_DEFAULTS.precision
+    threads: int = ENGINE_DEFAULTS.threads  # 0: let OpenVINO use all cores of this process
     cache_dir: Path | None = None
     cores: tuple[int, ...] = ()  # this process's explicit core set (worker.cpu_affinity); empty: not pinned
 
@@ -51,7 +52,7 @@ class RuntimeSettings:
         if self.precision in PRECISIONS:
             hint = PRECISIONS[self.precision]
         elif is_quantized(self.precision):
-            hint = "f32"  # the int8 encoder's float parts and the decoder
+            hint = F32  # the int8 encoder's float parts and the decoder
         else:
             raise ValueError(
                 f"unknown precision profile {self.precision!r}; choose from "
@@ -83,7 +84,7 @@ class CompiledSam:
         started = time.perf_counter()
         if parts is None:
             quantized = is_quantized(settings.precision)
-            parts = PartPrecision(settings.precision, "f32" if quantized else settings.precision)
+            parts = PartPrecision(settings.precision, F32 if quantized else settings.precision)
         if is_quantized(parts.decoder):
             raise ValueError(f"decoder precision {parts.decoder!r}: int8 profiles quantize the encoder only")
         self.spec = spec

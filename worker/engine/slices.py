@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from models.preprocess import Geometry, to_model_input
+from worker.contract.engine_defaults import ENGINE_DEFAULTS
 from worker.contract.metrics import StageTimes
 from worker.engine.cache import EmbeddingCache
 from worker.engine.runtime import CompiledSam
@@ -40,7 +41,7 @@ class LocalEncode:
 @dataclass(frozen=True)
 class SliceSettings:
     interpolation: str = "linear"  # the route's, for this study's dimension (2D image or 3D volume)
-    decode_chunk: int = 16
+    decode_chunk: int = ENGINE_DEFAULTS.decode_chunk
     box_rounding: str = "fractional"  # the route's, for this study's dimension
 
 

@@ -13,15 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.preprocess import Geometry, geometry_for, scale_boxes
+from worker.contract.strategies import PROPAGATE, STRATEGIES, TRIVIEW, VIEWS
 from worker.engine.overlap import ViewMasks, box_sizes
 from worker.engine.slices import ProgressFn, SliceSegmenter
 
-# view name -> (axes permutation of the (z, y, x) volume, order of the 3D box's 6 numbers in that view)
-VIEWS = {
-    "axial": ((0, 1, 2), (0, 1, 2, 3, 4, 5)),
-    "coronal": ((1, 0, 2), (0, 2, 1, 3, 5, 4)),  # slices img[:, y, :], box [x, z, y]
-    "sagittal": ((2, 0, 1), (1, 2, 0, 4, 5, 3)),  # slices img[:, :, x], box [y, z, x]
-}
+VIEW_2D = "2d"  # the embedding cache's view name of a 2D image (one slice, index 0)
 
 
 def segment_2d(
@@ -29,7 +25,7 @@ def segment_2d(
 ) -> np.ndarray:
     """Encode once, decode every box, label by the overlap rule."""
     geo = geometry_for(image.shape[:2], seg.size)
-    embedding = seg.embedding("2d", 0, image)
+    embedding = seg.embedding(VIEW_2D, 0, image)
     masks = seg.masks(embedding, geo, scale_boxes(boxes[:, :4], geo, seg.settings.box_rounding))
     with seg.clock.stage("postprocess"):
         view = ViewMasks((1, *image.shape[:2]), box_sizes(boxes[:, :4]))
@@ -95,7 +91,7 @@ def slice_order(z_lo: np.ndarray, z_hi: np.ndarray) -> list[int]:
 def view_plan(shape: tuple[int, ...], boxes: np.ndarray, view: str) -> tuple[list[int], int]:
     """(the view's slices in the order its propagation needs them, its slice steps) for a (z, y, x) volume of
     `shape` and 3D boxes in the challenge layout."""
-    axes, box_order = VIEWS[view]
+    axes, box_order = VIEWS[view].axes, VIEWS[view].box_order
     z_lo, z_hi = z_ranges(np.asarray(boxes)[:, box_order], int(shape[axes[0]]))
     up, down = sweeps(z_lo, z_hi)
     return slice_order(z_lo, z_hi), sweep_steps(up) + sweep_steps(down)
@@ -185,14 +181,14 @@ def propagate_views(
     """Run the propagation in each view; return each view's labels (overlaps resolved per view) in (z, y, x) order."""
     runs = []
     for view in views:
-        axes, box_order = VIEWS[view]
+        axes, box_order = VIEWS[view].axes, VIEWS[view].box_order
         runs.append((axes, Propagation(volume.transpose(axes), boxes[:, box_order], seg, view, margin, overlap)))
     tick = ProgressTicker(sum(run.total_steps for _, run in runs), progress)
     return [run.run(tick).transpose(np.argsort(axes)) for axes, run in runs]
 
 
 def segment_propagate(volume, boxes, seg, margin, overlap, progress) -> np.ndarray:
-    return propagate_views(volume, boxes, seg, ("axial",), margin, overlap, progress)[0]
+    return propagate_views(volume, boxes, seg, STRATEGIES[PROPAGATE].views, margin, overlap, progress)[0]
 
 
 def majority_vote(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -202,11 +198,10 @@ def majority_vote(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def segment_triview(volume, boxes, seg, margin, overlap, progress) -> np.ndarray:
-    axial, coronal, sagittal = propagate_views(
-        volume, boxes, seg, ("axial", "coronal", "sagittal"), margin, overlap, progress
-    )
+    axial, coronal, sagittal = propagate_views(volume, boxes, seg, STRATEGIES[TRIVIEW].views, margin, overlap, progress)
     with seg.clock.stage("vote"):
         return majority_vote(axial, coronal, sagittal)
 
 
-STRATEGIES_3D = {"propagate": segment_propagate, "triview": segment_triview}
+# the implementation of each 3D strategy of the table (worker.contract.strategies.STRATEGIES_3D)
+IMPLEMENTATIONS_3D = {PROPAGATE: segment_propagate, TRIVIEW: segment_triview}

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from producer.formats.dicom import SeriesLayout
 from producer.formats.dicom_reference import DicomReference, reference_of
 from producer.formats.nifti import NiftiReference
 from producer.formats.volume import VolumeGeometry
+from worker.contract.errors import validation_message
+from worker.contract.study import StudyError
 
 log = logging.getLogger(__name__)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -37,31 +40,20 @@ class OutputContext:
     notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "segment_labels": list(self.segment_labels),
-            "dicom": self.dicom.to_json() if self.dicom else None,
-            "nifti": vars(self.nifti) if self.nifti else None,
-            "notes": list(self.notes),
-        }
+        """The JSON a batch manifest stores (the shape of the dataclasses: pydantic writes it)."""
+        return _CODEC.dump_python(self, mode="json")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OutputContext:
-        nifti = data.get("nifti")
-        return cls(
-            data["kind"],
-            tuple(data.get("segment_labels", ())),
-            DicomReference.from_json(data["dicom"]) if data.get("dicom") else None,
-            NiftiReference(
-                nifti["header"],
-                tuple(tuple(row) for row in nifti["affine"]),
-                tuple(nifti["shape"]),
-                int(nifti.get("version", 1)),
-            )
-            if nifti
-            else None,
-            tuple(data.get("notes", ())),
-        )
+        """An OutputContext from a batch manifest (StudyError saying what does not fit)."""
+        try:
+            return _CODEC.validate_python(data)
+        except ValidationError as error:
+            problems = validation_message(error, whole="output_context")
+            raise StudyError(f"the batch manifest's output context does not fit: {problems}") from None
+
+
+_CODEC = TypeAdapter(OutputContext)
 
 
 def _grid_of(geometry: VolumeGeometry | None, depth: int, rows: int, columns: int) -> NiftiReference | None:

@@ -1,0 +1,36 @@
+"""What jobs and sessions share of HTTP files: uploads saved private (0600) under a size bound, and the media
+types of the results they offer."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from fastapi import HTTPException
+from starlette.datastructures import UploadFile
+
+MEDIA_TYPES = {"seg": "application/dicom", "nifti": "application/gzip", "npz": "application/octet-stream"}
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _upload_name(index: int, filename: str | None, taken: set[str]) -> str:
+    name = SAFE_NAME.sub("_", Path(filename or "").name).lstrip(".")
+    if not name or name in taken or name == "prompts.json":
+        name = f"upload{index:05d}" + "".join(Path(filename or "").suffixes[-2:]).replace("/", "")
+    taken.add(name)
+    return name
+
+
+async def save_uploads(folder: Path, files: list[UploadFile], limit: int) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    taken: set[str] = set()
+    total = 0
+    for index, upload in enumerate(files):
+        path = folder / _upload_name(index, upload.filename, taken)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+            while chunk := await upload.read(1 << 20):
+                total += len(chunk)
+                if total > limit:
+                    raise HTTPException(413, f"the upload is larger than {limit >> 20} MB (--max-upload-mb)")
+                handle.write(chunk)
