@@ -209,7 +209,6 @@ def quantize(
     preset: str = "performance",
 ) -> dict:
     import nncf
-    import openvino as ov
 
     model_dir = Path(models_dir) / MODEL_NAME
     manifest = read_manifest(model_dir)
@@ -218,6 +217,23 @@ def quantize(
     images, described = calibration_images(sources, slices)
     inputs = model_inputs(images, int(manifest["input_size"]))
     quantized = quantize_encoder(encoder_xml, inputs, variant, patterns, preset)
+    details = {
+        "variant": variant,
+        "ignored_patterns": list(patterns or []),
+        "preset": preset,
+        "calibration": {"source": described, "slices": len(inputs), "interpolation": "linear"},
+        "nncf": nncf.__version__,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return store_profile(model_dir, profile, quantized, details)
+
+
+def store_profile(model_dir: Path, profile: str, quantized, details: dict) -> dict:
+    """Write a quantized encoder (an ov.Model) as encoder_<profile>.xml/.bin beside the f32 IR (atomic renames)
+    and record it in the manifest's "profiles" with its sha256, the f32 encoder it came from and `details`."""
+    import openvino as ov
+
+    model_dir = Path(model_dir)
     stem = f"encoder_{profile}"
     staging = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=model_dir))
     try:
@@ -229,7 +245,6 @@ def quantize(
         for leftover in staging.iterdir():
             leftover.unlink()
         staging.rmdir()
-    seconds = time.perf_counter() - started
     entry = {
         "encoder": {
             "xml": f"{stem}.xml",
@@ -239,14 +254,9 @@ def quantize(
         },
         "decoder": "f32",
         "kind": "int8",
-        "variant": variant,
-        "ignored_patterns": list(patterns or []),
-        "preset": preset,
-        "calibration": {"source": described, "slices": len(inputs), "interpolation": "linear"},
-        "from_encoder_bin_sha256": manifest["encoder"]["bin_sha256"],
-        "nncf": nncf.__version__,
+        **details,
+        "from_encoder_bin_sha256": read_manifest(model_dir)["encoder"]["bin_sha256"],
         "openvino": ov.__version__,
-        "seconds": round(seconds, 1),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     manifest = read_manifest(model_dir)  # re-read: another profile may have been added meanwhile

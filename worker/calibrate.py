@@ -60,8 +60,11 @@ def evaluation_folder(source: Path | None, scratch: Path) -> tuple[Path, str]:
     return folder, (str(folder.resolve()) if folder == SHARED_CASES else PHANTOMS)
 
 
-def tuned_on(profile_encoders: list[str], registry: dict, evaluation_source: str) -> list[str]:
-    """INT8 encoders of a profile that models.quantize calibrated on the evaluation data itself."""
+def tuned_on(
+    profile_encoders: list[str], registry: dict, evaluation_source: str, case_names: list[str] | None = None
+) -> list[str]:
+    """INT8 encoders of a profile that were calibrated or chosen on the evaluation data itself. A profile made by
+    worker.int8_search records what it held out of that data: it may be gated on those cases only."""
     from models.quantize import read_manifest
 
     clashes = []
@@ -71,6 +74,13 @@ def tuned_on(profile_encoders: list[str], registry: dict, evaluation_source: str
         except (OSError, ValueError):
             continue
         for name in profile_encoders:
+            record = profiles.get(name, {}).get("tuned_on")
+            if isinstance(record, dict):
+                if evaluation_source == record.get("folder") and not set(case_names or ()) <= set(
+                    record.get("held_out", ())
+                ):
+                    clashes.append(name)
+                continue
             source = str(profiles.get(name, {}).get("calibration", {}).get("source", ""))
             if source and (
                 (evaluation_source == PHANTOMS and source.startswith(PHANTOMS))
@@ -185,7 +195,9 @@ def calibrate(
         failed = sorted(case for case, row in cases_rows.items() if abs(row["delta"]) > GATE_DSC)
         seconds = sum(row["seconds"] for row in cases_rows.values())
         same_graph = all(runtime[name][key] == runtime[DEFAULT_PROFILE][key] for key in runtime[name])
-        clashes = tuned_on(table.get(name).quantized_encoders(), reference.registry, evaluation_source)
+        clashes = tuned_on(
+            table.get(name).quantized_encoders(), reference.registry, evaluation_source, [c.name for c in cases]
+        )
         verdicts[name] = {
             "definition": profile_definition(table.get(name), weights),
             "passed": not failed and not clashes,
