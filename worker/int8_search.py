@@ -46,6 +46,7 @@ from models.quantize_accuracy import (
 )
 from worker.calibrate import _study, evaluation_cases
 from worker.contract.precision import PartPrecision
+from worker.contract.strategies import TRIVIEW
 from worker.engine.cache import EmbeddingCache
 from worker.engine.engine import Engine, EngineSettings
 from worker.evaluation.derived import DerivedCase, derive_cases
@@ -216,7 +217,7 @@ def search(
     size = int(manifest["input_size"])
     encoder_xml = model_dir / manifest["encoder"]["xml"]
     engine = CandidateEngine(EngineSettings(models_dir=Path(models_dir), threads=threads))
-    triview = {m for m in ("PET",) if engine.routing.route(m).strategy(True) == "triview"}
+    triview = {m for m in ("PET",) if engine.routing.route(m).strategy(True) == TRIVIEW}
     held_out = {case.name for case in evaluation_cases(folder, max_cases=gate_cases)}
     derived = derive_cases(folder)
     validation = validation_cases(derived, held_out, triview, validation_3d)
