@@ -257,3 +257,17 @@ class GatewayProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
         self._log.close()
+
+
+def served_gateway(folder: Path, token: str, pacs: Orthanc, models_dir: Path, *args: str):
+    """A module fixture's body: `producer serve` (1 OpenVINO thread, `models_dir`) holding the PACS's credentials,
+    ready; stopped when the generator is closed."""
+    credentials = {pacs.dicomweb: {"username": pacs.user, "password": pacs.password}}
+    service = GatewayProcess(
+        folder, token, credentials, "--threads", "1", *args, env={"LITEMEDSAM_MODELS_DIR": str(models_dir)}
+    )
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()

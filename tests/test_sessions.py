@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from orthanc_support import GatewayProcess, Orthanc, make_series, orthanc_available
+from orthanc_support import GatewayProcess, Orthanc, make_series, orthanc_available, served_gateway
 from producer.sessions import rle, unrle
 from worker.contract.prompts import Box, Click, LabelPrompt, Prompts
 from worker.contract.study import Study
@@ -51,20 +51,7 @@ def series(tmp_path_factory, pacs):
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, pacs, real_models_dir):
-    credentials = {pacs.dicomweb: {"username": pacs.user, "password": pacs.password}}
-    service = GatewayProcess(
-        tmp_path_factory.mktemp("gateway"),
-        TOKEN,
-        credentials,
-        "--threads",
-        "1",
-        env={"LITEMEDSAM_MODELS_DIR": str(real_models_dir)},
-    )
-    try:
-        service.wait_ready()
-        yield service
-    finally:
-        service.stop()
+    yield from served_gateway(tmp_path_factory.mktemp("gateway"), TOKEN, pacs, real_models_dir)
 
 
 def call(gateway: GatewayProcess, method: str, path: str, **kwargs) -> requests.Response:

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from dicom_factory import SeriesSpec, write_series
-from orthanc_support import GatewayProcess, Orthanc, make_series, orthanc_available, phantom
+from orthanc_support import GatewayProcess, Orthanc, make_series, orthanc_available, phantom, served_gateway
 from producer.gateway.viewer import BUNDLE
 
 TOKEN = "viewer-test-token-0123456789abcdef"
@@ -54,20 +54,7 @@ def series(tmp_path_factory, pacs):
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, pacs, echo_models_dir):
-    credentials = {pacs.dicomweb: {"username": pacs.user, "password": pacs.password}}
-    service = GatewayProcess(
-        tmp_path_factory.mktemp("gateway"),
-        TOKEN,
-        credentials,
-        "--threads",
-        "1",
-        env={"LITEMEDSAM_MODELS_DIR": str(echo_models_dir)},
-    )
-    try:
-        service.wait_ready()
-        yield service
-    finally:
-        service.stop()
+    yield from served_gateway(tmp_path_factory.mktemp("gateway"), TOKEN, pacs, echo_models_dir)
 
 
 def get(gateway, path: str, accept: str | None = None, **kwargs) -> requests.Response:
