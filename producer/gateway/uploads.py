@@ -14,6 +14,11 @@ MEDIA_TYPES = {"seg": "application/dicom", "nifti": "application/gzip", "npz": "
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def files_part(description: str) -> dict:
+    """OpenAPI: the multipart `files` part of an upload (one or more files)."""
+    return {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}, "description": description}
+
+
 def _upload_name(index: int, filename: str | None, taken: set[str]) -> str:
     name = SAFE_NAME.sub("_", Path(filename or "").name).lstrip(".")
     if not name or name in taken or name == "prompts.json":

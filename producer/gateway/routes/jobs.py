@@ -23,7 +23,7 @@ from producer.gateway.identity import Identity
 from producer.gateway.jobs import UNFINISHED, Job, new_job_id
 from producer.gateway.limits import LimitExceeded
 from producer.gateway.schemas import GUARDED, JOB_ID_PATTERN, Accepted, JobRequest, problems
-from producer.gateway.uploads import MEDIA_TYPES, save_uploads
+from producer.gateway.uploads import MEDIA_TYPES, files_part, save_uploads
 from worker.contract.study import StudyError
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="32 hex digits")]
@@ -124,12 +124,7 @@ UPLOAD_SCHEMA = {
     "type": "object",
     "required": ["files"],
     "properties": {
-        "files": {
-            "type": "array",
-            "minItems": 1,
-            "items": {"type": "string", "format": "binary"},
-            "description": "DICOM files of one series, or one NIfTI, or one challenge npz",
-        },
+        "files": files_part("DICOM files of one series, or one NIfTI, or one challenge npz"),
         "prompts": {"$ref": "#/components/schemas/Prompts"},
         "store": {"$ref": "#/components/schemas/UploadStore"},
     },

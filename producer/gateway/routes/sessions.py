@@ -38,7 +38,7 @@ from producer.gateway.dicomweb import DicomwebError
 from producer.gateway.identity import Identity
 from producer.gateway.limits import LimitExceeded
 from producer.gateway.schemas import GUARDED, UID_PATTERN, problems
-from producer.gateway.uploads import MEDIA_TYPES, save_uploads
+from producer.gateway.uploads import MEDIA_TYPES, files_part, save_uploads
 from producer.sessions import Session, SessionLimit, new_session_id, rle
 from worker.contract.study import StudyError
 
@@ -167,12 +167,7 @@ UPLOAD_SCHEMA = {
     "type": "object",
     "required": ["files"],
     "properties": {
-        "files": {
-            "type": "array",
-            "minItems": 1,
-            "items": {"type": "string", "format": "binary"},
-            "description": "DICOM files of one series, or one NIfTI, or one npz holding imgs (and spacing)",
-        },
+        "files": files_part("DICOM files of one series, or one NIfTI, or one npz holding imgs (and spacing)"),
         "modality": {"type": "string", "maxLength": 32},
     },
 }
