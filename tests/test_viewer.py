@@ -16,21 +16,12 @@ import pydicom
 import pytest
 import requests
 
+from browser_support import CHROMIUM, CHROMIUM_FLAGS
 from dicom_factory import SeriesSpec, write_series
 from orthanc_support import GatewayProcess, Orthanc, make_series, orthanc_available, phantom, served_gateway
 from producer.gateway.viewer import BUNDLE
 
 TOKEN = "viewer-test-token-0123456789abcdef"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "viewer"
 
 pytestmark = pytest.mark.skipif(not orthanc_available(), reason="Orthanc with the DICOMweb plugin is not installed")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 
+from browser_support import CHROMIUM, CHROMIUM_FLAGS
 from orthanc_support import Orthanc, make_series, orthanc_available, served_gateway
 from producer.formats.dicom import read_layout
 from producer.gateway.viewer import BUNDLE
@@ -24,16 +25,6 @@ from worker.contract.study import Study
 from worker.engine.engine import Engine, EngineSettings
 
 TOKEN = "viewer-session-token-0123456789abcdef"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "viewer-session"
 
 pytestmark = [

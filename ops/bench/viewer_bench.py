@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from common import machine_info, machine_lines, md_table, uptime_line  # noqa: E402
 
+from browser_support import CHROMIUM_FLAGS  # noqa: E402
 from orthanc_support import GatewayProcess, Orthanc, make_series  # noqa: E402
 from producer.gateway.viewer import BUNDLE  # noqa: E402
 
@@ -44,15 +45,6 @@ except ImportError:  # the test extra is not installed: main() says so
     PlaywrightTimeout = TimeoutError
 
 TOKEN = "viewer-bench-token-0123456789abcdef"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def measure(browser, gateway: GatewayProcess, spec, depth: int, size: int) -> dict:
