@@ -35,6 +35,7 @@ from producer.formats.dicom import read_layout
 pytestmark = [pytest.mark.model, pytest.mark.skipif(not orthanc_available(), reason="Orthanc is not installed")]
 TOKEN = "gateway-test-token-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
+JOBS_PAGE_SHOT = REPO / "test-artifacts" / "gateway" / "jobs-page.png"
 ENGINE_MAX_VOXELS = 200_000  # the gateway's engine refuses bigger images (the "engine refuses" case)
 DOWN_ROOT = f"http://127.0.0.1:{free_port()}/dicom-web"  # allowed (--dicomweb-allow), nothing listens there
 PROMPTS = {
@@ -382,6 +383,27 @@ def test_page_and_docs_in_headless_chromium(gateway, pacs, series):
     page = dom(f"{gateway.url}/#token={TOKEN}")
     assert f'id="job-{job["id"]}"' in page and 'data-state="ok"' in page
     assert 'data-loaded="1"' in page  # the thumbnail image arrived and decoded
+    # the jobs page as a person sees it: test-artifacts/gateway/jobs-page.png, which the docs site shows
+    # (ops/docs/hooks.py; docs/images/jobs-page.png is the committed copy)
+    JOBS_PAGE_SHOT.parent.mkdir(parents=True, exist_ok=True)
+    JOBS_PAGE_SHOT.unlink(missing_ok=True)
+    subprocess.run(
+        [
+            "/usr/bin/chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--hide-scrollbars",
+            "--window-size=1280,480",
+            "--virtual-time-budget=15000",
+            f"--screenshot={JOBS_PAGE_SHOT}",
+            f"{gateway.url}/#token={TOKEN}",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert JOBS_PAGE_SHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "chromium wrote no screenshot of the jobs page"
     docs = dom(f"{gateway.url}/docs")
     assert "/v1/jobs/{job_id}/result" in docs and "opblock" in docs
     html = requests.get(f"{gateway.url}/docs", timeout=5).text + requests.get(f"{gateway.url}/", timeout=5).text
