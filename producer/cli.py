@@ -94,7 +94,7 @@ def cli(verbose: bool) -> None:
     type=click.Choice(["on", "off"]),
     default="on",
     show_default=True,
-    help='Fleet: on: a big 3D study may be split across idle workers (README, "Scaling one study"); '
+    help="Fleet: on: a big 3D study may be split across idle workers (docs/operations/scaling.md); "
     "off: every study of this batch runs on one worker.",
 )
 @click.option(

@@ -1,7 +1,7 @@
 """The layering holds: every import statement of the tree (at module level or inside a function, where cycles
 hid) goes to the importer's own layer or one below it, and no set of modules imports itself round a cycle.
 
-The layers (README, "How it is put together"), lowest first; a layer may import the layers listed for it:
+The layers (docs/developer/architecture.md), lowest first; a layer may import the layers listed for it:
 - worker.contract: nothing of the project (numpy + pydantic; tests/test_contract.py checks the libraries);
 - models: nothing of the project (tests/test_models_standalone.py runs it with the rest unimportable);
 - worker.engine, worker.evaluation: the contract and models;

@@ -283,7 +283,7 @@ def parse_entry(entry: Any, where: str) -> SidecarPrompts:
 
 def _load_json(path: Path) -> Any:
     if not path.is_file():
-        raise StudyError(f'no box prompts: write {path} (README, "Hospital formats")')
+        raise StudyError(f'no box prompts: write {path} (docs/user-guide/inputs.md, "The prompts sidecar")')
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
