@@ -37,3 +37,24 @@ def test_openapi_fuzz_all_checks(tmp_path: Path, who: str):
     with ServedApp(fuzz_app(tmp_path / "data")) as served:
         said = schemathesis_run(served.url, tmp_path, headers, examples=25, seed=24)
     assert "Tested: 20" in said and " passed" in said, said[-3000:]
+
+
+def _refs(node) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        return found.union(*(_refs(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_refs(value) for value in node))
+    return set()
+
+
+def test_every_reference_of_the_openapi_document_resolves(tmp_path: Path):
+    """A $ref to a schema the document does not define is invisible to a fuzzer (it generates nothing for it) and
+    breaks generated clients: every reference names a component, and the session body lists the allowed roots."""
+    document = fuzz_app(tmp_path / "data").openapi()
+    schemas = document["components"]["schemas"]
+    refs = _refs(document)
+    assert "#/components/schemas/SessionRequest" in refs and "#/components/schemas/JobRequest" in refs
+    missing = sorted(ref for ref in refs if ref.removeprefix("#/components/schemas/") not in schemas)
+    assert not missing, missing
+    assert schemas["SeriesRef"]["properties"]["root"]["enum"], schemas["SeriesRef"]

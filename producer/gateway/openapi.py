@@ -1,8 +1,8 @@
 """The service's OpenAPI document (3.0.3: the swagger-ui of swagger-ui-bundle renders 3.0, not 3.1).
 
-FastAPI derives the routes; this adds what FastAPI cannot see: the JSON job body (the route also takes multipart,
-so it parses the body itself), the prompts schema, and the DICOMweb roots this site allows, as enums: a generated
-client learns which roots will be accepted instead of finding out by a 422."""
+FastAPI derives the routes; this adds what FastAPI cannot see: the JSON bodies of a job and of a session (those
+routes also take multipart, so they parse the body themselves), the prompts schema, and the DICOMweb roots this site
+allows, as enums: a generated client learns which roots will be accepted instead of finding out by a 422."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from producer.gateway.routes.sessions import SessionRequest
 from producer.gateway.schemas import PROMPTS_SCHEMA, JobRequest
 
 
@@ -30,6 +31,9 @@ def install_schema(app: FastAPI, allowed_roots: frozenset[str]) -> None:
             models = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(models.pop("$defs", {}))
             components["JobRequest"] = models
+            session = SessionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(session.pop("$defs", {}))
+            components["SessionRequest"] = session
             components["Prompts"] = PROMPTS_SCHEMA
             models["properties"]["prompts"] = {"$ref": "#/components/schemas/Prompts"}
             store_description = models["properties"]["store"].get("description", "")
@@ -47,6 +51,7 @@ def install_schema(app: FastAPI, allowed_roots: frozenset[str]) -> None:
             if roots:  # none configured: no DICOMweb source or destination can be accepted at all
                 components["DicomwebSource"]["properties"]["dicomweb"]["enum"] = roots
                 components["UploadStore"]["enum"] = roots
+                components["SeriesRef"]["properties"]["root"]["enum"] = roots
             app.openapi_schema = schema
         return app.openapi_schema
 
