@@ -193,8 +193,19 @@ def test_a_session_stays_on_one_worker_and_equals_the_in_process_session(fleet, 
     box = pair.interact("organ", box=[26, 28, 2, 68, 72, 10])
     node = box["worker"]
     assert node in {w.node for w in fleet.workers} and box["changed"]
-    answers = [
-        pair.interact("organ", point=edge(box, 6), positive=False),
+    answers = [pair.interact("organ", point=edge(box, 6), positive=False)]
+
+    # the Python API's session on the fleet: the same steps, the same mask
+    from producer import api
+
+    settings = FleetSettings(broker_url=fleet.slot.url, namespace=fleet.slot.namespace)
+    by_api = api.open_session(pair.local.study, settings=settings)
+    by_api.interact("organ", box=[26, 28, 2, 68, 72, 10])
+    by_api.interact("organ", point=edge(box, 6), positive=False)
+    assert by_api.work.where in {w.node for w in fleet.workers}
+    np.testing.assert_array_equal(by_api.label("organ").mask, pair.local.label("organ").mask)
+
+    answers += [
         pair.interact("organ", point=[8, 8, 6]),  # far outside the organ
         pair.interact("core", point=inside(box, 6)),  # a label of clicks alone
     ]
