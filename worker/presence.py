@@ -18,6 +18,7 @@ from worker.contract.settings import redis_client
 
 log = logging.getLogger(__name__)
 PRESENCE_INTERVAL = 1.0  # seconds between stamps
+FORGET_AFTER = 86400.0  # a node not stamped for this long leaves the set
 
 
 class SessionPresence(bootsteps.StartStopStep):
@@ -46,7 +47,11 @@ class SessionPresence(bootsteps.StartStopStep):
             log.warning("session presence not withdrawn: %s", error)
 
     def stamp(self) -> None:
+        now = time.time()
         try:
-            self.client.zadd(self.key, {self.node: time.time()})
+            with self.client.pipeline() as pipe:
+                pipe.zadd(self.key, {self.node: now})
+                pipe.zremrangebyscore(self.key, "-inf", now - FORGET_AFTER)  # nodes long gone
+                pipe.execute()
         except Exception as error:  # Redis away: the next tick tries again
             log.warning("session presence not stamped: %s", error)

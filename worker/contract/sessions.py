@@ -52,7 +52,7 @@ class SessionStep(BaseModel):
     step: Literal["box", "click"]
     box: list[int | float] | None = None
     click: WireClick | None = None
-    base: str = ""  # the mask version the gateway holds ("": an empty label)
+    base: str = Field("", pattern=r"^([0-9a-f]{8,64})?$")  # the mask version the gateway holds ("": empty label)
     version: str = Field(pattern=HEX_ID)
     reply_ttl: int = Field(60, ge=1)
     message_version: int = SESSION_MESSAGE_VERSION
