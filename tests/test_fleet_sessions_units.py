@@ -139,3 +139,51 @@ def _study(n: int, size: int = 10):
     from worker.contract.study import Study
 
     return Study(f"s{n}", "CT", np.full((size, size, size), n, np.uint8), Prompts((), 3), None)
+
+
+def test_the_gateway_resends_a_step_that_a_node_leaves_waiting_or_drops_and_keeps_the_session_on_failure(slot):
+    """producer.fleet_sessions against a real Redis, with the sending faked: one node never picks the step up (busy
+    with a study), one starts it and dies (its busy mark lapses), one answers; the next step goes straight to the
+    node that answered; with no node alive the step is SessionUnavailable and the session is unchanged."""
+    import time
+
+    from producer.fleet_sessions import FleetSessions, FleetTimings
+    from producer.formats.output_context import OutputContext
+    from producer.sessions import Session, SessionUnavailable
+    from worker.contract.prompts import Prompts
+    from worker.contract.settings import FleetSettings, redis_client
+    from worker.contract.study import Study
+
+    settings = FleetSettings(broker_url=slot.url, namespace=slot.namespace)
+    fleet = FleetSessions(slot.url, FleetTimings(dead_after=5.0, pickup=0.6, step=30.0, poll=0.05), settings)
+    client, keys = redis_client(slot.url), Keys(slot.namespace)
+    plane = np.zeros((20, 30), bool)
+    plane[4:9, 5:12] = True
+    sent: list[str] = []
+
+    def send(step: SessionStep, node: str) -> None:
+        sent.append(node)
+        if node.startswith("b-dying"):  # it starts the step and dies: its busy mark lapses
+            client.set(keys.session_busy(step.request_id), b"1", px=300)
+        elif node.startswith("c-good"):
+            reply = SessionReply(node, step.version, {0: plane}, full=True, overlap="smaller")
+            client.rpush(keys.session_reply(step.request_id), reply.to_bytes())
+
+    fleet.send = send  # type: ignore[method-assign]
+    client.zadd(keys.session_nodes(), {n: time.time() for n in ("a-idle", "b-dying", "c-good")})
+    image = np.full((20, 30, 3), 7, np.uint8)
+    session = Session(Study("s", "CT", image, Prompts((), 2), None), OutputContext("npz"), None, fleet)
+    change = session.interact("lesion", box=[5, 4, 11, 8])
+    assert sent == ["a-idle", "b-dying", "c-good"] and change.worker == "c-good"
+    np.testing.assert_array_equal(session.label("lesion").mask[0], plane)
+    assert session.interact("lesion", point=[6, 6]).worker == "c-good" and sent[3:] == ["c-good"]
+
+    client.delete(keys.session_nodes())  # every worker gone
+    before = session.label("lesion")
+    prompt, version = before.prompt, before.version
+    with pytest.raises(SessionUnavailable, match="no live fleet worker"):
+        session.interact("lesion", point=[20, 15], positive=False)
+    with pytest.raises(SessionUnavailable):
+        session.interact("other", box=[1, 1, 4, 4])
+    assert session.label("lesion").prompt == prompt and session.label("lesion").version == version
+    assert [label.name for label in session.labels] == ["lesion"]  # a label whose first step failed is not kept
