@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import loadavg, machine_info, machine_lines, md_table, replace_section, uptime_line  # noqa: E402
+from session_latency import CASES as DEV_CASES  # noqa: E402
 from session_latency import percentile, run_case  # noqa: E402
 
 from fleet_support import WorkerProcess, claim_redis, fleet_env, wait_for_nodes  # noqa: E402
@@ -38,16 +39,16 @@ TOKEN = "fleet-session-bench-token-0123456789abcdef"
 CASES = {"2D": "2DBox_CT_amos000475", "3D": "3DBox_CT_tssm"}
 
 
-def in_process(folder: Path, threads: int, kinds: list[str], clicks: int) -> list[dict]:
+def in_process(folder: Path, threads: int, kinds: list[str], clicks: int, cases: Path) -> list[dict]:
     service = GatewayProcess(folder / "embedded", TOKEN, {}, "--threads", str(threads))
     try:
         service.wait_ready()
-        return [run_case(service, kind, clicks, CASES[kind]) for kind in kinds]
+        return [run_case(service, kind, clicks, CASES[kind], cases) for kind in kinds]
     finally:
         service.stop()
 
 
-def on_fleet(folder: Path, threads: int, kinds: list[str], clicks: int) -> list[dict]:
+def on_fleet(folder: Path, threads: int, kinds: list[str], clicks: int, cases: Path) -> list[dict]:
     from worker.app import make_app
     from worker.contract.settings import FleetSettings
 
@@ -71,7 +72,7 @@ def on_fleet(folder: Path, threads: int, kinds: list[str], clicks: int) -> list[
     try:
         wait_for_nodes(make_app(FleetSettings(broker_url=slot.url, namespace=slot.namespace)), [worker.node], [worker])
         service.wait_ready()
-        return [run_case(service, kind, clicks, CASES[kind]) for kind in kinds]
+        return [run_case(service, kind, clicks, CASES[kind], cases) for kind in kinds]
     finally:
         service.stop()
         worker.stop()
@@ -84,13 +85,16 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--kinds", default="2D,3D")
     parser.add_argument("--record", action="store_true")
+    parser.add_argument(
+        "--cases", type=Path, default=DEV_CASES, help="cases with imgs/ and gts/ (default: ../shared/data/cases)"
+    )
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     loads = [loadavg()]
     folder = Path(tempfile.mkdtemp(prefix="fleet-session-bench-"))
-    results = {"in-process": in_process(folder, args.threads, kinds, args.clicks)}
+    results = {"in-process": in_process(folder, args.threads, kinds, args.clicks, args.cases)}
     loads.append(loadavg())
-    results["fleet"] = on_fleet(folder, args.threads, kinds, args.clicks)
+    results["fleet"] = on_fleet(folder, args.threads, kinds, args.clicks, args.cases)
     loads.append(loadavg())
     rows = []
     for kind in kinds:

@@ -45,12 +45,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))] if ordered else float("nan")
 
 
-def load_case(kind: str, name: str | None = None) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """(name, imgs, gts, first box, spacing) of the named (default: the chosen) dev case, else of the phantom of
-    that kind."""
+def load_case(
+    kind: str, name: str | None = None, cases: Path = CASES
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(name, imgs, gts, first box, spacing) of the named (default: the chosen) case in `cases`, else of the
+    phantom of that kind."""
     name = name or CHOSEN[kind]
-    if (CASES / "imgs" / f"{name}.npz").is_file():
-        with np.load(CASES / "imgs" / f"{name}.npz") as data, np.load(CASES / "gts" / f"{name}.npz") as truth:
+    if (cases / "imgs" / f"{name}.npz").is_file():
+        with np.load(cases / "imgs" / f"{name}.npz") as data, np.load(cases / "gts" / f"{name}.npz") as truth:
             spacing = data["spacing"] if "spacing" in data.files else None
             return name, data["imgs"], truth["gts"], data["boxes"][0], spacing
     from models.phantoms import build_phantoms
@@ -59,8 +61,8 @@ def load_case(kind: str, name: str | None = None) -> tuple[str, np.ndarray, np.n
     return phantom.name + " (phantom)", phantom.imgs, phantom.gts, phantom.boxes[0], phantom.spacing
 
 
-def run_case(service: GatewayProcess, kind: str, clicks: int, case: str | None = None) -> dict:
-    name, imgs, gts, box, spacing = load_case(kind, case)
+def run_case(service: GatewayProcess, kind: str, clicks: int, case: str | None = None, cases: Path = CASES) -> dict:
+    name, imgs, gts, box, spacing = load_case(kind, case, cases)
     buffer = io.BytesIO()
     arrays = {"imgs": imgs} if spacing is None else {"imgs": imgs, "spacing": spacing}
     np.savez(buffer, **arrays)
