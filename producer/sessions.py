@@ -163,7 +163,8 @@ def _changed(old: np.ndarray, new: np.ndarray) -> list[int]:
 
 
 class Session:
-    """One open image and its labels; one interaction at a time (a lock), on a shared engine."""
+    """One open image and its labels; one interaction at a time (a lock: the shared engine's, in-process), each
+    step computed by the session's LabelWork."""
 
     def __init__(
         self,
@@ -216,8 +217,7 @@ class Session:
         """uint16 labels (label k for the k-th label; a 2D image: (H, W)), as Engine.segment paints them."""
         masks = [label.mask for label in self.labels]
         sizes = [label_size(label.prompt, label.mask) for label in self.labels]
-        rule = self.work.overlap()
-        labels = paint(masks, sizes, rule) if masks else np.zeros(self.shape, dtype=np.uint16)
+        labels = paint(masks, sizes, self.work.overlap()) if masks else np.zeros(self.shape, dtype=np.uint16)
         return labels if self.is_3d else labels[0]
 
     def volume_ml(self, label: LabelState) -> float | None:
