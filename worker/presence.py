@@ -29,7 +29,8 @@ class SessionPresence(bootsteps.StartStopStep):
     def __init__(self, c, **kwargs):
         super().__init__(c, **kwargs)
         self.key = Keys(c.app.conf[NAMESPACE_CONF]).session_nodes()
-        self.client = redis_client(c.app.conf.broker_url)
+        # a stamp runs on the consumer's timer: it must not hold it through a Redis outage (the next tick retries)
+        self.client = redis_client(c.app.conf.broker_url, reconnect_seconds=PRESENCE_INTERVAL)
         self.node = c.hostname
         self.tref = None
 
