@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis
+from kombu.exceptions import OperationalError
 
 from producer.fleet import FleetClient
 from producer.sessions import LabelState, SessionUnavailable
@@ -36,7 +37,7 @@ from worker.contract.sessions import SessionReply, SessionStep
 from worker.contract.settings import FleetSettings
 from worker.contract.study import Study, StudyError
 
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
 
 
 @dataclass(frozen=True)
