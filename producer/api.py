@@ -6,6 +6,7 @@
     batch = api.submit("studies/", broker=..., wait=False)                                       # returns at once
     api.status(batch.batch_id, broker=...)          # -> BatchStatus (counts, per-study state and progress)
     api.results(batch.batch_id, "masks/", broker=...)   # waits, downloads, writes masks + metrics.jsonl
+    session = api.open_session(study, broker=...)   # interactive: session.interact("liver", box=[...]), clicks
 
 Outputs are those of the embedded run (producer.outputs.OutputWriter). Without `out_dir`, `submit`/`results`
 keep each mask in memory (`StudyOutcome.labels`); with it, masks are written and not kept.
@@ -19,6 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from producer.discovery import Skipped, StudySource, discover
 from producer.fleet import Enqueued, FleetClient, SubmissionInterrupted, SubmitOptions
@@ -31,6 +33,9 @@ from worker.contract.arrays import StoreError
 from worker.contract.messages import Outcome, Progress
 from worker.contract.settings import FleetSettings
 from worker.contract.study import Study
+
+if TYPE_CHECKING:
+    from producer.sessions import Session
 
 
 class UnknownBatch(LookupError):
@@ -155,6 +160,26 @@ def submit_studies(
     if wait:
         _collect(client, batch, set(batch.names), len(batch.names), timeout, False)
     return batch
+
+
+def open_session(
+    study: Study,
+    broker: str | None = None,
+    *,
+    context: OutputContext | None = None,
+    settings: FleetSettings | None = None,
+) -> Session:
+    """An interactive session on the fleet for an image in memory (its prompts are ignored): `interact(label,
+    box=[...])` or `interact(label, point=[x, y(, z)], positive=...)`, `undo`/`redo`, `label_map()`,
+    `write_results(folder)`. Each step runs on a fleet worker as the gateway's sessions do
+    (producer.fleet_sessions); SessionUnavailable when no worker lives. The session lives in this process."""
+    from producer.fleet_sessions import FleetSessions
+    from producer.sessions import Session
+
+    fleet_settings = (settings or FleetSettings.from_env()).with_broker(broker)
+    return Session(
+        study, context or OutputContext("npz"), None, FleetSessions(fleet_settings.broker_url, settings=fleet_settings)
+    )
 
 
 def status(batch_id: str, broker: str | None = None, *, settings: FleetSettings | None = None) -> BatchStatus:

@@ -1,4 +1,5 @@
-"""The producer's light Celery client: sends a study's task by name to its queue, and nothing else.
+"""The producer's light Celery client: sends a study's task by name to its queue (and a session's step to a
+worker's own queue), and nothing else.
 
 A minimal Celery app (the broker URL, the namespace's key prefix, JSON, the publish retry policy: the settings
 worker.contract.broker shares with the workers). It imports no worker module: no signal handlers, no lease
@@ -14,7 +15,8 @@ from celery import Celery
 from worker.contract.broker import client_config
 from worker.contract.keys import NAMESPACE_HEADER
 from worker.contract.messages import TaskMessage
-from worker.contract.settings import TASK_NAME, FleetSettings
+from worker.contract.sessions import SessionStep
+from worker.contract.settings import SESSION_TASK_NAME, TASK_NAME, FleetSettings
 
 
 def sender_app(settings: FleetSettings) -> Celery:
@@ -39,5 +41,19 @@ class TaskSender:
             task_id=task_id,
             soft_time_limit=soft,
             time_limit=hard,
+            headers={NAMESPACE_HEADER: self.settings.namespace},
+        )
+
+    def send_session_step(self, step: SessionStep, node: str, expires: float) -> Any:
+        """Send one session step to a worker's own queue (Celery's worker_direct queue `<node>.dq2`); a worker
+        that receives it more than `expires` seconds from now drops it (the gateway has re-sent it elsewhere)."""
+        from celery.utils.nodenames import worker_direct
+
+        return self.app.send_task(
+            SESSION_TASK_NAME,
+            args=[step.to_wire()],
+            queue=worker_direct(node),
+            task_id=step.request_id,
+            expires=expires,
             headers={NAMESPACE_HEADER: self.settings.namespace},
         )

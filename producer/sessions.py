@@ -13,6 +13,11 @@ engine's embedding cache keeps every slice encoded once, so a click costs decode
   (`rle`) a browser can paint, with the seconds spent and the label's volume in ml (3D with spacing).
 - `SessionStore` bounds what sessions hold: their number, their bytes (image, masks, undo history) and an idle
   timeout; a session past it is closed on the next look at the store.
+- Who computes a step is a `SessionEngine`'s `LabelWork` (the one choice between them: the gateway's
+  make_session_engine): `LocalSessions` runs every session on one engine in this process, one interaction at a
+  time; producer.fleet_sessions.FleetSessions sends each step to a fleet worker. Each label's mask carries a
+  version (a fresh id at every change, undo and redo included) that a fleet worker uses to know whether the mask
+  it holds is the one the session holds. Undo and redo stay here: they restore stored masks.
 Not here: HTTP (producer.gateway.routes.sessions) and writing outputs (the study formats' writers, via `result`).
 """
 
@@ -24,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -38,10 +44,21 @@ from worker.engine.labelwise import LabelSegmenter, label_size, paint, volume_sh
 
 MAX_LABELS = 255
 MAX_NAME = 64
+GATEWAY = "gateway"  # who computed a change made in this process (local sessions, undo and redo)
 
 
 def new_session_id() -> str:
     return secrets.token_hex(16)
+
+
+def new_version() -> str:
+    """A label mask's version: an id never used before."""
+    return secrets.token_hex(8)
+
+
+class SessionUnavailable(RuntimeError):
+    """No one can compute a session's step now (no live fleet worker, the fleet unreachable): that interaction
+    fails (HTTP 503), the session stays as it was."""
 
 
 def rle(mask: np.ndarray) -> list[int]:
@@ -84,6 +101,7 @@ class LabelState:
     mask: np.ndarray  # (D, H, W) bool
     undo: list[Step] = field(default_factory=list)
     redo: list[Step] = field(default_factory=list)
+    version: str = ""  # "" while the mask is empty and never changed; else new_version() at every change
 
     def nbytes(self) -> int:
         steps = self.undo + self.redo
@@ -97,6 +115,38 @@ class Change:
     label: LabelState
     changed: list[int]
     seconds: float
+    worker: str = ""  # who computed it: a fleet worker's node, or "gateway"
+
+
+class LabelWork(Protocol):
+    """Who computes one session's label masks (the gateway's engine, or a fleet worker)."""
+
+    def box(self, label: LabelState, box: Box, version: str) -> np.ndarray:
+        """(D, H, W) bool: the label restarted with this box (its mask becomes `version`)."""
+        ...
+
+    def click(self, label: LabelState, click: Click, version: str) -> np.ndarray:
+        """(D, H, W) bool: the label's mask after one more click (its mask becomes `version`)."""
+        ...
+
+    def overlap(self) -> str:
+        """The routing's overlap rule for this session's modality."""
+        ...
+
+    @property
+    def where(self) -> str:
+        """Who computed the last step."""
+        ...
+
+
+class SessionEngine(Protocol):
+    """Opens each session's LabelWork and says which lock its interactions take."""
+
+    mode: str
+
+    def open(self, session_id: str, study: Study) -> LabelWork: ...
+
+    def session_lock(self) -> threading.Lock: ...
 
 
 def _pack(mask: np.ndarray, slices: list[int]) -> dict[int, tuple[tuple[int, int], np.ndarray]]:
@@ -113,14 +163,15 @@ def _changed(old: np.ndarray, new: np.ndarray) -> list[int]:
 
 
 class Session:
-    """One open image and its labels; one interaction at a time (a lock), on a shared engine."""
+    """One open image and its labels; one interaction at a time (a lock: the shared engine's, in-process), each
+    step computed by the session's LabelWork."""
 
     def __init__(
         self,
         study: Study,
         context: OutputContext,
         source: StudySource | None,
-        segmenter: Callable[[Study], LabelSegmenter],
+        engine: SessionEngine,
         owner: str = "",
         origin: dict | None = None,
         session_id: str | None = None,
@@ -130,10 +181,10 @@ class Session:
         self.owner = owner
         self.study, self.context, self.source = study, context, source
         self.origin = dict(origin or {})  # where the image came from ({"dicomweb", "study", "series"} or upload)
-        self.segmenter = segmenter(study)
         self.shape = volume_shape(study)
+        self.work = engine.open(self.id, study)
         self.labels: list[LabelState] = []
-        self.lock = threading.Lock()
+        self.lock = engine.session_lock()
         self.created = self.last_used = time.time()
 
     # ---------------------------------------------------------------- what the session holds
@@ -148,6 +199,8 @@ class Session:
         return Prompts(tuple(label.prompt for label in self.labels), self.study.prompts.dims)
 
     def label(self, name: str, create: bool = False) -> LabelState:
+        """The label called `name`; with `create`, a new one if there is none (added to the session only once
+        its first interaction succeeds)."""
         name = name.strip()
         for label in self.labels:
             if label.name == name:
@@ -158,16 +211,13 @@ class Session:
             raise StudyError(f"a label's name is 1 to {MAX_NAME} characters")
         if len(self.labels) >= MAX_LABELS:
             raise StudyError(f"a session holds at most {MAX_LABELS} labels")
-        state = LabelState(name, len(self.labels) + 1, LabelPrompt(), np.zeros(self.shape, dtype=bool))
-        self.labels.append(state)
-        return state
+        return LabelState(name, len(self.labels) + 1, LabelPrompt(), np.zeros(self.shape, dtype=bool))
 
     def label_map(self) -> np.ndarray:
         """uint16 labels (label k for the k-th label; a 2D image: (H, W)), as Engine.segment paints them."""
         masks = [label.mask for label in self.labels]
         sizes = [label_size(label.prompt, label.mask) for label in self.labels]
-        rule = self.segmenter.engine.routing.route(self.study.modality).overlap
-        labels = paint(masks, sizes, rule) if masks else np.zeros(self.shape, dtype=np.uint16)
+        labels = paint(masks, sizes, self.work.overlap()) if masks else np.zeros(self.shape, dtype=np.uint16)
         return labels if self.is_3d else labels[0]
 
     def volume_ml(self, label: LabelState) -> float | None:
@@ -202,22 +252,25 @@ class Session:
         with self.lock:
             started = time.perf_counter()
             label = self.label(name, create=True)
+            version = new_version()
             if box is not None:
                 new_box = self._check_box(box)
                 prompt = LabelPrompt(new_box)
-                mask = self.segmenter.box_mask(new_box)
+                mask = self.work.box(label, new_box, version)
             else:
                 click = self._check_click(point or [], positive)
                 if label.prompt.box is None and not label.prompt.foreground and not click.foreground:
                     raise StudyError(f"label {name!r} starts with a box or a foreground click")
-                mask = self.segmenter.click(label.mask, label.prompt.clicks, click).mask
+                mask = self.work.click(label, click, version)
                 prompt = LabelPrompt(label.prompt.box, (*label.prompt.clicks, click))
             changed = _changed(label.mask, mask)
             label.undo.append(Step(label.prompt, _pack(label.mask, changed)))
             label.redo.clear()
-            label.prompt, label.mask = prompt, mask
+            label.prompt, label.mask, label.version = prompt, mask, version
+            if label not in self.labels:
+                self.labels.append(label)
             self.last_used = time.time()
-            return Change(label, changed, time.perf_counter() - started)
+            return Change(label, changed, time.perf_counter() - started, self.work.where)
 
     def undo(self, name: str) -> Change:
         return self._step(name, forward=False)
@@ -238,9 +291,9 @@ class Session:
             mask = label.mask.copy()
             for z, packed in step.slices.items():
                 mask[z] = _unpack(packed)
-            label.prompt, label.mask = step.prompt, mask
+            label.prompt, label.mask, label.version = step.prompt, mask, new_version()
             self.last_used = time.time()
-            return Change(label, changed, time.perf_counter() - started)
+            return Change(label, changed, time.perf_counter() - started, GATEWAY)
 
     # ---------------------------------------------------------------- results
     def describe(self, label: LabelState) -> dict:
@@ -263,6 +316,7 @@ class Session:
             "changed": change.changed,
             "masks": {str(z): rle(label.mask[z]) for z in change.changed},
             "seconds": round(change.seconds, 4),
+            "worker": change.worker,
             "volume_ml": self.volume_ml(label),
             "colour": list(segment_structure(label.number, label.name).rgb),
         }
@@ -300,9 +354,29 @@ class Session:
         return files
 
 
-class SessionEngine:
+class LocalWork:
+    """A session's labels on the gateway's own engine (LabelSegmenter's steps)."""
+
+    where = GATEWAY
+
+    def __init__(self, segmenter: LabelSegmenter):
+        self.segmenter = segmenter
+
+    def box(self, label: LabelState, box: Box, version: str) -> np.ndarray:
+        return self.segmenter.box_mask(box)
+
+    def click(self, label: LabelState, click: Click, version: str) -> np.ndarray:
+        return self.segmenter.click(label.mask, label.prompt.clicks, click).mask
+
+    def overlap(self) -> str:
+        return self.segmenter.engine.routing.route(self.segmenter.study.modality).overlap
+
+
+class LocalSessions:
     """The engine every session of a service shares, made on first use, and the lock that lets one interaction
     (or one session's set-up) use it at a time."""
+
+    mode = "embedded"
 
     def __init__(self, settings: object | None = None):
         self.settings = settings  # worker.engine.engine.EngineSettings; None: the defaults
@@ -316,6 +390,12 @@ class SessionEngine:
             if self._engine is None:
                 self._engine = Engine(self.settings or EngineSettings())  # type: ignore[arg-type]
             return LabelSegmenter(self._engine, study)
+
+    def open(self, session_id: str, study: Study) -> LocalWork:
+        return LocalWork(self.segmenter(study))
+
+    def session_lock(self) -> threading.Lock:
+        return self.lock  # one engine: one interaction at a time, whichever session
 
 
 class SessionLimit(Exception):

@@ -18,6 +18,7 @@ from worker import lifecycle  # noqa: F401  (connects the worker's signal handle
 from worker.contract.broker import client_config
 from worker.contract.settings import FleetSettings
 from worker.lease import LEASE_RENEW_CONF, LeaseKeeper
+from worker.presence import SessionPresence
 
 
 def celery_config(settings: FleetSettings) -> dict[str, Any]:
@@ -36,6 +37,8 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         LEASE_RENEW_CONF: settings.lease_renew_interval,
         # events for Flower / `celery events`
         "worker_send_task_events": True,
+        # each worker also consumes its own queue `<node>.dq2`: a session's steps go to the node that holds it
+        "worker_direct": True,
     }
 
 
@@ -44,6 +47,7 @@ def make_app(settings: FleetSettings | None = None) -> Celery:
     app = Celery("litemedsam", broker=settings.broker_url, include=["worker.tasks"])
     app.conf.update(celery_config(settings))
     app.steps["consumer"].add(LeaseKeeper)
+    app.steps["consumer"].add(SessionPresence)
     return app
 
 

@@ -21,7 +21,7 @@ from celery.exceptions import Reject, TimeLimitExceeded
 from worker import misrouted, process
 from worker.contract.keys import NAMESPACE_CONF, NAMESPACE_HEADER, Keys
 from worker.contract.messages import MessageError, Outcome, TaskMessage
-from worker.contract.settings import PART_TASK_NAME, TASK_NAME, FleetSettings, redis_client
+from worker.contract.settings import PART_TASK_NAME, SESSION_TASK_NAME, TASK_NAME, FleetSettings, redis_client
 from worker.contract.strategies import STRATEGIES, TRIVIEW
 from worker.job import run_study
 from worker.job_context import Delivery, WorkerContext
@@ -95,6 +95,28 @@ def part(self, payload: dict) -> dict:
         return {"state": f"malformed message: {error}"}
     ctx, delivery = _context_and_delivery(self)
     return run_part(ctx, message, delivery)
+
+
+@shared_task(bind=True, name=SESSION_TASK_NAME, acks_late=False, ignore_result=True)
+def session_step(self, payload: dict) -> dict:
+    """One interaction of a session (worker.sessions). Acknowledged on receipt: a step whose worker dies is
+    re-sent by the gateway (which sees its busy mark lapse), never redelivered here."""
+    from worker.contract.sessions import SessionStep
+    from worker.sessions import process_cache, serve_step
+
+    if not is_own(self):
+        log.error("session step %s of another namespace dropped", self.request.id)
+        return {"status": "refused"}
+    try:
+        step = SessionStep.from_wire(payload)
+    except MessageError as error:
+        log.error("malformed session step dropped: %s", error)
+        return {"status": "error", "error": f"malformed message: {error}"}
+    ctx = process.context()
+    if ctx is None:
+        raise Reject(f"engine unavailable: {process.failure()}", requeue=True)
+    reply = serve_step(ctx, process_cache(), step)
+    return {"status": "error" if reply.error else "ok", "node": reply.node}
 
 
 def _context_and_delivery(task: Task) -> tuple[WorkerContext, Delivery]:

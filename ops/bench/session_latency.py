@@ -45,11 +45,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))] if ordered else float("nan")
 
 
-def load_case(kind: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """(name, imgs, gts, first box, spacing) of the chosen dev case, else of the phantom of that kind."""
-    name = CHOSEN[kind]
-    if (CASES / "imgs" / f"{name}.npz").is_file():
-        with np.load(CASES / "imgs" / f"{name}.npz") as data, np.load(CASES / "gts" / f"{name}.npz") as truth:
+def load_case(
+    kind: str, name: str | None = None, cases: Path = CASES
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(name, imgs, gts, first box, spacing) of the named (default: the chosen) case in `cases`, else of the
+    phantom of that kind."""
+    name = name or CHOSEN[kind]
+    if (cases / "imgs" / f"{name}.npz").is_file():
+        with np.load(cases / "imgs" / f"{name}.npz") as data, np.load(cases / "gts" / f"{name}.npz") as truth:
             spacing = data["spacing"] if "spacing" in data.files else None
             return name, data["imgs"], truth["gts"], data["boxes"][0], spacing
     from models.phantoms import build_phantoms
@@ -58,8 +61,8 @@ def load_case(kind: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.nd
     return phantom.name + " (phantom)", phantom.imgs, phantom.gts, phantom.boxes[0], phantom.spacing
 
 
-def run_case(service: GatewayProcess, kind: str, clicks: int) -> dict:
-    name, imgs, gts, box, spacing = load_case(kind)
+def run_case(service: GatewayProcess, kind: str, clicks: int, case: str | None = None, cases: Path = CASES) -> dict:
+    name, imgs, gts, box, spacing = load_case(kind, case, cases)
     buffer = io.BytesIO()
     arrays = {"imgs": imgs} if spacing is None else {"imgs": imgs, "spacing": spacing}
     np.savez(buffer, **arrays)
@@ -90,7 +93,7 @@ def run_case(service: GatewayProcess, kind: str, clicks: int) -> dict:
     box_seconds, answer = post({"label": "target", "box": [int(v) for v in box]})
     for z, runs in answer["masks"].items():
         mask[int(z)] = unrle(runs, shape[1:])
-    click_seconds, changed = [], []
+    click_seconds, changed, workers = [], [], set()
     for _ in range(clicks):
         click = error_centre(truth, mask)
         if click is None:
@@ -100,6 +103,7 @@ def run_case(service: GatewayProcess, kind: str, clicks: int) -> dict:
         seconds, answer = post({"label": "target", "click": {"point": point, "positive": click.positive}})
         click_seconds.append(seconds)
         changed.append(len(answer["changed"]))
+        workers.add(answer.get("worker", ""))
         for zz, runs in answer["masks"].items():
             mask[int(zz)] = unrle(runs, shape[1:])
     requests.delete(f"{service.url}/v1/sessions/{sid}", headers=service.headers, timeout=60)
@@ -111,6 +115,7 @@ def run_case(service: GatewayProcess, kind: str, clicks: int) -> dict:
         "box": box_seconds,
         "clicks": click_seconds,
         "changed": changed,
+        "workers": sorted(workers),
     }
 
 

@@ -152,6 +152,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         422: "the request is malformed, or names a DICOMweb root the site did not configure",
         429: "over the identity's request rate or unfinished resources (Retry-After says when to ask again)",
         502: "the DICOMweb server refused or failed the request",
+        503: "no fleet worker can take this now (Retry-After says when to ask again); nothing was changed",
     }
     return {status: {"model": Problem, "description": reasons[status]} for status in statuses}
 

@@ -1,4 +1,5 @@
-"""Who segments a gateway job's study: the engine in this process, or the fleet.
+"""Who segments a gateway job's study, and who computes its sessions' steps: the engine in this process, or the
+fleet (make_segmenter, make_session_engine: the one place each is chosen).
 
 Both take a loaded Study and return a producer.outcome.StudyOutcome (labels + metrics, or an error), reporting
 slice progress as they go. Both reuse stored results: the fleet by its content-addressed store (producer.api), the
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from producer.formats.outcome import StudyOutcome
+from producer.sessions import LocalSessions, SessionEngine
 from worker.contract.files import write_bytes_atomic
 from worker.contract.study import Study, StudyError
 
@@ -113,3 +115,13 @@ def make_segmenter(broker: str | None, engine_settings, data_dir: Path, fleet_ti
     if broker:
         return FleetSegmenter(broker, fleet_timeout)
     return EmbeddedSegmenter(engine_settings, Path(data_dir) / "results")
+
+
+def make_session_engine(broker: str | None, engine_settings) -> SessionEngine:
+    """Sessions on the fleet's workers with a broker (producer.fleet_sessions), else on one engine of their own
+    in this process (an embedded gateway's jobs keep theirs, so a running job never holds up a click)."""
+    if broker:
+        from producer.fleet_sessions import FleetSessions
+
+        return FleetSessions(broker)
+    return LocalSessions(engine_settings)

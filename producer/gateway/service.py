@@ -16,9 +16,9 @@ from producer.gateway.limits import IdentityLimits
 from producer.gateway.pipeline import JobPipeline
 from producer.gateway.queue import JobQueue
 from producer.gateway.retention import Retention
-from producer.gateway.segmenters import make_segmenter
+from producer.gateway.segmenters import make_segmenter, make_session_engine
 from producer.gateway.telemetry import GatewayTelemetry
-from producer.sessions import SessionEngine, SessionStore
+from producer.sessions import SessionStore
 
 
 class Gateway:
@@ -46,9 +46,7 @@ class Gateway:
         shutil.rmtree(self.sessions_dir, ignore_errors=True)  # sessions live in memory: a restart closes them all
         self.sessions_dir.mkdir(mode=0o700)
         self.sessions = SessionStore(config.session_limits, on_close=self._closed)
-        # sessions share one engine of their own (an embedded gateway's jobs keep theirs, so a running job never
-        # holds up a click), one interaction at a time
-        self.session_engine = SessionEngine(config.engine_settings)
+        self.session_engine = make_session_engine(config.broker, config.engine_settings)
 
     # ---------------------------------------------------------------- interactive sessions
     def session_dir(self, session_id: str) -> Path:

@@ -166,6 +166,19 @@ class Keys:
             self.batch_runs(batch_id),
         )
 
+    # interactive sessions on the fleet (worker.sessions, producer.fleet_sessions)
+    def session_nodes(self) -> str:
+        """Sorted set: worker node -> the last time (epoch seconds) it said it was alive (every second)."""
+        return self._key("session", "nodes")
+
+    def session_reply(self, request_id: str) -> str:
+        """List: the one reply (worker.contract.sessions.SessionReply bytes) to a session step."""
+        return self._key("session", "reply", request_id)
+
+    def session_busy(self, request_id: str) -> str:
+        """A key with a short TTL that the worker running a session step keeps alive while it runs."""
+        return self._key("session", "busy", request_id)
+
     # fleet-wide
     def identities(self, queue: str) -> str:
         return self._key("identities", queue)

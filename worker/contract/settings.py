@@ -29,6 +29,7 @@ DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "litemedsam"
 TASK_NAME = "litemedsam.segment"
 PART_TASK_NAME = "litemedsam.part"  # a part of a split study (worker.parts)
+SESSION_TASK_NAME = "litemedsam.session_step"  # one interaction of a session (worker.sessions)
 PREFIX = "LITEMEDSAM_"
 ENGINE_PRECISIONS = (
     "f32 (reproducible), bf16, bf16-encoder, ... (routing table profiles), int8* (models.quantize), fast"

@@ -39,7 +39,7 @@ from producer.gateway.identity import Identity
 from producer.gateway.limits import LimitExceeded
 from producer.gateway.schemas import GUARDED, UID_PATTERN, problems
 from producer.gateway.uploads import MEDIA_TYPES, files_part, save_uploads
-from producer.sessions import Session, SessionLimit, new_session_id, rle
+from producer.sessions import Session, SessionLimit, SessionUnavailable, new_session_id, rle
 from worker.contract.study import StudyError
 
 SESSION_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -91,6 +91,7 @@ class Change(BaseModel):
     changed: list[int]
     masks: dict[str, list[int]] = Field(description="slice -> run lengths of the label's mask, off/on from off")
     seconds: float
+    worker: str = Field(description='who computed it: a fleet worker\'s node name, or "gateway"')
     volume_ml: float | None
     colour: list[int]
 
@@ -153,14 +154,18 @@ def _open(request: Request, identity: Identity, session_id: str, modality: str |
     source = _source_of(gateway.session_dir(session_id) / "input")
     try:
         study, context = format_of(source).load_image(source, modality)
-        engine = gateway.session_engine
-        session = Session(study, context, source, engine.segmenter, identity.name, origin, session_id)
-        session.lock = engine.lock  # one engine: one interaction at a time
+        session = Session(study, context, source, gateway.session_engine, identity.name, origin, session_id)
         return gateway.sessions.add(session)
     except StudyError as error:
         raise HTTPException(422, str(error)) from None
     except SessionLimit as error:
         raise HTTPException(429, str(error), headers={"Retry-After": "60"}) from None
+    except SessionUnavailable as error:
+        raise _unavailable(error) from None
+
+
+def _unavailable(error: SessionUnavailable) -> HTTPException:
+    return HTTPException(503, str(error), headers={"Retry-After": "10"})
 
 
 UPLOAD_SCHEMA = {
@@ -177,7 +182,7 @@ UPLOAD_SCHEMA = {
     "",
     status_code=201,
     summary="Open a session: a DICOMweb series (JSON) or uploaded files (multipart); no prompts needed",
-    responses=problems(*GUARDED, 413, 415),
+    responses=problems(*GUARDED, 413, 415, 503),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -253,7 +258,7 @@ def get_session(session_id: SessionId, request: Request, identity: Reader) -> di
     "/{session_id}/interactions",
     response_model=Change,
     summary="A box (restarts the label) or a click (refines it) on a named label; new names make new labels",
-    responses=problems(*GUARDED, 400, 404),
+    responses=problems(*GUARDED, 400, 404, 503),
 )
 def interact(session_id: SessionId, body: Interaction, request: Request, identity: Submitter) -> dict[str, Any]:
     session = _session(request, identity, session_id)
@@ -267,6 +272,8 @@ def interact(session_id: SessionId, body: Interaction, request: Request, identit
             change = session.interact(body.label, point=body.click.point, positive=body.click.positive)
     except StudyError as error:
         raise HTTPException(422, str(error)) from None
+    except SessionUnavailable as error:  # the session stays as it was: the interaction can be sent again
+        raise _unavailable(error) from None
     return session.answer(change)
 
 

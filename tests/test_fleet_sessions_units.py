@@ -1,0 +1,189 @@
+"""A session's step on a worker (worker.sessions) without a fleet: the box-echo model, a file store, the contract's
+message and reply. A step from the mask the worker holds and a step rebuilt from the label's prompt (a worker new
+to the session) give the same mask; the reply carries only changed slices in the first case, every slice in the
+second."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worker.contract.arrays import StoreError, pack_arrays
+from worker.contract.identity import image_digest
+from worker.contract.keys import Keys
+from worker.contract.messages import MessageError, WireClick, pack_image
+from worker.contract.prompts import Box, Click, LabelPrompt
+from worker.contract.sessions import SessionReply, SessionStep
+from worker.engine.engine import Engine, EngineSettings
+from worker.sessions import Held, SessionCache, run_step
+from worker.store import FileStore
+
+SESSION = "ab" * 16
+
+
+def test_a_reply_round_trips_exactly_and_a_foreign_blob_is_refused():
+    rng = np.random.default_rng(1)
+    slices = {z: rng.random((5, 7)) > 0.5 for z in (0, 3)}
+    reply = SessionReply("w1@host", "00ff" * 4, slices, full=False, replayed=True, seconds=0.5, overlap="smaller")
+    back = SessionReply.from_bytes(reply.to_bytes())
+    assert sorted(back.slices) == [0, 3] and (back.node, back.version, back.replayed) == ("w1@host", "00ff" * 4, True)
+    for z in (0, 3):
+        np.testing.assert_array_equal(back.slices[z], slices[z])
+    error = SessionReply.from_bytes(SessionReply("n", "0a" * 8, error="bad box", invalid=True).to_bytes())
+    assert error.error == "bad box" and error.invalid and error.slices == {}
+    with pytest.raises(StoreError):
+        SessionReply.from_bytes(pack_arrays(imgs=np.zeros(3, np.uint8)))
+    with pytest.raises(StoreError):
+        SessionReply.from_bytes(b"not an npz")
+
+
+def _step(image: np.ndarray, **fields) -> SessionStep:
+    base = {
+        "session_id": SESSION,
+        "request_id": "cd" * 16,
+        "study_id": "s",
+        "modality": "CT",
+        "image_digest": image_digest(image),
+        "image_shape": tuple(image.shape),
+        "spacing": (1.0, 1.0, 2.0),
+        "dims": 3,
+        "label": 1,
+        "prompt": SessionStep.wire_prompt(LabelPrompt()),
+        "step": "box",
+        "box": [20, 22, 2, 60, 58, 6],
+        "version": "01" * 8,
+    }
+    return SessionStep(**{**base, **fields})
+
+
+def test_a_step_message_is_one_box_or_one_click_of_its_version():
+    image = np.zeros((4, 8, 8), np.uint8)
+    wire = _step(image).to_wire()
+    assert SessionStep.from_wire(wire) == _step(image)
+    with pytest.raises(MessageError, match="version"):
+        SessionStep.from_wire({**wire, "message_version": 99})
+    with pytest.raises(MessageError, match="box step"):
+        SessionStep.from_wire({**wire, "box": None})
+    with pytest.raises(MessageError, match="click step"):
+        SessionStep.from_wire({**wire, "step": "click", "click": {"point": [1, 2, 3]}})
+    with pytest.raises(MessageError):
+        SessionStep.from_wire({**wire, "session_id": "../../etc"})
+
+
+@pytest.fixture(scope="module")
+def echo_engine(echo_models_dir):
+    return Engine(EngineSettings(models_dir=echo_models_dir, threads=1))
+
+
+def test_a_worker_steps_from_its_mask_or_rebuilds_it_to_the_same_bits(echo_engine, tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 30, (8, 80, 80)).astype(np.uint8)
+    image[2:7, 25:55, 25:55] += 180
+    store = FileStore(tmp_path, "ns")
+    store.put(Keys.input_blob(image_digest(image)), pack_image(image), 600)
+    held_here = SessionCache()
+
+    box = run_step(echo_engine, store, held_here, _step(image), "w1")
+    assert box.full and not box.error and sorted(box.slices) == list(range(8))
+    mask = np.stack([box.slices[z] for z in range(8)])
+    assert mask[4, 40, 40] and not mask[0].any()
+
+    prompt = LabelPrompt(Box((20, 22, 2, 60, 58, 6)))
+    click = Click((40.0, 40.0, 4.0), False)
+    wire_click = WireClick(point=list(click.point), foreground=False)
+    step = _step(
+        image,
+        step="click",
+        box=None,
+        click=wire_click,
+        prompt=SessionStep.wire_prompt(prompt),
+        base="01" * 8,
+        version="02" * 8,
+    )
+    from_held = run_step(echo_engine, store, held_here, step, "w1")
+    assert not from_held.full and not from_held.replayed and from_held.slices  # the changed slices only
+    stepped = mask.copy()
+    for z, plane in from_held.slices.items():
+        stepped[z] = plane
+    assert not stepped[4, 40, 40]  # the background click holds
+
+    elsewhere = run_step(echo_engine, store, SessionCache(), step, "w2")  # a worker new to the session
+    assert elsewhere.full and elsewhere.replayed
+    np.testing.assert_array_equal(np.stack([elsewhere.slices[z] for z in range(8)]), stepped)
+
+    unknown_base = step.model_copy(update={"base": "0f" * 8, "version": "03" * 8})  # e.g. after an undo
+    again = run_step(echo_engine, store, held_here, unknown_base, "w1")
+    assert again.full and again.replayed
+    np.testing.assert_array_equal(np.stack([again.slices[z] for z in range(8)]), stepped)
+
+    store.delete(Keys.input_blob(image_digest(image)))
+    gone = run_step(echo_engine, store, SessionCache(), step, "w3")
+    assert gone.error and not gone.invalid and "store" in gone.error
+
+
+def test_the_session_cache_drops_the_least_recently_used(echo_engine):
+    cache = SessionCache(max_sessions=2, max_bytes=10_000)
+    held = [Held(_study(n), None) for n in range(3)]  # type: ignore[arg-type]
+    cache.put("a", held[0])
+    cache.put("b", held[1])
+    assert cache.get("a") is held[0]  # a is now the most recent
+    cache.put("c", held[2])
+    assert cache.get("b") is None and cache.get("a") is held[0] and len(cache) == 2
+    big = Held(_study(0, size=200), None)  # type: ignore[arg-type]
+    cache.put("big", big)  # over the byte bound: only the newest stays
+    assert len(cache) == 1 and cache.get("big") is big
+
+
+def _study(n: int, size: int = 10):
+    from worker.contract.prompts import Prompts
+    from worker.contract.study import Study
+
+    return Study(f"s{n}", "CT", np.full((size, size, size), n, np.uint8), Prompts((), 3), None)
+
+
+def test_the_gateway_resends_a_step_that_a_node_leaves_waiting_or_drops_and_keeps_the_session_on_failure(slot):
+    """producer.fleet_sessions against a real Redis, with the sending faked: one node never picks the step up (busy
+    with a study), one starts it and dies (its busy mark lapses), one answers; the next step goes straight to the
+    node that answered; with no node alive the step is SessionUnavailable and the session is unchanged."""
+    import time
+
+    from producer.fleet_sessions import FleetSessions, FleetTimings
+    from producer.formats.output_context import OutputContext
+    from producer.sessions import Session, SessionUnavailable
+    from worker.contract.prompts import Prompts
+    from worker.contract.settings import FleetSettings, redis_client
+    from worker.contract.study import Study
+
+    settings = FleetSettings(broker_url=slot.url, namespace=slot.namespace)
+    fleet = FleetSessions(slot.url, FleetTimings(dead_after=5.0, pickup=0.6, step=30.0, poll=0.05), settings)
+    client, keys = redis_client(slot.url), Keys(slot.namespace)
+    plane = np.zeros((20, 30), bool)
+    plane[4:9, 5:12] = True
+    sent: list[str] = []
+
+    def send(step: SessionStep, node: str) -> None:
+        sent.append(node)
+        if node.startswith("b-dying"):  # it starts the step and dies: its busy mark lapses
+            client.set(keys.session_busy(step.request_id), b"1", px=300)
+        elif node.startswith("c-good"):
+            reply = SessionReply(node, step.version, {0: plane}, full=True, overlap="smaller")
+            client.rpush(keys.session_reply(step.request_id), reply.to_bytes())
+
+    fleet.send = send  # type: ignore[method-assign]
+    client.zadd(keys.session_nodes(), {n: time.time() for n in ("a-idle", "b-dying", "c-good")})
+    image = np.full((20, 30, 3), 7, np.uint8)
+    session = Session(Study("s", "CT", image, Prompts((), 2), None), OutputContext("npz"), None, fleet)
+    change = session.interact("lesion", box=[5, 4, 11, 8])
+    assert sent == ["a-idle", "b-dying", "c-good"] and change.worker == "c-good"
+    np.testing.assert_array_equal(session.label("lesion").mask[0], plane)
+    assert session.interact("lesion", point=[6, 6]).worker == "c-good" and sent[3:] == ["c-good"]
+
+    client.delete(keys.session_nodes())  # every worker gone
+    before = session.label("lesion")
+    prompt, version = before.prompt, before.version
+    with pytest.raises(SessionUnavailable, match="no live fleet worker"):
+        session.interact("lesion", point=[20, 15], positive=False)
+    with pytest.raises(SessionUnavailable):
+        session.interact("other", box=[1, 1, 4, 4])
+    assert session.label("lesion").prompt == prompt and session.label("lesion").version == version
+    assert [label.name for label in session.labels] == ["lesion"]  # a label whose first step failed is not kept
