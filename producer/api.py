@@ -46,7 +46,7 @@ class Batch:
     cached: int = 0
     failed_to_submit: int = 0
     out_dir: Path | None = None
-    dicom_formats: tuple[str, ...] = ("seg",)  # what DICOM studies are written as
+    dicom_formats: tuple[str, ...] = DEFAULT_DICOM_OUTPUTS  # what DICOM studies are written as
     skipped: list[Skipped] = field(default_factory=list)  # files discovery left out, with reasons
     unserved_queues: set[str] = field(default_factory=set)  # queues no worker has announced itself on
 
@@ -103,7 +103,7 @@ def submit(
     timeout: float | None = None,
     progress: bool = False,
     settings: FleetSettings | None = None,
-    dicom_formats: str | tuple[str, ...] = ("seg",),
+    dicom_formats: str | tuple[str, ...] = DEFAULT_DICOM_OUTPUTS,
     split: bool = True,
 ) -> Batch:
     """Enqueue every study in `study_dir`; with `wait`, collect the results (and write them to `out_dir`).
@@ -226,7 +226,7 @@ def _meta(client: FleetClient, batch_id: str) -> dict:
     return meta
 
 
-def _batch(enqueued: Enqueued, out_dir, dicom_formats: tuple[str, ...] = ("seg",)) -> Batch:
+def _batch(enqueued: Enqueued, out_dir, dicom_formats: tuple[str, ...] = DEFAULT_DICOM_OUTPUTS) -> Batch:
     return Batch(
         enqueued.batch_id,
         enqueued.names,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from producer.discovery import StudySource
+from producer.formats.dicom_outputs import DEFAULT_DICOM_OUTPUTS
 from producer.loading import load_study_and_context
 from producer.outputs import check_study_name
 from producer.sender import TaskSender
@@ -43,7 +44,9 @@ class SubmitOptions:
     force: bool = False
     queue: str | None = None  # every study to this queue; else by modality route, else the default queue
     routes: dict[str, str] = field(default_factory=dict)  # modality -> queue, over LITEMEDSAM_QUEUE_ROUTES
-    dicom_formats: tuple[str, ...] = ("seg",)  # what `results` writes for DICOM studies (stored in the batch meta)
+    dicom_formats: tuple[str, ...] = (
+        DEFAULT_DICOM_OUTPUTS  # what `results` writes for DICOM studies (stored in the batch meta)
+    )
     split: bool = True  # False: no study of the batch is split across workers (worker.fanout)
 
     def explicit_queue(self, modality: str) -> str | None:

@@ -211,3 +211,28 @@ def test_settings_read_through_the_table_keep_their_meaning(monkeypatch, tmp_pat
     monkeypatch.setenv(variable("max_voxels"), "many")
     with pytest.raises(ValueError, match="LITEMEDSAM_MAX_VOXELS"):
         max_voxels()
+
+
+# The output-format table spells the format names; producer.formats.base sits below it (the table imports it);
+# rtstruct.py salts its UIDs with the word "rtstruct", fixed for good (a renamed format must not change the UIDs of
+# results already stored); the session modules are being reworked on another branch.
+FORMAT_NAMES_MAY_BE_SPELLED_IN = {
+    "producer/formats/dicom_outputs.py",
+    "producer/formats/rtstruct.py",
+    "producer/formats/base.py",
+    "producer/sessions.py",
+    "producer/gateway/routes/sessions.py",
+}
+
+
+def test_no_module_but_the_output_table_decides_by_a_format_name():
+    from producer.formats.dicom_outputs import DICOM_OUTPUTS
+
+    found = []
+    for path in sorted((ROOT / "producer").rglob("*.py")):
+        if str(path.relative_to(ROOT)) in FORMAT_NAMES_MAY_BE_SPELLED_IN:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and node.value in DICOM_OUTPUTS:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not found, found

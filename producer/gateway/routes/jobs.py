@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from producer.formats.dicom_outputs import DicomSeg, DownloadName
 from producer.formats.sidecar import parse_entry
 from producer.gateway.access import owner_filter
 from producer.gateway.caller import Reader, Submitter, gateway_of, note, owned, too_many
@@ -205,7 +206,7 @@ def get_result(
     job_id: JobId,
     request: Request,
     identity: Reader,
-    format: Literal["seg", "nifti", "npz"] = "seg",
+    format: DownloadName = DicomSeg.name,
 ):
     job = _job(request, identity, job_id)
     if job.state != "ok":
