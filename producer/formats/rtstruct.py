@@ -147,8 +147,9 @@ def write_rtstruct(
     labels: np.ndarray,
     segment_labels: Sequence[str],
     provenance: Mapping[str, Any],
-) -> None:
-    """Build and write atomically (a reader never sees half a file)."""
+) -> Dataset:
+    """Build and write atomically (a reader never sees half a file); the object as written."""
     ds = build_rtstruct(reference, labels, segment_labels, provenance)
     with atomic_path(path) as partial:
         ds.save_as(partial, enforce_file_format=True)
+    return ds

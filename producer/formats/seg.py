@@ -190,8 +190,9 @@ def write_dicom_seg(
     labels: np.ndarray,
     segment_labels: Sequence[str],
     provenance: Mapping[str, Any],
-) -> None:
-    """Build and write atomically (a reader never sees half a file)."""
+) -> hd.seg.Segmentation:
+    """Build and write atomically (a reader never sees half a file); the object as written."""
     seg = build_segmentation(reference, labels, segment_labels, provenance)
     with atomic_path(path) as partial:
         seg.save_as(partial)
+    return seg
