@@ -16,6 +16,7 @@ The broker defaults to $LITEMEDSAM_BROKER; every other fleet setting comes from 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from worker.contract.arrays import StoreError
 from worker.contract.messages import Outcome, Progress
 from worker.contract.settings import FleetSettings
 from worker.contract.study import Study
+
+ProgressCallback = Callable[[str, int, int], None]  # (study name, slices done, slices in all)
 
 
 class UnknownBatch(LookupError):
@@ -146,14 +149,19 @@ def submit_studies(
     timeout: float | None = None,
     settings: FleetSettings | None = None,
     split: bool = True,
+    on_progress: ProgressCallback | None = None,
 ) -> Batch:
     """Enqueue studies already in memory ({name: worker.contract.study.Study}); with `wait`, collect their masks
-    (`outcome.labels`). No files: for back-ends that hold the arrays. Each study is checked by its worker."""
+    (`outcome.labels`). No files: for back-ends that hold the arrays. Each study is checked by its worker.
+
+    Waiting follows the batch's events (pub/sub, with a full re-read every few seconds in case one was missed), not
+    a status poll; `on_progress(name, slices done, slices in all)` is called as the workers report. A batch not
+    finished within `timeout` seconds: TimeoutError naming it (the batch goes on)."""
     client = client_for(broker, settings)
     options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}), split=split)
     batch = _batch(client.submit_studies(studies, options), None)
     if wait:
-        _collect(client, batch, set(batch.names), len(batch.names), timeout, False)
+        _collect(client, batch, set(batch.names), len(batch.names), timeout, False, on_progress=on_progress)
     return batch
 
 
@@ -247,14 +255,18 @@ def _collect(
     timeout: float | None,
     progress: bool,
     manifest: _Manifest | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> None:
     from producer.console import BatchProgress
 
     manifest = manifest or _Manifest(client, batch.batch_id)
     with BatchProgress(total) if progress else nullcontext() as bar:
         for kind, item in client.follow(batch.batch_id, names, timeout):
-            if kind == "progress" and bar is not None and item[1].total:
-                bar.slices(item[0], item[1].done, item[1].total)
+            if kind == "progress" and item[1].total:
+                if bar is not None:
+                    bar.slices(item[0], item[1].done, item[1].total)
+                if on_progress is not None:
+                    on_progress(item[0], item[1].done, item[1].total)
             elif kind == "done":
                 outcome = _deliver(client, batch, manifest, item)
                 batch.outcomes.append(outcome)
