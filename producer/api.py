@@ -29,15 +29,20 @@ from producer.formats.output_context import OutputContext
 from producer.outputs import OutputWriter, parse_dicom_formats
 from producer.source_codec import source_from_json
 from worker.contract.arrays import StoreError
+from worker.contract.manifest import BatchMeta, ManifestError, StudyEntry
 from worker.contract.messages import Outcome, Progress
 from worker.contract.settings import FleetSettings
-from worker.contract.study import Study
+from worker.contract.study import Study, StudyError
 
 ProgressCallback = Callable[[str, int, int], None]  # (study name, slices done, slices in all)
 
 
 class UnknownBatch(LookupError):
     pass
+
+
+class UnreadableBatch(UnknownBatch):
+    """A batch whose manifest this producer does not read (another manifest version: the message says which)."""
 
 
 @dataclass
@@ -171,9 +176,7 @@ def status(batch_id: str, broker: str | None = None, *, settings: FleetSettings 
     studies, outcomes = client.ledger.studies(batch_id), client.ledger.outcomes(batch_id)
     running = client.ledger.progress(batch_id)
     rows = [_study_status(name, entry, outcomes.get(name), running.get(name)) for name, entry in studies.items()]
-    return BatchStatus(
-        batch_id, meta["created_at"], bool(meta.get("sealed")), int(meta["total"]), sorted(rows, key=lambda r: r.name)
-    )
+    return BatchStatus(batch_id, meta.created_at, meta.sealed, meta.total, sorted(rows, key=lambda r: r.name))
 
 
 def results(
@@ -194,11 +197,11 @@ def results(
         batch_id,
         sorted(manifest.entries),
         out_dir=Path(out_dir) if out_dir else None,
-        dicom_formats=parse_dicom_formats(meta.get("dicom_formats") or DEFAULT_DICOM_OUTPUTS),
+        dicom_formats=parse_dicom_formats(meta.dicom_formats or DEFAULT_DICOM_OUTPUTS),
     )
     if wait:  # a batch still being submitted: follow() reads the full list once the submitter has sealed it
-        names = set(manifest.entries) if meta.get("sealed") else None
-        _collect(client, batch, names, int(meta["total"]), timeout, progress, manifest)
+        names = set(manifest.entries) if meta.sealed else None
+        _collect(client, batch, names, meta.total, timeout, progress, manifest)
         batch.names = sorted(manifest.entries)
     else:
         for outcome in client.ledger.outcomes(batch_id).values():
@@ -213,22 +216,28 @@ class _Manifest:
         self.client, self.batch_id = client, batch_id
         self.entries = client.ledger.studies(batch_id)
 
-    def entry(self, name: str) -> dict:
+    def entry(self, name: str) -> StudyEntry:
         if name not in self.entries:
             self.entries = self.client.ledger.studies(self.batch_id)
-        return self.entries.get(name, {})
+        return self.entries.get(name) or StudyEntry()
 
     def source(self, name: str) -> StudySource:
-        return source_from_json(self.entry(name)["source"])
+        source = self.entry(name).source
+        if source is None:
+            raise StudyError(f"batch {self.batch_id} has no source recorded for {name} (it was given in memory)")
+        return source_from_json(source)
 
     def context(self, name: str) -> OutputContext | None:
-        """What the writers need, stored at submit time (None for a batch stored before contexts existed)."""
-        data = self.entry(name).get("output_context")
+        """What the writers need, stored at submit time (None for a study that could not be loaded)."""
+        data = self.entry(name).output_context
         return OutputContext.from_json(data) if data else None
 
 
-def _meta(client: FleetClient, batch_id: str) -> dict:
-    meta = client.ledger.meta(batch_id)
+def _meta(client: FleetClient, batch_id: str) -> BatchMeta:
+    try:
+        meta = client.ledger.meta(batch_id)
+    except ManifestError as error:
+        raise UnreadableBatch(str(error)) from None
     if meta is None:
         raise UnknownBatch(f"no batch {batch_id!r} on this broker (wrong id or namespace, or expired)")
     return meta
@@ -276,7 +285,7 @@ def _collect(
 
 def _deliver(client: FleetClient, batch: Batch, manifest: _Manifest, outcome: Outcome) -> StudyOutcome:
     """Download one finished study's mask and write it (if the batch has an output folder)."""
-    enqueued_at = manifest.entry(outcome.name).get("enqueued_at", outcome.finished_at)
+    enqueued_at = _enqueued_at(manifest.entry(outcome.name), outcome)
     study = StudyOutcome(
         name=outcome.name,
         modality=outcome.modality,
@@ -320,8 +329,12 @@ def state_of(outcome: Outcome | None, progress: Progress | None) -> str:
     return "running" if progress is not None else "queued"
 
 
-def _study_status(name: str, entry: dict, outcome: Outcome | None, progress: Progress | None) -> StudyStatus:
-    row = StudyStatus(name, state_of(outcome, progress), modality=entry.get("modality", ""))
+def _enqueued_at(entry: StudyEntry | None, outcome: Outcome) -> float:
+    return entry.enqueued_at if entry is not None and entry.enqueued_at is not None else outcome.finished_at
+
+
+def _study_status(name: str, entry: StudyEntry, outcome: Outcome | None, progress: Progress | None) -> StudyStatus:
+    row = StudyStatus(name, state_of(outcome, progress), modality=entry.modality)
     if outcome is not None:
         extra = outcome.metrics.extra
         row.error, row.cached, row.node = outcome.error, bool(extra.cached), extra.node or ""
@@ -338,16 +351,16 @@ def report(batch_id: str, broker: str | None = None, *, settings: FleetSettings 
     client = client_for(broker, settings)
     meta = _meta(client, batch_id)
     entries, outcomes = client.ledger.studies(batch_id), client.ledger.outcomes(batch_id)
-    records = [_record(outcome, entries.get(name, {})) for name, outcome in outcomes.items()]
+    records = [_record(outcome, entries.get(name)) for name, outcome in outcomes.items()]
     finished = [outcome.finished_at for outcome in outcomes.values()]
-    return summarise(records, max(finished) - meta["created_at"] if finished else 0.0)
+    return summarise(records, max(finished) - meta.created_at if finished else 0.0)
 
 
-def _record(outcome: Outcome, entry: dict) -> dict:
-    enqueued_at = entry.get("enqueued_at", outcome.finished_at)
+def _record(outcome: Outcome, entry: StudyEntry | None) -> dict:
+    enqueued_at = _enqueued_at(entry, outcome)
     return {
         "study": outcome.name,
-        "modality": outcome.modality or entry.get("modality", ""),
+        "modality": outcome.modality or (entry.modality if entry is not None else ""),
         "status": outcome.status,
         "error": outcome.error,
         "seconds": max(0.0, outcome.finished_at - enqueued_at),

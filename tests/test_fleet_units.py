@@ -21,6 +21,7 @@ from worker.contract.arrays import StoreError, unpack_arrays
 from worker.contract.budget import TimeBudget
 from worker.contract.identity import EngineIdentity, image_digest
 from worker.contract.keys import Keys
+from worker.contract.manifest import StudyEntry
 from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord, TaskMessage, pack_image
 from worker.contract.metrics import StudyMetrics
 from worker.contract.settings import FleetSettings, parse_routes
@@ -764,7 +765,7 @@ def test_ctrl_c_while_enqueuing_seals_the_batch_with_what_was_enqueued(job, monk
 
     def submit_study(batch_id, name, study, options, entry=None):
         if submitted:
-            client.ledger.add_study(batch_id, name, {"enqueued_at": time.time()})  # caught half-way
+            client.ledger.add_study(batch_id, name, StudyEntry(enqueued_at=time.time()))  # caught half-way
             raise KeyboardInterrupt
         submitted.append(name)
         return "queued"
@@ -775,6 +776,6 @@ def test_ctrl_c_while_enqueuing_seals_the_batch_with_what_was_enqueued(job, monk
     batch = caught.value.batch
     assert not caught.value.complete and batch.names == ["first", "second"]
     meta = client.ledger.meta(batch.batch_id)
-    assert meta["sealed"] and meta["interrupted"] and meta["total"] == 2
+    assert meta.sealed and meta.interrupted and meta.total == 2
     half_way = client.ledger.outcome(batch.batch_id, "second")
     assert half_way.status == "error" and "submit it again" in half_way.error
