@@ -26,7 +26,7 @@ from orthanc_support import make_series
 from producer.discovery import discover
 from producer.gateway.audit import AuditLog
 from producer.gateway.dicomweb import StoredInstance
-from producer.gateway.jobs import Job, JobStore, new_job_id
+from producer.gateway.jobs import UNFINISHED, Job, JobStore, new_job_id
 from producer.gateway.pipeline import JobPipeline
 from producer.loading import load_study_and_context
 from producer.outputs import OutputWriter
@@ -172,3 +172,40 @@ def test_a_job_without_a_seg_to_store_says_so(tmp_path):
     done = run.run(job.id)
     assert done.state == "error" and "an npz upload carries its own boxes" in done.error
     assert servers.server.stored == []
+
+
+def test_the_job_document_is_typed_in_the_openapi_and_answered_as_typed(tmp_path, series_dir):
+    """GET /v1/jobs/{id} and GET /v1/jobs answer JobDocument, which the OpenAPI document describes (so generated
+    clients and schemathesis check every field)."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from gateway_support import ADMIN, bearer, fuzz_app
+    from producer.gateway.schemas import JobDocument
+
+    app = fuzz_app(tmp_path / "data")
+    document = app.openapi()
+    one = document["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    many = document["paths"]["/v1/jobs"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert one == {"$ref": "#/components/schemas/JobDocument"} and many["items"] == one
+    schema = document["components"]["schemas"]["JobDocument"]
+    assert set(schema["required"]) == set(JobDocument.model_fields)
+    assert schema["properties"]["state"]["enum"] == ["queued", "running", "ok", "error"]
+
+    with TestClient(app) as client:
+        files = [("files", (path.name, path.read_bytes())) for path in sorted(series_dir.iterdir())]
+        files.append(("prompts", (None, json.dumps(HTTP_PROMPTS))))
+        accepted = client.post("/v1/jobs", files=files, headers=bearer(ADMIN))
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["id"]
+        deadline = time.monotonic() + 30
+        while (answer := client.get(f"/v1/jobs/{job_id}", headers=bearer(ADMIN)).json())["state"] in UNFINISHED:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.05)
+        listed = client.get("/v1/jobs", headers=bearer(ADMIN)).json()
+    job = JobDocument.model_validate(answer)
+    assert job.state == "ok" and job.progress.done == job.progress.total > 0 and job.stored is None
+    assert set(job.results) == {"seg", "nifti", "npz"} == set(job.result_urls)
+    assert job.result_urls["seg"].endswith(f"/v1/jobs/{job_id}/result?format=seg")
+    assert [JobDocument.model_validate(item) for item in listed] == [job]

@@ -20,11 +20,13 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from worker.contract.files import write_text_atomic
 
-STATES = ("queued", "running", "ok", "error")
+JobState = Literal["queued", "running", "ok", "error"]
+JobKind = Literal["dicomweb", "upload"]
+STATES: tuple[str, ...] = get_args(JobState)
 UNFINISHED = ("queued", "running")
 
 

@@ -23,7 +23,7 @@ from producer.gateway.dicomweb import DicomwebError
 from producer.gateway.identity import Identity
 from producer.gateway.jobs import UNFINISHED, Job, new_job_id
 from producer.gateway.limits import LimitExceeded
-from producer.gateway.schemas import GUARDED, JOB_ID_PATTERN, Accepted, JobRequest, problems
+from producer.gateway.schemas import GUARDED, JOB_ID_PATTERN, Accepted, JobDocument, JobRequest, problems
 from producer.gateway.uploads import MEDIA_TYPES, files_part, save_uploads
 from worker.contract.study import StudyError
 
@@ -172,15 +172,15 @@ async def create_job(request: Request, identity: Submitter):
 
 
 @router.get("", summary="Recent jobs, newest first (the caller's; an admin: everyone's)", responses=problems(*GUARDED))
-def list_jobs(request: Request, identity: Reader, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
+def list_jobs(request: Request, identity: Reader, limit: int = Query(50, ge=1, le=500)) -> list[JobDocument]:
     note(request, resource="job")
     jobs = gateway_of(request).jobs.recent(limit, owner=owner_filter(identity))
-    return [job.public(_base(request)) for job in jobs]
+    return [JobDocument.model_validate(job.public(_base(request))) for job in jobs]
 
 
 @router.get("/{job_id}", summary="A job's state and results", responses=problems(*GUARDED, 404))
-def get_job(job_id: JobId, request: Request, identity: Reader) -> dict[str, Any]:
-    return _job(request, identity, job_id).public(_base(request))
+def get_job(job_id: JobId, request: Request, identity: Reader) -> JobDocument:
+    return JobDocument.model_validate(_job(request, identity, job_id).public(_base(request)))
 
 
 @router.delete(
