@@ -285,7 +285,9 @@ def test_a_foreign_message_that_cannot_be_handed_back_is_kept_aside(slot, monkey
     for header in ({NAMESPACE_HEADER: "tenantB"}, {}, {NAMESPACE_HEADER: "bad:ns"}):
         answer = misrouted.refuse(app, keys, slot.client, 60, payload, _request(**header), "n@h")
         assert answer["status"] == "parked"
-    parked = [json.loads(raw) for raw in slot.client.lrange(keys.misrouted(), 0, -1)]
+    stored = slot.client.lrange(keys.misrouted(), 0, -1)
+    assert [misrouted.ParkedMessage.model_validate_json(raw).version for raw in stored] == [1, 1, 1]
+    parked = [json.loads(raw) for raw in stored]
     assert [entry["namespace"] for entry in parked] == ["bad:ns", None, "tenantB"]  # newest first
     assert "NoPermissionError" in parked[2]["reason"] and parked[0]["payload"] == payload
     assert parked[0]["queue"] == "pet" and parked[0]["timelimit"] == [70, 60] and parked[0]["retries"] == 2
