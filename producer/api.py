@@ -17,6 +17,7 @@ The broker defaults to $LITEMEDSAM_BROKER; every other fleet setting comes from 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,12 @@ from producer.formats.output_context import OutputContext
 from producer.outputs import OutputWriter, parse_dicom_formats
 from producer.source_codec import source_from_json
 from worker.contract.arrays import StoreError
+from worker.contract.manifest import BatchMeta, ManifestError, StudyEntry
 from worker.contract.messages import Outcome, Progress
 from worker.contract.settings import FleetSettings
-from worker.contract.study import Study
+from worker.contract.study import Study, StudyError
+
+ProgressCallback = Callable[[str, int, int], None]  # (study name, slices done, slices in all)
 
 if TYPE_CHECKING:
     from producer.sessions import Session
@@ -40,6 +44,10 @@ if TYPE_CHECKING:
 
 class UnknownBatch(LookupError):
     pass
+
+
+class UnreadableBatch(UnknownBatch):
+    """A batch whose manifest this producer does not read (another manifest version: the message says which)."""
 
 
 @dataclass
@@ -51,7 +59,7 @@ class Batch:
     cached: int = 0
     failed_to_submit: int = 0
     out_dir: Path | None = None
-    dicom_formats: tuple[str, ...] = ("seg",)  # what DICOM studies are written as
+    dicom_formats: tuple[str, ...] = DEFAULT_DICOM_OUTPUTS  # what DICOM studies are written as
     skipped: list[Skipped] = field(default_factory=list)  # files discovery left out, with reasons
     unserved_queues: set[str] = field(default_factory=set)  # queues no worker has announced itself on
 
@@ -108,7 +116,7 @@ def submit(
     timeout: float | None = None,
     progress: bool = False,
     settings: FleetSettings | None = None,
-    dicom_formats: str | tuple[str, ...] = ("seg",),
+    dicom_formats: str | tuple[str, ...] = DEFAULT_DICOM_OUTPUTS,
     split: bool = True,
 ) -> Batch:
     """Enqueue every study in `study_dir`; with `wait`, collect the results (and write them to `out_dir`).
@@ -151,14 +159,19 @@ def submit_studies(
     timeout: float | None = None,
     settings: FleetSettings | None = None,
     split: bool = True,
+    on_progress: ProgressCallback | None = None,
 ) -> Batch:
     """Enqueue studies already in memory ({name: worker.contract.study.Study}); with `wait`, collect their masks
-    (`outcome.labels`). No files: for back-ends that hold the arrays. Each study is checked by its worker."""
+    (`outcome.labels`). No files: for back-ends that hold the arrays. Each study is checked by its worker.
+
+    Waiting follows the batch's events (pub/sub, with a full re-read every few seconds in case one was missed), not
+    a status poll; `on_progress(name, slices done, slices in all)` is called as the workers report. A batch not
+    finished within `timeout` seconds: TimeoutError naming it (the batch goes on)."""
     client = client_for(broker, settings)
     options = SubmitOptions(force=force, queue=queue, routes=dict(routes or {}), split=split)
     batch = _batch(client.submit_studies(studies, options), None)
     if wait:
-        _collect(client, batch, set(batch.names), len(batch.names), timeout, False)
+        _collect(client, batch, set(batch.names), len(batch.names), timeout, False, on_progress=on_progress)
     return batch
 
 
@@ -188,9 +201,7 @@ def status(batch_id: str, broker: str | None = None, *, settings: FleetSettings 
     studies, outcomes = client.ledger.studies(batch_id), client.ledger.outcomes(batch_id)
     running = client.ledger.progress(batch_id)
     rows = [_study_status(name, entry, outcomes.get(name), running.get(name)) for name, entry in studies.items()]
-    return BatchStatus(
-        batch_id, meta["created_at"], bool(meta.get("sealed")), int(meta["total"]), sorted(rows, key=lambda r: r.name)
-    )
+    return BatchStatus(batch_id, meta.created_at, meta.sealed, meta.total, sorted(rows, key=lambda r: r.name))
 
 
 def results(
@@ -211,11 +222,11 @@ def results(
         batch_id,
         sorted(manifest.entries),
         out_dir=Path(out_dir) if out_dir else None,
-        dicom_formats=parse_dicom_formats(meta.get("dicom_formats") or DEFAULT_DICOM_OUTPUTS),
+        dicom_formats=parse_dicom_formats(meta.dicom_formats or DEFAULT_DICOM_OUTPUTS),
     )
     if wait:  # a batch still being submitted: follow() reads the full list once the submitter has sealed it
-        names = set(manifest.entries) if meta.get("sealed") else None
-        _collect(client, batch, names, int(meta["total"]), timeout, progress, manifest)
+        names = set(manifest.entries) if meta.sealed else None
+        _collect(client, batch, names, meta.total, timeout, progress, manifest)
         batch.names = sorted(manifest.entries)
     else:
         for outcome in client.ledger.outcomes(batch_id).values():
@@ -230,28 +241,34 @@ class _Manifest:
         self.client, self.batch_id = client, batch_id
         self.entries = client.ledger.studies(batch_id)
 
-    def entry(self, name: str) -> dict:
+    def entry(self, name: str) -> StudyEntry:
         if name not in self.entries:
             self.entries = self.client.ledger.studies(self.batch_id)
-        return self.entries.get(name, {})
+        return self.entries.get(name) or StudyEntry()
 
     def source(self, name: str) -> StudySource:
-        return source_from_json(self.entry(name)["source"])
+        source = self.entry(name).source
+        if source is None:
+            raise StudyError(f"batch {self.batch_id} has no source recorded for {name} (it was given in memory)")
+        return source_from_json(source)
 
     def context(self, name: str) -> OutputContext | None:
-        """What the writers need, stored at submit time (None for a batch stored before contexts existed)."""
-        data = self.entry(name).get("output_context")
+        """What the writers need, stored at submit time (None for a study that could not be loaded)."""
+        data = self.entry(name).output_context
         return OutputContext.from_json(data) if data else None
 
 
-def _meta(client: FleetClient, batch_id: str) -> dict:
-    meta = client.ledger.meta(batch_id)
+def _meta(client: FleetClient, batch_id: str) -> BatchMeta:
+    try:
+        meta = client.ledger.meta(batch_id)
+    except ManifestError as error:
+        raise UnreadableBatch(str(error)) from None
     if meta is None:
         raise UnknownBatch(f"no batch {batch_id!r} on this broker (wrong id or namespace, or expired)")
     return meta
 
 
-def _batch(enqueued: Enqueued, out_dir, dicom_formats: tuple[str, ...] = ("seg",)) -> Batch:
+def _batch(enqueued: Enqueued, out_dir, dicom_formats: tuple[str, ...] = DEFAULT_DICOM_OUTPUTS) -> Batch:
     return Batch(
         enqueued.batch_id,
         enqueued.names,
@@ -272,14 +289,18 @@ def _collect(
     timeout: float | None,
     progress: bool,
     manifest: _Manifest | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> None:
     from producer.console import BatchProgress
 
     manifest = manifest or _Manifest(client, batch.batch_id)
     with BatchProgress(total) if progress else nullcontext() as bar:
         for kind, item in client.follow(batch.batch_id, names, timeout):
-            if kind == "progress" and bar is not None and item[1].total:
-                bar.slices(item[0], item[1].done, item[1].total)
+            if kind == "progress" and item[1].total:
+                if bar is not None:
+                    bar.slices(item[0], item[1].done, item[1].total)
+                if on_progress is not None:
+                    on_progress(item[0], item[1].done, item[1].total)
             elif kind == "done":
                 outcome = _deliver(client, batch, manifest, item)
                 batch.outcomes.append(outcome)
@@ -289,7 +310,7 @@ def _collect(
 
 def _deliver(client: FleetClient, batch: Batch, manifest: _Manifest, outcome: Outcome) -> StudyOutcome:
     """Download one finished study's mask and write it (if the batch has an output folder)."""
-    enqueued_at = manifest.entry(outcome.name).get("enqueued_at", outcome.finished_at)
+    enqueued_at = _enqueued_at(manifest.entry(outcome.name), outcome)
     study = StudyOutcome(
         name=outcome.name,
         modality=outcome.modality,
@@ -333,8 +354,12 @@ def state_of(outcome: Outcome | None, progress: Progress | None) -> str:
     return "running" if progress is not None else "queued"
 
 
-def _study_status(name: str, entry: dict, outcome: Outcome | None, progress: Progress | None) -> StudyStatus:
-    row = StudyStatus(name, state_of(outcome, progress), modality=entry.get("modality", ""))
+def _enqueued_at(entry: StudyEntry | None, outcome: Outcome) -> float:
+    return entry.enqueued_at if entry is not None and entry.enqueued_at is not None else outcome.finished_at
+
+
+def _study_status(name: str, entry: StudyEntry, outcome: Outcome | None, progress: Progress | None) -> StudyStatus:
+    row = StudyStatus(name, state_of(outcome, progress), modality=entry.modality)
     if outcome is not None:
         extra = outcome.metrics.extra
         row.error, row.cached, row.node = outcome.error, bool(extra.cached), extra.node or ""
@@ -351,16 +376,16 @@ def report(batch_id: str, broker: str | None = None, *, settings: FleetSettings 
     client = client_for(broker, settings)
     meta = _meta(client, batch_id)
     entries, outcomes = client.ledger.studies(batch_id), client.ledger.outcomes(batch_id)
-    records = [_record(outcome, entries.get(name, {})) for name, outcome in outcomes.items()]
+    records = [_record(outcome, entries.get(name)) for name, outcome in outcomes.items()]
     finished = [outcome.finished_at for outcome in outcomes.values()]
-    return summarise(records, max(finished) - meta["created_at"] if finished else 0.0)
+    return summarise(records, max(finished) - meta.created_at if finished else 0.0)
 
 
-def _record(outcome: Outcome, entry: dict) -> dict:
-    enqueued_at = entry.get("enqueued_at", outcome.finished_at)
+def _record(outcome: Outcome, entry: StudyEntry | None) -> dict:
+    enqueued_at = _enqueued_at(entry, outcome)
     return {
         "study": outcome.name,
-        "modality": outcome.modality or entry.get("modality", ""),
+        "modality": outcome.modality or (entry.modality if entry is not None else ""),
         "status": outcome.status,
         "error": outcome.error,
         "seconds": max(0.0, outcome.finished_at - enqueued_at),

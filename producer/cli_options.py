@@ -9,6 +9,7 @@ import click
 
 from worker.contract.engine_options import engine_config
 from worker.contract.engine_options import engine_options as engine_option_table
+from worker.contract.settings import variable
 
 engine_options = engine_option_table("models_dir", "precision", "threads", "cache_mb", "routing_file")
 """The in-process engine's options (the embedded default): those of worker.contract.engine_options."""
@@ -25,7 +26,7 @@ def engine_settings(**options):
 def broker_option(command):
     return click.option(
         "--broker",
-        envvar="LITEMEDSAM_BROKER",
+        envvar=variable("broker"),
         default=None,
         help="Redis broker of a worker fleet (env LITEMEDSAM_BROKER); none: run in-process.",
     )(command)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from producer.discovery import StudySource
+from producer.formats.dicom_outputs import DEFAULT_DICOM_OUTPUTS
 from producer.loading import load_study_and_context
 from producer.outputs import check_study_name
 from producer.sender import TaskSender
@@ -24,6 +25,7 @@ from worker.contract.arrays import StoreError
 from worker.contract.budget import study_work
 from worker.contract.identity import EngineIdentity, image_digest
 from worker.contract.keys import Keys
+from worker.contract.manifest import BatchMeta, StudyEntry
 from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord, TaskMessage, pack_image
 from worker.contract.metrics import MetricsExtra, StudyMetrics, Transfer
 from worker.contract.routing import Route
@@ -43,7 +45,9 @@ class SubmitOptions:
     force: bool = False
     queue: str | None = None  # every study to this queue; else by modality route, else the default queue
     routes: dict[str, str] = field(default_factory=dict)  # modality -> queue, over LITEMEDSAM_QUEUE_ROUTES
-    dicom_formats: tuple[str, ...] = ("seg",)  # what `results` writes for DICOM studies (stored in the batch meta)
+    dicom_formats: tuple[str, ...] = (
+        DEFAULT_DICOM_OUTPUTS  # what `results` writes for DICOM studies (stored in the batch meta)
+    )
     split: bool = True  # False: no study of the batch is split across workers (worker.fanout)
 
     def explicit_queue(self, modality: str) -> str | None:
@@ -144,32 +148,32 @@ class FleetClient:
         self, items: list[tuple[str, Callable[[str], str]]], options: SubmitOptions, study_dir: str
     ) -> Enqueued:
         batch = Enqueued(new_batch_id())
-        meta = {
-            "batch_id": batch.batch_id,
-            "created_at": time.time(),
-            "study_dir": study_dir,
-            "total": len(items),
-            "sealed": False,
-            "force": options.force,
-            "queue": options.queue or "",
-            "producer": socket.gethostname(),
-            "dicom_formats": list(options.dicom_formats),
-            "split": options.split,
-        }
+        meta = BatchMeta(
+            batch_id=batch.batch_id,
+            created_at=time.time(),
+            study_dir=study_dir,
+            total=len(items),
+            force=options.force,
+            queue=options.queue or "",
+            producer=socket.gethostname(),
+            dicom_formats=tuple(options.dicom_formats),
+            split=options.split,
+        )
         self.ledger.write_meta(batch.batch_id, meta)
         try:
             for name, submit_one in items:
                 state = submit_one(batch.batch_id)
                 batch.names.append(name)
                 setattr(batch, state, getattr(batch, state) + 1)
-            self.ledger.write_meta(batch.batch_id, {**meta, "sealed": True, "submitted_at": time.time()})
+            sealed = meta.model_copy(update={"sealed": True, "submitted_at": time.time()})
+            self.ledger.write_meta(batch.batch_id, sealed)
         except KeyboardInterrupt:
             self._seal_interrupted(batch, meta)
             raise SubmissionInterrupted(batch, complete=len(batch.names) == len(items)) from None
         batch.unserved_queues = {queue for queue, identity in self._identities.items() if identity is None}
         return batch
 
-    def _seal_interrupted(self, batch: Enqueued, meta: dict[str, Any]) -> None:
+    def _seal_interrupted(self, batch: Enqueued, meta: BatchMeta) -> None:
         """Seal what was enqueued, so `producer results` can still finish the batch; a study caught half-way
         gets an error outcome (resubmitting the folder reuses every stored result)."""
         for name in set(self.ledger.studies(batch.batch_id)) - set(batch.names):
@@ -182,16 +186,15 @@ class FleetClient:
                 ),
             )
             batch.names.append(name)
-        self.ledger.write_meta(
-            batch.batch_id,
-            {**meta, "sealed": True, "interrupted": True, "total": len(batch.names), "submitted_at": time.time()},
-        )
+        sealed = {"sealed": True, "interrupted": True, "total": len(batch.names), "submitted_at": time.time()}
+        self.ledger.write_meta(batch.batch_id, meta.model_copy(update=sealed))
 
     def _submit_one(self, batch_id: str, source: StudySource, options: SubmitOptions) -> str:
-        entry: dict[str, Any] = {"source": source_to_json(source), "enqueued_at": time.time()}
+        entry = StudyEntry(source=source_to_json(source), enqueued_at=time.time())
         try:
             study, context = load_study_and_context(source)
-            entry["output_context"] = context.to_json()  # the writers' needs: results from anywhere (JSON)
+            # the writers' needs: results from anywhere (JSON)
+            entry = entry.model_copy(update={"output_context": context.to_json()})
         except StudyError as error:
             return self._fail(batch_id, source.name, entry, str(error))
         except Exception as error:  # one unreadable study must not stop the batch
@@ -200,11 +203,11 @@ class FleetClient:
         return self.submit_study(batch_id, source.name, study, options, entry)
 
     def submit_study(
-        self, batch_id: str, name: str, study: Study, options: SubmitOptions, entry: dict[str, Any] | None = None
+        self, batch_id: str, name: str, study: Study, options: SubmitOptions, entry: StudyEntry | None = None
     ) -> str:
         """Enqueue one loaded study into a batch (or record its stored result); "queued", "cached" or "failed".
         The study is checked by the worker that runs it, not here."""
-        entry = dict(entry or {"enqueued_at": time.time()})
+        entry = entry or StudyEntry(enqueued_at=time.time())
         try:
             staged = self.stage(batch_id, name, study, options)
             message = staged.message
@@ -216,20 +219,20 @@ class FleetClient:
         except Exception as error:  # one study that cannot even be staged must not stop the batch
             log.exception("cannot enqueue %s", name)
             return self._fail(batch_id, name, entry, f"cannot enqueue: {type(error).__name__}: {error}")
-        entry.update(
-            modality=message.modality,
-            image_digest=message.image_digest,
-            queue=message.queue,
-            result_key=staged.result_key,
-            enqueued_at=message.enqueued_at,
-        )
+        sent = {
+            "modality": message.modality,
+            "image_digest": message.image_digest,
+            "queue": message.queue,
+            "result_key": staged.result_key,
+            "enqueued_at": message.enqueued_at,
+        }
         if cached:
-            self.ledger.add_study(batch_id, name, entry)
+            self.ledger.add_study(batch_id, name, entry.model_copy(update=sent))
             self.ledger.record(batch_id, cached_outcome(message, staged.result_key))
             return "cached"
-        entry["task_id"] = str(uuid.uuid4())
+        entry = entry.model_copy(update={**sent, "task_id": str(uuid.uuid4())})
         self.ledger.add_study(batch_id, name, entry)
-        self.sender.send(message, entry["task_id"], staged.limits)
+        self.sender.send(message, entry.task_id, staged.limits)
         return "queued"
 
     def _is_stored(self, staged: Staged, options: SubmitOptions) -> bool:
@@ -237,7 +240,7 @@ class FleetClient:
             return False
         return self.store.touch(Keys.result_blob(staged.result_key), self.settings.result_ttl)
 
-    def _fail(self, batch_id: str, name: str, entry: dict[str, Any], reason: str) -> str:
+    def _fail(self, batch_id: str, name: str, entry: StudyEntry, reason: str) -> str:
         self.ledger.add_study(batch_id, name, entry)
         self.ledger.record(batch_id, Outcome(name=name, status="error", error=reason))
         return "failed"
@@ -302,7 +305,8 @@ class FleetClient:
         while True:
             if time.monotonic() >= resync_at:
                 yield from self._resync(batch_id, seen)
-                if expected is None and (self.ledger.meta(batch_id) or {}).get("sealed"):
+                meta = self.ledger.meta(batch_id) if expected is None else None
+                if meta is not None and meta.sealed:
                     expected = set(self.ledger.studies(batch_id))  # the submitter has enqueued every study
                 resync_at = time.monotonic() + RESYNC_SECONDS
             if expected is not None and expected <= seen:

@@ -17,6 +17,7 @@ from rich.table import Table
 from producer import api
 from producer.console import console, print_notes, summary_table
 from producer.fleet import SubmissionInterrupted
+from producer.formats.dicom_outputs import DEFAULT_DICOM_OUTPUTS
 from producer.formats.outcome import StudyOutcome
 from worker.contract.metrics import StudyMetrics
 
@@ -44,7 +45,7 @@ def submit_to_fleet(
     queue: str | None,
     routes: tuple[str, ...],
     timeout: float | None,
-    dicom_formats: tuple[str, ...] = ("seg",),
+    dicom_formats: tuple[str, ...] = DEFAULT_DICOM_OUTPUTS,
     split: bool = True,
 ) -> list[StudyOutcome]:
     from worker.contract.settings import parse_routes

@@ -11,11 +11,14 @@ from __future__ import annotations
 from producer.formats.base import StudySource
 from producer.formats.output_context import OutputContext
 from producer.formats.registry import format_of
+from producer.formats.sidecar import SidecarPrompts
 from worker.contract.study import Study
 
 
-def load_study_and_context(source: StudySource) -> tuple[Study, OutputContext]:
-    return format_of(source).load(source)
+def load_study_and_context(source: StudySource, prompts: SidecarPrompts | None = None) -> tuple[Study, OutputContext]:
+    """The study and its writers' context; `prompts` given in memory (a gateway job's) are used instead of the
+    source's sidecar, which is then never read (producer.formats.base.prompts_of)."""
+    return format_of(source).load(source, prompts)
 
 
 def load_study(source: StudySource) -> Study:

@@ -49,12 +49,18 @@ def output_path(out_dir: Path, source: StudySource, dicom_format: str = DicomSeg
 
 
 class OutputWriter:
-    def __init__(self, out_dir: Path, dicom_formats: tuple[str, ...] = DEFAULT_DICOM_OUTPUTS):
+    """Writes each outcome's outputs. `keep_written`: leave the DICOM objects as written in `outcome.written` (a
+    single-study caller sends them on); else they are dropped once written, so a batch holds no objects."""
+
+    def __init__(
+        self, out_dir: Path, dicom_formats: tuple[str, ...] = DEFAULT_DICOM_OUTPUTS, keep_written: bool = False
+    ):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out_dir / METRICS_FILE
         self.dicom_formats = parse_dicom_formats(dicom_formats)
         self.folder = OutputFolder(self.out_dir, self.dicom_formats)
+        self.keep_written = keep_written
 
     def write(self, source: StudySource, outcome: StudyOutcome) -> None:
         if outcome.ok and outcome.labels is not None:
@@ -79,5 +85,7 @@ class OutputWriter:
                     "error",
                     (f"writing {target} failed: an internal error ({type(error).__name__}; details in the log)"),
                 )
+        if not self.keep_written:
+            outcome.written.clear()
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(outcome.record()) + "\n")

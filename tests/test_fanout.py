@@ -705,7 +705,7 @@ def test_a_part_that_fails_fails_its_study_with_the_reason(split_fleet, fan_case
     fleet, queue_name = split_fleet, "fan-late"
     batch = api.submit(fan_cases["poison"], wait=False, queue=queue_name, settings=fleet.settings)
     (name,) = batch.names
-    digest = fleet.ledger.studies(batch.batch_id)[name]["image_digest"]
+    digest = fleet.ledger.studies(batch.batch_id)[name].image_digest
     fleet.consume(queue_name, fleet.a)  # A alone coordinates; its parts wait in the queue
     try:
         wait_until(

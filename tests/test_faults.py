@@ -155,7 +155,8 @@ def _sealed_batch_of(faults: Faults, names: set[str]) -> str | None:
     """The id of the enqueued (sealed) batch holding these study names, if there is one yet."""
     for key in faults.ledger.client.scan_iter(f"{NAMESPACE}:batch:*:meta"):
         batch_id = key.decode().split(":")[2]
-        if (faults.ledger.meta(batch_id) or {}).get("sealed") and names <= set(faults.ledger.studies(batch_id)):
+        meta = faults.ledger.meta(batch_id)
+        if meta is not None and meta.sealed and names <= set(faults.ledger.studies(batch_id)):
             return batch_id
     return None
 

@@ -21,6 +21,7 @@ from worker.contract.arrays import StoreError, unpack_arrays
 from worker.contract.budget import TimeBudget
 from worker.contract.identity import EngineIdentity, image_digest
 from worker.contract.keys import Keys
+from worker.contract.manifest import StudyEntry
 from worker.contract.messages import MessageError, Outcome, Progress, ResultRecord, TaskMessage, pack_image
 from worker.contract.metrics import StudyMetrics
 from worker.contract.settings import FleetSettings, parse_routes
@@ -284,7 +285,9 @@ def test_a_foreign_message_that_cannot_be_handed_back_is_kept_aside(slot, monkey
     for header in ({NAMESPACE_HEADER: "tenantB"}, {}, {NAMESPACE_HEADER: "bad:ns"}):
         answer = misrouted.refuse(app, keys, slot.client, 60, payload, _request(**header), "n@h")
         assert answer["status"] == "parked"
-    parked = [json.loads(raw) for raw in slot.client.lrange(keys.misrouted(), 0, -1)]
+    stored = slot.client.lrange(keys.misrouted(), 0, -1)
+    assert [misrouted.ParkedMessage.model_validate_json(raw).version for raw in stored] == [1, 1, 1]
+    parked = [json.loads(raw) for raw in stored]
     assert [entry["namespace"] for entry in parked] == ["bad:ns", None, "tenantB"]  # newest first
     assert "NoPermissionError" in parked[2]["reason"] and parked[0]["payload"] == payload
     assert parked[0]["queue"] == "pet" and parked[0]["timelimit"] == [70, 60] and parked[0]["retries"] == 2
@@ -764,7 +767,7 @@ def test_ctrl_c_while_enqueuing_seals_the_batch_with_what_was_enqueued(job, monk
 
     def submit_study(batch_id, name, study, options, entry=None):
         if submitted:
-            client.ledger.add_study(batch_id, name, {"enqueued_at": time.time()})  # caught half-way
+            client.ledger.add_study(batch_id, name, StudyEntry(enqueued_at=time.time()))  # caught half-way
             raise KeyboardInterrupt
         submitted.append(name)
         return "queued"
@@ -775,6 +778,6 @@ def test_ctrl_c_while_enqueuing_seals_the_batch_with_what_was_enqueued(job, monk
     batch = caught.value.batch
     assert not caught.value.complete and batch.names == ["first", "second"]
     meta = client.ledger.meta(batch.batch_id)
-    assert meta["sealed"] and meta["interrupted"] and meta["total"] == 2
+    assert meta.sealed and meta.interrupted and meta.total == 2
     half_way = client.ledger.outcome(batch.batch_id, "second")
     assert half_way.status == "error" and "submit it again" in half_way.error

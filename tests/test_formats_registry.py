@@ -11,6 +11,7 @@ import pytest
 
 from producer.discovery import StudySource, discover
 from producer.formats.registry import FORMATS, format_of
+from producer.formats.sidecar import parse_entry
 from producer.gateway.pipeline import JobFailed, JobPipeline
 from producer.outcome import StudyOutcome
 from producer.outputs import METRICS_FILE, SUFFIXES, OutputWriter, output_path
@@ -69,13 +70,15 @@ def test_a_jobs_decisions_are_its_formats(tmp_path):
     nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.5, 1.0])), str(nifti_dir / "scan.nii.gz"))
     with pytest.raises(JobFailed, match="prompts are required for NIfTI studies"):
         JobPipeline._find_study(nifti_dir, None)
-    prompts = {"modality": "CT", "boxes": [{"label": "organ", "voxel": [4, 4, 1, 11, 11, 2]}]}
+    prompts = parse_entry({"modality": "CT", "boxes": [{"label": "organ", "voxel": [4, 4, 1, 11, 11, 2]}]}, "prompts")
     source = JobPipeline._find_study(nifti_dir, prompts)
     assert source.kind == "nifti"
-    assert json.loads((nifti_dir / "scan.prompts.json").read_text()) == prompts  # NIfTI's sidecar
-    assert json.loads((nifti_dir / "prompts.json").read_text()) == prompts  # DICOM's, as before
+    assert sorted(path.name for path in nifti_dir.iterdir()) == ["scan.nii.gz"]  # the prompts stay in memory
 
-    study, context = format_of(source).load(source)
+    with pytest.raises(StudyError, match="no box prompts"):
+        format_of(source).load(source)  # the sidecar path: there is none
+    study, context = format_of(source).load(source, prompts)
+    assert context.segment_labels == ("organ",) and study.modality == "CT"
     labels = np.zeros(study.image.shape[:3], np.uint16)
     labels[1:3, 4:12, 4:12] = 1
     writer = OutputWriter(tmp_path / "nifti_out")

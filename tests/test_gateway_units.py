@@ -131,3 +131,27 @@ def test_audit_rotates_keeps_every_file_and_reads_across_them(tmp_path: Path):
     with pytest.raises(ValueError):  # only the trail's own fields: nothing else can slip into a line
         audit.write(actor="x", action="y", outcome="z", token="secret")
     audit.close()
+
+
+def test_a_job_record_is_checked_when_read_and_one_of_another_version_left_out(tmp_path: Path, caplog):
+    jobs = JobStore(tmp_path)
+    job = jobs.create(Job(new_job_id(), "upload", "alice", None, None, {"files": 1}))
+    record = jobs.folder(job.id) / "job.json"
+    written = json.loads(record.read_text())
+    assert written["version"] == 1 and jobs.get(job.id) == job
+    assert "version" not in job.public()  # the record's, not the API document's
+
+    before_versions = {key: value for key, value in written.items() if key not in ("version", "owner")}
+    record.write_text(json.dumps(before_versions))  # a record written before owners and versions
+    assert jobs.get(job.id).owner == "" and jobs.get(job.id).version == 1
+
+    for changed, said in (
+        ({"version": 2}, "record is version 2, this gateway reads version 1: left out"),
+        ({"progress": "half"}, "record does not fit (progress: Input should be a valid dictionary): left out"),
+        ({"state": "paused"}, "record does not fit (state: Input should be 'queued', 'running', 'ok' or 'error')"),
+    ):
+        record.write_text(json.dumps({**written, **changed}))
+        caplog.clear()
+        with pytest.raises(KeyError):
+            jobs.get(job.id)
+        assert jobs.recent() == [] and said in caplog.text, caplog.text

@@ -167,7 +167,7 @@ def test_two_namespaces_on_one_database_run_their_own_batches_only(fleets, tmp_p
     assert [list(reply) for reply in b.app().control.ping(timeout=1.0)] == [[b.worker.node]]
     # the event stream (what Flower shows) of tenantA: its own tasks, nothing of tenantB's
     task_ids = {
-        ns: {e["task_id"] for e in fleets.tenants[ns].ledger.studies(batch.batch_id).values()}
+        ns: {e.task_id for e in fleets.tenants[ns].ledger.studies(batch.batch_id).values()}
         for ns, batch in done.items()
     }
     assert all(task_id in seen_by_a for task_id in task_ids["tenantA"]), seen_by_a[-3000:]
@@ -203,7 +203,7 @@ def test_a_message_of_another_namespace_is_handed_back_to_its_owner_not_run(flee
     assert a.ledger.executions() == before_a, fleets.tails()  # tenantA's worker never segmented it
     assert b.ledger.executions() == {**before_b, b.worker.node: before_b.get(b.worker.node, 0) + 1}
     assert a.ledger.meta(enqueued.batch_id) is None and not a.ledger.outcomes(enqueued.batch_id)
-    task_id = b.ledger.studies(enqueued.batch_id)[name]["task_id"]
+    task_id = b.ledger.studies(enqueued.batch_id)[name].task_id
     log_a = a.worker.log_path.read_text(errors="replace")
     assert f"task {task_id} of namespace 'tenantB' reached namespace 'tenantA': handed back" in log_a
     assert name not in log_a  # the other namespace's study name is not logged where it does not belong

@@ -86,3 +86,77 @@ def test_a_calibration_record_that_does_not_fit_is_ignored_and_a_bad_verdict_nev
     write_verdict(tmp_path, verdict)
     (stored,) = read_record(tmp_path)["hosts"].values()
     assert stored["cases"] == {"a": {"dsc_f32": 0.9}} and stored["profiles"]["bf16"]["speedup"] == 1.5
+
+
+# ----------------------------------------------------------------------------------------------- batch manifest
+
+# the meta and study entry the hand-written dicts stored (before the manifest had a version)
+OLD_META = {
+    "batch_id": "20261204-120000-abcd1234",
+    "created_at": 1733313600.0,
+    "study_dir": "/data/studies",
+    "total": 1,
+    "sealed": True,
+    "force": False,
+    "queue": "",
+    "producer": "host",
+    "dicom_formats": ["seg"],
+    "split": True,
+    "submitted_at": 1733313601.0,
+}
+
+
+def test_the_manifest_records_round_trip_with_their_version():
+    import json
+
+    from worker.contract.manifest import MANIFEST_VERSION, BatchMeta, StudyEntry
+
+    meta = BatchMeta.model_validate({**OLD_META, "version": MANIFEST_VERSION})
+    assert BatchMeta.from_json(meta.to_json(), "meta") == meta and json.loads(meta.to_json())["version"] == 1
+    entry = StudyEntry(source={"name": "ct", "path": "/data/ct", "kind": "dicom"}, enqueued_at=1.0, task_id="t")
+    assert StudyEntry.from_json(entry.to_json().encode(), "entry") == entry
+
+
+@pytest.mark.parametrize(
+    ("record", "refusal"),
+    [
+        (OLD_META, "was written before manifests had versions; this producer reads manifest version 1 only"),
+        ({**OLD_META, "version": 2, "shards": 4}, "was written as manifest version 2; this producer reads manifest"),
+    ],
+)
+def test_a_manifest_of_another_version_is_refused_by_name(record, refusal):
+    import json
+
+    from worker.contract.manifest import BatchMeta, ManifestError
+
+    with pytest.raises(ManifestError, match="the manifest of batch b1 " + refusal) as caught:
+        BatchMeta.from_json(json.dumps(record), "the manifest of batch b1")
+    assert "submit the studies again (stored results are reused)" in str(caught.value)
+
+
+def test_a_manifest_record_that_does_not_fit_says_what_in_one_line():
+    import json
+
+    from worker.contract.manifest import BatchMeta, ManifestError, StudyEntry
+
+    with pytest.raises(ManifestError, match=r"^meta does not fit: total: Input should be a valid integer"):
+        BatchMeta.from_json(json.dumps({**OLD_META, "version": 1, "total": "many"}), "meta")
+    with pytest.raises(ManifestError, match="entry does not fit: colour: Extra inputs are not permitted"):
+        StudyEntry.from_json(json.dumps({"version": 1, "colour": "red"}), "entry")
+    with pytest.raises(ManifestError, match="entry is not a JSON object"):
+        StudyEntry.from_json("[1]", "entry")
+
+
+def test_producer_status_refuses_a_batch_of_an_older_manifest(slot):
+    import json
+
+    from producer import api
+    from worker.contract.keys import Keys
+    from worker.contract.settings import FleetSettings
+
+    settings = FleetSettings(broker_url=slot.url, namespace=f"{slot.namespace}-manifest")
+    slot.client.set(Keys(settings.namespace).batch_meta("b-old"), json.dumps(OLD_META))
+    with pytest.raises(api.UnknownBatch, match="the manifest of batch b-old was written before manifests had"):
+        api.status("b-old", settings=settings)
+    with pytest.raises(api.UnreadableBatch):
+        api.results("b-old", settings=settings, wait=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from worker.contract.engine_options import engine_config, engine_options
-from worker.contract.settings import DEFAULT_BROKER, DEFAULT_QUEUE, thread_plan
+from worker.contract.settings import DEFAULT_BROKER, DEFAULT_QUEUE, thread_plan, variable
 from worker.cpu_affinity import plan
 
 
@@ -28,6 +28,7 @@ def check_models(models_dir: Path, routing: Path | None, precision: str = "f32")
     from models.registry import load_registry
     from worker.calibration import choose_profile
     from worker.contract.routing import RoutingTable
+    from worker.contract.settings import routing_file
 
     registry = load_registry(models_dir)
     if not registry:
@@ -36,7 +37,7 @@ def check_models(models_dir: Path, routing: Path | None, precision: str = "f32")
             "(or mount the models volume) before starting a worker"
         )
     try:
-        table = RoutingTable.load(routing)  # a broken routing table fails here, not in every child
+        table = RoutingTable.load(routing_file(routing))  # a broken routing table fails here, not in every child
         choice = choose_profile(precision, table, models_dir, registry)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--precision/--routing") from None
@@ -50,8 +51,8 @@ def cli() -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--broker", envvar="LITEMEDSAM_BROKER", default=DEFAULT_BROKER, show_default=True)
-@click.option("--store", envvar="LITEMEDSAM_STORE", default="", help="Blob store URL (default: the broker's Redis).")
+@click.option("--broker", envvar=variable("broker"), default=DEFAULT_BROKER, show_default=True)
+@click.option("--store", envvar=variable("store"), default="", help="Blob store URL (default: the broker's Redis).")
 @click.option(
     "--concurrency",
     "-c",
@@ -116,16 +117,16 @@ def start(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--cpus") from None
     for name, value in (  # the environment its children build their EngineConfig from (EngineConfig.from_env)
-        ("LITEMEDSAM_BROKER", broker),
-        ("LITEMEDSAM_STORE", store),
-        ("LITEMEDSAM_MODELS_DIR", models_dir),
-        ("LITEMEDSAM_PRECISION", config.precision),
-        ("LITEMEDSAM_THREADS", threads),
-        ("LITEMEDSAM_CACHE_MB", config.cache_mb),
-        ("LITEMEDSAM_ROUTING", config.routing_file),
-        ("LITEMEDSAM_METRICS_PORT", metrics_port),
-        ("LITEMEDSAM_TASK_MEMORY_MB", memory_mb),
-        ("LITEMEDSAM_CPUS", config.cpus),
+        (variable("broker"), broker),
+        (variable("store"), store),
+        (variable("models_dir"), models_dir),
+        (variable("precision"), config.precision),
+        (variable("threads"), threads),
+        (variable("cache_mb"), config.cache_mb),
+        (variable("routing"), config.routing_file),
+        (variable("metrics_port"), metrics_port),
+        (variable("task_memory_mb"), memory_mb),
+        (variable("cpus"), config.cpus),
     ):
         _export(name, value)
     click.echo(
@@ -202,7 +203,7 @@ def calibrate(
 
 
 @cli.command()
-@click.option("--broker", envvar="LITEMEDSAM_BROKER", default=DEFAULT_BROKER, show_default=True)
+@click.option("--broker", envvar=variable("broker"), default=DEFAULT_BROKER, show_default=True)
 @click.option("--timeout", type=float, default=2.0, show_default=True)
 @click.option("--node", default=None, help="Ping only this node (e.g. worker@$(hostname) in a health check).")
 def ping(broker: str, timeout: float, node: str | None) -> None:

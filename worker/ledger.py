@@ -7,11 +7,10 @@ batch's pub/sub channel so a waiting producer wakes up at once instead of pollin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from typing import Any
 
 from worker.contract.keys import Keys
+from worker.contract.manifest import BatchMeta, StudyEntry
 from worker.contract.messages import Outcome, Progress
 
 
@@ -25,25 +24,28 @@ class BatchLedger:
         for key in self.keys.batch_parts(batch_id):
             pipe.expire(key, self.ttl)
 
-    # manifest -------------------------------------------------------------------------------------------
-    def write_meta(self, batch_id: str, meta: dict[str, Any]) -> None:
+    # manifest (worker.contract.manifest: a reader refuses a version it does not know, with a ManifestError) ----
+    def write_meta(self, batch_id: str, meta: BatchMeta) -> None:
         with self.client.pipeline() as pipe:
-            pipe.set(self.keys.batch_meta(batch_id), json.dumps(meta), ex=self.ttl)
+            pipe.set(self.keys.batch_meta(batch_id), meta.to_json(), ex=self.ttl)
             pipe.execute()
 
-    def meta(self, batch_id: str) -> dict[str, Any] | None:
+    def meta(self, batch_id: str) -> BatchMeta | None:
         raw = self.client.get(self.keys.batch_meta(batch_id))
-        return json.loads(raw) if raw else None
+        return BatchMeta.from_json(raw, f"the manifest of batch {batch_id}") if raw else None
 
-    def add_study(self, batch_id: str, name: str, entry: dict[str, Any]) -> None:
+    def add_study(self, batch_id: str, name: str, entry: StudyEntry) -> None:
         with self.client.pipeline() as pipe:
-            pipe.hset(self.keys.batch_studies(batch_id), name, json.dumps(entry))
+            pipe.hset(self.keys.batch_studies(batch_id), name, entry.to_json())
             pipe.expire(self.keys.batch_studies(batch_id), self.ttl)
             pipe.execute()
 
-    def studies(self, batch_id: str) -> dict[str, dict[str, Any]]:
+    def studies(self, batch_id: str) -> dict[str, StudyEntry]:
         raw = self.client.hgetall(self.keys.batch_studies(batch_id))
-        return {name.decode(): json.loads(value) for name, value in raw.items()}
+        return {
+            name.decode(): StudyEntry.from_json(value, f"batch {batch_id}'s entry for {name.decode()!r}")
+            for name, value in raw.items()
+        }
 
     # outcomes -------------------------------------------------------------------------------------------
     def record(self, batch_id: str, outcome: Outcome) -> bool:

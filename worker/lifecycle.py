@@ -14,10 +14,10 @@ import signal
 from celery import signals
 
 from worker import memory, process, telemetry
-from worker.contract.settings import available_cores, environment, thread_plan
+from worker.contract.settings import available_cores, environment, thread_plan, variable
 
 log = logging.getLogger(__name__)
-THREADS_ENV = "LITEMEDSAM_THREADS"
+THREADS_ENV = variable("threads")
 
 
 def threads_for(concurrency: int) -> int:
@@ -34,7 +34,7 @@ def on_worker_init(sender=None, instance=None, conf=None, options=None, **_) -> 
     options = options or {}
     concurrency = int(options.get("concurrency") or (conf and conf.worker_concurrency) or available_cores())
     threads = threads_for(concurrency)
-    os.environ.setdefault(memory.LIMIT_ENV, str(memory.default_limit_mb(concurrency)))
+    memory_limit = os.environ.setdefault(memory.LIMIT_ENV, str(memory.default_limit_mb(concurrency)))
     queues = options.get("queues") or []
     os.environ[process.QUEUES_ENV] = ",".join(queues.split(",") if isinstance(queues, str) else queues)
     log.info(
@@ -42,7 +42,7 @@ def on_worker_init(sender=None, instance=None, conf=None, options=None, **_) -> 
         sender,
         concurrency,
         threads,
-        os.environ[memory.LIMIT_ENV],
+        memory_limit,
     )
     if telemetry.metrics_port() is not None:
         telemetry.prepare_parent()

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from worker.contract.settings import environment
+from worker.contract.settings import environment, variable
 
 log = logging.getLogger(__name__)
-LIMIT_ENV = "LITEMEDSAM_TASK_MEMORY_MB"  # Environment.task_memory_mb (set by the worker's parent)
+LIMIT_ENV = variable("task_memory_mb")  # Environment.task_memory_mb (set by the worker's parent)
 EXIT_CODE = 75  # what the process exits with when the guard stops it
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -16,16 +16,18 @@ namespace; running it here would end it as someone else's error), and must not l
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from worker.contract.keys import NAMESPACE_HEADER, Keys, check_namespace
 from worker.contract.settings import TASK_NAME
 
 log = logging.getLogger(__name__)
 MAX_PARKED = 10_000
+PARKED_VERSION = 1  # of a parked message's JSON
 
 
 def sender_namespace(request) -> str | None:
@@ -83,10 +85,27 @@ def hand_back(app, owner: str, payload: Any, request, queue: str) -> None:
         )
 
 
-def park(client, keys: Keys, entry: dict[str, Any], ttl: int) -> None:
+class ParkedMessage(BaseModel):
+    """A refused message as the misrouted list keeps it (JSON), for an operator to inspect or re-send."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = PARKED_VERSION
+    task_id: str
+    namespace: str | None  # its header (None: it had none)
+    queue: str
+    node: str  # the worker that refused it
+    refused_at: float
+    reason: str
+    retries: int
+    timelimit: tuple[int | float | None, int | float | None]  # (hard, soft) seconds, as Celery gave them
+    payload: Any  # the task's argument, as it came
+
+
+def park(client, keys: Keys, entry: ParkedMessage, ttl: int) -> None:
     """Keep a refused message in this namespace's misrouted list."""
     with client.pipeline() as pipe:
-        pipe.lpush(keys.misrouted(), json.dumps(entry))
+        pipe.lpush(keys.misrouted(), entry.model_dump_json())
         pipe.ltrim(keys.misrouted(), 0, MAX_PARKED - 1)
         pipe.expire(keys.misrouted(), ttl)
         pipe.execute()
@@ -113,22 +132,18 @@ def refuse(app, keys: Keys, client, ttl: int, payload: Any, request, node: str) 
             return {"status": "handed back", "namespace": owner, "queue": queue}
     else:
         reason = f"its namespace header is {owner!r}"
-    park(
-        client,
-        keys,
-        {
-            "task_id": request.id,
-            "namespace": owner,
-            "queue": queue,
-            "node": node,
-            "refused_at": time.time(),
-            "reason": reason,
-            "retries": request.retries or 0,
-            "timelimit": list(request.timelimit or (None, None)),
-            "payload": payload,
-        },
-        ttl,
+    parked = ParkedMessage(
+        task_id=request.id,
+        namespace=owner,
+        queue=queue,
+        node=node,
+        refused_at=time.time(),
+        reason=reason,
+        retries=request.retries or 0,
+        timelimit=tuple(request.timelimit or (None, None)),
+        payload=payload,
     )
+    park(client, keys, parked, ttl)
     log.error(
         "task %s refused by namespace %r (%s): not run, kept in %s",
         request.id,

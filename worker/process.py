@@ -7,12 +7,11 @@ object is ever shared across a fork. Tasks reach the state through `context()`.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from worker.calibration import choose_profile
 from worker.contract.keys import Keys
-from worker.contract.settings import EngineConfig, FleetSettings, redis_client
+from worker.contract.settings import EngineConfig, FleetSettings, redis_client, variable, worker_queues
 from worker.cpu_affinity import CoreBinding, plan
 from worker.directory import IdentityDirectory
 from worker.job_context import WorkerContext
@@ -21,7 +20,7 @@ from worker.memory import MemoryGuard
 from worker.store import open_store
 
 log = logging.getLogger(__name__)
-QUEUES_ENV = "LITEMEDSAM_WORKER_QUEUES"  # set by the parent (lifecycle) for its children
+QUEUES_ENV = variable("worker_queues")  # set by the parent (lifecycle) for its children
 _context: WorkerContext | None = None
 _failure: str = ""
 
@@ -77,7 +76,7 @@ def start(node: str, telemetry) -> None:
     except Exception as error:
         _failure = f"{type(error).__name__}: {error}"
         raise
-    announce(_context, [q for q in os.environ.get(QUEUES_ENV, "").split(",") if q])
+    announce(_context, worker_queues())
 
 
 def announce(ctx: WorkerContext, queues: list[str]) -> None:

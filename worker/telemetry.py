@@ -22,7 +22,6 @@ from worker.contract.metrics import StudyMetrics
 from worker.contract.settings import environment
 
 log = logging.getLogger(__name__)
-PORT_ENV = "LITEMEDSAM_METRICS_PORT"
 DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STAGES = (
     "queue_wait",

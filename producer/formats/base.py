@@ -3,13 +3,14 @@
 A format is one class per kind of study (npz, NIfTI, DICOM), registered in producer.formats.registry. It says:
 - `finder(folder)`: which files it claims while discovery walks a folder, and which studies (or left-out files,
   with reasons) they make;
-- `load(source)`: the Study the engine runs plus the OutputContext its writers need; `context(source)`: that context
-  from headers and sidecar alone (no pixels);
+- `load(source, prompts)`: the Study the engine runs plus the OutputContext its writers need; `context(source,
+  prompts)`: that context from headers and prompts alone (no pixels). The prompts are read from the study's sidecar,
+  or given in memory (a gateway job's): `prompts_of` decides which, for every format;
 - `main_output(folder, source)` and `write(folder, source, outcome, context)`: where a computed mask goes and how it
   is written;
-- for a single-study job (the gateway): where a job's prompts go (`place_prompts`, none for a format whose files
-  carry their boxes: `boxes_in_sidecar`), whether its mask gives a DICOM SEG to store back (`gives_seg`), and the
-  result files the job offers (`downloads`).
+- for a single-study job (the gateway): whether it takes prompts (`boxes_in_sidecar`: False for a format whose
+  files carry their boxes), whether its mask gives a DICOM SEG to store back (`gives_seg`), and the result files
+  the job offers (`downloads`).
 A StudySource names its format by `kind` (a plain string, so the batch manifest stores it as JSON); the registry
 turns the string into the format once (`format_of`), and nothing else branches on it.
 
@@ -65,8 +66,11 @@ def relative_name(folder: Path, path: Path) -> str:
     return slug("_".join(relative.parts)) if relative.parts else slug(folder.resolve().name)
 
 
-def prompts_of(source: StudySource) -> SidecarPrompts:
-    """The box prompts of a DICOM or NIfTI study, from its sidecar."""
+def prompts_of(source: StudySource, given: SidecarPrompts | None = None) -> SidecarPrompts:
+    """The prompts of a DICOM or NIfTI study: those `given` in memory (a gateway job's, never looked for on disk),
+    else its sidecar's."""
+    if given is not None:
+        return given
     if source.sidecar is None:
         raise StudyError(f"{source.name}: no prompts sidecar location")
     return read_prompts(source.sidecar)
@@ -131,8 +135,8 @@ class StudyFormat(ABC):
         """A fresh finder for one discovery of `folder`."""
 
     @abstractmethod
-    def load(self, source: StudySource) -> tuple[Study, OutputContext]:
-        """The study to run and what its writers need."""
+    def load(self, source: StudySource, prompts: SidecarPrompts | None = None) -> tuple[Study, OutputContext]:
+        """The study to run and what its writers need; `prompts`: given in memory, else the sidecar's (prompts_of)."""
 
     def load_image(self, source: StudySource, modality: str | None = None) -> tuple[Study, OutputContext]:
         """The image alone, without prompts (an interactive session's), and what its writers need; `modality`
@@ -140,8 +144,8 @@ class StudyFormat(ABC):
         raise StudyError(f"a {self.title} study cannot be opened without its prompts")
 
     @abstractmethod
-    def context(self, source: StudySource) -> OutputContext:
-        """What the writers need, read from headers and sidecar only (no pixels)."""
+    def context(self, source: StudySource, prompts: SidecarPrompts | None = None) -> OutputContext:
+        """What the writers need, read from headers and prompts only (no pixels)."""
 
     def main_output(self, folder: OutputFolder, source: StudySource) -> Path:
         """Where the study's mask goes."""
@@ -150,10 +154,6 @@ class StudyFormat(ABC):
     @abstractmethod
     def write(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome, context: OutputContext) -> None:
         """Write an ok outcome's mask (outcome.labels); notes for the user go to outcome.notes."""
-
-    def place_prompts(self, folder: Path, text: str) -> None:
-        """Write a job's prompts (the sidecar's JSON text) where this format's discovery reads them in `folder`."""
-        return None  # a format whose files carry their boxes has nowhere to put them
 
     def downloads(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome) -> dict[str, str]:
         """After `write`, for a single-study job: the result files it offers besides labels.npz, by result format

@@ -44,7 +44,7 @@ from producer.formats.npz import write_segs
 from producer.formats.outcome import StudyOutcome
 from producer.formats.output_context import OutputContext, dicom_context
 from producer.formats.seg import check_labels
-from producer.formats.sidecar import DICOM_SIDECAR, SidecarRef, lists
+from producer.formats.sidecar import DICOM_SIDECAR, SidecarPrompts, SidecarRef, lists
 from worker.contract.study import Study, StudyError
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,8 @@ class DicomFormat(StudyFormat):
     def finder(self, folder: Path) -> Finder:
         return _DicomFinder(folder)
 
-    def load(self, source: StudySource) -> tuple[Study, OutputContext]:
-        prompts = prompts_of(source)  # a missing sidecar fails before any pixel is decoded
+    def load(self, source: StudySource, prompts: SidecarPrompts | None = None) -> tuple[Study, OutputContext]:
+        prompts = prompts_of(source, prompts)  # a missing sidecar fails before any pixel is decoded
         layout = read_layout(source.files)  # headers read once: the volume and the writers' reference
         study = build_study(source.name, volume_of(layout), prompts)
         return study, dicom_context(layout, prompts.labels, source.notes)
@@ -143,8 +143,8 @@ class DicomFormat(StudyFormat):
         study = image_study(source.name, volume_of(layout), modality=modality)
         return study, dicom_context(layout, (), source.notes)
 
-    def context(self, source: StudySource) -> OutputContext:
-        prompts = prompts_of(source)
+    def context(self, source: StudySource, prompts: SidecarPrompts | None = None) -> OutputContext:
+        prompts = prompts_of(source, prompts)
         return dicom_context(read_layout(source.files), prompts.labels, source.notes)
 
     def main_output(self, folder: OutputFolder, source: StudySource) -> Path:
@@ -164,7 +164,7 @@ class DicomFormat(StudyFormat):
             try:
                 if context.dicom is None:
                     raise StudyError("its headers could not be kept (see the notes above)")
-                output.write(
+                outcome.written[kind] = output.write(
                     self.output(folder, source, kind), context.dicom, labels, context.segment_labels, provenance
                 )
             except Exception as error:
@@ -172,9 +172,6 @@ class DicomFormat(StudyFormat):
         if failed:
             path = self._write_fallback(folder, source, labels, context)
             outcome.notes += [*failed, f"the label map was written to {path.name} instead"]
-
-    def place_prompts(self, folder: Path, text: str) -> None:
-        (folder / DICOM_SIDECAR).write_text(text, encoding="utf-8")
 
     def downloads(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome) -> dict[str, str]:
         files: dict[str, str] = {}

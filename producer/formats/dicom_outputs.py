@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydicom import Dataset
 
 from producer.formats.base import OUTPUT_MARK
 from producer.formats.dicom_reference import DicomReference
@@ -39,7 +40,8 @@ class DicomOutput(ABC):
         labels: np.ndarray,
         segment_labels: tuple[str, ...],
         provenance: dict[str, Any],
-    ) -> None: ...
+    ) -> Dataset:
+        """Write the object to `path`; the object as written (kept in memory for a sender)."""
 
 
 class DicomSeg(DicomOutput):
@@ -47,8 +49,8 @@ class DicomSeg(DicomOutput):
     title = "DICOM SEG"
     suffix = f"{OUTPUT_MARK}.dcm"
 
-    def write(self, path, reference, labels, segment_labels, provenance) -> None:
-        write_dicom_seg(path, reference, labels, segment_labels, provenance)
+    def write(self, path, reference, labels, segment_labels, provenance) -> Dataset:
+        return write_dicom_seg(path, reference, labels, segment_labels, provenance)
 
 
 class RtStruct(DicomOutput):
@@ -56,14 +58,14 @@ class RtStruct(DicomOutput):
     title = "RTSTRUCT"
     suffix = ".rtstruct.dcm"
 
-    def write(self, path, reference, labels, segment_labels, provenance) -> None:
+    def write(self, path, reference, labels, segment_labels, provenance) -> Dataset:
         try:
             from producer.formats.rtstruct import write_rtstruct
         except ImportError as error:
             raise StudyError(
                 "RTSTRUCT output needs rt-utils: run ops/setup.sh, or pip install --no-deps rt-utils==1.2.7"
             ) from error
-        write_rtstruct(path, reference, labels, segment_labels, provenance)
+        return write_rtstruct(path, reference, labels, segment_labels, provenance)
 
 
 DICOM_OUTPUTS: dict[str, DicomOutput] = {output.name: output for output in (DicomSeg(), RtStruct())}

@@ -55,8 +55,8 @@ class NiftiFormat(StudyFormat):
     def finder(self, folder: Path) -> Finder:
         return _NiftiFinder(folder)
 
-    def load(self, source: StudySource) -> tuple[Study, OutputContext]:
-        prompts = prompts_of(source)  # a missing sidecar fails before any pixel is read
+    def load(self, source: StudySource, prompts: SidecarPrompts | None = None) -> tuple[Study, OutputContext]:
+        prompts = prompts_of(source, prompts)  # a missing sidecar fails before any pixel is read
         study = build_study(source.name, load_nifti_volume(source.path), prompts, bids_modality(source.path))
         return study, self._context(source, prompts)
 
@@ -65,19 +65,14 @@ class NiftiFormat(StudyFormat):
         study = image_study(source.name, volume, modality=modality, fallback_modality=bids_modality(source.path))
         return study, OutputContext(self.kind, (), nifti=reference_of(source.path), notes=source.notes)
 
-    def context(self, source: StudySource) -> OutputContext:
-        return self._context(source, prompts_of(source))
+    def context(self, source: StudySource, prompts: SidecarPrompts | None = None) -> OutputContext:
+        return self._context(source, prompts_of(source, prompts))
 
     def _context(self, source: StudySource, prompts: SidecarPrompts) -> OutputContext:
         return OutputContext(self.kind, prompts.labels, nifti=reference_of(source.path), notes=source.notes)
 
     def write(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome, context: OutputContext) -> None:
         write_label_nifti(self.main_output(folder, source), outcome.labels, context.nifti, source.name)
-
-    def place_prompts(self, folder: Path, text: str) -> None:
-        for path in folder.iterdir():
-            if is_nifti(path):
-                path.with_name(nifti_stem(path) + NIFTI_SIDECAR_SUFFIX).write_text(text, encoding="utf-8")
 
     def downloads(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome) -> dict[str, str]:
         return {"nifti": self.main_output(folder, source).name}

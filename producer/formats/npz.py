@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
@@ -12,10 +11,10 @@ from numpy.lib import format as npy_format
 from producer.formats import modality as modalities
 from worker.contract.files import atomic_path
 from worker.contract.prompts import Prompts
+from worker.contract.settings import max_voxels, variable
 from worker.contract.study import Study, StudyError
-from worker.contract.validation import DEFAULT_MAX_VOXELS
 
-MAX_VOXELS_ENV = "LITEMEDSAM_MAX_VOXELS"
+MAX_VOXELS_ENV = variable("max_voxels")
 
 PREFIXES = ("2DBox_", "3DBox_")
 
@@ -30,10 +29,6 @@ def modality_from_name(name: str) -> str:
 
 def is_challenge_npz(path: Path) -> bool:
     return path.suffix == ".npz" and path.name.startswith(PREFIXES)
-
-
-def max_voxels() -> int:
-    return int(os.environ.get(MAX_VOXELS_ENV, DEFAULT_MAX_VOXELS))
 
 
 def stored_shape(path: Path, key: str) -> tuple[int, ...]:

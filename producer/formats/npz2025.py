@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from producer.formats.npz import check_size_before_loading, max_voxels
+from producer.formats.npz import check_size_before_loading
 from worker.contract.prompts import Box, LabelPrompt, Prompts
 from worker.contract.prompts import Click as PromptClick
+from worker.contract.settings import max_voxels
 from worker.contract.study import Study, StudyError
 
 BOX_KEYS = ("z_min", "z_max", "z_mid", "z_mid_x_min", "z_mid_y_min", "z_mid_x_max", "z_mid_y_max")

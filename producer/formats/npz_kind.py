@@ -14,7 +14,8 @@ from producer.formats.npz import is_challenge_npz, load_npz_image, load_npz_stud
 from producer.formats.npz2025 import is_2025_npz, study_from_2025
 from producer.formats.outcome import StudyOutcome
 from producer.formats.output_context import OutputContext
-from worker.contract.study import Study
+from producer.formats.sidecar import SidecarPrompts
+from worker.contract.study import Study, StudyError
 
 
 def challenge_npz(folder: Path) -> list[Path]:
@@ -59,15 +60,21 @@ class NpzFormat(StudyFormat):
     def finder(self, folder: Path) -> Finder:
         return _NpzFinder(folder)
 
-    def load(self, source: StudySource) -> tuple[Study, OutputContext]:
+    def load(self, source: StudySource, prompts: SidecarPrompts | None = None) -> tuple[Study, OutputContext]:
+        self._no_prompts(prompts)
         study = study_from_2025(source.path) if is_2025_npz(source.path) else load_npz_study(source.path)
         return study, self.context(source)
 
     def load_image(self, source: StudySource, modality: str | None = None) -> tuple[Study, OutputContext]:
         return load_npz_image(source.path, modality), self.context(source)
 
-    def context(self, source: StudySource) -> OutputContext:
+    def context(self, source: StudySource, prompts: SidecarPrompts | None = None) -> OutputContext:
+        self._no_prompts(prompts)
         return OutputContext(self.kind, notes=source.notes)
+
+    def _no_prompts(self, prompts: SidecarPrompts | None) -> None:
+        if prompts is not None:
+            raise StudyError(f"an {self.title} study carries its own boxes: send it without prompts")
 
     def write(self, folder: OutputFolder, source: StudySource, outcome: StudyOutcome, context: OutputContext) -> None:
         write_segs(self.main_output(folder, source), outcome.labels)

@@ -19,6 +19,9 @@ class StudyOutcome:
     seconds: float = 0.0  # wall time for this study as the producer saw it
     notes: list[str] = field(default_factory=list)  # what the user should know (grouping, derived UIDs, fallbacks)
     context: Any = field(default=None, repr=False)  # producer.formats.output_context.OutputContext, for the writers
+    # the DICOM objects written to the output folder, by output format name (producer.formats.dicom_outputs), as
+    # they were written: a sender (the gateway's STOW-RS) hands them on without reading the files back
+    written: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:

@@ -125,7 +125,7 @@ def build_rtstruct(
             structure.add_roi(mask=mask, color=colour, name=label[:64], roi_generation_algorithm=1)
     _valid_contours(ds, half)
     _required_attributes(ds, sources[0])
-    series_uid, instance_uid = output_uids(reference, volume, "rtstruct")
+    series_uid, instance_uid = output_uids(reference, volume, "rtstruct")  # the salt: fixed, as stored UIDs are
     ds.SeriesInstanceUID, ds.SOPInstanceUID = series_uid, instance_uid
     ds.file_meta.MediaStorageSOPInstanceUID = instance_uid
     ds.SeriesNumber = SERIES_NUMBER_OFFSET + 1 + int(sources[0].get("SeriesNumber") or 0)
@@ -147,8 +147,9 @@ def write_rtstruct(
     labels: np.ndarray,
     segment_labels: Sequence[str],
     provenance: Mapping[str, Any],
-) -> None:
-    """Build and write atomically (a reader never sees half a file)."""
+) -> Dataset:
+    """Build and write atomically (a reader never sees half a file); the object as written."""
     ds = build_rtstruct(reference, labels, segment_labels, provenance)
     with atomic_path(path) as partial:
         ds.save_as(partial, enforce_file_format=True)
+    return ds

@@ -119,20 +119,20 @@ def check_labels(labels: np.ndarray, segment_labels: Sequence[str]) -> np.ndarra
     return labels.astype(np.uint16, copy=False)
 
 
-def output_uids(reference: DicomReference, labels: np.ndarray, kind: str) -> tuple[str, str]:
-    """(SeriesInstanceUID, SOPInstanceUID) of an output object, derived from the source and the mask."""
+def output_uids(reference: DicomReference, labels: np.ndarray, salt: str = "") -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of an output object, derived from the source and the mask; each output
+    format other than the SEG salts them with its name (the SEG's, unsalted, are derived as they always were)."""
     digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
     key = "|".join(str(instance.SOPInstanceUID) for instance in reference.slice_datasets())
-    if kind == "seg":  # the SEG's UIDs as they have always been derived
-        return _uid(key, digest, "series"), _uid(key, digest, "instance")
-    return _uid(key, digest, f"{kind} series"), _uid(key, digest, f"{kind} instance")
+    prefix = f"{salt} " if salt else ""
+    return _uid(key, digest, f"{prefix}series"), _uid(key, digest, f"{prefix}instance")
 
 
 def build_segmentation(
     reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str], provenance: Mapping[str, Any]
 ) -> hd.seg.Segmentation:
     sources, frames = _frames(reference, check_labels(labels, segment_labels))
-    series_uid, instance_uid = output_uids(reference, frames, "seg")
+    series_uid, instance_uid = output_uids(reference, frames)
     source_number = int(sources[0].get("SeriesNumber") or 0)
     derived = "; derived " + ", ".join(reference.derived) if reference.derived else ""
     seg = hd.seg.Segmentation(
@@ -190,8 +190,9 @@ def write_dicom_seg(
     labels: np.ndarray,
     segment_labels: Sequence[str],
     provenance: Mapping[str, Any],
-) -> None:
-    """Build and write atomically (a reader never sees half a file)."""
+) -> hd.seg.Segmentation:
+    """Build and write atomically (a reader never sees half a file); the object as written."""
     seg = build_segmentation(reference, labels, segment_labels, provenance)
     with atomic_path(path) as partial:
         seg.save_as(partial)
+    return seg

@@ -14,12 +14,12 @@ from pathlib import Path
 import click
 
 from producer.cli_options import broker_option, engine_options, engine_settings
-from producer.formats.npz import max_voxels
 from producer.gateway.config import TOKENS_ENV, GatewayConfig, default_data_dir
 from producer.gateway.dicomweb import ClientSettings, load_credentials
 from producer.gateway.identity import OidcSettings, read_tokens
 from producer.gateway.limits import DEFAULT_ACTIVE, DEFAULT_RATE, LimitSettings, parse_rate
 from producer.gateway.retention import DEFAULT_RETENTION_DAYS
+from worker.contract.settings import environment, max_voxels
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def serve(
 
     os.umask(0o077)
     try:
-        tokens = read_tokens(os.environ.get(TOKENS_ENV), tokens_file, f"${TOKENS_ENV}")
+        tokens = read_tokens(environment().api_tokens, tokens_file, f"${TOKENS_ENV}")
         credentials = load_credentials(dicomweb_credentials) if dicomweb_credentials else {}
         if bool(oidc_issuer) != bool(oidc_audience):
             raise ValueError("OpenID Connect needs both --oidc-issuer and --oidc-audience")

@@ -22,8 +22,9 @@ from producer.gateway.identity import Identity, OidcSettings
 from producer.gateway.limits import LimitSettings
 from producer.gateway.retention import DEFAULT_RETENTION_DAYS
 from producer.sessions import SessionLimits
+from worker.contract.settings import variable
 
-TOKENS_ENV = "LITEMEDSAM_API_TOKENS"
+TOKENS_ENV = variable("api_tokens")
 
 
 def default_data_dir() -> Path:

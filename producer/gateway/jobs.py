@@ -14,29 +14,38 @@ with `DELETE /v1/jobs/{id}` or when retention purges it (producer.gateway.retent
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from pydantic import TypeAdapter, ValidationError
+
+from worker.contract.errors import validation_message
 from worker.contract.files import write_text_atomic
 
-STATES = ("queued", "running", "ok", "error")
+log = logging.getLogger(__name__)
+RECORD_VERSION = 1  # of job.json
+
+JobState = Literal["queued", "running", "ok", "error"]
+JobKind = Literal["dicomweb", "upload"]
+STATES: tuple[str, ...] = get_args(JobState)
 UNFINISHED = ("queued", "running")
 
 
 @dataclass
 class Job:
     id: str
-    kind: str  # "dicomweb" or "upload"
+    kind: JobKind
     owner: str  # the name of the identity that created it (producer.gateway.identity)
     prompts: dict[str, Any] | None  # the prompts.json schema (None: an npz upload carries its own boxes)
     store: str | None  # "source", another DICOMweb root, or None (kept in the service only)
     source: dict[str, Any] = field(default_factory=dict)  # dicomweb: {"dicomweb", "study", "series"}; upload: files
-    state: str = "queued"
+    state: JobState = "queued"
     error: str = ""
     progress: dict[str, int] = field(default_factory=lambda: {"done": 0, "total": 0})
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -49,13 +58,18 @@ class Job:
     finished_at: float | None = None
     runs: int = 0  # how many times the job was started (more than 1 only after a service restart)
     timings: dict[str, float] = field(default_factory=dict)  # fetch, load, segment, write, store, total seconds
+    version: int = RECORD_VERSION  # the record's shape; one of another version is refused (JobStore.get)
 
     def public(self, base_url: str = "") -> dict[str, Any]:
         """What GET /v1/jobs/{id} answers."""
         data = asdict(self)
+        del data["version"]  # the record's, not the document's
         data["status_url"] = f"{base_url}/v1/jobs/{self.id}"
         data["result_urls"] = {fmt: f"{base_url}/v1/jobs/{self.id}/result?format={fmt}" for fmt in self.results}
         return data
+
+
+RECORD = TypeAdapter(Job)  # job.json <-> Job, checked field by field
 
 
 def new_job_id() -> str:
@@ -88,13 +102,30 @@ class JobStore:
         return job
 
     def get(self, job_id: str) -> Job:
+        """The job's record; a KeyError if there is none, or it cannot be read (the log says why)."""
         try:
             path = self.folder(job_id) / "job.json"
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise KeyError(job_id) from error
+        if not isinstance(data, dict):
+            log.warning("job %s: its record is not a JSON object: left out", job_id)
+            raise KeyError(job_id)
         data.setdefault("owner", "")  # a record from before owners: only admins see it
-        return Job(**data)
+        data.setdefault("version", RECORD_VERSION)  # a record from before versions has this shape
+        if data["version"] != RECORD_VERSION:
+            log.warning(
+                "job %s: its record is version %r, this gateway reads version %d: left out",
+                job_id,
+                data["version"],
+                RECORD_VERSION,
+            )
+            raise KeyError(job_id)
+        try:
+            return RECORD.validate_python(data)
+        except ValidationError as error:
+            log.warning("job %s: its record does not fit (%s): left out", job_id, validation_message(error, "record"))
+            raise KeyError(job_id) from None
 
     def update(self, job_id: str, **changes: Any) -> Job:
         with self._lock:

@@ -1,14 +1,16 @@
 """One gateway job, from its source to the SEG stored back: the same path as `producer submit` on a folder.
 
 1. input: a DICOMweb job retrieves its series (WADO-RS, as stored) into the job's `input/`; an upload is there
-   already. Each format places the job's prompts where its discovery reads them (`prompts.json` for DICOM,
-   `<stem>.prompts.json` for NIfTI; an npz carries its own boxes).
-2. discovery and loading (producer.discovery, producer.loading): exactly one study, else the job's error.
+   already. The input folder holds the job's images only: its prompts stay in memory.
+2. discovery and loading (producer.discovery, producer.loading): exactly one study, else the job's error; the
+   study is built with the job's prompts as the HTTP request gave them (a sidecar in the input is never read; an
+   npz carries its own boxes).
 3. masks: the segmenter (embedded engine or fleet; stored results reused).
 4. outputs: producer.outputs.OutputWriter writes the SEG / label map exactly as the folder run does, then the
    study's format adds its downloads (a DICOM source: its SEG and a NIfTI on the series' grid), plus labels.npz
    and the thumbnail (producer.gateway.results).
-5. store: only once the SEG file is complete, one STOW-RS of that one instance (nothing if the PACS holds it).
+5. store: only once the SEG file is complete, one STOW-RS of that one instance (nothing if the PACS holds it): the
+   SEG object as the writer made it, kept in memory (not read back from its file).
 Any failure is this job's error with its reason; the service and the other jobs go on.
 Each step that reaches outside the service is an audit line (producer.gateway.audit): started, series fetched
 (from which root), SEG stored (to which root, which SOP Instance UID), finished (state, reason).
@@ -16,18 +18,17 @@ Each step that reaches outside the service is an audit line (producer.gateway.au
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-
 from producer.discovery import StudySource, discover
 from producer.formats.dicom_outputs import DicomSeg
 from producer.formats.npz import write_segs
-from producer.formats.registry import FORMATS, format_of
+from producer.formats.outcome import StudyOutcome
+from producer.formats.registry import format_of
+from producer.formats.sidecar import SidecarPrompts, parse_entry
 from producer.gateway import results
 from producer.gateway.audit import AuditLog
 from producer.gateway.dicomweb import DicomwebError, ServerDirectory, redact
@@ -117,7 +118,8 @@ class JobPipeline:
                 raise
             self._audit(job, "job.fetch", "ok")
         timings["fetch"] = time.perf_counter() - mark
-        source = self._find_study(folder, job.prompts)
+        prompts = self._prompts(job)
+        source = self._find_study(folder, prompts)
         if job.store and not format_of(source).gives_seg:
             raise JobFailed(
                 f"only a DICOM series gives a SEG to store; this upload is {format_of(source).title}: send it "
@@ -125,7 +127,7 @@ class JobPipeline:
             )
 
         mark = time.perf_counter()
-        study, context = load_study_and_context(source)
+        study, context = load_study_and_context(source, prompts)
         timings["load"] = time.perf_counter() - mark
         total = int(study.image.shape[0]) if study.is_3d else 1
         self.jobs.update(job.id, study=source.name, modality=study.modality, progress={"done": 0, "total": total})
@@ -148,10 +150,11 @@ class JobPipeline:
             "progress": {"done": done_total, "total": done_total},
         }
         if job.store:
-            if DicomSeg.name not in files:
+            seg = outcome.written.get(DicomSeg.name)
+            if DicomSeg.name not in files or seg is None:
                 raise JobFailed("no DICOM SEG could be built to store: " + "; ".join(outcome.notes))
             mark = time.perf_counter()
-            changes["stored"] = self._store(job, self.jobs.result_dir(job.id) / files[DicomSeg.name])
+            changes["stored"] = self._store(job, seg)
             timings["store"] = time.perf_counter() - mark
         return changes
 
@@ -159,13 +162,14 @@ class JobPipeline:
         self.jobs.update(job_id, progress={"done": int(done), "total": int(total)})
 
     @staticmethod
-    def _find_study(folder: Path, prompts: dict[str, Any] | None) -> StudySource:
+    def _prompts(job: Job) -> SidecarPrompts | None:
+        """The job's prompts, from its record (checked when the job was created; a StudyError if not, now)."""
+        return parse_entry(job.prompts, "prompts") if job.prompts is not None else None
+
+    @staticmethod
+    def _find_study(folder: Path, prompts: SidecarPrompts | None) -> StudySource:
         if not folder.is_dir() or not any(folder.iterdir()):
             raise JobFailed("the job has no input files")
-        if prompts is not None:
-            text = json.dumps(prompts)
-            for fmt in FORMATS.values():
-                fmt.place_prompts(folder, text)
         found = discover(folder)
         if len(found.studies) != 1:
             notes = "; ".join(f"{note.path.name}: {note.reason}" for note in found.skipped[:5])
@@ -182,9 +186,9 @@ class JobPipeline:
             raise JobFailed(f"prompts are required for {fmt.title} studies")
         return source
 
-    def _write(self, job: Job, source: StudySource, study, outcome) -> dict[str, str]:
+    def _write(self, job: Job, source: StudySource, study, outcome: StudyOutcome) -> dict[str, str]:
         out = self.jobs.result_dir(job.id)
-        writer = OutputWriter(out)
+        writer = OutputWriter(out, keep_written=True)  # the SEG object, for the store step
         writer.write(source, outcome)  # the SEG / label map, as `producer submit` writes it
         if not outcome.ok:
             raise JobFailed(outcome.error)
@@ -194,11 +198,10 @@ class JobPipeline:
         (out / FORMAT_FILES["thumbnail"]).write_bytes(results.thumbnail_png(study.image, outcome.labels, names))
         return files
 
-    def _store(self, job: Job, seg_path: Path) -> dict[str, Any]:
+    def _store(self, job: Job, dataset) -> dict[str, Any]:
         root = job.source.get("dicomweb") if job.store == "source" else job.store
         if not root:
             raise JobFailed('"store": "source" needs a DICOMweb source')
-        dataset = dcmread(seg_path)
         try:
             with self.servers.open(root) as server:
                 stored = server.store_instance(dataset)

@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from producer.formats.dicom_outputs import DownloadName
+from producer.gateway.jobs import JobKind, JobState
+
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 ROOT_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
@@ -126,6 +129,46 @@ class JobRequest(BaseModel):
 class Accepted(BaseModel):
     id: str
     status_url: str
+
+
+class JobProgress(BaseModel):
+    done: int = Field(ge=0, description="slices segmented (1 of 1 for a 2D image)")
+    total: int = Field(ge=0, description="slices in all (0 until the study is loaded)")
+
+
+class StoredSeg(BaseModel):
+    dicomweb: str = Field(description="the DICOMweb root the SEG was stored to (no credentials)")
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    already_present: bool = Field(description="the server held it before: nothing new was stored")
+
+
+class JobDocument(BaseModel):
+    """A job as GET /v1/jobs/{id} answers it: its record (producer.gateway.jobs.Job) and where to fetch it and
+    its results."""
+
+    id: str = Field(pattern=JOB_ID_PATTERN)
+    kind: JobKind
+    owner: str = Field(description="the identity that created it")
+    prompts: dict[str, Any] | None = Field(description="as the request gave them (null: an npz carries its boxes)")
+    store: str | None = Field(description='"source", a DICOMweb root, or null (kept here only)')
+    source: dict[str, Any] = Field(description="dicomweb: {dicomweb, study, series}; upload: {files}")
+    state: JobState
+    error: str = Field(description="why the job failed (empty unless state is error)")
+    progress: JobProgress
+    metrics: dict[str, Any] = Field(description="the study's metrics (README, metrics.jsonl)")
+    stored: StoredSeg | None = Field(description="where the SEG was stored (null: not stored)")
+    study: str = Field(description="the study's name, as discovery gave it")
+    modality: str
+    results: dict[DownloadName, str] = Field(description="result format -> file name")
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    runs: int = Field(ge=0, description="times the job was started (more than 1 only after a service restart)")
+    timings: dict[str, float] = Field(description="seconds per step: fetch, load, segment, write, store, total")
+    status_url: str
+    result_urls: dict[DownloadName, str] = Field(description="result format -> URL of GET .../result?format=")
 
 
 class Problem(BaseModel):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -23,7 +22,6 @@ from worker.contract.study import Study, StudyError
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]  # (slices done, slices in all)
-STATUS_POLL_SECONDS = 0.5
 
 
 class Segmenter(Protocol):
@@ -76,7 +74,9 @@ class EmbeddedSegmenter:
 
 
 class FleetSegmenter:
-    """The fleet behind a broker, through producer.api: one batch of one study per job."""
+    """The fleet behind a broker, through producer.api: one batch of one study per job, followed by its events
+    (producer.api.submit_studies waits on the batch's pub/sub channel, re-reading the whole batch every few seconds
+    in case an event was missed), never by polling its status."""
 
     mode = "fleet"
 
@@ -87,23 +87,18 @@ class FleetSegmenter:
     def segment(self, name: str, study: Study, progress: ProgressFn) -> StudyOutcome:
         from producer import api
 
-        batch = api.submit_studies({name: study}, self.broker, wait=False)
-        deadline = time.monotonic() + self.timeout if self.timeout else None
-        while True:
-            state = api.status(batch.batch_id, self.broker)
-            for row in state.studies:
-                if row.state == "running" and row.total:
-                    progress(row.done, row.total)
-            if state.finished:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise StudyError(
-                    f"the fleet did not finish the study within {self.timeout:g} s "
-                    f"(batch {batch.batch_id}; is a worker serving its queue?)"
-                )
-            time.sleep(STATUS_POLL_SECONDS)
-        done = api.results(batch.batch_id, None, self.broker, wait=False)
-        outcomes = [o for o in done.outcomes if o.name == name]
+        def report(study_name: str, done: int, total: int) -> None:
+            if study_name == name:
+                progress(done, total)
+
+        try:
+            batch = api.submit_studies({name: study}, self.broker, timeout=self.timeout, on_progress=report)
+        except TimeoutError as error:
+            raise StudyError(
+                f"the fleet did not finish the study within {self.timeout:g} s ({error}; is a worker serving its "
+                "queue?)"
+            ) from None
+        outcomes = [o for o in batch.outcomes if o.name == name]
         if not outcomes:
             raise StudyError(f"the fleet batch {batch.batch_id} finished without an outcome for {name}")
         outcome = outcomes[0]

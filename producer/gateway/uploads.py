@@ -10,7 +10,9 @@ from pathlib import Path
 from fastapi import HTTPException
 from starlette.datastructures import UploadFile
 
-MEDIA_TYPES = {"seg": "application/dicom", "nifti": "application/gzip", "npz": "application/octet-stream"}
+from producer.formats.dicom_outputs import DOWNLOAD_MEDIA_TYPES
+
+MEDIA_TYPES = DOWNLOAD_MEDIA_TYPES  # by result format: producer.formats.dicom_outputs's table
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 

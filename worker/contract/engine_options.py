@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from worker.contract.settings import EngineConfig
+from worker.contract.settings import EngineConfig, variable
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
@@ -60,7 +60,7 @@ OPTIONS: dict[str, EngineOption] = {  # EngineConfig field -> its option
         "text",
         "Cores this worker owns, split among its processes (`all` or a list like 0-3,6). "
         "Default: none; OpenVINO pinning off, the kernel places threads.",
-        envvar="LITEMEDSAM_CPUS",
+        envvar=variable("cpus"),
     ),
 }
 DEFAULTS: dict[str, Any] = {item.name: item.default for item in fields(EngineConfig)}

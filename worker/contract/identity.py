@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.contract.prompts import Prompts
-from worker.contract.routing import DEFAULT_ROUTING, Route, RoutingTable
-from worker.contract.routing import ENV_VAR as ROUTING_ENV
+from worker.contract.routing import Route, RoutingTable
+from worker.contract.settings import routing_file as resolve_routing_file
 from worker.contract.strategies import STRATEGY_2D
 
 KEY_VERSION = 1
@@ -116,6 +115,5 @@ class EngineIdentity(BaseModel):
 
 def routing_data(routing_file: Path | None) -> dict[str, Any]:
     """The routing table as data, resolved the way RoutingTable.load resolves its file."""
-    path = Path(routing_file or os.environ.get(ROUTING_ENV) or DEFAULT_ROUTING)
-    data = tomllib.loads(path.read_text())
+    data = tomllib.loads(resolve_routing_file(routing_file).read_text())
     return {"default": data.get("default", {}), "modality": data.get("modality", {})}

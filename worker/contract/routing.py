@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from worker.contract.strategies import MAX_VIEWS, PROPAGATE, STRATEGIES, STRATEG
 __all__ = ["MAX_VIEWS", "Route", "RoutingTable"]  # MAX_VIEWS: worker.contract.strategies, for the budget
 
 DEFAULT_ROUTING = Path(__file__).parents[1] / "routing.toml"  # worker/routing.toml, the file users edit
-ENV_VAR = "LITEMEDSAM_ROUTING"
 INTERPOLATIONS = ("linear", "area")
 BOX_ROUNDINGS = ("truncate", "fractional")  # truncate: int(coord * S / max(h, w)), the official baseline's
 OVERLAP_RULES = ("smaller", "later")  # worker/engine/overlap.py says what each means
@@ -94,8 +92,9 @@ class RoutingTable:
 
     @classmethod
     def load(cls, path: Path | None = None) -> RoutingTable:
-        path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_ROUTING)
-        data = tomllib.loads(path.read_text())
+        """The table in `path` (None: the shipped worker/routing.toml); worker.contract.settings.routing_file says
+        which file a worker uses ($LITEMEDSAM_ROUTING)."""
+        data = tomllib.loads(Path(path or DEFAULT_ROUTING).read_text())
         return cls(data.get("default", {}), data.get("modality", {}), data.get("precision", {}))
 
     def route(self, modality: str) -> Route:

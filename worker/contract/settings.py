@@ -21,6 +21,7 @@ from worker.contract.budget import TimeBudget
 from worker.contract.engine_defaults import ENGINE_DEFAULTS
 from worker.contract.errors import validation_message
 from worker.contract.keys import check_namespace
+from worker.contract.routing import DEFAULT_ROUTING
 
 if TYPE_CHECKING:  # redis is imported when a client is made, not with the contract
     import redis
@@ -158,6 +159,30 @@ def environment() -> Environment:
         raise ValueError(validation_message(error, name=lambda loc: f"{PREFIX}{str(loc[0]).upper()}")) from None
 
 
+def variable(name: str) -> str:
+    """The environment variable of a setting of the table (`routing` -> `LITEMEDSAM_ROUTING`): the one way code
+    names a variable, to write it for child processes or to mention it in a message; a KeyError for a name that is
+    not in the table."""
+    if name not in Environment.model_fields:
+        raise KeyError(f"{name!r} is not a setting of worker.contract.settings.Environment")
+    return f"{PREFIX}{name.upper()}"
+
+
+def routing_file(path: Path | str | None = None) -> Path:
+    """The routing table file: `path` if given, else $LITEMEDSAM_ROUTING, else the shipped worker/routing.toml."""
+    return Path(path or environment().routing or DEFAULT_ROUTING)
+
+
+def max_voxels() -> int:
+    """The largest image accepted ($LITEMEDSAM_MAX_VOXELS)."""
+    return environment().max_voxels
+
+
+def worker_queues() -> list[str]:
+    """The queues a worker's parent handed its children ($LITEMEDSAM_WORKER_QUEUES, comma-separated)."""
+    return [queue for queue in environment().worker_queues.split(",") if queue]
+
+
 def settings_table() -> str:
     """The README's settings table, from Environment."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
@@ -167,7 +192,7 @@ def settings_table() -> str:
         if shown is None:
             default = info.default
             shown = f"{default:g}" if isinstance(default, float) else str(default)
-        rows.append(f"| `{PREFIX}{name.upper()}` | {shown} | {info.description} |")
+        rows.append(f"| `{variable(name)}` | {shown} | {info.description} |")
     return "\n".join(rows)
 
 

@@ -22,7 +22,7 @@ from worker.contract.metrics import StudyMetrics
 from worker.contract.precision import F32, FAST, PartPrecision, ProfileChoice
 from worker.contract.prompts import BOX_WIDTH
 from worker.contract.routing import Route, RoutingTable
-from worker.contract.settings import EngineConfig
+from worker.contract.settings import EngineConfig, routing_file
 from worker.contract.strategies import STRATEGY_2D, STRATEGY_NAMES, TRIVIEW
 from worker.contract.study import Segmentation, Study, is_3d
 from worker.contract.validation import check_study
@@ -81,7 +81,7 @@ class Engine:
         pass worker.calibration.choose_profile where `fast` (this host's calibrated choice) may be asked for."""
         self.settings = settings or EngineSettings()
         self.registry: dict[str, ModelSpec] = load_registry(self.settings.models_dir)
-        self.routing = RoutingTable.load(self.settings.routing_file)
+        self.routing = RoutingTable.load(routing_file(self.settings.routing_file))
         self.cache = EmbeddingCache(self.settings.cache_bytes)
         self.precision = self._choose_precision(choose_profile)
         self._compiled: dict[tuple[str, PartPrecision], CompiledSam] = {}

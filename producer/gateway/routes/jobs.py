@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from producer.formats.dicom_outputs import DicomSeg, DownloadName
 from producer.formats.sidecar import parse_entry
 from producer.gateway.access import owner_filter
 from producer.gateway.caller import Reader, Submitter, gateway_of, note, owned, too_many
@@ -22,7 +23,7 @@ from producer.gateway.dicomweb import DicomwebError
 from producer.gateway.identity import Identity
 from producer.gateway.jobs import UNFINISHED, Job, new_job_id
 from producer.gateway.limits import LimitExceeded
-from producer.gateway.schemas import GUARDED, JOB_ID_PATTERN, Accepted, JobRequest, problems
+from producer.gateway.schemas import GUARDED, JOB_ID_PATTERN, Accepted, JobDocument, JobRequest, problems
 from producer.gateway.uploads import MEDIA_TYPES, files_part, save_uploads
 from worker.contract.study import StudyError
 
@@ -171,15 +172,15 @@ async def create_job(request: Request, identity: Submitter):
 
 
 @router.get("", summary="Recent jobs, newest first (the caller's; an admin: everyone's)", responses=problems(*GUARDED))
-def list_jobs(request: Request, identity: Reader, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
+def list_jobs(request: Request, identity: Reader, limit: int = Query(50, ge=1, le=500)) -> list[JobDocument]:
     note(request, resource="job")
     jobs = gateway_of(request).jobs.recent(limit, owner=owner_filter(identity))
-    return [job.public(_base(request)) for job in jobs]
+    return [JobDocument.model_validate(job.public(_base(request))) for job in jobs]
 
 
 @router.get("/{job_id}", summary="A job's state and results", responses=problems(*GUARDED, 404))
-def get_job(job_id: JobId, request: Request, identity: Reader) -> dict[str, Any]:
-    return _job(request, identity, job_id).public(_base(request))
+def get_job(job_id: JobId, request: Request, identity: Reader) -> JobDocument:
+    return JobDocument.model_validate(_job(request, identity, job_id).public(_base(request)))
 
 
 @router.delete(
@@ -205,7 +206,7 @@ def get_result(
     job_id: JobId,
     request: Request,
     identity: Reader,
-    format: Literal["seg", "nifti", "npz"] = "seg",
+    format: DownloadName = DicomSeg.name,
 ):
     job = _job(request, identity, job_id)
     if job.state != "ok":
