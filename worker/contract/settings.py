@@ -2,8 +2,8 @@
 
 The producer, the gateway and the workers read the environment through `Environment` only (12-factor style):
 FleetSettings (broker, store, namespace, lifetimes, leases, time budget, queues) and EngineConfig (what a worker
-process or an in-process run builds its engine from). README.md's settings table is generated from `Environment`
-(`python -m worker.contract.settings`), and a test checks that they agree.
+process or an in-process run builds its engine from). The docs' settings page (docs/operations/settings.md) is
+generated from `Environment` (`python -m worker.contract.settings`), and a test checks that they agree.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ ENGINE_PRECISIONS = (
 
 
 class Environment(BaseSettings):
-    """The LITEMEDSAM_* variables. `default` in the README is the field's `shown` note where the default is computed."""
+    """The LITEMEDSAM_* variables. `default` on the settings page is the field's `shown` note where the default is
+    computed."""
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
 
@@ -184,7 +185,7 @@ def worker_queues() -> list[str]:
 
 
 def settings_table() -> str:
-    """The README's settings table, from Environment."""
+    """The settings page's table (docs/operations/settings.md), from Environment."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, info in Environment.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
@@ -402,5 +403,5 @@ def thread_plan(concurrency: int, threads: int = 0) -> tuple[int, str | None]:
     return threads, None
 
 
-if __name__ == "__main__":  # the README's settings table
+if __name__ == "__main__":  # the settings page's table
     sys.stdout.write(settings_table() + "\n")
