@@ -6,6 +6,7 @@ elsewhere when that worker dies.
 - A step (worker.contract.sessions.SessionStep) goes to the session's node's own queue (Celery's worker_direct);
   the first step, and a step after its node is gone, picks a live node (worker.presence: a stamp in the last
   `dead_after` seconds), the least recently picked first.
+- The timings (FleetTimings) come from the settings table (LITEMEDSAM_SESSION_DEAD_AFTER, _PICKUP, _STEP_LIMIT).
 - The gateway waits on the step's reply list. It takes the node as lost, and sends the step to another live node,
   when the node's presence stamp goes stale before the step started, when the step is not picked up within
   `pickup` seconds (the node is busy with a study: the message expires there), or when the step's busy mark
@@ -34,7 +35,7 @@ from worker.contract.keys import Keys
 from worker.contract.messages import WireClick
 from worker.contract.prompts import Box, Click
 from worker.contract.sessions import SessionReply, SessionStep
-from worker.contract.settings import FleetSettings
+from worker.contract.settings import FleetSettings, SessionSettings
 from worker.contract.study import Study, StudyError
 
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
@@ -42,10 +43,15 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, O
 
 @dataclass(frozen=True)
 class FleetTimings:
-    dead_after: float = 3.0  # seconds without a presence stamp: the node is dead
-    pickup: float = 10.0  # seconds a live node may leave a step waiting (busy with a study) before another gets it
-    step: float = 900.0  # the most a step may run (a box on a long CT volume encodes it: about a minute)
+    dead_after: float  # seconds without a presence stamp: the node is dead
+    pickup: float  # seconds a live node may leave a step waiting (busy with a study) before another gets it
+    step: float  # the most a step may run (a box on a long CT volume encodes it: about a minute)
     poll: float = 0.2  # seconds between looks at the node and the step's busy mark while waiting
+
+    @classmethod
+    def of(cls, settings: SessionSettings) -> FleetTimings:
+        """The timings the settings give (LITEMEDSAM_SESSION_DEAD_AFTER, _PICKUP, _STEP_LIMIT)."""
+        return cls(dead_after=settings.dead_after, pickup=settings.pickup, step=settings.step_limit)
 
 
 class FleetSessions:
@@ -55,7 +61,7 @@ class FleetSessions:
 
     def __init__(self, broker: str, timings: FleetTimings | None = None, settings: FleetSettings | None = None):
         self.settings = (settings or FleetSettings.from_env()).with_broker(broker)
-        self.timings = timings or FleetTimings()
+        self.timings = timings or FleetTimings.of(self.settings.sessions)
         self.client = FleetClient(self.settings)
         self.keys = Keys(self.settings.namespace)
         self._picked: dict[str, float] = {}  # node -> when it was last picked for a session

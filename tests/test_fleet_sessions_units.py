@@ -14,6 +14,7 @@ from worker.contract.keys import Keys
 from worker.contract.messages import MessageError, WireClick, pack_image
 from worker.contract.prompts import Box, Click, LabelPrompt
 from worker.contract.sessions import SessionReply, SessionStep
+from worker.contract.settings import SessionSettings
 from worker.engine.engine import Engine, EngineSettings
 from worker.sessions import Held, SessionCache, run_step
 from worker.store import FileStore
@@ -81,7 +82,7 @@ def test_a_worker_steps_from_its_mask_or_rebuilds_it_to_the_same_bits(echo_engin
     image[2:7, 25:55, 25:55] += 180
     store = FileStore(tmp_path, "ns")
     store.put(Keys.input_blob(image_digest(image)), pack_image(image), 600)
-    held_here = SessionCache()
+    held_here = SessionCache.of(SessionSettings())
 
     box = run_step(echo_engine, store, held_here, _step(image), "w1")
     assert box.full and not box.error and sorted(box.slices) == list(range(8))
@@ -107,7 +108,7 @@ def test_a_worker_steps_from_its_mask_or_rebuilds_it_to_the_same_bits(echo_engin
         stepped[z] = plane
     assert not stepped[4, 40, 40]  # the background click holds
 
-    elsewhere = run_step(echo_engine, store, SessionCache(), step, "w2")  # a worker new to the session
+    elsewhere = run_step(echo_engine, store, SessionCache.of(SessionSettings()), step, "w2")  # new to the session
     assert elsewhere.full and elsewhere.replayed
     np.testing.assert_array_equal(np.stack([elsewhere.slices[z] for z in range(8)]), stepped)
 
@@ -117,7 +118,7 @@ def test_a_worker_steps_from_its_mask_or_rebuilds_it_to_the_same_bits(echo_engin
     np.testing.assert_array_equal(np.stack([again.slices[z] for z in range(8)]), stepped)
 
     store.delete(Keys.input_blob(image_digest(image)))
-    gone = run_step(echo_engine, store, SessionCache(), step, "w3")
+    gone = run_step(echo_engine, store, SessionCache.of(SessionSettings()), step, "w3")
     assert gone.error and not gone.invalid and "store" in gone.error
 
 
@@ -187,3 +188,39 @@ def test_the_gateway_resends_a_step_that_a_node_leaves_waiting_or_drops_and_keep
         session.interact("other", box=[1, 1, 4, 4])
     assert session.label("lesion").prompt == prompt and session.label("lesion").version == version
     assert [label.name for label in session.labels] == ["lesion"]  # a label whose first step failed is not kept
+
+
+def test_the_failover_timings_and_the_cache_bounds_are_settings_checked_for_range(monkeypatch, slot):
+    """LITEMEDSAM_SESSION_*: the gateway's FleetSessions and a worker process's cache are built from them; a value
+    out of its range stops the start with the variable's name."""
+    import worker.sessions as worker_sessions
+    from producer.fleet_sessions import FleetSessions, FleetTimings
+    from worker.contract.settings import FleetSettings
+
+    defaults = FleetTimings.of(SessionSettings())
+    assert (defaults.dead_after, defaults.pickup, defaults.step) == (3.0, 10.0, 900.0)
+    assert (SessionSettings().cache_sessions, SessionSettings().cache_bytes) == (8, 1 << 30)
+
+    for name, value in {"DEAD_AFTER": "4.5", "PICKUP": "2", "STEP_LIMIT": "60", "CACHE_SESSIONS": "3"}.items():
+        monkeypatch.setenv(f"LITEMEDSAM_SESSION_{name}", value)
+    monkeypatch.setenv("LITEMEDSAM_SESSION_CACHE_MB", "64")
+    monkeypatch.setenv("LITEMEDSAM_NAMESPACE", slot.namespace)
+    fleet = FleetSessions(slot.url)
+    assert (fleet.timings.dead_after, fleet.timings.pickup, fleet.timings.step) == (4.5, 2.0, 60.0)
+    monkeypatch.setattr(worker_sessions, "_cache", None)
+    cache = worker_sessions.process_cache()
+    assert (cache.max_sessions, cache.max_bytes) == (3, 64 << 20)
+
+    for name, value in (
+        ("DEAD_AFTER", "1"),  # under the presence stamp's period: every worker would flap dead
+        ("PICKUP", "0"),
+        ("STEP_LIMIT", "-5"),
+        ("CACHE_SESSIONS", "0"),
+        ("CACHE_MB", "8"),
+        ("CACHE_MB", "lots"),
+    ):
+        monkeypatch.setenv(f"LITEMEDSAM_SESSION_{name}", value)
+        with pytest.raises(ValueError, match=f"LITEMEDSAM_SESSION_{name}"):
+            FleetSettings.from_env()
+        monkeypatch.delenv(f"LITEMEDSAM_SESSION_{name}")
+    monkeypatch.setattr(worker_sessions, "_cache", None)

@@ -1,6 +1,7 @@
 """Interactive sessions' steps on a fleet worker (worker.contract.sessions): the step, and what a process keeps.
 
-Each worker process keeps a bounded LRU of the sessions it served: the session's image (fetched once from the
+Each worker process keeps a bounded LRU of the sessions it served (LITEMEDSAM_SESSION_CACHE_SESSIONS sessions,
+LITEMEDSAM_SESSION_CACHE_MB of images and masks): the session's image (fetched once from the
 store by its digest), its LabelSegmenter (on the process's one engine, whose embedding cache keeps the slices
 encoded) and each label's last mask under its version. A step whose `base` version this process holds starts from
 that mask; any other (a session new to this process, evicted, or a mask version it never made) rebuilds the base
@@ -27,13 +28,12 @@ from worker.contract.keys import Keys
 from worker.contract.messages import unpack_image
 from worker.contract.prompts import Prompts
 from worker.contract.sessions import SessionReply, SessionStep
+from worker.contract.settings import SessionSettings
 from worker.contract.study import Study, StudyError
 from worker.engine.labelwise import LabelSegmenter
 from worker.store import BlobStore
 
 log = logging.getLogger(__name__)
-MAX_SESSIONS = 8  # sessions a worker process keeps (images, segmenters, masks)
-MAX_BYTES = 1 << 30  # bytes of images and masks they may hold (the engine's embedding cache is bounded apart)
 BUSY_TTL = 3.0  # seconds the busy key lives without a refresh
 BUSY_REFRESH = 1.0
 
@@ -53,9 +53,13 @@ class Held:
 class SessionCache:
     """The sessions a process holds, least recently used first out, bounded in number and bytes."""
 
-    def __init__(self, max_sessions: int = MAX_SESSIONS, max_bytes: int = MAX_BYTES):
+    def __init__(self, max_sessions: int, max_bytes: int):
         self.max_sessions, self.max_bytes = max_sessions, max_bytes
         self._held: OrderedDict[str, Held] = OrderedDict()
+
+    @classmethod
+    def of(cls, settings: SessionSettings) -> SessionCache:
+        return cls(settings.cache_sessions, settings.cache_bytes)
 
     def get(self, session_id: str) -> Held | None:
         held = self._held.get(session_id)
@@ -87,7 +91,7 @@ def process_cache() -> SessionCache:
     """This worker process's sessions (made on first use, in the child that runs the steps)."""
     global _cache
     if _cache is None:
-        _cache = SessionCache()
+        _cache = SessionCache.of(SessionSettings.from_env())  # LITEMEDSAM_SESSION_CACHE_SESSIONS and _CACHE_MB
     return _cache
 
 
