@@ -12,12 +12,15 @@ elsewhere when that worker dies.
   `pickup` seconds (the node is busy with a study: the message expires there), or when the step's busy mark
   lapses after it started (the worker process died). No live node left: SessionUnavailable (HTTP 503), the
   session unchanged.
+- Closing a session (DELETE, the idle timeout) announces its id (Keys.session_closed): the workers drop its image,
+  masks and embeddings within about a second (worker.sessions.CloseWatcher).
 - The worker that takes over rebuilds the label from its prompt (re-encoding what it needs), so the answer is the
   mask the first worker would have given, bit for bit.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -34,11 +37,12 @@ from worker.contract.identity import image_digest
 from worker.contract.keys import Keys
 from worker.contract.messages import WireClick
 from worker.contract.prompts import Box, Click
-from worker.contract.sessions import SessionReply, SessionStep
+from worker.contract.sessions import CLOSED_KEEP, SessionReply, SessionStep
 from worker.contract.settings import FleetSettings, SessionSettings
 from worker.contract.study import Study, StudyError
 
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,20 @@ class FleetSessions:
                     self._picked[node] = time.time()
                 return node
         return None
+
+    # ---------------------------------------------------------------- closing
+    def announce_closed(self, session_id: str) -> None:
+        """Tell every worker that the session is closed (Keys.session_closed): each process that holds its image,
+        masks or embeddings drops them within about a second. Redis away: logged, the workers' caches then drop it
+        by eviction."""
+        now = time.time()
+        try:
+            with self.client.redis.pipeline() as pipe:
+                pipe.zadd(self.keys.session_closed(), {session_id: now})
+                pipe.zremrangebyscore(self.keys.session_closed(), "-inf", now - CLOSED_KEEP)
+                pipe.execute()
+        except REDIS_DOWN as error:
+            log.warning("session %s closed, but the workers could not be told: %s", session_id[:8], error)
 
     # ---------------------------------------------------------------- one step on one node
     def send(self, step: SessionStep, node: str) -> None:
@@ -198,6 +216,9 @@ class FleetWork:
             raise SessionUnavailable(f"the fleet's broker is unreachable: {error}") from None
         except StoreError as error:
             raise SessionUnavailable(f"unreadable answer from the fleet: {error}") from None
+
+    def close(self) -> None:
+        self.fleet.announce_closed(self.session_id)
 
     def _keep_image(self) -> None:
         """Extend the image blob's life; put it back if it expired."""

@@ -5,6 +5,8 @@ second."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -195,7 +197,7 @@ def test_the_failover_timings_and_the_cache_bounds_are_settings_checked_for_rang
     out of its range stops the start with the variable's name."""
     import worker.sessions as worker_sessions
     from producer.fleet_sessions import FleetSessions, FleetTimings
-    from worker.contract.settings import FleetSettings
+    from worker.contract.settings import FleetSettings, redis_client
 
     defaults = FleetTimings.of(SessionSettings())
     assert (defaults.dead_after, defaults.pickup, defaults.step) == (3.0, 10.0, 900.0)
@@ -208,8 +210,13 @@ def test_the_failover_timings_and_the_cache_bounds_are_settings_checked_for_rang
     fleet = FleetSessions(slot.url)
     assert (fleet.timings.dead_after, fleet.timings.pickup, fleet.timings.step) == (4.5, 2.0, 60.0)
     monkeypatch.setattr(worker_sessions, "_cache", None)
-    cache = worker_sessions.process_cache()
+    monkeypatch.setattr(worker_sessions, "_watcher", None)
+    ctx = SimpleNamespace(ledger=SimpleNamespace(client=redis_client(slot.url)), keys=Keys(slot.namespace), engine=None)
+    cache = worker_sessions.process_cache(ctx)
     assert (cache.max_sessions, cache.max_bytes) == (3, 64 << 20)
+    watcher = worker_sessions.close_watcher()
+    assert watcher is not None and watcher.cache is cache
+    watcher.stop()
 
     for name, value in (
         ("DEAD_AFTER", "1"),  # under the presence stamp's period: every worker would flap dead
@@ -224,3 +231,60 @@ def test_the_failover_timings_and_the_cache_bounds_are_settings_checked_for_rang
             FleetSettings.from_env()
         monkeypatch.delenv(f"LITEMEDSAM_SESSION_{name}")
     monkeypatch.setattr(worker_sessions, "_cache", None)
+    monkeypatch.setattr(worker_sessions, "_watcher", None)
+
+
+def test_a_closed_session_leaves_the_workers_that_held_it(echo_engine, slot, tmp_path):
+    """DELETE (SessionStore.close) and the idle timeout announce the session's id on a real Redis; a worker
+    process's CloseWatcher drops that session's image, masks and slice embeddings within about a second, and
+    keeps the other sessions it holds."""
+    import time
+
+    from fleet_support import wait_until
+    from producer.fleet_sessions import FleetSessions
+    from producer.formats.output_context import OutputContext
+    from producer.sessions import Session, SessionLimits, SessionStore
+    from worker.contract.prompts import Prompts
+    from worker.contract.settings import FleetSettings, redis_client
+    from worker.contract.study import Study
+    from worker.engine.engine import study_key
+    from worker.sessions import CloseWatcher
+
+    settings = FleetSettings(broker_url=slot.url, namespace=slot.namespace)
+    client, keys = redis_client(slot.url), Keys(slot.namespace)
+    store = FileStore(tmp_path, "ns")
+    fleet = FleetSessions(slot.url, settings=settings)
+    gateway = SessionStore(SessionLimits(idle_seconds=1e9))
+    held = SessionCache.of(SessionSettings())
+    watcher = CloseWatcher(held, client, keys, echo_engine.cache).start()
+    studies = {}
+    try:
+        for n, session_id in enumerate(("a1" * 16, "b2" * 16, "c3" * 16)):
+            rng = np.random.default_rng(n)
+            image = rng.integers(0, 30, (6, 64, 64)).astype(np.uint8)
+            image[1:5, 20:44, 20:44] += 150 + n
+            store.put(Keys.input_blob(image_digest(image)), pack_image(image), 600)
+            reply = run_step(echo_engine, store, held, _step(image, session_id=session_id), "w1")
+            assert not reply.error and held.get(session_id) is not None
+            study = Study(f"s{n}", "CT", image, Prompts((), 3), (1.0, 1.0, 2.0))
+            studies[session_id] = study
+            gateway.add(Session(study, OutputContext("npz"), None, fleet, session_id=session_id))
+
+        deleted, idle, kept = studies
+        started = time.monotonic()
+        assert gateway.close(deleted)  # DELETE /v1/sessions/{id}
+        wait_until(lambda: held.get(deleted) is None, "the deleted session to leave the worker's cache", 5)
+        took = time.monotonic() - started
+        assert took < 3.0, took
+        assert echo_engine.cache.forget(study_key(studies[deleted])) == 0  # its embeddings went with it
+        assert held.get(idle) is not None and held.get(kept) is not None
+
+        gateway.get(kept).last_used = gateway.get(idle).last_used = time.time()
+        gateway.get(idle).last_used -= 60
+        gateway.limits = SessionLimits(idle_seconds=30)  # the next look at the store closes the idle one
+        assert [s.id for s in gateway.owned_by(None)] == [kept]
+        wait_until(lambda: held.get(idle) is None, "the idle session to leave the worker's cache", 5)
+        assert held.get(kept) is not None and echo_engine.cache.forget(study_key(studies[kept])) > 0
+        assert client.zscore(keys.session_closed(), kept) is None
+    finally:
+        watcher.stop()

@@ -206,6 +206,9 @@ def test_session_store_bounds_and_idle_timeout():
         def nbytes(self):
             return self.size
 
+        def close(self):
+            closed.append(f"work {self.id}")
+
     closed = []
     store = SessionStore(
         SessionLimits(max_sessions=2, max_bytes=100, idle_seconds=1e9), lambda s, why: closed.append(why)
@@ -217,4 +220,4 @@ def test_session_store_bounds_and_idle_timeout():
     with pytest.raises(SessionLimit, match="2 sessions"):
         store.check_room()
     store.limits = SessionLimits(max_sessions=2, max_bytes=100, idle_seconds=0.0)  # everything is idle now
-    assert store.owned_by(None) == [] and closed == ["idle", "idle"]
+    assert store.owned_by(None) == [] and closed == ["idle", "idle", "work a", "work c"]  # then their work
