@@ -288,3 +288,44 @@ def test_a_closed_session_leaves_the_workers_that_held_it(echo_engine, slot, tmp
         assert client.zscore(keys.session_closed(), kept) is None
     finally:
         watcher.stop()
+
+
+def test_only_a_single_process_worker_serves_sessions_and_says_so(slot, caplog):
+    """A session's cache is per pool process while affinity is per node: a worker with --concurrency > 1 neither
+    stamps its presence (the gateway picks stamped nodes only) nor consumes its direct queue, and its start says
+    why; a single-process worker stamps and keeps its direct queue."""
+    from worker.contract.keys import NAMESPACE_CONF
+    from worker.contract.settings import redis_client
+    from worker.presence import SessionPresence, serves_sessions, sessions_note
+
+    assert serves_sessions(1) and not serves_sessions(2) and not serves_sessions(8)
+    assert "served" in sessions_note(1) and "not served (--concurrency 4" in sessions_note(4)
+    client, key = redis_client(slot.url), Keys(slot.namespace).session_nodes()
+
+    class Conf(dict):  # Celery's conf: items and attributes
+        __getattr__ = dict.__getitem__
+
+    class Consumer:
+        def __init__(self, node: str, concurrency: int):
+            self.app = SimpleNamespace(conf=Conf({NAMESPACE_CONF: slot.namespace, "broker_url": slot.url}))
+            self.hostname, self.controller = node, SimpleNamespace(concurrency=concurrency)
+            self.timer = SimpleNamespace(call_repeatedly=lambda *args, **kwargs: SimpleNamespace(cancel=lambda: None))
+            self.cancelled: list[str] = []
+
+        def cancel_task_queue(self, queue: str) -> None:
+            self.cancelled.append(queue)
+
+    many = Consumer("many@host", 4)
+    step = SessionPresence(many)
+    with caplog.at_level("WARNING", logger="worker.presence"):
+        step.start(many)
+    assert many.cancelled == ["many@host.dq2"] and client.zscore(key, "many@host") is None
+    assert "not served (--concurrency 4" in caplog.text
+    step.stop(many)
+
+    one = Consumer("one@host", 1)
+    step = SessionPresence(one)
+    step.start(one)
+    assert one.cancelled == [] and client.zscore(key, "one@host") is not None
+    step.stop(one)
+    assert client.zscore(key, "one@host") is None
