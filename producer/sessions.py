@@ -9,6 +9,8 @@ engine's embedding cache keeps every slice encoded once, so a click costs decode
 - Labels are numbered 1, 2, ... in the order they are first named; the label map paints them by the routing's
   overlap rule (as every output does: npz `segs` holds label k for the k-th label).
 - Undo/redo per label: each interaction keeps the slices it changed (packed bits) and the prompt before it.
+- A label's display colour is the structure table's (producer.formats.structures) until one is chosen
+  (`set_colour`); the chosen one is in every answer and in the session's SEG and RTSTRUCT.
 - A session answers with what changed: the slices whose mask of that label changed, each as a run-length code
   (`rle`) a browser can paint, with the seconds spent and the label's volume in ml (3D with spacing).
 - `SessionStore` bounds what sessions hold: their number, their bytes (image, masks, undo history) and an idle
@@ -38,7 +40,7 @@ import numpy as np
 from producer.formats.base import StudySource
 from producer.formats.outcome import StudyOutcome
 from producer.formats.output_context import OutputContext
-from producer.formats.structures import segment_structure
+from producer.formats.structures import Colour, check_colour, segment_structure
 from worker.contract.prompts import VOXEL, Box, Click, LabelPrompt, Prompts
 from worker.contract.study import Study, StudyError
 from worker.contract.validation import check_boxes, check_clicks, check_image
@@ -104,6 +106,11 @@ class LabelState:
     undo: list[Step] = field(default_factory=list)
     redo: list[Step] = field(default_factory=list)
     version: str = ""  # "" while the mask is empty and never changed; else new_version() at every change
+    colour: Colour | None = None  # chosen for the label (Session.set_colour); None: the structure table's
+
+    def display_colour(self) -> Colour:
+        """The colour the label is drawn and written in (the chosen one, else the structure table's)."""
+        return segment_structure(self.number, self.name, self.colour).rgb
 
     def nbytes(self) -> int:
         steps = self.undo + self.redo
@@ -305,6 +312,20 @@ class Session:
         """Closed (deleted or idle): whoever computed its steps drops what it keeps of it."""
         self.work.close()
 
+    def set_colour(self, name: str, colour) -> LabelState:
+        """Choose the label's display colour: the viewer's overlay, the SEG's RecommendedDisplayCIELabValue and the
+        RTSTRUCT's ROIDisplayColor of that segment. KeyError for a label the session lacks; StudyError for a
+        colour that is not three integers 0..255."""
+        try:
+            rgb = check_colour(colour)
+        except (TypeError, ValueError) as error:
+            raise StudyError(str(error)) from None
+        with self.lock:
+            label = self.label(name)
+            label.colour = rgb
+            self.last_used = time.time()
+            return label
+
     # ---------------------------------------------------------------- results
     def describe(self, label: LabelState) -> dict:
         return {
@@ -313,7 +334,7 @@ class Session:
             "box": list(label.prompt.box.coords) if label.prompt.box else None,
             "clicks": [{"point": list(c.point), "positive": c.foreground} for c in label.prompt.clicks],
             "volume_ml": self.volume_ml(label),
-            "colour": list(segment_structure(label.number, label.name).rgb),
+            "colour": list(label.display_colour()),
             "can_undo": bool(label.undo),
             "can_redo": bool(label.redo),
         }
@@ -328,14 +349,18 @@ class Session:
             "seconds": round(change.seconds, 4),
             "worker": change.worker,
             "volume_ml": self.volume_ml(label),
-            "colour": list(segment_structure(label.number, label.name).rgb),
+            "colour": list(label.display_colour()),
         }
 
     def outcome(self) -> tuple[StudyOutcome, OutputContext]:
         """The label map as an outcome for the study formats' writers, with the session's label names."""
         if not self.labels:
             raise StudyError("the session has no labels yet: draw a box or click first")
-        context = replace(self.context, segment_labels=tuple(label.name for label in self.labels))
+        context = replace(
+            self.context,
+            segment_labels=tuple(label.name for label in self.labels),
+            segment_colours=tuple(label.colour for label in self.labels),
+        )
         outcome = StudyOutcome(name=self.study.study_id, labels=self.label_map(), context=context)
         outcome.metrics = {"provenance": {"strategy": "interactive", "note": "interactive session"}}
         return outcome, context
