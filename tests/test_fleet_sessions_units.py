@@ -329,3 +329,28 @@ def test_only_a_single_process_worker_serves_sessions_and_says_so(slot, caplog):
     assert one.cancelled == [] and client.zscore(key, "one@host") is not None
     step.stop(one)
     assert client.zscore(key, "one@host") is None
+
+
+def test_closing_an_in_process_session_drops_its_embeddings_from_the_gateways_engine(echo_models_dir):
+    """Without a broker the gateway's own engine encoded the session's slices: closing the session drops them."""
+    from producer.formats.output_context import OutputContext
+    from producer.sessions import LocalSessions, Session, SessionStore
+    from worker.contract.prompts import Prompts
+    from worker.contract.study import Study
+    from worker.engine.engine import EngineSettings, study_key
+
+    local = LocalSessions(EngineSettings(models_dir=echo_models_dir, threads=1))
+    image = np.random.default_rng(3).integers(0, 30, (6, 64, 64)).astype(np.uint8)
+    image[1:5, 20:44, 20:44] += 160
+    other_image = image[::-1].copy()
+    store = SessionStore()
+    sessions = [
+        store.add(Session(Study(f"s{n}", "CT", im, Prompts((), 3), None), OutputContext("npz"), None, local))
+        for n, im in enumerate((image, other_image))
+    ]
+    for session in sessions:
+        session.interact("organ", box=[20, 20, 1, 43, 43, 4])
+    cache = local._engine.cache
+    assert store.close(sessions[0].id)
+    assert cache.forget(study_key(sessions[0].study)) == 0  # gone with the session
+    assert cache.forget(study_key(sessions[1].study)) > 0  # the open session's were kept
