@@ -6,17 +6,21 @@ elsewhere when that worker dies.
 - A step (worker.contract.sessions.SessionStep) goes to the session's node's own queue (Celery's worker_direct);
   the first step, and a step after its node is gone, picks a live node (worker.presence: a stamp in the last
   `dead_after` seconds), the least recently picked first.
+- The timings (FleetTimings) come from the settings table (LITEMEDSAM_SESSION_DEAD_AFTER, _PICKUP, _STEP_LIMIT).
 - The gateway waits on the step's reply list. It takes the node as lost, and sends the step to another live node,
   when the node's presence stamp goes stale before the step started, when the step is not picked up within
   `pickup` seconds (the node is busy with a study: the message expires there), or when the step's busy mark
   lapses after it started (the worker process died). No live node left: SessionUnavailable (HTTP 503), the
   session unchanged.
+- Closing a session (DELETE, the idle timeout) announces its id (Keys.session_closed): the workers drop its image,
+  masks and embeddings within about a second (worker.sessions.CloseWatcher).
 - The worker that takes over rebuilds the label from its prompt (re-encoding what it needs), so the answer is the
   mask the first worker would have given, bit for bit.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -33,19 +37,25 @@ from worker.contract.identity import image_digest
 from worker.contract.keys import Keys
 from worker.contract.messages import WireClick
 from worker.contract.prompts import Box, Click
-from worker.contract.sessions import SessionReply, SessionStep
-from worker.contract.settings import FleetSettings
+from worker.contract.sessions import CLOSED_KEEP, SessionReply, SessionStep
+from worker.contract.settings import FleetSettings, SessionSettings
 from worker.contract.study import Study, StudyError
 
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FleetTimings:
-    dead_after: float = 3.0  # seconds without a presence stamp: the node is dead
-    pickup: float = 10.0  # seconds a live node may leave a step waiting (busy with a study) before another gets it
-    step: float = 900.0  # the most a step may run (a box on a long CT volume encodes it: about a minute)
+    dead_after: float  # seconds without a presence stamp: the node is dead
+    pickup: float  # seconds a live node may leave a step waiting (busy with a study) before another gets it
+    step: float  # the most a step may run (a box on a long CT volume encodes it: about a minute)
     poll: float = 0.2  # seconds between looks at the node and the step's busy mark while waiting
+
+    @classmethod
+    def of(cls, settings: SessionSettings) -> FleetTimings:
+        """The timings the settings give (LITEMEDSAM_SESSION_DEAD_AFTER, _PICKUP, _STEP_LIMIT)."""
+        return cls(dead_after=settings.dead_after, pickup=settings.pickup, step=settings.step_limit)
 
 
 class FleetSessions:
@@ -55,7 +65,7 @@ class FleetSessions:
 
     def __init__(self, broker: str, timings: FleetTimings | None = None, settings: FleetSettings | None = None):
         self.settings = (settings or FleetSettings.from_env()).with_broker(broker)
-        self.timings = timings or FleetTimings()
+        self.timings = timings or FleetTimings.of(self.settings.sessions)
         self.client = FleetClient(self.settings)
         self.keys = Keys(self.settings.namespace)
         self._picked: dict[str, float] = {}  # node -> when it was last picked for a session
@@ -93,6 +103,20 @@ class FleetSessions:
                     self._picked[node] = time.time()
                 return node
         return None
+
+    # ---------------------------------------------------------------- closing
+    def announce_closed(self, session_id: str) -> None:
+        """Tell every worker that the session is closed (Keys.session_closed): each process that holds its image,
+        masks or embeddings drops them within about a second. Redis away: logged, the workers' caches then drop it
+        by eviction."""
+        now = time.time()
+        try:
+            with self.client.redis.pipeline() as pipe:
+                pipe.zadd(self.keys.session_closed(), {session_id: now})
+                pipe.zremrangebyscore(self.keys.session_closed(), "-inf", now - CLOSED_KEEP)
+                pipe.execute()
+        except REDIS_DOWN as error:
+            log.warning("session %s closed, but the workers could not be told: %s", session_id[:8], error)
 
     # ---------------------------------------------------------------- one step on one node
     def send(self, step: SessionStep, node: str) -> None:
@@ -192,6 +216,9 @@ class FleetWork:
             raise SessionUnavailable(f"the fleet's broker is unreachable: {error}") from None
         except StoreError as error:
             raise SessionUnavailable(f"unreadable answer from the fleet: {error}") from None
+
+    def close(self) -> None:
+        self.fleet.announce_closed(self.session_id)
 
     def _keep_image(self) -> None:
         """Extend the image blob's life; put it back if it expired."""

@@ -9,10 +9,13 @@ engine's embedding cache keeps every slice encoded once, so a click costs decode
 - Labels are numbered 1, 2, ... in the order they are first named; the label map paints them by the routing's
   overlap rule (as every output does: npz `segs` holds label k for the k-th label).
 - Undo/redo per label: each interaction keeps the slices it changed (packed bits) and the prompt before it.
+- A label's display colour is the structure table's (producer.formats.structures) until one is chosen
+  (`set_colour`); the chosen one is in every answer and in the session's SEG and RTSTRUCT.
 - A session answers with what changed: the slices whose mask of that label changed, each as a run-length code
   (`rle`) a browser can paint, with the seconds spent and the label's volume in ml (3D with spacing).
 - `SessionStore` bounds what sessions hold: their number, their bytes (image, masks, undo history) and an idle
-  timeout; a session past it is closed on the next look at the store.
+  timeout; a session past it is closed on the next look at the store. Closing a session (DELETE or idle) closes
+  its LabelWork: the embeddings of its image are dropped where they were computed (here, or on fleet workers).
 - Who computes a step is a `SessionEngine`'s `LabelWork` (the one choice between them: the gateway's
   make_session_engine): `LocalSessions` runs every session on one engine in this process, one interaction at a
   time; producer.fleet_sessions.FleetSessions sends each step to a fleet worker. Each label's mask carries a
@@ -26,7 +29,8 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -36,7 +40,7 @@ import numpy as np
 from producer.formats.base import StudySource
 from producer.formats.outcome import StudyOutcome
 from producer.formats.output_context import OutputContext
-from producer.formats.structures import segment_structure
+from producer.formats.structures import Colour, check_colour, segment_structure
 from worker.contract.prompts import VOXEL, Box, Click, LabelPrompt, Prompts
 from worker.contract.study import Study, StudyError
 from worker.contract.validation import check_boxes, check_clicks, check_image
@@ -102,6 +106,11 @@ class LabelState:
     undo: list[Step] = field(default_factory=list)
     redo: list[Step] = field(default_factory=list)
     version: str = ""  # "" while the mask is empty and never changed; else new_version() at every change
+    colour: Colour | None = None  # chosen for the label (Session.set_colour); None: the structure table's
+
+    def display_colour(self) -> Colour:
+        """The colour the label is drawn and written in (the chosen one, else the structure table's)."""
+        return segment_structure(self.number, self.name, self.colour).rgb
 
     def nbytes(self) -> int:
         steps = self.undo + self.redo
@@ -136,6 +145,10 @@ class LabelWork(Protocol):
     @property
     def where(self) -> str:
         """Who computed the last step."""
+        ...
+
+    def close(self) -> None:
+        """The session is closed: drop what was computed for it (embeddings here; a fleet worker's cache)."""
         ...
 
 
@@ -295,6 +308,24 @@ class Session:
             self.last_used = time.time()
             return Change(label, changed, time.perf_counter() - started, GATEWAY)
 
+    def close(self) -> None:
+        """Closed (deleted or idle): whoever computed its steps drops what it keeps of it."""
+        self.work.close()
+
+    def set_colour(self, name: str, colour) -> LabelState:
+        """Choose the label's display colour: the viewer's overlay, the SEG's RecommendedDisplayCIELabValue and the
+        RTSTRUCT's ROIDisplayColor of that segment. KeyError for a label the session lacks; StudyError for a
+        colour that is not three integers 0..255."""
+        try:
+            rgb = check_colour(colour)
+        except (TypeError, ValueError) as error:
+            raise StudyError(str(error)) from None
+        with self.lock:
+            label = self.label(name)
+            label.colour = rgb
+            self.last_used = time.time()
+            return label
+
     # ---------------------------------------------------------------- results
     def describe(self, label: LabelState) -> dict:
         return {
@@ -303,7 +334,7 @@ class Session:
             "box": list(label.prompt.box.coords) if label.prompt.box else None,
             "clicks": [{"point": list(c.point), "positive": c.foreground} for c in label.prompt.clicks],
             "volume_ml": self.volume_ml(label),
-            "colour": list(segment_structure(label.number, label.name).rgb),
+            "colour": list(label.display_colour()),
             "can_undo": bool(label.undo),
             "can_redo": bool(label.redo),
         }
@@ -318,14 +349,18 @@ class Session:
             "seconds": round(change.seconds, 4),
             "worker": change.worker,
             "volume_ml": self.volume_ml(label),
-            "colour": list(segment_structure(label.number, label.name).rgb),
+            "colour": list(label.display_colour()),
         }
 
     def outcome(self) -> tuple[StudyOutcome, OutputContext]:
         """The label map as an outcome for the study formats' writers, with the session's label names."""
         if not self.labels:
             raise StudyError("the session has no labels yet: draw a box or click first")
-        context = replace(self.context, segment_labels=tuple(label.name for label in self.labels))
+        context = replace(
+            self.context,
+            segment_labels=tuple(label.name for label in self.labels),
+            segment_colours=tuple(label.colour for label in self.labels),
+        )
         outcome = StudyOutcome(name=self.study.study_id, labels=self.label_map(), context=context)
         outcome.metrics = {"provenance": {"strategy": "interactive", "note": "interactive session"}}
         return outcome, context
@@ -371,6 +406,13 @@ class LocalWork:
     def overlap(self) -> str:
         return self.segmenter.engine.routing.route(self.segmenter.study.modality).overlap
 
+    def close(self) -> None:
+        """Drop the image's slice embeddings from the shared engine's cache (a session of the same image still open
+        re-encodes them: slower, the same masks)."""
+        from worker.engine.engine import study_key
+
+        self.segmenter.engine.cache.forget(study_key(self.segmenter.study))
+
 
 class LocalSessions:
     """The engine every session of a service shares, made on first use, and the lock that lets one interaction
@@ -410,13 +452,28 @@ class SessionLimits:
 
 
 class SessionStore:
-    """The open sessions, bounded; idle ones closed when the store is next looked at."""
+    """The open sessions, bounded; idle ones closed when the store is next looked at. A closed session's work is
+    closed (producer.sessions.LabelWork.close: it may tell the fleet) after the store's lock is let go."""
 
     def __init__(self, limits: SessionLimits | None = None, on_close: Callable[[Session, str], None] | None = None):
         self.limits = limits or SessionLimits()
         self.on_close = on_close
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self._closing: list[Session] = []
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        closing: list[Session] = []
+        try:
+            with self._lock:
+                try:
+                    yield
+                finally:
+                    closing, self._closing = self._closing, []
+        finally:
+            for session in closing:
+                session.close()
 
     def _expire(self) -> None:
         now = time.time()
@@ -426,12 +483,14 @@ class SessionStore:
 
     def _close(self, session_id: str, why: str) -> Session | None:
         session = self._sessions.pop(session_id, None)
-        if session is not None and self.on_close is not None:
-            self.on_close(session, why)
+        if session is not None:
+            self._closing.append(session)
+            if self.on_close is not None:
+                self.on_close(session, why)
         return session
 
     def check_room(self, extra_bytes: int = 0) -> None:
-        with self._lock:
+        with self._locked():
             self._expire()
             if len(self._sessions) >= self.limits.max_sessions:
                 raise SessionLimit(f"{len(self._sessions)} sessions are open, the most this service keeps")
@@ -441,12 +500,12 @@ class SessionStore:
 
     def add(self, session: Session) -> Session:
         self.check_room(session.nbytes())
-        with self._lock:
+        with self._locked():
             self._sessions[session.id] = session
         return session
 
     def get(self, session_id: str) -> Session:
-        with self._lock:
+        with self._locked():
             self._expire()
             session = self._sessions.get(session_id)
         if session is None:
@@ -454,13 +513,15 @@ class SessionStore:
         return session
 
     def close(self, session_id: str, why: str = "deleted") -> bool:
-        with self._lock:
-            return self._close(session_id, why) is not None
+        with self._locked():
+            closed = self._close(session_id, why) is not None
+        return closed
 
     def owned_by(self, owner: str | None) -> list[Session]:
-        with self._lock:
+        with self._locked():
             self._expire()
-            return [s for s in self._sessions.values() if owner is None or s.owner == owner]
+            owned = [s for s in self._sessions.values() if owner is None or s.owner == owner]
+        return owned
 
     def __len__(self) -> int:
         return len(self._sessions)

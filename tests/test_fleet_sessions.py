@@ -5,7 +5,8 @@ Every answer is checked against an in-process session (producer.sessions with Lo
 thread count) given the same interactions: same changed slices, same masks, same label map, bit for bit. The
 worker that answers is in each answer (`worker`): consecutive steps stay on one worker; when it is killed
 (SIGKILL of its whole process group) the next step is answered by the other one, rebuilt from the label's prompt;
-with no worker alive a step is a 503 and the session carries on once a worker is back.
+with no worker alive a step is a 503 and the session carries on once a worker is back. A deleted session leaves
+the worker that held it (its log says so).
 """
 
 from __future__ import annotations
@@ -215,6 +216,9 @@ def test_a_session_stays_on_one_worker_and_equals_the_in_process_session(fleet, 
     np.testing.assert_array_equal(pair.result(), pair.local.label_map())
     assert "rebuilt from its prompt" in fleet.worker(node).log_path.read_text()  # the step after the undo
     assert pair.call("DELETE", f"/v1/sessions/{pair.id}").status_code == 204
+    worker_log = fleet.worker(node).log_path
+    dropped = f"session {pair.id[:8]} closed: dropped from this worker (image and masks"
+    wait_until(lambda: dropped in worker_log.read_text(), "the worker to drop the deleted session", 10, fleet.describe)
 
 
 def test_a_session_goes_on_when_its_worker_dies_and_waits_for_a_worker_when_none_lives(fleet, local_sessions, tmp_path):

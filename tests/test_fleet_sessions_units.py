@@ -5,6 +5,8 @@ second."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from worker.contract.keys import Keys
 from worker.contract.messages import MessageError, WireClick, pack_image
 from worker.contract.prompts import Box, Click, LabelPrompt
 from worker.contract.sessions import SessionReply, SessionStep
+from worker.contract.settings import SessionSettings
 from worker.engine.engine import Engine, EngineSettings
 from worker.sessions import Held, SessionCache, run_step
 from worker.store import FileStore
@@ -81,7 +84,7 @@ def test_a_worker_steps_from_its_mask_or_rebuilds_it_to_the_same_bits(echo_engin
     image[2:7, 25:55, 25:55] += 180
     store = FileStore(tmp_path, "ns")
     store.put(Keys.input_blob(image_digest(image)), pack_image(image), 600)
-    held_here = SessionCache()
+    held_here = SessionCache.of(SessionSettings())
 
     box = run_step(echo_engine, store, held_here, _step(image), "w1")
     assert box.full and not box.error and sorted(box.slices) == list(range(8))
@@ -107,7 +110,7 @@ def test_a_worker_steps_from_its_mask_or_rebuilds_it_to_the_same_bits(echo_engin
         stepped[z] = plane
     assert not stepped[4, 40, 40]  # the background click holds
 
-    elsewhere = run_step(echo_engine, store, SessionCache(), step, "w2")  # a worker new to the session
+    elsewhere = run_step(echo_engine, store, SessionCache.of(SessionSettings()), step, "w2")  # new to the session
     assert elsewhere.full and elsewhere.replayed
     np.testing.assert_array_equal(np.stack([elsewhere.slices[z] for z in range(8)]), stepped)
 
@@ -117,7 +120,7 @@ def test_a_worker_steps_from_its_mask_or_rebuilds_it_to_the_same_bits(echo_engin
     np.testing.assert_array_equal(np.stack([again.slices[z] for z in range(8)]), stepped)
 
     store.delete(Keys.input_blob(image_digest(image)))
-    gone = run_step(echo_engine, store, SessionCache(), step, "w3")
+    gone = run_step(echo_engine, store, SessionCache.of(SessionSettings()), step, "w3")
     assert gone.error and not gone.invalid and "store" in gone.error
 
 
@@ -187,3 +190,167 @@ def test_the_gateway_resends_a_step_that_a_node_leaves_waiting_or_drops_and_keep
         session.interact("other", box=[1, 1, 4, 4])
     assert session.label("lesion").prompt == prompt and session.label("lesion").version == version
     assert [label.name for label in session.labels] == ["lesion"]  # a label whose first step failed is not kept
+
+
+def test_the_failover_timings_and_the_cache_bounds_are_settings_checked_for_range(monkeypatch, slot):
+    """LITEMEDSAM_SESSION_*: the gateway's FleetSessions and a worker process's cache are built from them; a value
+    out of its range stops the start with the variable's name."""
+    import worker.sessions as worker_sessions
+    from producer.fleet_sessions import FleetSessions, FleetTimings
+    from worker.contract.settings import FleetSettings, redis_client
+
+    defaults = FleetTimings.of(SessionSettings())
+    assert (defaults.dead_after, defaults.pickup, defaults.step) == (3.0, 10.0, 900.0)
+    assert (SessionSettings().cache_sessions, SessionSettings().cache_bytes) == (8, 1 << 30)
+
+    for name, value in {"DEAD_AFTER": "4.5", "PICKUP": "2", "STEP_LIMIT": "60", "CACHE_SESSIONS": "3"}.items():
+        monkeypatch.setenv(f"LITEMEDSAM_SESSION_{name}", value)
+    monkeypatch.setenv("LITEMEDSAM_SESSION_CACHE_MB", "64")
+    monkeypatch.setenv("LITEMEDSAM_NAMESPACE", slot.namespace)
+    fleet = FleetSessions(slot.url)
+    assert (fleet.timings.dead_after, fleet.timings.pickup, fleet.timings.step) == (4.5, 2.0, 60.0)
+    monkeypatch.setattr(worker_sessions, "_cache", None)
+    monkeypatch.setattr(worker_sessions, "_watcher", None)
+    ctx = SimpleNamespace(ledger=SimpleNamespace(client=redis_client(slot.url)), keys=Keys(slot.namespace), engine=None)
+    cache = worker_sessions.process_cache(ctx)
+    assert (cache.max_sessions, cache.max_bytes) == (3, 64 << 20)
+    watcher = worker_sessions.close_watcher()
+    assert watcher is not None and watcher.cache is cache
+    watcher.stop()
+
+    for name, value in (
+        ("DEAD_AFTER", "1"),  # under the presence stamp's period: every worker would flap dead
+        ("PICKUP", "0"),
+        ("STEP_LIMIT", "-5"),
+        ("CACHE_SESSIONS", "0"),
+        ("CACHE_MB", "8"),
+        ("CACHE_MB", "lots"),
+    ):
+        monkeypatch.setenv(f"LITEMEDSAM_SESSION_{name}", value)
+        with pytest.raises(ValueError, match=f"LITEMEDSAM_SESSION_{name}"):
+            FleetSettings.from_env()
+        monkeypatch.delenv(f"LITEMEDSAM_SESSION_{name}")
+    monkeypatch.setattr(worker_sessions, "_cache", None)
+    monkeypatch.setattr(worker_sessions, "_watcher", None)
+
+
+def test_a_closed_session_leaves_the_workers_that_held_it(echo_engine, slot, tmp_path):
+    """DELETE (SessionStore.close) and the idle timeout announce the session's id on a real Redis; a worker
+    process's CloseWatcher drops that session's image, masks and slice embeddings within about a second, and
+    keeps the other sessions it holds."""
+    import time
+
+    from fleet_support import wait_until
+    from producer.fleet_sessions import FleetSessions
+    from producer.formats.output_context import OutputContext
+    from producer.sessions import Session, SessionLimits, SessionStore
+    from worker.contract.prompts import Prompts
+    from worker.contract.settings import FleetSettings, redis_client
+    from worker.contract.study import Study
+    from worker.engine.engine import study_key
+    from worker.sessions import CloseWatcher
+
+    settings = FleetSettings(broker_url=slot.url, namespace=slot.namespace)
+    client, keys = redis_client(slot.url), Keys(slot.namespace)
+    store = FileStore(tmp_path, "ns")
+    fleet = FleetSessions(slot.url, settings=settings)
+    gateway = SessionStore(SessionLimits(idle_seconds=1e9))
+    held = SessionCache.of(SessionSettings())
+    watcher = CloseWatcher(held, client, keys, echo_engine.cache).start()
+    studies = {}
+    try:
+        for n, session_id in enumerate(("a1" * 16, "b2" * 16, "c3" * 16)):
+            rng = np.random.default_rng(n)
+            image = rng.integers(0, 30, (6, 64, 64)).astype(np.uint8)
+            image[1:5, 20:44, 20:44] += 150 + n
+            store.put(Keys.input_blob(image_digest(image)), pack_image(image), 600)
+            reply = run_step(echo_engine, store, held, _step(image, session_id=session_id), "w1")
+            assert not reply.error and held.get(session_id) is not None
+            study = Study(f"s{n}", "CT", image, Prompts((), 3), (1.0, 1.0, 2.0))
+            studies[session_id] = study
+            gateway.add(Session(study, OutputContext("npz"), None, fleet, session_id=session_id))
+
+        deleted, idle, kept = studies
+        started = time.monotonic()
+        assert gateway.close(deleted)  # DELETE /v1/sessions/{id}
+        wait_until(lambda: held.get(deleted) is None, "the deleted session to leave the worker's cache", 5)
+        took = time.monotonic() - started
+        assert took < 3.0, took
+        assert echo_engine.cache.forget(study_key(studies[deleted])) == 0  # its embeddings went with it
+        assert held.get(idle) is not None and held.get(kept) is not None
+
+        gateway.get(kept).last_used = gateway.get(idle).last_used = time.time()
+        gateway.get(idle).last_used -= 60
+        gateway.limits = SessionLimits(idle_seconds=30)  # the next look at the store closes the idle one
+        assert [s.id for s in gateway.owned_by(None)] == [kept]
+        wait_until(lambda: held.get(idle) is None, "the idle session to leave the worker's cache", 5)
+        assert held.get(kept) is not None and echo_engine.cache.forget(study_key(studies[kept])) > 0
+        assert client.zscore(keys.session_closed(), kept) is None
+    finally:
+        watcher.stop()
+
+
+def test_only_a_single_process_worker_serves_sessions_and_says_so(slot, caplog):
+    """A session's cache is per pool process while affinity is per node: a worker with --concurrency > 1 neither
+    stamps its presence (the gateway picks stamped nodes only) nor consumes its direct queue, and its start says
+    why; a single-process worker stamps and keeps its direct queue."""
+    from worker.contract.keys import NAMESPACE_CONF
+    from worker.contract.settings import redis_client
+    from worker.presence import SessionPresence, serves_sessions, sessions_note
+
+    assert serves_sessions(1) and not serves_sessions(2) and not serves_sessions(8)
+    assert "served" in sessions_note(1) and "not served (--concurrency 4" in sessions_note(4)
+    client, key = redis_client(slot.url), Keys(slot.namespace).session_nodes()
+
+    class Conf(dict):  # Celery's conf: items and attributes
+        __getattr__ = dict.__getitem__
+
+    class Consumer:
+        def __init__(self, node: str, concurrency: int):
+            self.app = SimpleNamespace(conf=Conf({NAMESPACE_CONF: slot.namespace, "broker_url": slot.url}))
+            self.hostname, self.controller = node, SimpleNamespace(concurrency=concurrency)
+            self.timer = SimpleNamespace(call_repeatedly=lambda *args, **kwargs: SimpleNamespace(cancel=lambda: None))
+            self.cancelled: list[str] = []
+
+        def cancel_task_queue(self, queue: str) -> None:
+            self.cancelled.append(queue)
+
+    many = Consumer("many@host", 4)
+    step = SessionPresence(many)
+    with caplog.at_level("WARNING", logger="worker.presence"):
+        step.start(many)
+    assert many.cancelled == ["many@host.dq2"] and client.zscore(key, "many@host") is None
+    assert "not served (--concurrency 4" in caplog.text
+    step.stop(many)
+
+    one = Consumer("one@host", 1)
+    step = SessionPresence(one)
+    step.start(one)
+    assert one.cancelled == [] and client.zscore(key, "one@host") is not None
+    step.stop(one)
+    assert client.zscore(key, "one@host") is None
+
+
+def test_closing_an_in_process_session_drops_its_embeddings_from_the_gateways_engine(echo_models_dir):
+    """Without a broker the gateway's own engine encoded the session's slices: closing the session drops them."""
+    from producer.formats.output_context import OutputContext
+    from producer.sessions import LocalSessions, Session, SessionStore
+    from worker.contract.prompts import Prompts
+    from worker.contract.study import Study
+    from worker.engine.engine import EngineSettings, study_key
+
+    local = LocalSessions(EngineSettings(models_dir=echo_models_dir, threads=1))
+    image = np.random.default_rng(3).integers(0, 30, (6, 64, 64)).astype(np.uint8)
+    image[1:5, 20:44, 20:44] += 160
+    other_image = image[::-1].copy()
+    store = SessionStore()
+    sessions = [
+        store.add(Session(Study(f"s{n}", "CT", im, Prompts((), 3), None), OutputContext("npz"), None, local))
+        for n, im in enumerate((image, other_image))
+    ]
+    for session in sessions:
+        session.interact("organ", box=[20, 20, 1, 43, 43, 4])
+    cache = local._engine.cache
+    assert store.close(sessions[0].id)
+    assert cache.forget(study_key(sessions[0].study)) == 0  # gone with the session
+    assert cache.forget(study_key(sessions[1].study)) > 0  # the open session's were kept

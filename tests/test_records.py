@@ -17,6 +17,7 @@ from worker.contract.study import StudyError
 STORED = {
     "kind": "dicom",
     "segment_labels": ["liver", "box 2"],
+    "segment_colours": [None, [10, 200, 30]],
     "dicom": {
         "header": {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Anon"}]}},
         "instances": [{"00080018": {"vr": "UI", "Value": ["1.2.3"]}}],
@@ -38,7 +39,7 @@ def test_the_output_context_round_trips_in_the_shape_manifests_store():
     context = OutputContext.from_json(STORED)
     assert isinstance(context.dicom, DicomReference) and isinstance(context.nifti, NiftiReference)
     assert context.dicom.slices == ((0, None), (0, 1)) and context.nifti.shape == (16, 16, 4)
-    assert context.segment_labels == ("liver", "box 2")
+    assert context.segment_labels == ("liver", "box 2") and context.segment_colours == (None, (10, 200, 30))
     assert context.to_json() == STORED
     minimal = OutputContext.from_json({"kind": "npz"})  # keys written later than the first manifests
     assert minimal == OutputContext("npz") and minimal.to_json()["dicom"] is None

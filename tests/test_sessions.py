@@ -1,15 +1,18 @@
 """Interactive sessions (issue 23, part 5) through real HTTP: `producer serve` as a process with the real model, a
 series opened from a real Orthanc, box and clicks, undo/redo, the result equal to the engine's direct run of the
-session's prompts, the SEG stored into the PACS; an npz upload; bounds and ownership. Plus the RLE codec."""
+session's prompts, a label's chosen colour in the SEG and the RTSTRUCT stored into the PACS; an npz upload;
+bounds and ownership. Plus the RLE codec."""
 
 from __future__ import annotations
 
 import io
 import time
 
+import highdicom as hd
 import numpy as np
 import pytest
 import requests
+from pydicom import dcmread
 
 from orthanc_support import GatewayProcess, Orthanc, make_series, orthanc_available, served_gateway
 from producer.sessions import rle, unrle
@@ -105,8 +108,18 @@ def test_a_session_on_a_pacs_series_equals_the_engine_and_stores_its_seg(gateway
     np.testing.assert_array_equal(painted(redone, (96, 96), before), mask)
     assert call(gateway, "POST", f"/v1/sessions/{sid}/redo", json={"label": "liver"}).status_code == 409
 
+    # a colour chosen for the vessel (the viewer's colour input): in the answers, the SEG and the RTSTRUCT
+    vessel = [12, 200, 99]
+    coloured = call(gateway, "PATCH", f"/v1/sessions/{sid}/labels/2", json={"colour": vessel})
+    assert coloured.status_code == 200, coloured.text
+    assert coloured.json()["name"] == "vessel" and coloured.json()["colour"] == vessel
+    for bad, status in (({"colour": [300, 0, 0]}, 422), ({"colour": [1, 2]}, 422), ({"colour": ["1", 2, 3]}, 422)):
+        assert call(gateway, "PATCH", f"/v1/sessions/{sid}/labels/2", json=bad).status_code == status, bad
+    assert call(gateway, "PATCH", f"/v1/sessions/{sid}/labels/3", json={"colour": vessel}).status_code == 404
+
     state = call(gateway, "GET", f"/v1/sessions/{sid}").json()
     assert [label["name"] for label in state["labels"]] == ["liver", "vessel"]
+    assert [label["colour"] for label in state["labels"]] == [[221, 130, 101], vessel]
     result = call(gateway, "GET", f"/v1/sessions/{sid}/result", params={"format": "npz"})
     with np.load(io.BytesIO(result.content), allow_pickle=False) as data:
         segs = data["segs"]
@@ -132,12 +145,21 @@ def test_a_session_on_a_pacs_series_equals_the_engine_and_stores_its_seg(gateway
     direct = engine.segment(Study("direct", "CT", image_study.image, prompts, image_study.spacing)).labels
     np.testing.assert_array_equal(direct, segs)
 
+    session_seg = hd.seg.segread(io.BytesIO(call(gateway, "GET", f"/v1/sessions/{sid}/result?format=seg").content))
+    liver_lab, vessel_lab = (hd.color.CIELabColor.from_rgb(*rgb).value for rgb in ([221, 130, 101], vessel))
+    assert [list(item.RecommendedDisplayCIELabValue) for item in session_seg.SegmentSequence] == [
+        list(liver_lab),
+        list(vessel_lab),
+    ]
+
     before_store = pacs.instance_count()
-    stored = call(gateway, "POST", f"/v1/sessions/{sid}/store", json={"formats": ["seg"]})
+    stored = call(gateway, "POST", f"/v1/sessions/{sid}/store", json={"formats": ["seg", "rtstruct"]})
     assert stored.status_code == 200, stored.text
-    (item,) = stored.json()["stored"]
+    item, rtstruct = stored.json()["stored"]
     assert item["kind"] == "seg" and item["study_instance_uid"] == spec.study_uid
-    assert pacs.instance_count() == before_store + 1
+    assert rtstruct["kind"] == "rtstruct" and pacs.instance_count() == before_store + 2
+    contours = dcmread(io.BytesIO(orthanc_file(pacs, rtstruct["sop_instance_uid"])))
+    assert [list(roi.ROIDisplayColor) for roi in contours.ROIContourSequence] == [[221, 130, 101], vessel]
     seg_bytes = requests.get(
         f"{pacs.dicomweb}/studies/{spec.study_uid}/series/{item['series_instance_uid']}/instances/"
         f"{item['sop_instance_uid']}",
@@ -149,6 +171,13 @@ def test_a_session_on_a_pacs_series_equals_the_engine_and_stores_its_seg(gateway
 
     assert call(gateway, "DELETE", f"/v1/sessions/{sid}").status_code == 204
     assert call(gateway, "GET", f"/v1/sessions/{sid}").status_code == 404
+
+
+def orthanc_file(pacs: Orthanc, sop: str) -> bytes:
+    """An instance's file from Orthanc's REST API (found by its SOPInstanceUID)."""
+    found = requests.post(f"{pacs.base}/tools/lookup", data=sop, auth=pacs.auth, timeout=30).json()
+    orthanc_id = next(entry["ID"] for entry in found if entry["Type"] == "Instance")
+    return requests.get(f"{pacs.base}/instances/{orthanc_id}/file", auth=pacs.auth, timeout=30).content
 
 
 @pytest.mark.model
@@ -206,6 +235,9 @@ def test_session_store_bounds_and_idle_timeout():
         def nbytes(self):
             return self.size
 
+        def close(self):
+            closed.append(f"work {self.id}")
+
     closed = []
     store = SessionStore(
         SessionLimits(max_sessions=2, max_bytes=100, idle_seconds=1e9), lambda s, why: closed.append(why)
@@ -217,4 +249,4 @@ def test_session_store_bounds_and_idle_timeout():
     with pytest.raises(SessionLimit, match="2 sessions"):
         store.check_room()
     store.limits = SessionLimits(max_sessions=2, max_bytes=100, idle_seconds=0.0)  # everything is idle now
-    assert store.owned_by(None) == [] and closed == ["idle", "idle"]
+    assert store.owned_by(None) == [] and closed == ["idle", "idle", "work a", "work c"]  # then their work

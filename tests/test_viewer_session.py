@@ -1,8 +1,9 @@
 """The viewer end to end (issue 25) with the real sessions API and the real model: Debian's headless Chromium
 (Playwright) opens a CT series from a real Orthanc through QIDO-RS, scrolls to the box's middle slice, draws the box
-with real mouse events, waits for the mask over the image, adds a foreground and a background click, stores. The SEG
-in the PACS equals the session's result, and that equals the engine's direct run of the same prompts (DSC 1.0).
-Every request the page makes goes to the service. Screenshots of each step: test-artifacts/viewer-session/.
+with real mouse events, waits for the mask over the image, adds a foreground and a background click, picks the
+label's colour, stores. The SEG in the PACS has that colour and equals the session's result, and that equals the
+engine's direct run of the same prompts (DSC 1.0). Every request the page makes goes to the service. Screenshots of
+each step: test-artifacts/viewer-session/.
 """
 
 from __future__ import annotations
@@ -150,9 +151,18 @@ def test_box_and_clicks_in_the_browser_store_the_engines_seg(gateway, pacs, seri
                 ([edge[0], edge[1], 4], False),
             ]
 
+            # a colour picked in the page for the label: the session keeps it, the stored SEG carries it
+            page.fill("input[aria-label='colour of liver']", "#12c863")
+            page.wait_for_selector("body[data-colour-saved='1:18,200,99']", timeout=30_000)
+            settled()
+            state = requests.get(f"{gateway.url}/v1/sessions/{session_id}", headers=headers, timeout=30).json()
+            assert state["labels"][0]["colour"] == [18, 200, 99]
+            page.wait_for_timeout(300)
+            shot("04-colour")
+
             page.click("#store")
             page.wait_for_selector("#stored li", timeout=120_000)
-            shot("04-stored")
+            shot("05-stored")
             stored_text = page.text_content("#stored")
             result = requests.get(
                 f"{gateway.url}/v1/sessions/{session_id}/result", params={"format": "npz"}, headers=headers, timeout=60
@@ -187,6 +197,8 @@ def test_box_and_clicks_in_the_browser_store_the_engines_seg(gateway, pacs, seri
     assert sop in stored_text
     raw = requests.get(f"{pacs.base}/instances/{lookup(pacs, sop)}/file", auth=pacs.auth, timeout=30).content
     seg = hd.seg.segread(io.BytesIO(raw))
+    (segment,) = seg.SegmentSequence
+    assert list(segment.RecommendedDisplayCIELabValue) == list(hd.color.CIELabColor.from_rgb(18, 200, 99).value)
     uids = list(read_layout(sorted(folder.iterdir())).slice_uids)
     from_pacs = seg.get_pixels_by_source_instance(uids, combine_segments=True)
     np.testing.assert_array_equal(from_pacs, session_labels)

@@ -129,9 +129,11 @@ def start(
         (variable("cpus"), config.cpus),
     ):
         _export(name, value)
+    from worker.presence import sessions_note
+
     click.echo(
         f"models {', '.join(models)} | precision {running} | {concurrency} x {threads} thread(s) | "
-        f"queues {queues} | {'; '.join(dict.fromkeys(bindings))}",
+        f"queues {queues} | {'; '.join(dict.fromkeys(bindings))} | {sessions_note(concurrency)}",
         err=True,
     )
     from worker.app import app

@@ -1,11 +1,16 @@
 """Interactive sessions' steps on a fleet worker (worker.contract.sessions): the step, and what a process keeps.
 
-Each worker process keeps a bounded LRU of the sessions it served: the session's image (fetched once from the
+Each worker process keeps a bounded LRU of the sessions it served (LITEMEDSAM_SESSION_CACHE_SESSIONS sessions,
+LITEMEDSAM_SESSION_CACHE_MB of images and masks): the session's image (fetched once from the
 store by its digest), its LabelSegmenter (on the process's one engine, whose embedding cache keeps the slices
 encoded) and each label's last mask under its version. A step whose `base` version this process holds starts from
 that mask; any other (a session new to this process, evicted, or a mask version it never made) rebuilds the base
 from the label's prompt (LabelSegmenter.label_mask), re-encoding what its cache lacks. Both give the same mask bit
 for bit, since a label's mask is a deterministic function of its prompt.
+
+A closed session (the gateway announces its id in Keys.session_closed on DELETE and on its idle timeout) is
+dropped by the process's CloseWatcher within about a second: its image, masks and the engine cache's embeddings
+of its image (unless another session held here shows the same image).
 
 While a step runs, a thread keeps the step's busy key alive (Keys.session_busy, a TTL of BUSY_TTL); the gateway
 reads it to tell a running step from a dead worker. The reply goes onto the step's reply list.
@@ -27,15 +32,18 @@ from worker.contract.keys import Keys
 from worker.contract.messages import unpack_image
 from worker.contract.prompts import Prompts
 from worker.contract.sessions import SessionReply, SessionStep
+from worker.contract.settings import SessionSettings
 from worker.contract.study import Study, StudyError
+from worker.engine.cache import EmbeddingCache
+from worker.engine.engine import study_key
 from worker.engine.labelwise import LabelSegmenter
 from worker.store import BlobStore
 
 log = logging.getLogger(__name__)
-MAX_SESSIONS = 8  # sessions a worker process keeps (images, segmenters, masks)
-MAX_BYTES = 1 << 30  # bytes of images and masks they may hold (the engine's embedding cache is bounded apart)
 BUSY_TTL = 3.0  # seconds the busy key lives without a refresh
 BUSY_REFRESH = 1.0
+CLOSE_SWEEP = 1.0  # seconds between looks for closed sessions
+KNOWN_PER_SESSION = 4  # the cache remembers the image keys of up to 4 x its bound of sessions it held
 
 
 @dataclass
@@ -51,44 +59,125 @@ class Held:
 
 
 class SessionCache:
-    """The sessions a process holds, least recently used first out, bounded in number and bytes."""
+    """The sessions a process holds, least recently used first out, bounded in number and bytes; thread-safe (the
+    CloseWatcher drops closed ones from its own thread)."""
 
-    def __init__(self, max_sessions: int = MAX_SESSIONS, max_bytes: int = MAX_BYTES):
+    def __init__(self, max_sessions: int, max_bytes: int):
         self.max_sessions, self.max_bytes = max_sessions, max_bytes
         self._held: OrderedDict[str, Held] = OrderedDict()
+        # session -> its image's embedding key (worker.engine.engine.study_key), kept a while after an eviction so
+        # that closing the session still drops its encoded slices from the engine's cache
+        self._known: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.RLock()
+
+    @classmethod
+    def of(cls, settings: SessionSettings) -> SessionCache:
+        return cls(settings.cache_sessions, settings.cache_bytes)
 
     def get(self, session_id: str) -> Held | None:
-        held = self._held.get(session_id)
-        if held is not None:
-            self._held.move_to_end(session_id)
-        return held
+        with self._lock:
+            held = self._held.get(session_id)
+            if held is not None:
+                self._held.move_to_end(session_id)
+            return held
 
     def put(self, session_id: str, held: Held) -> None:
-        self._held[session_id] = held
-        self._held.move_to_end(session_id)
-        self.trim()
+        key = study_key(held.study)
+        with self._lock:
+            self._held[session_id] = held
+            self._held.move_to_end(session_id)
+            self._known[session_id] = key
+            self._known.move_to_end(session_id)
+            while len(self._known) > KNOWN_PER_SESSION * self.max_sessions:
+                self._known.popitem(last=False)
+            self.trim()
 
     def trim(self) -> None:
         """Drop the least recently used sessions past the bounds (never the most recent one)."""
-        while len(self._held) > 1 and (
-            len(self._held) > self.max_sessions or sum(h.nbytes() for h in self._held.values()) > self.max_bytes
-        ):
-            evicted, _ = self._held.popitem(last=False)
-            log.info("session %s evicted from this worker's cache", evicted[:8])
+        with self._lock:
+            while len(self._held) > 1 and (
+                len(self._held) > self.max_sessions or sum(h.nbytes() for h in self._held.values()) > self.max_bytes
+            ):
+                evicted, _ = self._held.popitem(last=False)
+                log.info("session %s evicted from this worker's cache", evicted[:8])
+
+    def known(self) -> list[str]:
+        """The sessions this process holds or held (evicted ones for a while)."""
+        with self._lock:
+            return list(self._known)
+
+    def drop(self, session_id: str, embeddings: EmbeddingCache | None) -> tuple[bool, int]:
+        """Forget a closed session: its image, segmenter and masks, and (unless another session held here shows the
+        same image) its slices' embeddings. (whether it was held, embeddings dropped)."""
+        with self._lock:
+            held = self._held.pop(session_id, None) is not None
+            key = self._known.pop(session_id, None)
+            shared = key is not None and any(self._known.get(other) == key for other in self._held)
+        dropped = embeddings.forget(key) if embeddings is not None and key is not None and not shared else 0
+        return held, dropped
 
     def __len__(self) -> int:
-        return len(self._held)
+        with self._lock:
+            return len(self._held)
+
+
+class CloseWatcher:
+    """Drops what this process holds of closed sessions (Keys.session_closed): on a timer in a thread, every
+    CLOSE_SWEEP seconds, and before each step (`sweep`). A Redis outage only delays it (logged)."""
+
+    def __init__(self, cache: SessionCache, client, keys: Keys, embeddings: EmbeddingCache | None):
+        self.cache, self.client, self.key, self.embeddings = cache, client, keys.session_closed(), embeddings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="session-close-watcher", daemon=True)
+
+    def start(self) -> CloseWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CLOSE_SWEEP):
+            try:
+                self.sweep()
+            except Exception as error:  # the next sweep tries again
+                log.warning("closed sessions not looked up: %s", error)
+
+    def sweep(self) -> list[str]:
+        """Drop every known session the gateway closed; their ids."""
+        known = self.cache.known()
+        if not known:
+            return []
+        scores = self.client.zmscore(self.key, known)
+        closed = [session for session, score in zip(known, scores, strict=True) if score is not None]
+        for session in closed:
+            held, dropped = self.cache.drop(session, self.embeddings)
+            log.info(
+                "session %s closed: dropped from this worker (%s, %d slice embedding(s))",
+                session[:8],
+                "image and masks" if held else "not held",
+                dropped,
+            )
+        return closed
 
 
 _cache: SessionCache | None = None
+_watcher: CloseWatcher | None = None
 
 
-def process_cache() -> SessionCache:
-    """This worker process's sessions (made on first use, in the child that runs the steps)."""
-    global _cache
+def process_cache(ctx) -> SessionCache:
+    """This worker process's sessions (made on first use, in the child that runs the steps, with the thread that
+    drops closed ones)."""
+    global _cache, _watcher
     if _cache is None:
-        _cache = SessionCache()
+        _cache = SessionCache.of(SessionSettings.from_env())  # LITEMEDSAM_SESSION_CACHE_SESSIONS and _CACHE_MB
+        _watcher = CloseWatcher(_cache, ctx.ledger.client, ctx.keys, getattr(ctx.engine, "cache", None)).start()
     return _cache
+
+
+def close_watcher() -> CloseWatcher | None:
+    return _watcher
 
 
 def load_study(store: BlobStore, step: SessionStep) -> Study:
@@ -165,9 +254,15 @@ class Busy:
         self._thread.join(BUSY_REFRESH * 2)
 
 
-def serve_step(ctx, cache: SessionCache, step: SessionStep) -> SessionReply:
-    """Run one step with its busy mark alive, then push its reply (the reply first, then the mark goes)."""
+def serve_step(ctx, cache: SessionCache, step: SessionStep, watcher: CloseWatcher | None = None) -> SessionReply:
+    """Run one step with its busy mark alive, then push its reply (the reply first, then the mark goes). Closed
+    sessions are dropped first (`watcher`)."""
     client, keys = ctx.ledger.client, ctx.keys
+    if watcher is not None:
+        try:
+            watcher.sweep()
+        except Exception as error:  # the step goes on; the timer tries again
+            log.warning("closed sessions not looked up: %s", error)
     busy_key = keys.session_busy(step.request_id)
     with Busy(client, busy_key):
         reply = run_step(ctx.engine, ctx.store, cache, step, ctx.node)

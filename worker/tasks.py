@@ -102,7 +102,7 @@ def session_step(self, payload: dict) -> dict:
     """One interaction of a session (worker.sessions). Acknowledged on receipt: a step whose worker dies is
     re-sent by the gateway (which sees its busy mark lapse), never redelivered here."""
     from worker.contract.sessions import SessionStep
-    from worker.sessions import process_cache, serve_step
+    from worker.sessions import close_watcher, process_cache, serve_step
 
     if not is_own(self):
         log.error("session step %s of another namespace dropped", self.request.id)
@@ -115,7 +115,7 @@ def session_step(self, payload: dict) -> dict:
     ctx = process.context()
     if ctx is None:
         raise Reject(f"engine unavailable: {process.failure()}", requeue=True)
-    reply = serve_step(ctx, process_cache(), step)
+    reply = serve_step(ctx, process_cache(ctx), step, close_watcher())
     return {"status": "error" if reply.error else "ok", "node": reply.node}
 
 

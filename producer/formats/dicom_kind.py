@@ -165,7 +165,12 @@ class DicomFormat(StudyFormat):
                 if context.dicom is None:
                     raise StudyError("its headers could not be kept (see the notes above)")
                 outcome.written[kind] = output.write(
-                    self.output(folder, source, kind), context.dicom, labels, context.segment_labels, provenance
+                    self.output(folder, source, kind),
+                    context.dicom,
+                    labels,
+                    context.segment_labels,
+                    provenance,
+                    context.segment_colours,
                 )
             except Exception as error:
                 failed.append(f"{what} not written: {_failure_reason(what, error)}")

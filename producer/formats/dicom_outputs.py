@@ -11,6 +11,7 @@ Also here: the label-map downloads a job offers beside them (a NIfTI on the seri
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -20,6 +21,7 @@ from pydicom import Dataset
 from producer.formats.base import OUTPUT_MARK
 from producer.formats.dicom_reference import DicomReference
 from producer.formats.seg import write_dicom_seg
+from producer.formats.structures import Colour
 from worker.contract.study import StudyError
 
 DicomOutputName = Literal["seg", "rtstruct"]
@@ -40,8 +42,10 @@ class DicomOutput(ABC):
         labels: np.ndarray,
         segment_labels: tuple[str, ...],
         provenance: dict[str, Any],
+        colours: Sequence[Colour | None] = (),
     ) -> Dataset:
-        """Write the object to `path`; the object as written (kept in memory for a sender)."""
+        """Write the object to `path`; the object as written (kept in memory for a sender). `colours`: per label,
+        a chosen display colour (None: the structure table's)."""
 
 
 class DicomSeg(DicomOutput):
@@ -49,8 +53,8 @@ class DicomSeg(DicomOutput):
     title = "DICOM SEG"
     suffix = f"{OUTPUT_MARK}.dcm"
 
-    def write(self, path, reference, labels, segment_labels, provenance) -> Dataset:
-        return write_dicom_seg(path, reference, labels, segment_labels, provenance)
+    def write(self, path, reference, labels, segment_labels, provenance, colours=()) -> Dataset:
+        return write_dicom_seg(path, reference, labels, segment_labels, provenance, colours)
 
 
 class RtStruct(DicomOutput):
@@ -58,14 +62,14 @@ class RtStruct(DicomOutput):
     title = "RTSTRUCT"
     suffix = ".rtstruct.dcm"
 
-    def write(self, path, reference, labels, segment_labels, provenance) -> Dataset:
+    def write(self, path, reference, labels, segment_labels, provenance, colours=()) -> Dataset:
         try:
             from producer.formats.rtstruct import write_rtstruct
         except ImportError as error:
             raise StudyError(
                 "RTSTRUCT output needs rt-utils: run ops/setup.sh, or pip install --no-deps rt-utils==1.2.7"
             ) from error
-        return write_rtstruct(path, reference, labels, segment_labels, provenance)
+        return write_rtstruct(path, reference, labels, segment_labels, provenance, colours)
 
 
 DICOM_OUTPUTS: dict[str, DicomOutput] = {output.name: output for output in (DicomSeg(), RtStruct())}

@@ -4,6 +4,8 @@ An OutputContext travels with the study: the embedded run hands it from the load
 stores it (JSON, never pickle) in the study's manifest entry, so `producer results` writes the same SEG,
 RTSTRUCT or NIfTI from any folder or machine with the sources gone. It holds:
 - `segment_labels`: the box labels from the prompts sidecar (segment / ROI names);
+- `segment_colours`: per label, the display colour chosen for it (an interactive session's), None (or no entry):
+  the structure table's (producer.formats.structures);
 - `dicom`: the DicomReference of a DICOM source (header subset, referenced instances and their geometry), or None
   when its headers could not be kept (then `notes` says why and the label map is written instead);
 - `nifti`: the NiftiReference of a NIfTI source; for a DICOM source with patient geometry, the grid of the
@@ -15,10 +17,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from producer.formats.dicom import SeriesLayout
 from producer.formats.dicom_reference import DicomReference, reference_of
@@ -29,6 +31,7 @@ from worker.contract.study import StudyError
 
 log = logging.getLogger(__name__)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+Channel = Annotated[int, Field(ge=0, le=255)]  # one of a display colour's red, green, blue
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class OutputContext:
     dicom: DicomReference | None = None
     nifti: NiftiReference | None = None
     notes: tuple[str, ...] = ()
+    segment_colours: tuple[tuple[Channel, Channel, Channel] | None, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The JSON a batch manifest stores (the shape of the dataclasses: pydantic writes it)."""

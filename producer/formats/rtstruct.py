@@ -43,7 +43,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from producer.formats.dicom_reference import DicomReference
 from producer.formats.seg import ALGORITHM_NAME, SERIES_NUMBER_OFFSET, check_fits, check_labels, output_uids
-from producer.formats.structures import segment_structure
+from producer.formats.structures import Colour, chosen_colour, segment_structure
 from worker.contract.files import atomic_path
 from worker.contract.study import StudyError
 from worker.contract.version import PACKAGE_VERSION as __version__
@@ -110,7 +110,11 @@ def _required_attributes(ds: Dataset, source: Dataset) -> None:
 
 
 def build_rtstruct(
-    reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str], provenance: Mapping[str, Any]
+    reference: DicomReference,
+    labels: np.ndarray,
+    segment_labels: Sequence[str],
+    provenance: Mapping[str, Any],
+    colours: Sequence[Colour | None] = (),
 ) -> Dataset:
     from rt_utils import RTStruct, ds_helper
 
@@ -121,7 +125,7 @@ def build_rtstruct(
     with contextlib.redirect_stdout(io.StringIO()):  # rt-utils prints a line for an empty ROI
         for number, label in enumerate(segment_labels, start=1):
             mask = np.ascontiguousarray(np.moveaxis(volume == number, 0, -1))  # (rows, columns, slices)
-            colour = list(segment_structure(number, label).rgb)
+            colour = list(segment_structure(number, label, chosen_colour(colours, number)).rgb)
             structure.add_roi(mask=mask, color=colour, name=label[:64], roi_generation_algorithm=1)
     _valid_contours(ds, half)
     _required_attributes(ds, sources[0])
@@ -147,9 +151,10 @@ def write_rtstruct(
     labels: np.ndarray,
     segment_labels: Sequence[str],
     provenance: Mapping[str, Any],
+    colours: Sequence[Colour | None] = (),
 ) -> Dataset:
     """Build and write atomically (a reader never sees half a file); the object as written."""
-    ds = build_rtstruct(reference, labels, segment_labels, provenance)
+    ds = build_rtstruct(reference, labels, segment_labels, provenance, colours)
     with atomic_path(path) as partial:
         ds.save_as(partial, enforce_file_format=True)
     return ds

@@ -40,7 +40,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from producer.formats.dicom_reference import DicomReference
-from producer.formats.structures import segment_structure
+from producer.formats.structures import Colour, chosen_colour, segment_structure
 from worker.contract.files import atomic_path
 from worker.contract.study import StudyError
 from worker.contract.version import PACKAGE_VERSION as __version__
@@ -65,11 +65,11 @@ def algorithm_identification(provenance: Mapping[str, Any]) -> hd.AlgorithmIdent
 
 
 def segment_descriptions(
-    labels: Sequence[str], algorithm: hd.AlgorithmIdentificationSequence
+    labels: Sequence[str], algorithm: hd.AlgorithmIdentificationSequence, colours: Sequence[Colour | None] = ()
 ) -> list[hd.seg.SegmentDescription]:
     descriptions = []
     for number, label in enumerate(labels, start=1):
-        structure = segment_structure(number, label)
+        structure = segment_structure(number, label, chosen_colour(colours, number))
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
@@ -129,7 +129,11 @@ def output_uids(reference: DicomReference, labels: np.ndarray, salt: str = "") -
 
 
 def build_segmentation(
-    reference: DicomReference, labels: np.ndarray, segment_labels: Sequence[str], provenance: Mapping[str, Any]
+    reference: DicomReference,
+    labels: np.ndarray,
+    segment_labels: Sequence[str],
+    provenance: Mapping[str, Any],
+    colours: Sequence[Colour | None] = (),
 ) -> hd.seg.Segmentation:
     sources, frames = _frames(reference, check_labels(labels, segment_labels))
     series_uid, instance_uid = output_uids(reference, frames)
@@ -139,7 +143,7 @@ def build_segmentation(
         source_images=sources,
         pixel_array=frames,
         segmentation_type="BINARY",
-        segment_descriptions=segment_descriptions(segment_labels, algorithm_identification(provenance)),
+        segment_descriptions=segment_descriptions(segment_labels, algorithm_identification(provenance), colours),
         series_instance_uid=series_uid,
         series_number=SERIES_NUMBER_OFFSET + source_number,
         sop_instance_uid=instance_uid,
@@ -190,9 +194,10 @@ def write_dicom_seg(
     labels: np.ndarray,
     segment_labels: Sequence[str],
     provenance: Mapping[str, Any],
+    colours: Sequence[Colour | None] = (),
 ) -> hd.seg.Segmentation:
     """Build and write atomically (a reader never sees half a file); the object as written."""
-    seg = build_segmentation(reference, labels, segment_labels, provenance)
+    seg = build_segmentation(reference, labels, segment_labels, provenance, colours)
     with atomic_path(path) as partial:
         seg.save_as(partial)
     return seg

@@ -8,12 +8,13 @@ thumbnails, the DICOM SEG (RecommendedDisplayCIELabValue) and the RTSTRUCT (ROID
   A lesion word wins over an organ word: "liver tumour" is a neoplasm, not the liver.
 - Any other label ("box 1", "target") is SNOMED "Tissue" / "Tissue" (a box says nothing about anatomy) in the
   palette colour of its label number.
+- A colour chosen for a label (an interactive session's, `colour`) wins over both; its meaning stays the table's.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydicom.sr.codedict import codes
@@ -127,10 +128,27 @@ def palette_colour(number: int) -> tuple[int, int, int]:
     return PALETTE[(int(number) - 1) % len(PALETTE)]
 
 
-def segment_structure(number: int, label: str) -> Structure:
-    """What segment `number` (>= 1) named `label` is, and its colour: a known structure's, else Tissue in the
-    palette colour of its number."""
-    return known_structure(label) or Structure(TISSUE, TISSUE, palette_colour(number))
+Colour = tuple[int, int, int]
+
+
+def segment_structure(number: int, label: str, colour: Colour | None = None) -> Structure:
+    """What segment `number` (>= 1) named `label` is, and its colour: `colour` if one was chosen, else a known
+    structure's, else Tissue in the palette colour of its number."""
+    structure = known_structure(label) or Structure(TISSUE, TISSUE, palette_colour(number))
+    return replace(structure, rgb=check_colour(colour)) if colour is not None else structure
+
+
+def check_colour(colour) -> Colour:
+    """An (r, g, b) of three integers 0..255 (a ValueError saying so otherwise)."""
+    values = tuple(colour)
+    if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in values):
+        raise ValueError(f"a colour is three integers 0 to 255 (red, green, blue), not {list(values)!r}")
+    return (values[0], values[1], values[2])
+
+
+def chosen_colour(colours, number: int) -> Colour | None:
+    """The colour chosen for label `number` in a per-label tuple of chosen colours (None where none was)."""
+    return colours[number - 1] if number <= len(colours) else None
 
 
 def label_colours(count: int, labels: tuple[str, ...] | list[str] = ()) -> np.ndarray:

@@ -179,6 +179,11 @@ class Keys:
         """A key with a short TTL that the worker running a session step keeps alive while it runs."""
         return self._key("session", "busy", request_id)
 
+    def session_closed(self) -> str:
+        """Sorted set: session id -> when its gateway closed it (epoch seconds); workers drop what they hold of a
+        session found here (worker.sessions.CloseWatcher), the gateway trims entries older than a day."""
+        return self._key("session", "closed")
+
     # fleet-wide
     def identities(self, queue: str) -> str:
         return self._key("identities", queue)

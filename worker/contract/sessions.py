@@ -9,6 +9,9 @@ worker that holds the label's mask under `base` steps from it, and any other wor
 that evicted the session, one holding a mask the gateway never adopted) rebuilds the base from the prompt
 (worker.engine.labelwise.LabelSegmenter.label_mask): the answer is the same, bit for bit, either way.
 
+A closed session (DELETE, or the gateway's idle timeout) is announced by its id in Keys.session_closed; every
+worker process that holds anything of it drops it within about a second (worker.sessions.CloseWatcher).
+
 The reply is exact and never pickled: an npz (worker.contract.arrays, allow_pickle=False) holding the slices it
 sends as packed bits, their indices, and a small JSON header. `full` replies carry every slice (the worker did not
 hold `base`); the others carry the slices that differ from `base`.
@@ -32,6 +35,7 @@ from worker.contract.prompts import Box, Click, LabelPrompt
 
 SESSION_MESSAGE_VERSION = 1
 HEX_ID = r"^[0-9a-f]{8,64}$"
+CLOSED_KEEP = 86400.0  # seconds a closed session's id stays in Keys.session_closed (workers look every second)
 
 
 class SessionStep(BaseModel):

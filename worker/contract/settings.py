@@ -1,8 +1,8 @@
 """Every LITEMEDSAM_* setting in one typed table (`Environment`, pydantic-settings), and what is built from it.
 
 The producer, the gateway and the workers read the environment through `Environment` only (12-factor style):
-FleetSettings (broker, store, namespace, lifetimes, leases, time budget, queues) and EngineConfig (what a worker
-process or an in-process run builds its engine from). The docs' settings page (docs/operations/settings.md) is
+FleetSettings (broker, store, namespace, lifetimes, leases, time budget, queues, sessions) and EngineConfig (what a
+worker process or an in-process run builds its engine from). The docs' settings page (docs/operations/settings.md) is
 generated from `Environment` (`python -m worker.contract.settings`), and a test checks that they agree.
 """
 
@@ -94,6 +94,41 @@ class Environment(BaseSettings):
         1800, description="seconds an embedding or PET view blob is kept in the store (deleted when its study ends)"
     )
     split_prefetch: int = Field(4, description="embeddings the coordinator fetches ahead of use")
+    session_dead_after: float = Field(
+        3.0,
+        ge=1.5,
+        le=300.0,
+        description="fleet sessions (gateway): seconds without a worker's presence stamp (it stamps every second) "
+        "before the worker counts as dead and its sessions go on elsewhere; 1.5 to 300",
+    )
+    session_pickup: float = Field(
+        10.0,
+        ge=0.5,
+        le=3600.0,
+        description="fleet sessions (gateway): seconds a live worker may leave a step waiting (busy with a study) "
+        "before the step is sent to another worker; 0.5 to 3600",
+    )
+    session_step_limit: float = Field(
+        900.0,
+        ge=10.0,
+        le=86400.0,
+        description="fleet sessions (gateway): the longest a step may run before it answers 503 (a box on a long "
+        "CT encodes it); 10 to 86400",
+    )
+    session_cache_sessions: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="fleet sessions (worker): sessions a worker process keeps (image, segmenter, label masks), "
+        "least recently used dropped first; 1 to 1000",
+    )
+    session_cache_mb: int = Field(
+        1024,
+        ge=16,
+        le=1 << 20,
+        description="fleet sessions (worker): MB of images and masks the kept sessions may hold per process (their "
+        "slices' embeddings count in `LITEMEDSAM_CACHE_MB`); 16 to 1048576",
+    )
     models_dir: str = Field(
         "",
         description="exported models (read by models.paths)",
@@ -237,6 +272,34 @@ class SplitSettings:
         )
 
 
+def _default(name: str) -> Any:
+    """The table's default of a setting (so a settings dataclass's defaults are the table's, stated once)."""
+    return Environment.model_fields[name].default
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Interactive sessions on the fleet: the gateway's failover timings (producer.fleet_sessions) and a worker
+    process's session cache bounds (worker.sessions)."""
+
+    dead_after: float = _default("session_dead_after")
+    pickup: float = _default("session_pickup")
+    step_limit: float = _default("session_step_limit")
+    cache_sessions: int = _default("session_cache_sessions")
+    cache_bytes: int = _default("session_cache_mb") << 20
+
+    @classmethod
+    def from_env(cls) -> SessionSettings:
+        env = environment()
+        return cls(
+            dead_after=env.session_dead_after,
+            pickup=env.session_pickup,
+            step_limit=env.session_step_limit,
+            cache_sessions=env.session_cache_sessions,
+            cache_bytes=env.session_cache_mb << 20,
+        )
+
+
 @dataclass(frozen=True)
 class FleetSettings:
     broker_url: str = DEFAULT_BROKER
@@ -251,6 +314,7 @@ class FleetSettings:
     default_queue: str = DEFAULT_QUEUE
     queue_routes: dict[str, str] = field(default_factory=dict)
     split: SplitSettings = field(default_factory=SplitSettings)
+    sessions: SessionSettings = field(default_factory=SessionSettings)
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)  # a bad LITEMEDSAM_NAMESPACE stops a worker or producer at start
@@ -291,6 +355,7 @@ class FleetSettings:
             default_queue=env.default_queue,
             queue_routes=parse_routes(env.queue_routes),
             split=SplitSettings.from_env(),
+            sessions=SessionSettings.from_env(),
         )
 
 

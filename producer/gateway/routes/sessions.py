@@ -6,6 +6,7 @@
     POST   /v1/sessions/{id}/interactions        a box or a click on a named label -> what changed (RLE per slice)
     POST   /v1/sessions/{id}/undo | /redo        one step back or forward on a label
     GET    /v1/sessions/{id}/labels/{n}/mask?z=  one slice of a label (RLE)
+    PATCH  /v1/sessions/{id}/labels/{n}          a label's display colour {"colour": [r, g, b]} (SEG, RTSTRUCT)
     GET    /v1/sessions/{id}/slices/{z}.png      the 8-bit slice the engine sees
     GET    /v1/sessions/{id}/result?format=      npz | nifti | seg
     POST   /v1/sessions/{id}/store               the SEG (and RTSTRUCT) into the source study (STOW-RS)
@@ -78,6 +79,30 @@ class Interaction(BaseModel):
 class LabelRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str = Field(min_length=1, max_length=64, pattern=r"\S")
+
+
+Channel = Annotated[int, Field(strict=True, ge=0, le=255)]
+
+
+class LabelUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    colour: list[Channel] = Field(
+        min_length=3,
+        max_length=3,
+        description="[red, green, blue], 0-255: the label's display colour in the viewer, the SEG "
+        "(RecommendedDisplayCIELabValue) and the RTSTRUCT (ROIDisplayColor)",
+    )
+
+
+class LabelDescription(BaseModel):
+    name: str
+    number: int
+    box: list[float] | None
+    clicks: list[dict[str, Any]]
+    volume_ml: float | None
+    colour: list[int]
+    can_undo: bool
+    can_redo: bool
 
 
 class StoreRequest(BaseModel):
@@ -182,7 +207,7 @@ UPLOAD_SCHEMA = {
     "",
     status_code=201,
     summary="Open a session: a DICOMweb series (JSON) or uploaded files (multipart); no prompts needed",
-    responses=problems(*GUARDED, 413, 415, 503),
+    responses=problems(*GUARDED, 400, 413, 415, 503),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -322,6 +347,29 @@ def label_mask(
     if number > len(session.labels) or z >= session.shape[0]:
         raise HTTPException(404, f"no label {number} or slice {z} in session {session_id}")
     return {"z": z, "rle": rle(session.labels[number - 1].mask[z])}
+
+
+@router.patch(
+    "/{session_id}/labels/{number}",
+    response_model=LabelDescription,
+    summary="Set a label's display colour (the viewer's overlay, the SEG's and the RTSTRUCT's colour of it)",
+    responses=problems(*GUARDED, 400, 404),
+)
+def update_label(
+    session_id: SessionId,
+    body: LabelUpdate,
+    request: Request,
+    identity: Submitter,
+    number: int = PathParam(ge=1, le=255),
+) -> dict[str, Any]:
+    session = _session(request, identity, session_id)
+    if number > len(session.labels):
+        raise HTTPException(404, f"no label {number} in session {session_id}")
+    try:
+        label = session.set_colour(session.labels[number - 1].name, body.colour)
+    except StudyError as error:
+        raise HTTPException(422, str(error)) from None
+    return session.describe(label)
 
 
 @router.get(

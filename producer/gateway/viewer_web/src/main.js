@@ -432,15 +432,30 @@ async function interact(body) {
 
 function labelFor(name) {
   if (!state.labels.has(name)) {
-    state.labels.set(name, { name, number: 0, colour: [255, 0, 0], opacity: 0.45, visible: true, volume: null, masks: new Map(), clicks: [], box: null, custom: false });
+    state.labels.set(name, { name, number: 0, colour: [255, 0, 0], opacity: 0.45, visible: true, volume: null, masks: new Map(), clicks: [], box: null });
   }
   return state.labels.get(name);
+}
+
+async function saveColour(label) {
+  if (!state.session || !label.number) return;
+  document.body.dataset.busy = "1";
+  try {
+    const saved = await api("PATCH", `/v1/sessions/${state.session.id}/labels/${label.number}`, { colour: label.colour });
+    label.colour = saved.colour;
+    document.body.dataset.colourSaved = `${label.number}:${saved.colour.join(",")}`;
+  } catch (error) {
+    say(String(error.message || error), true);
+  } finally {
+    delete document.body.dataset.busy;
+    paintOverlay();
+  }
 }
 
 function applyResult(result) {
   const label = labelFor(result.label);
   label.number = result.number;
-  if (!label.custom) label.colour = result.colour;
+  label.colour = result.colour; // the session's: the structure table's, or the one chosen here
   label.volume = result.volume_ml;
   const size = state.shape[0] * state.shape[1];
   for (const z of result.changed) {
@@ -569,9 +584,10 @@ function renderLabels() {
       colour.setAttribute("aria-label", `colour of ${label.name}`);
       colour.addEventListener("input", () => {
         label.colour = [1, 3, 5].map((i) => parseInt(colour.value.slice(i, i + 2), 16));
-        label.custom = true;
         paintOverlay();
       });
+      // the chosen colour is the session's: the SEG's and the RTSTRUCT's colour of this label too
+      colour.addEventListener("change", () => saveColour(label));
       const opacity = document.createElement("input");
       opacity.type = "range";
       opacity.min = "0";
