@@ -5,6 +5,7 @@ second."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -354,3 +355,50 @@ def test_closing_an_in_process_session_drops_its_embeddings_from_the_gateways_en
     assert store.close(sessions[0].id)
     assert cache.forget(study_key(sessions[0].study)) == 0  # gone with the session
     assert cache.forget(study_key(sessions[1].study)) > 0  # the open session's were kept
+
+
+def test_a_session_closed_while_its_step_runs_leaves_nothing_behind(echo_engine, slot, tmp_path):
+    """The close watcher's timer can drop a session while one of its steps runs; the step then goes on encoding
+    slices and holding the session. `serve_step` settles after the step: nothing of the closed session stays, neither
+    its image and masks nor the slice embeddings the step made after the drop."""
+    from types import SimpleNamespace
+
+    from worker.contract.prompts import Prompts
+    from worker.contract.settings import redis_client
+    from worker.contract.study import Study
+    from worker.engine.engine import study_key
+    from worker.sessions import CloseWatcher, serve_step
+
+    client, keys = redis_client(slot.url), Keys(slot.namespace)
+    store = FileStore(tmp_path, "ns")
+    image = np.random.default_rng(7).integers(0, 30, (6, 64, 64)).astype(np.uint8)
+    image[1:5, 20:44, 20:44] += 150
+    store.put(Keys.input_blob(image_digest(image)), pack_image(image), 600)
+    session_id = "d4" * 16
+    ctx = SimpleNamespace(ledger=SimpleNamespace(client=client), keys=keys, engine=echo_engine, store=store, node="w1")
+    put_slice = echo_engine.cache._put
+
+    def run(settles: bool) -> tuple[bool, int]:
+        held = SessionCache.of(SessionSettings())
+        watcher = CloseWatcher(held, client, keys, echo_engine.cache)  # its timer is not started: swept by hand
+        client.delete(keys.session_closed())
+        puts = []
+
+        def put_then_close(key, value):  # the gateway closes the session after the step's first slice is encoded
+            puts.append(key)
+            if len(puts) == 2:
+                client.zadd(keys.session_closed(), {session_id: time.time()})
+                assert watcher.sweep() == [session_id]  # the timer's sweep, mid-step
+            put_slice(key, value)
+
+        echo_engine.cache._put = put_then_close
+        try:
+            reply = serve_step(ctx, held, _step(image, session_id=session_id), watcher if settles else None)
+        finally:
+            echo_engine.cache._put = put_slice
+        assert not reply.error and len(puts) > 2
+        key = study_key(Study("s", "CT", image, Prompts((), 3), (1.0, 1.0, 2.0)))
+        return held.get(session_id) is not None, echo_engine.cache.forget(key)
+
+    assert run(settles=False)[0]  # without settling, the closed session is held again after its step ...
+    assert run(settles=True) == (False, 0)  # ... settled: neither it nor an embedding of its image stays

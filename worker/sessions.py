@@ -106,12 +106,13 @@ class SessionCache:
         with self._lock:
             return list(self._known)
 
-    def drop(self, session_id: str, embeddings: EmbeddingCache | None) -> tuple[bool, int]:
+    def drop(self, session_id: str, embeddings: EmbeddingCache | None, key: str | None = None) -> tuple[bool, int]:
         """Forget a closed session: its image, segmenter and masks, and (unless another session held here shows the
-        same image) its slices' embeddings. (whether it was held, embeddings dropped)."""
+        same image) its slices' embeddings; `key`: its image's embedding key where this cache may no longer know it
+        (a step that ran while the session was dropped). (whether it was held, embeddings dropped)."""
         with self._lock:
             held = self._held.pop(session_id, None) is not None
-            key = self._known.pop(session_id, None)
+            key = self._known.pop(session_id, None) or key
             shared = key is not None and any(self._known.get(other) == key for other in self._held)
         dropped = embeddings.forget(key) if embeddings is not None and key is not None and not shared else 0
         return held, dropped
@@ -160,6 +161,15 @@ class CloseWatcher:
                 dropped,
             )
         return closed
+
+    def settle(self, session_id: str, key: str) -> bool:
+        """After a step of `session_id` (image embedding key `key`): if the session was closed while the step ran,
+        drop it again with whatever the step put back or encoded after the sweep dropped it. Whether it was."""
+        if self.client.zscore(self.key, session_id) is None:
+            return False
+        held, dropped = self.cache.drop(session_id, self.embeddings, key)
+        log.info("session %s closed during a step: dropped again (%d slice embedding(s))", session_id[:8], dropped)
+        return True
 
 
 _cache: SessionCache | None = None
@@ -219,7 +229,7 @@ def run_step(engine, store: BlobStore, cache: SessionCache, step: SessionStep, n
         else:
             slices, full = {z: mask[z] for z in range(mask.shape[0])}, True
         held.masks[step.label] = (step.version, mask)
-        cache.trim()
+        cache.put(step.session_id, held)  # held again even if a close dropped it mid-step: `settle` then drops it
         overlap = engine.routing.route(step.modality).overlap
         return SessionReply(node, step.version, slices, full, replayed, time.perf_counter() - started, overlap)
     except StudyError as error:
@@ -272,6 +282,11 @@ def serve_step(ctx, cache: SessionCache, step: SessionStep, watcher: CloseWatche
             pipe.expire(reply_key, step.reply_ttl)
             pipe.execute()
     client.delete(busy_key)
+    if watcher is not None and (held := cache.get(step.session_id)) is not None:
+        try:
+            watcher.settle(step.session_id, study_key(held.study))
+        except Exception as error:  # the timer's sweep drops it once Redis answers
+            log.warning("closed sessions not looked up: %s", error)
     log.info(
         "session %s label %d %s: %s%s in %.3f s",
         step.session_id[:8],
