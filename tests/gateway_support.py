@@ -175,7 +175,10 @@ class ServedApp:
 
 def fuzz_app(data_dir: Path):
     """The service as schemathesis sees it: every route, one allowed DICOMweb root where nothing listens (jobs end
-    at once with a clear error), a request rate no fuzz run reaches."""
+    at once with a clear error), a request rate no fuzz run reaches, and a rate of requests without a valid
+    credential no fuzz run reaches either: the run without a credential sends hundreds a minute from one address,
+    and schemathesis rightly expects each to be answered 401, the credential's verdict (with the default 60 a
+    minute, all but the first 60 would be 429, tested in test_gateway_security)."""
     import socket
 
     from producer.gateway.app import create_app
@@ -188,6 +191,6 @@ def fuzz_app(data_dir: Path):
         data_dir,
         dicomweb_allow=(f"http://127.0.0.1:{closed}/dicom-web",),
         dicomweb=ClientSettings(connect_timeout=1, read_timeout=2, retries=0),
-        limits=LimitSettings("1000000/minute", 1000),
+        limits=LimitSettings("1000000/minute", 1000, failed_auth="1000000/minute"),
     )
     return create_app(cfg, BoxFillSegmenter())

@@ -504,6 +504,111 @@ def test_a_split_pet_study_equals_the_unsplit_run_with_or_without_helpers(split_
     assert client.ledger.runs(message.batch_id) == {message.name: 1}
 
 
+# ------------------------------------------------------------------------------------------- part reports
+
+SLICE_PART_KEYS = {"part", "kind", "view", "node", "host", "pid", "state", "started_at", "seconds", "delivery"}
+SLICE_PART_KEYS |= {"encoded", "skipped", "passed", "encode_seconds"}  # the plain dicts' keys, before the records
+VIEW_PART_KEYS = {"part", "kind", "view", "node", "by", "state", "started_at", "seconds", "encoded"}
+
+
+def _slice_part(index: int = 1) -> PartMessage:
+    return PartMessage(
+        kind=SLICES,
+        run="r",
+        index=index,
+        parts=3,
+        view="axial",
+        study={},
+        result_key="k",
+        coordinator="c",
+        coordinator_task="t",
+        slices=[4, 5],
+    )
+
+
+def test_part_reports_are_versioned_records_and_one_that_does_not_parse_is_left_out(slot, caplog):
+    import json
+    import logging
+
+    import redis
+
+    from worker.fanout import part_report
+
+    client = redis.Redis.from_url(slot.url)
+    keys = Keys(slot.namespace)
+    board = SplitBoard(client, keys, "report-run", 60)
+    running = part_report(_slice_part(), "n1", "running", time.time() - 2, delivery=1, encoded=3, skipped=0)
+    board.report_part(running)
+    stored = json.loads(client.hget(keys.split_parts("report-run"), "1"))
+    assert stored["version"] == 1 and stored["encoded"] == 3 and "by" not in stored and "metrics" not in stored
+    assert board.part_reports() == {1: running}
+    # a later delivery's report keeps what the earlier one counted, as the dicts merged before
+    late = part_report(_slice_part(), "n2", "late: the study was done", time.time(), delivery=2)
+    before = {**{k: v for k, v in running.for_metrics().items() if k in ("encoded", "metrics")}, **late.for_metrics()}
+    assert late.keeping(running).for_metrics() == before and before["encoded"] == 3
+    good = dict(stored)
+    bad = {
+        "2": {**good, "part": 2, "version": 2},
+        "3": {**good, "part": 3, "node": None},
+        "4": {**good, "part": 4, "state": "finished happily"},
+        "5": {**good, "part": 5, "colour": "blue"},
+        "6": {**good, "part": 7},
+        "9": {**good, "part": 9, "view": "oblique"},
+        "10": {**good, "part": 10, "kind": "view", "metrics": {"counts": {"boxes": "many"}}},
+    }
+    for index, document in bad.items():
+        client.hset(keys.split_parts("report-run"), index, json.dumps(document))
+    client.hset(keys.split_parts("report-run"), "8", b"\x80 not json")
+    with caplog.at_level(logging.WARNING, logger="worker.fanout"):
+        assert board.part_reports() == {1: running}  # the others are missing, not an exception
+    said = caplog.text
+    assert "version: part report version 2, this worker reads 1" in said
+    assert "node: Input should be a valid string" in said and "state: String should match pattern" in said
+    assert "colour: Extra inputs are not permitted" in said and "stored as part '6' but names part 7" in said
+    assert "view: 'oblique' is not a view" in said and "metrics.counts.boxes: Input should be a valid integer" in said
+    assert "part report: Invalid JSON" in said and said.count("a part report refused, treated as missing") == 8
+    with pytest.raises(ValueError, match="encoded\n  Input should be greater than or equal to 0"):
+        part_report(_slice_part(), "n", "done", time.time(), encoded=-1)
+
+
+def test_the_metrics_of_a_split_study_are_what_the_plain_reports_gave_and_a_bad_report_is_a_missing_part(split_job):
+    """The study's metrics' `split.parts` have exactly the keys the plain dicts had (no version), and a report
+    that does not parse makes its part "not started when the study ended", never a failed study."""
+    import json
+
+    from worker.parts import run_part
+
+    client, ctx, engines = split_job
+    study = _volume_study("CT")
+    helper = _part_ctx(ctx, engines[1])
+    board_key = []
+
+    def send(part, queue_name):  # a part runs at once, and then part 1's report is overwritten by garbage
+        run_part(helper, part, Delivery(f"p{part.index}"))
+        board_key.append(ctx.keys.split_parts(part.run))
+        if part.index == 1:
+            client.ledger.client.hset(board_key[-1], "1", json.dumps({"version": 99, "part": 1}))
+
+    ctx.send_part = send
+    outcome = run_study(ctx, _staged(client, study), Delivery("coordinator-task"))
+    assert outcome.ok, outcome.error
+    parts = json.loads(outcome.to_json())["metrics"]["extra"]["split"]["parts"]
+    assert [set(p) for p in parts] == [SLICE_PART_KEYS, {"part", "state"}, SLICE_PART_KEYS], parts
+    assert parts[1] == {"part": 1, "state": "not started when the study ended"}
+    assert all(p["state"] == "done: range finished" and p["kind"] == "slices" for p in (parts[0], parts[2]))
+    assert isinstance(parts[0]["pid"], int) and isinstance(parts[0]["seconds"], float)
+    assert "version" not in json.dumps(outcome.metrics.extra.split)
+
+    pet = _volume_study("PET", shape=(16, 24, 20), boxes=((3, 4, 2, 12, 14, 9),))
+    ctx.send_part = lambda part, queue_name: None  # one worker: the coordinator runs the three views and votes
+    message = _staged(client, pet)
+    run_study(ctx, message, Delivery("pet-coordinator"))
+    final = client.ledger.outcome(message.batch_id, message.name)
+    views = json.loads(final.to_json())["metrics"]["extra"]["split"]["parts"]
+    assert [set(p) for p in views] == [VIEW_PART_KEYS] * 3 and {p["kind"] for p in views} == {"view"}
+    assert final.metrics.counts.slices_encoded == sum(p["encoded"] for p in views)
+
+
 # ------------------------------------------------------------------------------------------- the fleet
 
 SPLIT_ENV = {

@@ -1,7 +1,7 @@
 """Issue 24, the gateway holds patient data: allowed PACS only, identities with scopes and ownership, an audit line
-for every action, retention and DELETE, per-identity limits, security headers. The gateway runs in this process
-(its real app, pipeline and DICOMweb client; a box-filling segmenter instead of the model); the PACS tests use a
-real Orthanc, and loopback servers that count what reaches them."""
+for every action, retention and DELETE, per-identity limits, per-address limits on failed credentials, security
+headers. The gateway runs in this process (its real app, pipeline and DICOMweb client; a box-filling segmenter
+instead of the model); the PACS tests use a real Orthanc, and loopback servers that count what reaches them."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from gateway_support import (
     READER,
     TOKENS,
     BoxFillSegmenter,
+    ServedApp,
     bearer,
     config,
     counting_server,
@@ -267,6 +268,191 @@ def test_unfinished_jobs_per_identity(tmp_path: Path, series):
         assert refused.status_code == 429 and refused.headers["retry-after"] == "10"
         assert upload(client, files, token=BOB).status_code == 202
         segmenter.gate.set()
+
+
+# ------------------------------------------------------------------------------------------------ failed credentials
+
+WRONG = "not-a-token-of-anyone-0123456789"
+FLOOD = ("10.1.2.3", 40000)  # the TestClient's client address
+
+
+def _counting_identify(gateway) -> list[str | None]:
+    """Every credential the gateway's authenticator checks, in order (the check itself unchanged)."""
+    checked: list[str | None] = []
+    identify = gateway.auth.identify
+
+    def counted(presented):
+        checked.append(presented)
+        return identify(presented)
+
+    gateway.auth.identify = counted
+    return checked
+
+
+def test_failed_credentials_are_limited_per_address_before_any_token_check(tmp_path: Path):
+    cfg = config(tmp_path, limits=LimitSettings("100000/minute", 20, "5/minute"))
+    app = create_app(cfg, BoxFillSegmenter())
+    checked = _counting_identify(app.state.gateway)
+    with TestClient(app, client=FLOOD) as client:
+        wrong = [client.get("/v1/jobs", headers=bearer(WRONG)) for _ in range(3)]
+        bare = [client.get("/v1/jobs/" + "0" * 32) for _ in range(2)]  # no credential counts the same
+        assert [r.status_code for r in wrong + bare] == [401] * 5
+        refused = [client.get("/v1/jobs", headers=bearer(WRONG if k % 2 else ALICE)) for k in range(20)]
+        assert {r.status_code for r in refused} == {429}
+        assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in refused)
+        assert "without a valid credential from this address (5 per 1 minute)" in refused[0].json()["detail"]
+        assert len(checked) == 5  # the refused requests' credentials were never compared or decoded
+        for response in wrong + bare + refused:  # no credential is ever echoed
+            assert WRONG not in response.text and WRONG not in str(response.headers)
+        assert client.get("/v1/health").status_code == 200  # routes without a credential are not limited
+    with TestClient(app, client=("10.9.9.9", 40000)) as other:
+        assert other.get("/v1/jobs", headers=bearer(WRONG)).status_code == 401  # another address: its own count
+    lines = audit_lines(cfg)
+    flood = [line for line in lines if line["client"] == FLOOD[0] and line["action"] != "GET /v1/health"]
+    assert [line["outcome"] for line in flood] == ["401"] * 5 + ["429"]  # one line for the 20 refusals
+    assert "1 refused since the last such line" in flood[-1]["detail"] and flood[-1]["actor"] == "anonymous"
+    text = cfg.audit_path.read_text()
+    assert WRONG not in text and ALICE not in text
+
+
+def test_a_flood_is_audited_once_per_window_not_once_per_request(tmp_path: Path):
+    from producer.gateway.limits import AddressLimited, FailedAuthLimits
+
+    limits = FailedAuthLimits(LimitSettings(failed_auth="2/second"))
+    for _ in range(2):
+        limits.failed("10.0.0.1", WRONG)
+    verdicts = []
+    for _ in range(50):
+        with pytest.raises(AddressLimited) as refused:
+            limits.admit("10.0.0.1", WRONG)
+        verdicts.append((refused.value.audit, refused.value.refused))
+    assert verdicts[0] == (True, 1) and all(not audit for audit, _ in verdicts[1:])
+    time.sleep(1.1)  # the next window: the address may fail again, and its next refusal is audited with the count
+    limits.admit("10.0.0.1", WRONG)
+    for _ in range(2):
+        limits.failed("10.0.0.1", WRONG)
+    with pytest.raises(AddressLimited) as refused:
+        limits.admit("10.0.0.1", WRONG)
+    assert (refused.value.audit, refused.value.refused) == (True, 50)
+
+
+def test_a_known_user_behind_the_flooding_address_keeps_working(tmp_path: Path):
+    """Chosen: a credential that identified someone since the service started (remembered as a keyed hash) passes
+    its address's limit and is checked as usual; everything else from that address waits out the window. So Alice,
+    who was working before the flood began behind the same NAT, goes on; Bob's first request of the day waits."""
+    cfg = config(tmp_path, limits=LimitSettings("100000/minute", 20, "3/minute"))
+    app = create_app(cfg, BoxFillSegmenter())
+    checked = _counting_identify(app.state.gateway)
+    with TestClient(app, client=FLOOD) as client:
+        assert client.get("/v1/jobs", headers=bearer(ALICE)).status_code == 200
+        assert [client.get("/v1/jobs", headers=bearer(WRONG)).status_code for _ in range(6)] == [401] * 3 + [429] * 3
+        assert [client.get("/v1/jobs", headers=bearer(ALICE)).status_code for _ in range(3)] == [200] * 3
+        assert client.get("/v1/jobs", headers=bearer(WRONG)).status_code == 429  # her success lifts nothing
+        assert client.get("/v1/jobs", headers=bearer(BOB)).status_code == 429
+        assert client.get("/v1/jobs", headers=bearer(ALICE[:-1] + "X")).status_code == 429  # a near miss is a miss
+    assert checked == [ALICE] + [WRONG] * 3 + [ALICE] * 3
+
+
+def test_a_credential_that_stops_being_valid_no_longer_passes(tmp_path: Path):
+    from producer.gateway.limits import AddressLimited, FailedAuthLimits
+
+    limits = FailedAuthLimits(LimitSettings(failed_auth="1/minute"))
+    limits.succeeded("a-jwt-that-will-expire-0123456789")
+    limits.failed("10.0.0.1", "a-jwt-that-will-expire-0123456789")  # expired: its next check failed
+    with pytest.raises(AddressLimited):
+        limits.admit("10.0.0.1", "a-jwt-that-will-expire-0123456789")
+
+
+def test_the_address_table_is_a_bounded_lru():
+    from producer.gateway.limits import AddressLimited, FailedAuthLimits
+
+    limits = FailedAuthLimits(LimitSettings(failed_auth="2/minute", failed_auth_clients=100))
+    for _ in range(2):
+        limits.failed("192.0.2.1", None)
+    with pytest.raises(AddressLimited):
+        limits.admit("192.0.2.1", None)
+    for n in range(5000):  # a flood from many addresses
+        limits.failed(f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}", None)
+    assert len(limits) == 100
+    counted = {key.split("/")[1] for key in limits._window.storage.storage}  # the counters: remembered ones only
+    assert len(counted) <= 100 and "192.0.2.1" not in counted
+    limits.admit("192.0.2.1", None)  # forgotten with its count: the bound costs precision, never memory
+
+
+def test_failures_are_counted_per_host_not_per_ipv6_address():
+    from producer.gateway.limits import AddressLimited, FailedAuthLimits, client_key
+
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7" and client_key("192.0.2.7") == "192.0.2.7"
+    limits = FailedAuthLimits(LimitSettings(failed_auth="3/minute"))
+    for n in range(3):  # one host walking through its /64
+        limits.failed(f"2001:db8:1:2::{n + 1:x}", None)
+    with pytest.raises(AddressLimited):
+        limits.admit("2001:db8:1:2::ffff", None)
+    limits.admit("2001:db8:1:3::1", None)
+
+
+def test_tokens_are_compared_in_constant_time(monkeypatch):
+    """Every configured token is compared whatever is presented, each comparison of equal-length digests."""
+    import producer.gateway.identity as identity
+
+    compared: list[tuple[int, int]] = []
+    real = identity.hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(identity.hmac, "compare_digest", spy)
+    check = identity.TokenCheck(read_tokens(TOKENS, None))
+    for presented, expected in (("x", None), (WRONG * 30, None), (ALICE, "alice"), (READER, "reader")):
+        compared.clear()
+        found = check.identify(presented)
+        assert (found.name if found else None) == expected
+        assert len(compared) == 4 and all(a == b == 32 for a, b in compared), compared
+
+
+def test_the_failed_auth_limit_is_a_serve_option(tmp_path: Path, monkeypatch):
+    from click.testing import CliRunner
+
+    from producer.gateway.cli import serve
+
+    monkeypatch.setenv("LITEMEDSAM_API_TOKENS", TOKENS)
+    said = CliRunner().invoke(serve, ["--failed-auth-limit", "lots", "--data-dir", str(tmp_path)])
+    assert said.exit_code != 0 and "--failed-auth-limit 'lots': give it as N/second" in said.output
+    said = CliRunner().invoke(serve, ["--failed-auth-clients", "0", "--data-dir", str(tmp_path)])
+    assert said.exit_code != 0 and "--failed-auth-clients" in said.output
+
+
+def test_a_served_gateway_survives_a_flood_and_its_users_go_on(tmp_path: Path):
+    """Through uvicorn on loopback: 8 threads send 400 requests without a valid credential while Alice polls; the
+    flood is refused past its 60 a minute, Alice never is, the audit holds 60 + 1 lines of the flood."""
+    import requests
+
+    cfg = config(tmp_path)
+    statuses: list[int] = []
+    with ServedApp(create_app(cfg, BoxFillSegmenter())) as served:
+        assert requests.get(f"{served.url}/v1/jobs", headers=bearer(ALICE), timeout=10).status_code == 200
+
+        def flood(n: int) -> None:
+            with requests.Session() as session:
+                for k in range(50):
+                    headers = bearer(f"{WRONG}{n}{k}") if k % 3 else {}
+                    statuses.append(session.get(f"{served.url}/v1/jobs", headers=headers, timeout=10).status_code)
+
+        threads = [threading.Thread(target=flood, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        alice = [requests.get(f"{served.url}/v1/jobs", headers=bearer(ALICE), timeout=10) for _ in range(20)]
+        for thread in threads:
+            thread.join()
+        assert [r.status_code for r in alice] == [200] * 20
+        assert requests.get(f"{served.url}/v1/health", timeout=10).status_code == 200
+    assert statuses.count(401) == 60 and statuses.count(429) == 340, sorted(set(statuses))
+    flood_lines = [line for line in audit_lines(cfg) if line["actor"] == "anonymous"]
+    assert [line["outcome"] for line in flood_lines].count("401") == 60
+    assert [line["outcome"] for line in flood_lines].count("429") == 1
 
 
 def test_security_headers(tmp_path: Path):

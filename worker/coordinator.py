@@ -31,6 +31,7 @@ from worker.fanout import (
     SplitDecision,
     all_landed,
     decide,
+    not_started,
     run_id,
 )
 from worker.job_context import Delivery, ProgressPublisher, Superseded, WorkerContext
@@ -133,7 +134,7 @@ def _by_slices(ctx, msg, delivery, study, key, progress, decision, run) -> Segme
         **decision.describe(),
         "run": run,
         "coordinator": {"node": ctx.node, **source.stats.as_dict()},
-        "parts": [reports.get(p.index, {"part": p.index, "state": "not started when the study ended"}) for p in parts],
+        "parts": [reports[p.index].for_metrics() if p.index in reports else not_started(p.index) for p in parts],
     }
     return result
 

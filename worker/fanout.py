@@ -24,28 +24,38 @@ stays on one worker, the coordinator (the worker that took the study task). So:
   the batch did not say `--split off`, the worker's LITEMEDSAM_SPLIT is on. Parts that arrive after their study
   is done, or find every slice of their range done or claimed, finish at once.
 
-This module holds the pure decisions (unit-tested without Redis or a model), the part message, and the
-run's shared state in Redis (SplitBoard).
+This module holds the pure decisions (unit-tested without Redis or a model), the part message, the part report,
+and the run's shared state in Redis (SplitBoard).
+
+Part reports (PartReport) are typed records with a version, JSON in the run's board: what each part did (node,
+state, seconds, slices encoded; a view's metrics), for the study's metrics (`split.parts`, the same fields as when
+they were plain dicts, without the version). A stored report that does not parse (another version, a field that
+does not fit) is refused with a one-line reason in the log and treated as missing: the study's metrics say that
+part was "not started when the study ended", and the coordinator goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from worker.contract.errors import validation_message
 from worker.contract.keys import Keys
 from worker.contract.messages import MessageError
+from worker.contract.metrics import StudyMetrics
 from worker.contract.settings import SplitSettings
-from worker.contract.strategies import AXIAL, STRATEGIES, TRIVIEW
+from worker.contract.strategies import AXIAL, STRATEGIES, TRIVIEW, VIEWS
 
+log = logging.getLogger(__name__)
 PART_MESSAGE_VERSION = 1
+PART_REPORT_VERSION = 1  # of a part report's JSON in the split board
+NOT_STARTED = "not started when the study ended"  # the state the study's metrics give a part without a report
 SLICES, VIEWS_MODE, NONE = "slices", "views", "none"
 TRIVIEW_VIEWS = STRATEGIES[TRIVIEW].views
 COORDINATOR_VIEW = TRIVIEW_VIEWS[0]  # the view the coordinator starts with (axial); view tasks go for the others
@@ -210,15 +220,27 @@ class SplitBoard:
     def finished(self) -> bool:
         return bool(self.client.hexists(self.keys.split_state(self.run), "finished"))
 
-    def report_part(self, index: int, report: dict[str, Any]) -> None:
+    def report_part(self, report: PartReport) -> None:
         with self.client.pipeline() as pipe:
-            pipe.hset(self.keys.split_parts(self.run), str(index), json.dumps(report))
+            pipe.hset(self.keys.split_parts(self.run), str(report.part), report.model_dump_json(exclude_none=True))
             pipe.expire(self.keys.split_parts(self.run), self.ttl)
             pipe.execute()
 
-    def part_reports(self) -> dict[int, dict[str, Any]]:
+    def part_reports(self) -> dict[int, PartReport]:
+        """The parts' reports by index; one that does not parse is left out (logged with the reason)."""
         raw = self.client.hgetall(self.keys.split_parts(self.run))
-        return {int(k): json.loads(v) for k, v in raw.items()}
+        reports = {}
+        for field_name, value in raw.items():
+            try:
+                report = PartReport.from_stored(value)
+                name = field_name.decode(errors="replace") if isinstance(field_name, bytes) else str(field_name)
+                if name != str(report.part):
+                    raise PartReportError(f"stored as part {name[:16]!r} but names part {report.part}")
+            except PartReportError as error:
+                log.warning("split run %s: a part report refused, treated as missing: %s", self.run, error)
+                continue
+            reports[report.part] = report
+        return reports
 
     def count_part_run(self, index: int) -> int:
         with self.client.pipeline() as pipe:
@@ -256,20 +278,98 @@ def all_landed(landed: set[str] | int) -> bool:
     return count >= len(TRIVIEW_VIEWS)
 
 
-def part_report(message: PartMessage, node: str, state: str, started: float, **counts: Any) -> dict[str, Any]:
+class PartReportError(ValueError):
+    """A stored part report this worker does not read (the message names why)."""
+
+
+class PartReport(BaseModel):
+    """What one part did, as its study's split board keeps it (JSON) and its metrics show it (`split.parts`).
+
+    The fields' order is the order of the JSON's keys; a field that is None is left out (a view's report has no
+    host or pid, a slice part's no `by` or metrics)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = PART_REPORT_VERSION
+    part: int = Field(ge=0)  # the part's index in its study
+    kind: Literal["slices", "views", "view"]  # the part message's kind; "view": a view's finished run (ViewRunner)
+    view: str
+    node: str  # the worker that ran it
+    host: str | None = None
+    pid: int | None = None
+    by: str | None = None  # a view: "coordinator" or "view task"
+    state: str = Field(pattern=r"^(running|done|late|failed|skipped)\b")
+    started_at: float  # epoch seconds
+    seconds: float
+    delivery: int | None = None  # how many times the part was delivered
+    encoded: int | None = Field(None, ge=0)  # slices encoded
+    skipped: int | None = Field(None, ge=0)  # slices stored or claimed by another
+    passed: int | None = Field(None, ge=0)  # slices the coordinator had passed
+    encode_seconds: float | None = None
+    metrics: dict[str, Any] | None = None  # a view's StudyMetrics (to_dict), combined at the vote
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version != PART_REPORT_VERSION:
+            raise ValueError(f"part report version {version}, this worker reads {PART_REPORT_VERSION}")
+        return version
+
+    @field_validator("view")
+    @classmethod
+    def _known_view(cls, view: str) -> str:
+        if view not in VIEWS:
+            raise ValueError(f"{view[:32]!r} is not a view ({', '.join(VIEWS)})")
+        return view
+
+    @field_validator("metrics")
+    @classmethod
+    def _study_metrics(cls, metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A view's metrics must read as StudyMetrics (the vote combines them); kept as they were written."""
+        if metrics is not None:
+            StudyMetrics.model_validate(metrics)
+        return metrics
+
+    @classmethod
+    def from_stored(cls, raw: bytes | str) -> PartReport:
+        """A report as the board keeps it; PartReportError naming what does not fit."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as error:
+            raise PartReportError(validation_message(error, whole="part report")) from None
+
+    def for_metrics(self, with_metrics: bool = True) -> dict[str, Any]:
+        """The study's metrics' entry for this part: every field that is set, without the version (and without
+        the view's own metrics when `with_metrics` is false)."""
+        leave_out = {"version"} | (set() if with_metrics else {"metrics"})
+        return self.model_dump(exclude=leave_out, exclude_none=True)  # None inside a view's metrics stays
+
+    def keeping(self, previous: PartReport) -> PartReport:
+        """This report with the slices encoded and metrics of an earlier report of the same part where it has none
+        (a later delivery's report does not lose what an earlier one did)."""
+        kept = {name: getattr(previous, name) for name in ("encoded", "metrics") if getattr(self, name) is None}
+        return self.model_copy(update={name: value for name, value in kept.items() if value is not None})
+
+
+def not_started(index: int) -> dict[str, Any]:
+    """The study's metrics' entry for a part without a (readable) report."""
+    return {"part": index, "state": NOT_STARTED}
+
+
+def part_report(message: PartMessage, node: str, state: str, started: float, **counts: Any) -> PartReport:
     """What a part tells its study's metrics."""
     import os
     import socket
 
-    return {
-        "part": message.index,
-        "kind": message.kind,
-        "view": message.view,
-        "node": node,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "state": state,
-        "started_at": started,
-        "seconds": round(time.time() - started, 3),
+    return PartReport(
+        part=message.index,
+        kind=message.kind,
+        view=message.view,
+        node=node,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        state=state,
+        started_at=started,
+        seconds=round(time.time() - started, 3),
         **counts,
-    }
+    )

@@ -27,7 +27,7 @@ from worker.contract.metrics import StudyMetrics
 from worker.contract.strategies import VIEWS
 from worker.contract.study import Study, StudyError
 from worker.embedding_store import Claims, EmbeddingBlobs, pack_exact, unpack_exact
-from worker.fanout import SLICES, TRIVIEW_VIEWS, PartMessage, SplitBoard, all_landed, part_report
+from worker.fanout import SLICES, TRIVIEW_VIEWS, PartMessage, PartReport, SplitBoard, all_landed, part_report
 from worker.job_context import (
     MAX_DELIVERIES,
     Delivery,
@@ -51,7 +51,13 @@ def board_for(ctx: WorkerContext, run: str) -> SplitBoard:
 
 
 def run_part(ctx: WorkerContext, part: PartMessage, delivery: Delivery) -> dict[str, Any]:
-    """Run one part; returns its report (also in the study's split board)."""
+    """Run one part; returns its report as the study's metrics show it (the record is in the study's split board;
+    empty if the board has none for it)."""
+    report = _run_part(ctx, part, delivery)
+    return report.for_metrics() if report is not None else {}
+
+
+def _run_part(ctx: WorkerContext, part: PartMessage, delivery: Delivery) -> PartReport | None:
     msg = TaskMessage.from_wire(part.study)
     board = board_for(ctx, part.run)
     started = time.time()
@@ -118,13 +124,14 @@ def fail_study(ctx: WorkerContext, part: PartMessage, reason: str) -> None:
 
 def _report(
     board: SplitBoard, part: PartMessage, ctx: WorkerContext, state: str, started: float, **counts: Any
-) -> dict[str, Any]:
+) -> PartReport:
     report = part_report(part, ctx.node, state, started, **counts)
-    previous = board.part_reports().get(part.index, {})
-    if str(previous.get("state", "")).startswith("done") and not state.startswith("done"):
-        return previous  # a later, redundant delivery does not hide what the part did
-    report = {**{k: v for k, v in previous.items() if k in ("encoded", "metrics")}, **report}
-    board.report_part(part.index, report)
+    previous = board.part_reports().get(part.index)
+    if previous is not None:
+        if previous.state.startswith("done") and not state.startswith("done"):
+            return previous  # a later, redundant delivery does not hide what the part did
+        report = report.keeping(previous)
+    board.report_part(report)
     return report
 
 
@@ -140,7 +147,7 @@ def _encode_range(
     delivery: Delivery,
     started: float,
     runs: int,
-) -> dict[str, Any]:
+) -> PartReport:
     if ctx.engine.embedding_space(study) != part.space:
         return _report(
             board,
@@ -180,7 +187,7 @@ def _encode_range(
             claims.release(claim, owner)
         encoded += 1
         board.report_part(
-            part.index, part_report(part, ctx.node, "running", started, delivery=runs, encoded=encoded, skipped=skipped)
+            part_report(part, ctx.node, "running", started, delivery=runs, encoded=encoded, skipped=skipped)
         )
     return _report(
         board,
@@ -252,19 +259,18 @@ class ViewRunner:
             self.ctx.store.put_once(self.ctx.keys.view_blob(self.run, view), stored, self.ctx.split.blob_ttl)
             index = TRIVIEW_VIEWS.index(view)
             self.board.report_part(
-                index,
-                {
-                    "part": index,
-                    "kind": "view",
-                    "view": view,
-                    "node": self.ctx.node,
-                    "by": by,
-                    "state": "done",
-                    "started_at": started,
-                    "seconds": round(time.time() - started, 3),
-                    "encoded": result.metrics.counts.slices_encoded,
-                    "metrics": result.metrics.to_dict(),
-                },
+                PartReport(
+                    part=index,
+                    kind="view",
+                    view=view,
+                    node=self.ctx.node,
+                    by=by,
+                    state="done",
+                    started_at=started,
+                    seconds=round(time.time() - started, 3),
+                    encoded=result.metrics.counts.slices_encoded,
+                    metrics=result.metrics.to_dict(),
+                )
             )
             return self.board.land(view)  # before the claim goes: nobody starts this view again in between
         finally:
@@ -291,13 +297,15 @@ class ViewRunner:
                 return None
             views.append(labels)
         reports = self.board.part_reports()
-        metrics = combined_metrics([reports.get(i, {}).get("metrics", {}) for i in range(len(TRIVIEW_VIEWS))])
+        metrics = combined_metrics(
+            [(reports[i].metrics or {}) if i in reports else {} for i in range(len(TRIVIEW_VIEWS))]
+        )
         labels = self.ctx.engine.vote(views, metrics)
         split = {
             "mode": "views",
             "run": self.run,
             "voted_by": self.ctx.node,
-            "parts": [{k: v for k, v in reports[i].items() if k != "metrics"} for i in sorted(reports)],
+            "parts": [reports[i].for_metrics(with_metrics=False) for i in sorted(reports)],
         }
         metrics.extra.split = split
         return labels, metrics
@@ -341,7 +349,7 @@ def _view_task(
     delivery: Delivery,
     started: float,
     runs: int,
-) -> dict[str, Any]:
+) -> PartReport | None:
     publisher = ProgressPublisher(ctx.ledger, msg.batch_id, msg.name, ctx.node)
     runner = ViewRunner(
         ctx,
@@ -364,4 +372,4 @@ def _view_task(
         if voted is not None:
             outcome = runner.finish_vote(*voted, started=msg.enqueued_at or started)
             log.info("%s/%s: voted on %s (%s)", msg.batch_id, msg.name, ctx.node, outcome.status)
-    return board.part_reports().get(part.index, {})
+    return board.part_reports().get(part.index)

@@ -17,7 +17,13 @@ from producer.cli_options import broker_option, engine_options, engine_settings
 from producer.gateway.config import TOKENS_ENV, GatewayConfig, default_data_dir
 from producer.gateway.dicomweb import ClientSettings, load_credentials
 from producer.gateway.identity import OidcSettings, read_tokens
-from producer.gateway.limits import DEFAULT_ACTIVE, DEFAULT_RATE, LimitSettings, parse_rate
+from producer.gateway.limits import (
+    DEFAULT_ACTIVE,
+    DEFAULT_FAILED_AUTH,
+    DEFAULT_FAILED_AUTH_CLIENTS,
+    DEFAULT_RATE,
+    LimitSettings,
+)
 from producer.gateway.retention import DEFAULT_RETENTION_DAYS
 from worker.contract.settings import environment, max_voxels
 
@@ -75,6 +81,20 @@ log = logging.getLogger(__name__)
     "--rate-limit", default=DEFAULT_RATE, show_default=True, help="Requests per identity (N/second|minute|hour)."
 )
 @click.option(
+    "--failed-auth-limit",
+    default=DEFAULT_FAILED_AUTH,
+    show_default=True,
+    help="Requests without a valid credential per client address (an IPv6 one by its /64; N/second|minute|hour); "
+    "past it, 429 before any credential is checked, except for a credential that was valid before.",
+)
+@click.option(
+    "--failed-auth-clients",
+    type=click.IntRange(min=1),
+    default=DEFAULT_FAILED_AUTH_CLIENTS,
+    show_default=True,
+    help="Client addresses the failed-credential table remembers (least recently failing forgotten first).",
+)
+@click.option(
     "--max-active-jobs",
     type=click.IntRange(min=1),
     default=DEFAULT_ACTIVE,
@@ -115,6 +135,8 @@ def serve(
     audit_log: Path | None,
     retention_days: float,
     rate_limit: str,
+    failed_auth_limit: str,
+    failed_auth_clients: int,
     max_active_jobs: int,
     concurrency: int,
     dicomweb_timeout: float,
@@ -139,7 +161,6 @@ def serve(
         credentials = load_credentials(dicomweb_credentials) if dicomweb_credentials else {}
         if bool(oidc_issuer) != bool(oidc_audience):
             raise ValueError("OpenID Connect needs both --oidc-issuer and --oidc-audience")
-        parse_rate(rate_limit)
         config = GatewayConfig(
             tokens=tokens,
             data_dir=data_dir or default_data_dir(),
@@ -148,7 +169,7 @@ def serve(
             oidc=OidcSettings(oidc_issuer, oidc_audience, oidc_jwks_url) if oidc_issuer and oidc_audience else None,
             audit_log=audit_log,
             retention_days=retention_days,
-            limits=LimitSettings(rate_limit, max_active_jobs),
+            limits=LimitSettings(rate_limit, max_active_jobs, failed_auth_limit, failed_auth_clients),
             dicomweb=ClientSettings(read_timeout=dicomweb_timeout, retries=max(0, dicomweb_retries)),
             broker=broker or None,
             concurrency=concurrency,

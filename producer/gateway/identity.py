@@ -3,7 +3,9 @@
 - Named tokens: `NAME:TOKEN` or `NAME:TOKEN:SCOPE+SCOPE` (comma-separated in `LITEMEDSAM_API_TOKENS`, one a line in
   `--tokens-file`, `#` comments), or a JSON tokens file `{"NAME": {"token": "...", "scopes": ["submit", "read"]}}`.
   A token without scopes gets submit and read. Tokens are at least 16 characters and compared in constant time
-  against every configured one. A token without a name is refused: every action must say who did it.
+  against every configured one: SHA-256 digests of the presented and each configured token (so not even a length
+  is compared), each by hmac.compare_digest, with no early exit. A token without a name is refused: every action
+  must say who did it.
 - OpenID Connect (`--oidc-issuer`, `--oidc-audience`; e.g. Keycloak): a bearer JWT is checked against the issuer's
   JWKS (from its discovery document, or `--oidc-jwks-url`): signature (asymmetric algorithms only), issuer,
   audience, expiry. Its scopes are those of its `scope` claim (space-separated) or `scp` list that this service
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -122,21 +125,26 @@ def read_tokens(
     return table
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
 class TokenCheck:
-    """Constant-time comparison against every configured token (no early exit on the first match)."""
+    """Constant-time comparison against every configured token: equal-length digests (the time does not depend on
+    the presented token's length or content), every token compared (no early exit on the first match)."""
 
     def __init__(self, tokens: dict[str, Identity]):
-        self._tokens = tuple((token.encode(), identity) for token, identity in tokens.items())
+        self._tokens = tuple((_digest(token), identity) for token, identity in tokens.items())
 
     def __bool__(self) -> bool:
         return bool(self._tokens)
 
     def identify(self, presented: str) -> Identity | None:
-        candidate = presented.encode()
+        candidate = _digest(presented)
         found = None
-        for token, identity in self._tokens:
-            if hmac.compare_digest(candidate, token):
-                found = identity
+        for digest, identity in self._tokens:
+            matched = hmac.compare_digest(candidate, digest)
+            found = identity if matched else found
         return found
 
 

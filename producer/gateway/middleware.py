@@ -5,7 +5,8 @@
   the static assets (job data, results and thumbnails are never kept by a browser or proxy). A route that sets a
   policy of its own keeps it instead (the viewer: the same plus 'wasm-unsafe-eval' for its image decoders).
 - AuditTrail: one audit line per request (producer.gateway.audit) with its route, status and client address, the
-  identity producer.gateway.caller found, and what the route noted (job id, study, source, destination).
+  identity producer.gateway.caller found, and what the route noted (job id, study, source, destination); none for
+  a request the caller marked unaudited (a flood's refusals after the first of their window).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from producer.gateway.audit import AuditLog, now_iso
-from producer.gateway.caller import AUDIT_STATE
+from producer.gateway.caller import AUDIT_SKIP, AUDIT_STATE
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
@@ -73,7 +74,10 @@ class AuditTrail:
     def _write(self, scope: dict[str, Any], status: int, started: str) -> None:
         route = scope.get("route")
         path = getattr(route, "path", None) or getattr(route, "path_format", None) or scope["path"][:200]
-        fields = dict((scope.get("state") or {}).get(AUDIT_STATE) or {})
+        state = scope.get("state") or {}
+        if state.get(AUDIT_SKIP):
+            return
+        fields = dict(state.get(AUDIT_STATE) or {})
         fields.setdefault("actor", "anonymous")
         client = scope.get("client")
         self.audit.write(

@@ -193,7 +193,8 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "the upload is larger than --max-upload-mb",
         415: "neither application/json nor multipart/form-data",
         422: "the request is malformed, or names a DICOMweb root the site did not configure",
-        429: "over the identity's request rate or unfinished resources (Retry-After says when to ask again)",
+        429: "over the identity's request rate or unfinished resources, or the client address is over its rate of "
+        "requests without a valid credential (Retry-After says when to ask again)",
         502: "the DICOMweb server refused or failed the request",
         503: "no fleet worker can take this now (Retry-After says when to ask again); nothing was changed",
     }

@@ -12,7 +12,7 @@ from producer.gateway.config import GatewayConfig
 from producer.gateway.dicomweb import ServerDirectory
 from producer.gateway.identity import Authenticator
 from producer.gateway.jobs import Job, JobStore
-from producer.gateway.limits import IdentityLimits
+from producer.gateway.limits import FailedAuthLimits, IdentityLimits
 from producer.gateway.pipeline import JobPipeline
 from producer.gateway.queue import JobQueue
 from producer.gateway.retention import Retention
@@ -26,6 +26,7 @@ class Gateway:
         self.config = config
         self.auth = Authenticator(config.tokens, config.oidc)
         self.limits = IdentityLimits(config.limits)
+        self.failed_auth = FailedAuthLimits(config.limits)
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         data_dir.chmod(0o700)
