@@ -325,3 +325,20 @@ def make_certificates(folder: Path) -> Path:
         "san.cnf",
     )
     return folder
+
+
+def worker_context(client, engine, node: str, **extra):
+    """The context a worker process builds around its engine (worker.job_context.WorkerContext), on a producer
+    client's store, ledger and keys, for tests that run tasks in the test process."""
+    from worker.job_context import WorkerContext
+
+    return WorkerContext(
+        engine=engine,
+        identity=engine.identity(),
+        store=client.store,
+        ledger=client.ledger,
+        result_ttl=600,
+        node=node,
+        keys=client.keys,
+        **extra,
+    )

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleet_support import worker_context
 from producer.fleet import FleetClient, SubmitOptions
 from worker.contract.arrays import StoreError
 from worker.contract.keys import Keys
@@ -301,14 +302,10 @@ def split_job(slot, echo_engines):
     echo_engine = echo_engines[0]
     settings = FleetSettings(broker_url=slot.url, namespace=f"{slot.namespace}-{time.monotonic_ns()}")
     client = FleetClient(settings)
-    ctx = WorkerContext(
-        engine=echo_engine,
-        identity=echo_engine.identity(),
-        store=client.store,
-        ledger=client.ledger,
-        result_ttl=600,
-        node="coordinator@test",
-        keys=client.keys,
+    ctx = worker_context(
+        client,
+        echo_engine,
+        "coordinator@test",
         split=SplitSettings(min_slices=8, max_parts=3, part_slices=4, claim_ttl=5, prefetch=2),
     )
     client.directory.publish([settings.default_queue], ctx.identity, ctx.node)

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from fleet_support import worker_context
 from producer import api, fleet
 from producer.gateway.segmenters import FleetSegmenter
 from producer.sender import TaskSender
@@ -19,7 +20,7 @@ from worker.contract.messages import Progress
 from worker.contract.settings import FleetSettings, variable
 from worker.contract.study import Study, StudyError
 from worker.job import run_study
-from worker.job_context import Delivery, WorkerContext
+from worker.job_context import Delivery
 from worker.ledger import BatchLedger
 
 
@@ -37,15 +38,7 @@ def fleet_of_one(slot, echo_engine, monkeypatch):
     namespace = f"{slot.namespace}-{time.monotonic_ns()}"
     monkeypatch.setenv(variable("namespace"), namespace)
     client = fleet.FleetClient(FleetSettings(broker_url=slot.url, namespace=namespace))
-    ctx = WorkerContext(
-        engine=echo_engine,
-        identity=echo_engine.identity(),
-        store=client.store,
-        ledger=client.ledger,
-        result_ttl=600,
-        node="unit@test",
-        keys=client.keys,
-    )
+    ctx = worker_context(client, echo_engine, "unit@test")
     client.directory.publish([client.settings.default_queue], ctx.identity, ctx.node)
     sent: list = []
     workers: list[threading.Thread] = []

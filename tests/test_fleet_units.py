@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from fleet_support import worker_context
 from producer.fleet import FleetClient, SubmitOptions
 from producer.report import read_metrics_file, summarise
 from worker.contract.arrays import StoreError, unpack_arrays
@@ -27,7 +28,7 @@ from worker.contract.metrics import StudyMetrics
 from worker.contract.settings import FleetSettings, parse_routes
 from worker.contract.study import Study
 from worker.job import run_study
-from worker.job_context import MAX_DELIVERIES, Delivery, ProgressPublisher, WorkerContext
+from worker.job_context import MAX_DELIVERIES, Delivery, ProgressPublisher
 from worker.ledger import BatchLedger
 from worker.store import FileStore, open_store
 
@@ -452,15 +453,7 @@ def job(slot, echo_engine, echo_models_dir):
     """A worker context and a producer client on the same private Redis (a fresh namespace per test)."""
     settings = FleetSettings(broker_url=slot.url, namespace=f"{slot.namespace}-{time.monotonic_ns()}")
     client = FleetClient(settings)
-    ctx = WorkerContext(
-        engine=echo_engine,
-        identity=echo_engine.identity(),
-        store=client.store,
-        ledger=client.ledger,
-        result_ttl=600,
-        node="unit@test",
-        keys=client.keys,
-    )
+    ctx = worker_context(client, echo_engine, "unit@test")
     client.directory.publish([settings.default_queue], ctx.identity, ctx.node)
     return client, ctx
 
