@@ -237,3 +237,33 @@ def test_calibrate_gates_the_profile_on_held_out_cases_and_refuses_the_others(se
     refused = calibrate(models_dir, held_out[:1] + tuned, ["int8-ac"], threads=1, evaluation_source=source)
     assert not refused["profiles"]["int8-ac"]["passed"]
     assert refused["profiles"]["int8-ac"]["tuned_on_evaluation_data"] == ["int8-ac"]
+
+
+def test_tuned_slices_hold_calibration_and_validation_and_later_cases_avoid_them(searched):
+    from producer.derived import derive_cases
+    from worker.evaluation.derived import cases_outside
+    from worker.int8_search import _source_slices, tuned_slices
+
+    _, cases, entry, _ = searched
+    tuned = entry["tuned_on"]
+    avoid = tuned_slices(cases, tuned)
+    for stem, picks in tuned["calibration_slices"].items():
+        assert set(picks) <= avoid[stem]
+    volumes = {}
+    for path in sorted((cases / "imgs").glob("3DBox_*.npz")):
+        with np.load(path, allow_pickle=False) as npz:
+            volumes[path.stem] = npz["imgs"]
+    chosen = [case for case in derive_cases(cases) if case.name in tuned["cases"]]
+    seen = 0
+    for case in chosen:
+        stem = "3DBox_" + case.name.split("_", 1)[1].split("-")[0]
+        if stem in volumes:
+            held = _source_slices(case, volumes[stem])
+            assert held and held <= avoid[stem], case.name
+            seen += 1
+    assert seen, "no validation case came from a volume"
+    later = cases_outside(cases, avoid, per_kind=3, depth=8)
+    assert later
+    for case in later:
+        stem = "3DBox_" + case.name.split("_", 1)[1].split("-")[0]
+        assert not _source_slices(case, volumes[stem]) & avoid.get(stem, set()), case.name

@@ -120,6 +120,23 @@ def calibration_slices(
     return slices, record
 
 
+def tuned_slices(folder: Path, record: dict) -> dict[str, set[int]]:
+    """Per dev volume (file stem), the slices a profile was tuned on, from its manifest record's "tuned_on":
+    its calibration slices and every slice of its validation cases (what a later evaluation must not contain)."""
+    slices = {stem: set(picks) for stem, picks in record.get("calibration_slices", {}).items()}
+    chosen = set(record.get("cases", ()))
+    validation = [case for case in derive_cases(folder) if case.name in chosen]
+    for path in sorted((Path(folder) / "imgs").glob("3DBox_*.npz")):
+        stem = path.stem.split("_", 1)[1]
+        mine = [case for case in validation if case.name.split("_", 1)[1].split("-")[0] == stem]
+        if mine:
+            with np.load(path, allow_pickle=False) as npz:
+                volume = npz["imgs"]
+            for case in mine:
+                slices.setdefault(path.stem, set()).update(_source_slices(case, volume))
+    return slices
+
+
 # ---------------------------------------------------------------- the engine with a candidate encoder
 
 

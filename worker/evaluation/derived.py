@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from models.phantoms import tight_boxes
+from models.quantize_accuracy import spread
 from worker.contract.arrays import write_npz
 from worker.contract.prompts import Prompts
 from worker.contract.study import is_3d
@@ -128,6 +129,72 @@ def derive_cases(cases_dir: Path, names: list[str] | None = None) -> list[Derive
         elif kind == "2DBox":
             derived += from_image(stem, imgs, gts)
     return derived
+
+
+def free_runs(depth: int, avoid: set[int]) -> list[tuple[int, int]]:
+    """Maximal runs [start, stop) of 0 .. depth - 1 holding no index in `avoid`."""
+    runs, start = [], None
+    for z in range(depth + 1):
+        free = z < depth and z not in avoid
+        if free and start is None:
+            start = z
+        elif not free and start is not None:
+            runs.append((start, z))
+            start = None
+    return runs
+
+
+def _window(name: str, imgs: np.ndarray, gts: np.ndarray, spacing, *region: slice) -> DerivedCase | None:
+    return _case(name, imgs[region], gts[region], spacing, MIN_VOXELS_3D)
+
+
+def cases_outside(cases_dir: Path, avoid: dict[str, set[int]], per_kind: int = 6, depth: int = 8) -> list[DerivedCase]:
+    """More evaluation cases from the 3D cases of cases_dir, none holding a slice listed in `avoid` (per source
+    file stem, e.g. "3DBox_MR_brats01646" -> the z indices a model was calibrated or chosen on): per volume up to
+    `per_kind` 2D slices (labelled, evenly spread over the free ones; named as derive_cases names its slices) and
+    up to `per_kind` 3D sub-volumes of `depth` slices inside the free runs (starts `depth // 2` apart, evenly
+    spread), then their central in-plane 3/4 crops while fewer than `per_kind`. Deterministic."""
+    cases_dir = Path(cases_dir)
+    out: list[DerivedCase] = []
+    for image_path in sorted((cases_dir / "imgs").glob("3DBox_*.npz")):
+        gt_path = cases_dir / "gts" / image_path.name
+        if not gt_path.is_file():
+            continue
+        stem = image_path.stem.split("_", 1)[1]
+        with np.load(image_path, allow_pickle=False) as image, np.load(gt_path, allow_pickle=False) as gt:
+            imgs, gts = image["imgs"], gt["gts"]
+            spacing = gt["spacing"] if "spacing" in gt.files else image.get("spacing")
+        if imgs.ndim != 3:
+            continue
+        blocked = avoid.get(image_path.stem, set())
+        labelled = gts.reshape(gts.shape[0], -1).any(axis=1)
+        planes = spread(per_kind, [z for z in range(gts.shape[0]) if labelled[z] and z not in blocked])
+        flat = [
+            _case(f"2DBox_{stem}-z{z:03d}", np.repeat(imgs[z][:, :, None], 3, axis=-1), gts[z], None, MIN_PIXELS_2D)
+            for z in planes
+        ]
+        starts = [
+            begin
+            for first, stop in free_runs(gts.shape[0], blocked)
+            for begin in range(first, stop - depth + 1, max(depth // 2, 1))
+            if labelled[begin : begin + depth].any()
+        ]
+        windows = [
+            (begin, case)
+            for begin in starts
+            if (case := _window(f"3DBox_{stem}-s{begin:03d}d{depth}", imgs, gts, spacing, slice(begin, begin + depth)))
+        ]
+        windows = [windows[i] for i in spread(per_kind, list(range(len(windows))))]
+        h, w = imgs.shape[1:]
+        crop = (slice(h // 8, h - h // 8), slice(w // 8, w - w // 8))
+        crops = [
+            _window(f"{case.name}-crop", imgs, gts, spacing, slice(begin, begin + depth), *crop)
+            for begin, case in windows
+        ]
+        volumes = [case for _, case in windows]
+        volumes += [case for case in crops if case is not None][: max(per_kind - len(volumes), 0)]
+        out += [case for case in flat if case is not None] + volumes
+    return out
 
 
 def boxes_in_window(boxes: np.ndarray, start: int, stop: int) -> np.ndarray:
