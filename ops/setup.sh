@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine (only Python 3.11 and gcc needed):
-#   1. .venv with the project (producer + worker + gateway + test + bench + docs extras);
+#   1. .venv with the project (producer + worker + gateway + test + bench + docs + quantize extras; quantize is
+#      nncf, without torch, so the INT8 search tests run here too);
 #   2. the viewer's bundle (producer/gateway/viewer_web, issue 25) built with the machine's Node.js and npm: pinned
 #      packages from its package-lock.json, esbuild, out of git in its dist/; skipped when dist/ is newer than
 #      everything it is built from; without Node.js the gateway works and its /viewer page says it was not built;
@@ -15,7 +16,7 @@ EXPORT_VENV=${LITEMEDSAM_EXPORT_VENV:-$CACHE/export-venv}
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[producer,worker,gateway,test,bench,docs]"
+.venv/bin/python -m pip install -q -e ".[producer,worker,gateway,test,bench,docs,quantize]"
 # RTSTRUCT output: rt-utils without its opencv-python requirement (cv2 comes from opencv-python-headless; two
 # OpenCV wheels in one venv overwrite each other's cv2). pyproject.toml says why.
 .venv/bin/python -m pip install -q --no-deps rt-utils==1.2.7
