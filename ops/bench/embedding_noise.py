@@ -8,7 +8,7 @@ which cases failed changed from profile to profile, not with how many layers wer
 answers: do these cases' masks move that much under any embedding change of that size (the gate then asks for
 more than a lossy encoder can give), or only under int8's? The engine runs each case at f32, then with the f32
 embedding plus Gaussian noise of a given normalised MSE (noise energy / embedding energy, per slice, the
-`models.quantize_accuracy.embedding_error` NMSE the INT8 runs report), seeded per (seed, case, slice call). The
+`models.quantize_accuracy.embedding_error` NMSE the INT8 runs report), seeded per (seed, case). The
 cases are `worker.calibrate.evaluation_cases` (the gate's own, `--max-cases` as there), each run with a fresh
 embedding cache. Prints per case the f32 DSC and each (NMSE, seed)'s ΔDSC, and per (NMSE, seed) how many cases
 are outside ±0.5 points; writes nothing but `--json`.
