@@ -532,7 +532,9 @@ def test_part_reports_are_versioned_records_and_one_that_does_not_parse_is_left_
     from worker.fanout import part_report
 
     client = redis.Redis.from_url(slot.url)
-    keys = Keys(slot.namespace)
+    # a namespace of its own: the garbled reports below must not reach the module's fleet, which reads every run's
+    # reports in slot.namespace
+    keys = Keys(f"{slot.namespace}-reports-{time.monotonic_ns()}")
     board = SplitBoard(client, keys, "report-run", 60)
     running = part_report(_slice_part(), "n1", "running", time.time() - 2, delivery=1, encoded=3, skipped=0)
     board.report_part(running)
@@ -566,6 +568,7 @@ def test_part_reports_are_versioned_records_and_one_that_does_not_parse_is_left_
     assert "part report: Invalid JSON" in said and said.count("a part report refused, treated as missing") == 8
     with pytest.raises(ValueError, match="encoded\n  Input should be greater than or equal to 0"):
         part_report(_slice_part(), "n", "done", time.time(), encoded=-1)
+    client.delete(keys.split_parts("report-run"))
 
 
 def test_the_metrics_of_a_split_study_are_what_the_plain_reports_gave_and_a_bad_report_is_a_missing_part(split_job):
