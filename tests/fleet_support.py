@@ -167,6 +167,19 @@ def many_boxes(source: Path, target: Path, copies: int = 60, shift: int = 0) -> 
     return target
 
 
+def thicker_copy(source: Path, target: Path, factor: int = 2) -> Path:
+    """A 3D challenge npz with every slice repeated `factor` times and its boxes' z range stretched with it (other
+    arrays, e.g. spacing, as they were): `factor` times the encoder work, for a study that must run long enough even
+    on a fast CPU."""
+    with np.load(source, allow_pickle=False) as data:
+        image, boxes = np.repeat(data["imgs"], factor, axis=0), data["boxes"].copy()
+        extra = {key: data[key] for key in data.files if key not in ("imgs", "boxes")}
+    boxes[:, 2] = boxes[:, 2] * factor
+    boxes[:, 5] = boxes[:, 5] * factor + (factor - 1)
+    np.savez_compressed(target, imgs=np.ascontiguousarray(image), boxes=boxes, **extra)
+    return target
+
+
 def read_segs(path: Path) -> np.ndarray:
     with np.load(path, allow_pickle=False) as data:
         return data["segs"]

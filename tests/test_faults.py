@@ -32,6 +32,7 @@ from fleet_support import (
     many_boxes,
     read_segs,
     study_folder,
+    thicker_copy,
     wait_for_nodes,
     wait_until,
 )
@@ -173,7 +174,10 @@ def _watch_queue_until_done(faults: Faults, batch_id: str, name: str) -> int:
 
 
 def test_a_worker_killed_with_its_host_hands_its_3d_study_to_the_other(faults, tmp_path):
-    folder = study_folder(tmp_path / "in", {"3DBox_CT_killed": faults.phantoms["3DBox_CT_phantom"]})
+    # slices doubled (48): the survivor's run must outlast twice the visibility timeout even on a fast CPU (the
+    # 24-slice phantom took 8.9 s at 1 thread on a quiet Zen 5, under the 10 s this test needs to mean something)
+    long_study = thicker_copy(faults.phantoms["3DBox_CT_phantom"], tmp_path / "3DBox_CT_thick.npz")
+    folder = study_folder(tmp_path / "in", {"3DBox_CT_killed": long_study})
     before = sum(faults.ledger.executions().values())
     batch = api.submit(folder, wait=False, settings=faults.settings)
     (name,) = batch.names
@@ -197,7 +201,7 @@ def test_a_worker_killed_with_its_host_hands_its_3d_study_to_the_other(faults, t
     assert requeued_while_held == 0
     assert faults.ledger.runs(batch.batch_id) == {name: 2}
     assert sum(faults.ledger.executions().values()) == before + 2
-    assert read_segs(tmp_path / "out" / f"{name}.npz").shape == (24, 160, 160)
+    assert read_segs(tmp_path / "out" / f"{name}.npz").shape == (48, 160, 160)
     faults.start_worker()
     faults.wait_ready()
 
