@@ -504,7 +504,10 @@ def test_allowed_pacs_job_life_in_the_audit(tmp_path: Path, pacs, series):
             trail = client.get("/v1/audit", params={"resource_id": job_id, "limit": 100}, headers=bearer(ADMIN)).json()
         assert elsewhere.requests == []
     assert pacs.seg_series(spec.study_uid)
-    trail.sort(key=lambda line: line["time"])  # a request's line is stamped when it began, written when it ended
+    # oldest written first (the API answers newest first), then by time: a request's line is stamped when it began,
+    # written when it ended; lines stamped in the same millisecond (the SEG stored, then the job finished) keep the
+    # order they were written in
+    trail = sorted(reversed(trail), key=lambda line: line["time"])
     life = [(line["action"], line["outcome"]) for line in trail]
     assert life[0] == ("POST /v1/jobs", "202")
     assert [a for a, _ in life if a.startswith("job.")] == ["job.started", "job.fetch", "job.store", "job.finished"]
