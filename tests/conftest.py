@@ -50,3 +50,16 @@ def slot():
         pytest.skip("no Redis at 127.0.0.1:6379 (or no empty database to claim)")
     yield claimed
     claimed.release()
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """A real Orthanc with its DICOMweb plugin on a free loopback port, one per test module (skipped without it)."""
+    from orthanc_support import Orthanc, orthanc_available
+
+    if not orthanc_available():
+        pytest.skip("Orthanc is not installed")
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    server.start()
+    yield server
+    server.stop()

@@ -473,16 +473,6 @@ def test_security_headers(tmp_path: Path):
 # ------------------------------------------------------------------------------------------------ a real PACS
 
 
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    if not orthanc_available():
-        pytest.skip("Orthanc is not installed")
-    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @needs_orthanc
 def test_allowed_pacs_job_life_in_the_audit(tmp_path: Path, pacs, series):
     spec, files = series

@@ -14,7 +14,7 @@ import pytest
 import requests
 from pydicom import dcmread
 
-from orthanc_support import GatewayProcess, Orthanc, make_series, orthanc_available, served_gateway
+from orthanc_support import GatewayProcess, Orthanc, make_series, served_gateway
 from producer.sessions import rle, unrle
 from worker.contract.prompts import Box, Click, LabelPrompt, Prompts
 from worker.contract.study import Study
@@ -32,16 +32,6 @@ def test_rle_round_trips_and_starts_with_background():
     assert rle(np.zeros((2, 2), bool)) == [4] and rle(np.ones((2, 2), bool)) == [0, 4]
     with pytest.raises(ValueError):
         unrle([3], (2, 2))
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    if not orthanc_available():
-        pytest.skip("Orthanc is not installed")
-    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

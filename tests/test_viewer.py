@@ -18,21 +18,13 @@ import requests
 
 from browser_support import CHROMIUM, CHROMIUM_FLAGS
 from dicom_factory import SeriesSpec, write_series
-from orthanc_support import GatewayProcess, Orthanc, make_series, orthanc_available, phantom, served_gateway
+from orthanc_support import GatewayProcess, make_series, orthanc_available, phantom, served_gateway
 from producer.gateway.viewer import BUNDLE
 
 TOKEN = "viewer-test-token-0123456789abcdef"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "viewer"
 
 pytestmark = pytest.mark.skipif(not orthanc_available(), reason="Orthanc with the DICOMweb plugin is not installed")
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -36,14 +36,6 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def series(tmp_path_factory, pacs):
     folder = tmp_path_factory.mktemp("series") / "ct"
     spec = make_series(folder, 10, 96)
